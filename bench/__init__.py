@@ -1,0 +1,1 @@
+"""mapemesh benchmarks: each compares mapemesh with a baseline measured in the same run."""

@@ -1,0 +1,25 @@
+"""`make bench`: run every benchmark, print a table each, write JSON under bench/results/."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bench import ingress
+
+BENCHMARKS = {"ingress": ingress.main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], help="benchmarks to run (default: all)")
+    parser.add_argument("--quick", action="store_true", help="shorter rounds (for a smoke run)")
+    args = parser.parse_args(argv)
+    failed = 0
+    for name in args.names or list(BENCHMARKS):
+        failed += 0 if BENCHMARKS[name](quick=args.quick) else 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

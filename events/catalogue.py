@@ -1,0 +1,243 @@
+"""The CloudEvent catalogue: one pydantic model per event type of the MAPE loop.
+
+Each model is the `data` of one CloudEvent type. Its type name is reverse-DNS (`io.mapemesh.<area>.<what>.v1`)
+and its `dataschema` points at the JSON Schema exported to `events/schemas/<type>.json`. External systems
+depend on these types and schemas: change them only compatibly, or add a new version.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TYPE_PREFIX = "io.mapemesh."
+SCHEMA_BASE = "https://mapemesh.dev/schemas/events/"
+"""Base of every `dataschema` URI; the file under `events/schemas/` has the same name."""
+
+AssetKind = Literal["node", "cluster", "continuum", "application", "component", "device", "function"]
+ManagementMode = Literal["heuristic", "ml"]
+PlanStatus = Literal["Queued", "Scheduled", "Discarded", "Success", "Pending", "Failed"]
+
+
+class EventData(BaseModel):
+    """Base of every catalogue model: strict about unknown fields, with its CloudEvent type attached."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    event_type: ClassVar[str]
+    summary: ClassVar[str]
+
+    @classmethod
+    def dataschema(cls) -> str:
+        """The `dataschema` attribute of events of this type."""
+        return f"{SCHEMA_BASE}{cls.event_type}.json"
+
+
+class Metric(BaseModel):
+    """One telemetry sample."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, description="Metric name, OpenTelemetry style (e.g. node_cpu_frequency_hz).")
+    value: float
+    unit: str | None = Field(None, description="UCUM unit, e.g. Hz, W, %, s.")
+    labels: dict[str, str] = Field(default_factory=dict)
+    time: datetime | None = Field(None, description="When the sample was taken (default: the event's time).")
+
+
+class TelemetryReported(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.telemetry.reported.v1"
+    summary: ClassVar[str] = "Telemetry samples about one asset, from a node shim, an MQTT bridge or outside."
+    asset: str = Field(min_length=1, description="The node, cluster, application or device the samples describe.")
+    asset_kind: AssetKind
+    metrics: list[Metric] = Field(min_length=1)
+
+
+class StateChanged(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.state.changed.v1"
+    summary: ClassVar[str] = "The monitor stage updated knowledge about an asset."
+    asset: str = Field(min_length=1)
+    asset_kind: AssetKind
+    changed: list[str] = Field(min_length=1, description="Which metrics or knowledge keys changed.")
+    cause: str | None = Field(None, description="The id of the event that caused the change.")
+
+
+class PolicyRequest(EventData):
+    """What a stage sends a policy function; the policy answers with the matching reply."""
+
+    policy: str = Field(min_length=1)
+    asset: str = Field(min_length=1)
+    context: dict[str, Any] = Field(default_factory=dict, description="The policy's saved context.")
+    application_description: dict[str, Any] | list[dict[str, Any]] | None = None
+    system_description: dict[str, Any] | None = None
+    current_plan: dict[str, Any] | None = None
+    mechanisms: dict[str, Any] = Field(default_factory=dict,
+                                       description="Mechanism name -> {state, options} for the asset.")
+    telemetry: dict[str, Any] = Field(default_factory=dict, description="The telemetry window the policy asked for.")
+    mode: ManagementMode = "heuristic"
+
+
+class PolicyAnalyzeRequested(PolicyRequest):
+    event_type: ClassVar[str] = "io.mapemesh.policy.analyze.requested.v1"
+    summary: ClassVar[str] = "The analyze stage asks policy NAME (extension `policy`) for a verdict."
+
+
+class PolicyAnalyzeReplied(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.policy.analyze.replied.v1"
+    summary: ClassVar[str] = "A policy's verdict: does the asset need a new plan?"
+    policy: str = Field(min_length=1)
+    asset: str = Field(min_length=1)
+    request: str = Field(min_length=1, description="The id of the request event this answers.")
+    verdict: bool
+    context: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = Field(None, description="Set when the policy raised; verdict is then false.")
+
+
+class PolicyPlanRequested(PolicyRequest):
+    event_type: ClassVar[str] = "io.mapemesh.policy.plan.requested.v1"
+    summary: ClassVar[str] = "The plan stage asks policy NAME (extension `policy`) for a plan."
+    available_assets: list[str] = Field(default_factory=list)
+
+
+class PolicyPlanReplied(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.policy.plan.replied.v1"
+    summary: ClassVar[str] = "A policy's plan: mechanism name -> command."
+    policy: str = Field(min_length=1)
+    asset: str = Field(min_length=1)
+    request: str = Field(min_length=1)
+    plan: dict[str, Any] = Field(default_factory=dict)
+    context: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+class PlanProposed(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.plan.proposed.v1"
+    summary: ClassVar[str] = "A plan enters the scheduler's FIFO (status Queued)."
+    plan_id: str = Field(min_length=1)
+    policy: str = Field(min_length=1)
+    asset: str = Field(min_length=1)
+    mechanisms: dict[str, Any] = Field(min_length=1, description="Mechanism name -> command.")
+
+
+class PlanScheduled(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.plan.scheduled.v1"
+    summary: ClassVar[str] = "The scheduler admitted a plan in this cycle; execute applies it."
+    plan_id: str = Field(min_length=1)
+    policy: str = Field(min_length=1)
+    asset: str = Field(min_length=1)
+    mechanisms: dict[str, Any] = Field(min_length=1)
+    cycle: int = Field(ge=0, description="The scheduling cycle that admitted it.")
+
+
+class PlanDiscarded(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.plan.discarded.v1"
+    summary: ClassVar[str] = "A plan lost to an earlier plan for the same mechanism in the same cycle."
+    plan_id: str = Field(min_length=1)
+    policy: str = Field(min_length=1)
+    asset: str = Field(min_length=1)
+    mechanism: str = Field(min_length=1, description="The mechanism both plans wanted.")
+    winner: str = Field(min_length=1, description="The plan_id that was scheduled instead.")
+    reason: str = Field(min_length=1)
+    cycle: int = Field(ge=0)
+
+
+class KnobApply(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.knob.apply.v1"
+    summary: ClassVar[str] = "Execute asks node NAME's shim (extension `node`) to apply a mechanism command."
+    node: str = Field(min_length=1)
+    knob: str = Field(min_length=1, description="The MLSysOps mechanism name, e.g. CPUFrequency.")
+    command: dict[str, Any]
+    plan_id: str | None = None
+    requested_by: str = Field(min_length=1, description="Who asked: a plan's policy, an operator, ...")
+
+
+class KnobApplied(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.knob.applied.v1"
+    summary: ClassVar[str] = "A node shim applied a command; values before and after."
+    node: str = Field(min_length=1)
+    knob: str = Field(min_length=1)
+    request: str = Field(min_length=1, description="The id of the knob.apply event.")
+    plan_id: str | None = None
+    before: dict[str, Any]
+    after: dict[str, Any]
+    noop: bool = Field(False, description="True when the command changed nothing (already in effect).")
+
+
+class KnobFailed(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.knob.failed.v1"
+    summary: ClassVar[str] = "A node shim refused or failed a command; nothing is left half-applied."
+    node: str = Field(min_length=1)
+    knob: str = Field(min_length=1)
+    request: str = Field(min_length=1)
+    plan_id: str | None = None
+    code: Literal["invalid", "unsupported", "permission", "hardware", "timeout", "unknown_knob"]
+    error: str = Field(min_length=1)
+    rolled_back: bool = Field(False, description="True when a partial change was undone.")
+
+
+class DeployRequested(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.deploy.requested.v1"
+    summary: ClassVar[str] = "Execute asks the deploy function to place an application's components."
+    app_id: str = Field(min_length=1)
+    plan_id: str | None = None
+    placement: dict[str, list[str]] = Field(description="Component name -> cluster names.")
+
+
+class DeployStatus(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.deploy.status.v1"
+    summary: ClassVar[str] = "What the deploy function did with a deploy request."
+    app_id: str = Field(min_length=1)
+    plan_id: str | None = None
+    status: Literal["Applied", "Written", "Failed"]
+    clusters: list[str] = Field(default_factory=list)
+    objects: int = Field(0, ge=0, description="How many Kubernetes objects were applied or written.")
+    message: str | None = None
+
+
+class AppSubmitted(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.app.submitted.v1"
+    summary: ClassVar[str] = "An application description was submitted (northbound API or outside)."
+    app_id: str = Field(min_length=1)
+    description: dict[str, Any] = Field(description="The MLSysOps application description (MLSysOpsApp).")
+
+
+class AppRemoved(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.app.removed.v1"
+    summary: ClassVar[str] = "An application was removed."
+    app_id: str = Field(min_length=1)
+
+
+class InfraRegistered(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.infra.registered.v1"
+    summary: ClassVar[str] = "A node, cluster or continuum description was registered."
+    infra_id: str = Field(min_length=1)
+    kind: Literal["node", "cluster", "continuum"]
+    description: dict[str, Any]
+
+
+class InfraUnregistered(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.infra.unregistered.v1"
+    summary: ClassVar[str] = "A node, cluster or continuum left."
+    infra_id: str = Field(min_length=1)
+
+
+class ModeChanged(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.mode.changed.v1"
+    summary: ClassVar[str] = "The management mode (ML or heuristic) or the manual override changed."
+    mode: ManagementMode
+    manual_override: bool = False
+    previous: ManagementMode | None = None
+
+
+CATALOGUE: dict[str, type[EventData]] = {
+    model.event_type: model
+    for model in (
+        TelemetryReported, StateChanged,
+        PolicyAnalyzeRequested, PolicyAnalyzeReplied, PolicyPlanRequested, PolicyPlanReplied,
+        PlanProposed, PlanScheduled, PlanDiscarded,
+        KnobApply, KnobApplied, KnobFailed,
+        DeployRequested, DeployStatus,
+        AppSubmitted, AppRemoved, InfraRegistered, InfraUnregistered,
+        ModeChanged,
+    )
+}

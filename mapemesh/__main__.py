@@ -1,0 +1,3 @@
+from mapemesh.cli import main
+
+main()

@@ -1,0 +1,35 @@
+"""The `mapemesh` command line."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from mapemesh import __version__
+from mapemesh.cli.broker import broker
+from mapemesh.cli.events import events
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="mapemesh")
+@click.option("--data", "data", type=click.Path(file_okay=False, path_type=Path), envvar="MAPEMESH_DATA",
+              default=None, help="Data directory of the mesh [env MAPEMESH_DATA; default .mapemesh].")
+@click.option("--log-level", default="info", envvar="MAPEMESH_LOG_LEVEL", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.pass_context
+def cli(ctx: click.Context, data: Path | None, log_level: str) -> None:
+    """mapemesh: MAPE loops as a serverless function mesh for the cloud-edge continuum."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    ctx.obj = {"data": data}
+
+
+cli.add_command(broker)
+cli.add_command(events)
+
+
+def main() -> None:
+    """Entry point of the `mapemesh` script."""
+    cli(prog_name="mapemesh")

@@ -1,0 +1,95 @@
+"""Brokers declared by Knative `Broker` manifests (`eventing.knative.dev/v1`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mapemesh import manifests
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSpec:
+    """One broker: its namespace and name (its ingress path is `/{namespace}/{name}`) and its spec."""
+
+    namespace: str
+    name: str
+    delivery: dict[str, Any]
+    origin: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def brokers_from(found: manifests.ManifestSet) -> tuple[dict[str, BrokerSpec], list[str]]:
+    """The brokers among the manifests, keyed "namespace/name", and the reasons others were rejected."""
+    brokers: dict[str, BrokerSpec] = {}
+    errors: list[str] = []
+    for m in found.of(manifests.EVENTING_V1, "Broker"):
+        spec = m.body.get("spec") or {}
+        if not isinstance(spec, dict):
+            errors.append(f"{m.origin}: Broker {m.key}: spec must be a mapping")
+            continue
+        delivery = spec.get("delivery") or {}
+        if not isinstance(delivery, dict):
+            errors.append(f"{m.origin}: Broker {m.key}: spec.delivery must be a mapping")
+            continue
+        if m.key in brokers:
+            errors.append(f"{m.origin}: Broker {m.key} is declared twice (first in {brokers[m.key].origin})")
+            continue
+        brokers[m.key] = BrokerSpec(m.namespace, m.name, delivery, m.origin)
+    return brokers, errors
+
+
+class BrokerRegistry:
+    """The brokers currently declared in a manifests directory, reloaded when its files change."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.brokers: dict[str, BrokerSpec] = {}
+        self.errors: list[str] = []
+        self._fingerprint: tuple[tuple[str, int, int], ...] | None = None
+        self._listeners: list[Callable[[BrokerRegistry], None]] = []
+        self.reload()
+
+    def get(self, namespace: str, name: str) -> BrokerSpec | None:
+        """The broker at `/{namespace}/{name}`, or None."""
+        return self.brokers.get(f"{namespace}/{name}")
+
+    def on_change(self, listener: Callable[[BrokerRegistry], None]) -> None:
+        """Call `listener(registry)` after every reload that changed something."""
+        self._listeners.append(listener)
+
+    def reload(self) -> bool:
+        """Re-read the manifests if any file changed; return True when the set was reloaded."""
+        fp = manifests.fingerprint(self.root)
+        if fp == self._fingerprint:
+            return False
+        self._fingerprint = fp
+        found = manifests.load(self.root)
+        brokers, errors = brokers_from(found)
+        self.errors = found.errors + errors
+        for error in self.errors:
+            log.error("manifest rejected: %s", error)
+        if brokers != self.brokers:
+            log.info("brokers: %s", ", ".join(sorted(brokers)) or "none")
+        self.brokers = brokers
+        for listener in self._listeners:
+            listener(self)
+        return True
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Poll the manifests directory for changes until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.reload()  # a stat per file: cheap enough for the loop, and listeners run there
+            except Exception:
+                log.exception("reloading manifests from %s failed", self.root)

@@ -1,0 +1,187 @@
+"""The CloudEvent as the broker holds it, and the CloudEvents 1.0 (and 0.3) attribute rules."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+SPEC_VERSIONS = ("1.0", "0.3")
+REQUIRED = ("id", "source", "specversion", "type")
+_NAME = re.compile(r"^[a-z0-9]+$")
+_MEDIA_TYPE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*;.*)?$", re.S)
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
+_INT32 = (-(2**31), 2**31 - 1)
+
+Attr = str | int | bool
+"""An attribute value: CloudEvents String, URI, URI-reference and Timestamp travel as str."""
+
+
+class MalformedEvent(ValueError):
+    """A CloudEvent that breaks the spec; `attribute` names the offending attribute (None: the envelope)."""
+
+    def __init__(self, attribute: str | None, reason: str, index: int | None = None):
+        super().__init__(f"{attribute}: {reason}" if attribute else reason)
+        self.attribute = attribute
+        self.reason = reason
+        self.index = index
+
+    def at(self, index: int) -> MalformedEvent:
+        """The same error, located at position `index` of a batch."""
+        return MalformedEvent(self.attribute, self.reason, index)
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON body a client gets with the 400."""
+        body: dict[str, object] = {"error": "malformed CloudEvent", "attribute": self.attribute,
+                                   "reason": self.reason}
+        if self.index is not None:
+            body["index"] = self.index
+        return body
+
+
+@dataclass(slots=True)
+class CloudEvent:
+    """Context attributes (extensions included) plus the data as bytes, exactly as received."""
+
+    attributes: dict[str, Attr]
+    data: bytes | None = None
+
+    @property
+    def id(self) -> str:
+        return str(self.attributes["id"])
+
+    @property
+    def type(self) -> str:
+        return str(self.attributes["type"])
+
+    @property
+    def source(self) -> str:
+        return str(self.attributes["source"])
+
+    @property
+    def specversion(self) -> str:
+        return str(self.attributes["specversion"])
+
+    @property
+    def datacontenttype(self) -> str | None:
+        value = self.attributes.get("datacontenttype")
+        return None if value is None else str(value)
+
+    def get(self, name: str) -> Attr | None:
+        """An attribute's value, or None when the event does not carry it."""
+        return self.attributes.get(name)
+
+    def json_data(self) -> object:
+        """The data decoded as JSON (None without data)."""
+        return None if self.data is None else json.loads(self.data)
+
+    def to_structured(self) -> dict[str, object]:
+        """The event in the CloudEvents JSON format (a dict ready for json.dumps)."""
+        out: dict[str, object] = dict(self.attributes)
+        if self.data is None:
+            return out
+        if is_json_media_type(self.datacontenttype):
+            try:
+                out["data"] = json.loads(self.data)
+                return out
+            except ValueError:
+                pass
+        elif is_text_media_type(self.datacontenttype):
+            try:
+                out["data"] = self.data.decode("utf-8")
+                return out
+            except UnicodeDecodeError:
+                pass
+        if self.specversion == "0.3":
+            out["datacontentencoding"] = "base64"
+            out["data"] = base64.b64encode(self.data).decode("ascii")
+        else:
+            out["data_base64"] = base64.b64encode(self.data).decode("ascii")
+        return out
+
+
+def is_json_media_type(media_type: str | None) -> bool:
+    """True for an absent content type (JSON by default) and for `*/json`, `*/*+json`."""
+    if not media_type:
+        return True
+    essence = media_type.split(";", 1)[0].strip().lower()
+    return essence.endswith("/json") or essence.endswith("+json")
+
+
+def is_text_media_type(media_type: str | None) -> bool:
+    """True for `text/*` and the usual textual application types."""
+    if not media_type:
+        return False
+    essence = media_type.split(";", 1)[0].strip().lower()
+    return essence.startswith("text/") or essence.endswith("+xml") or essence in (
+        "application/xml", "application/javascript")
+
+
+def check_name(name: str) -> None:
+    """Attribute names are lower-case ASCII letters and digits (CloudEvents 1.0, 'Attribute Naming')."""
+    if not _NAME.match(name):
+        raise MalformedEvent(name, "attribute names must consist of lower-case letters and digits only")
+
+
+def validate(attributes: dict[str, Attr]) -> None:
+    """Check context attributes against the CloudEvents spec; raise MalformedEvent naming the first bad one."""
+    version = attributes.get("specversion")
+    if version is None:
+        raise MalformedEvent("specversion", "required attribute is missing")
+    if version not in SPEC_VERSIONS:
+        raise MalformedEvent("specversion", f"unsupported specversion {version!r} (supported: 1.0, 0.3)")
+    for name in REQUIRED:
+        value = attributes.get(name)
+        if value is None:
+            raise MalformedEvent(name, "required attribute is missing")
+        if not isinstance(value, str) or not value:
+            raise MalformedEvent(name, "must be a non-empty string")
+    _check_uri_reference("source", attributes["source"])  # type: ignore[arg-type]
+    for name, value in attributes.items():
+        check_name(name)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            if not _INT32[0] <= value <= _INT32[1]:
+                raise MalformedEvent(name, "integer attribute is outside the signed 32-bit range")
+            continue
+        if not isinstance(value, str):
+            raise MalformedEvent(name, f"attribute values must be strings, integers or booleans, "
+                                       f"not {type(value).__name__}")
+    for name in ("datacontenttype", "subject", "time", "dataschema", "schemaurl", "datacontentencoding"):
+        value = attributes.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value:
+            raise MalformedEvent(name, "must be a non-empty string")
+        if name == "datacontenttype" and not _MEDIA_TYPE.match(value):
+            raise MalformedEvent(name, f"{value!r} is not an RFC 2046 media type")
+        if name == "time":
+            _check_timestamp(name, value)
+        if name == "dataschema":
+            if version != "1.0":
+                continue
+            if not _SCHEME.match(value):
+                raise MalformedEvent(name, "must be an absolute URI")
+            _check_uri_reference(name, value)
+        if name == "schemaurl":
+            _check_uri_reference(name, value)
+
+
+def _check_uri_reference(name: str, value: str) -> None:
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise MalformedEvent(name, "must be a URI-reference (no whitespace or control characters)")
+
+
+def _check_timestamp(name: str, value: str) -> None:
+    if not _RFC3339.match(value):
+        raise MalformedEvent(name, f"{value!r} is not an RFC 3339 timestamp")
+    try:
+        datetime.fromisoformat(value.replace("z", "Z").replace("t", "T"))
+    except ValueError as exc:
+        raise MalformedEvent(name, f"{value!r} is not a valid timestamp: {exc}") from None

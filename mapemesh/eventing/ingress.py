@@ -1,0 +1,145 @@
+"""The broker ingress: the Knative broker HTTP contract on one machine.
+
+| request                                   | answer                                                  |
+|-------------------------------------------|---------------------------------------------------------|
+| `POST /{ns}/{broker}` valid event(s)      | 202, once every event is in the durable log             |
+| malformed event                           | 400, JSON body naming the attribute (and batch index)   |
+| unknown broker or path                    | 404                                                     |
+| `OPTIONS`                                 | 200 with `Allow: POST, OPTIONS`                         |
+| any other method                          | 405 with `Allow: POST, OPTIONS`                         |
+| body above the size limit                 | 413                                                     |
+| `knativebrokerttl` not an integer or <= 0 | 400                                                     |
+| the log cannot store the event            | 503 (nothing stored; retry)                             |
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from mapemesh.eventing.binding import from_http
+from mapemesh.eventing.brokers import BrokerRegistry
+from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent
+from mapemesh.eventing.log import EventLog
+
+log = logging.getLogger(__name__)
+
+TTL = "knativebrokerttl"
+ARRIVAL = "knativearrivaltime"
+DEFAULT_TTL = 255
+MIN_MAX_EVENT_BYTES = 64 * 1024
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+ALLOW = "POST, OPTIONS"
+
+
+def arrival_time() -> str:
+    """Now, as the RFC 3339 timestamp Knative puts in `knativearrivaltime`."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_ttl(value: object) -> int:
+    """The integer value of a `knativebrokerttl` attribute; MalformedEvent if it is not one."""
+    if isinstance(value, bool):
+        raise MalformedEvent(TTL, "must be an integer")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise MalformedEvent(TTL, f"{value!r} is not an integer") from None
+
+
+def stamp(event: CloudEvent) -> None:
+    """Set the broker's attributes on an incoming event: TTL (default 255, must be > 0) and arrival time."""
+    raw = event.attributes.get(TTL)
+    ttl = DEFAULT_TTL if raw is None else parse_ttl(raw)
+    if ttl <= 0:
+        raise MalformedEvent(TTL, f"TTL is {ttl}: the event has been re-published too many times")
+    event.attributes[TTL] = ttl
+    event.attributes[ARRIVAL] = arrival_time()
+
+
+class Ingress:
+    """Accepts events for the declared brokers and appends them to the durable log."""
+
+    def __init__(self, brokers: BrokerRegistry, event_log: EventLog,
+                 max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES):
+        if max_event_bytes < MIN_MAX_EVENT_BYTES:
+            raise ValueError(f"max event size must be at least {MIN_MAX_EVENT_BYTES} bytes "
+                             f"(got {max_event_bytes})")
+        self.brokers = brokers
+        self.log = event_log
+        self.max_event_bytes = max_event_bytes
+
+    def app(self) -> web.Application:
+        """An aiohttp application serving the ingress (and `GET /healthz`)."""
+        app = web.Application(client_max_size=self.max_event_bytes)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_route("*", "/{path:.*}", self.handle)
+        return app
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "brokers": sorted(self.brokers.brokers)})
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """One request of the broker contract (see the module's table)."""
+        method = request.method
+        if method == "OPTIONS":
+            headers = {"Allow": ALLOW}
+            origin = request.headers.get("WebHook-Request-Origin")
+            if origin:  # CloudEvents HTTP webhook abuse protection handshake
+                headers["WebHook-Allowed-Origin"] = origin
+                headers["WebHook-Allowed-Rate"] = "*"
+            return web.Response(status=200, headers=headers)
+        if method != "POST":
+            return _error(405, f"method {method} is not allowed; use POST", {"Allow": ALLOW})
+        parts = request.path.strip("/").split("/")
+        broker = self.brokers.get(parts[0], parts[1]) if len(parts) == 2 else None
+        if broker is None:
+            return _error(404, f"no broker at {request.path} (the ingress path is /NAMESPACE/BROKER)")
+        length = request.content_length
+        if length is not None and length > self.max_event_bytes:
+            return _error(413, f"body of {length} bytes exceeds the limit of {self.max_event_bytes} bytes")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"body exceeds the limit of {self.max_event_bytes} bytes")
+        try:
+            events = from_http(request.headers, body)
+            for i, event in enumerate(events):
+                try:
+                    stamp(event)
+                except MalformedEvent as exc:
+                    raise (exc.at(i) if len(events) > 1 else exc) from None
+        except MalformedEvent as exc:
+            return web.Response(status=400, body=json.dumps(exc.as_dict()).encode(),
+                                content_type="application/json")
+        if events:
+            try:
+                await self.log.append(broker.key, events)
+            except Exception as exc:
+                log.error("could not store %d event(s) for %s: %s", len(events), broker.key, exc)
+                return _error(503, "the event could not be stored; retry", {"Retry-After": "1"})
+        return web.Response(status=202)
+
+    async def republish(self, broker: str, reply: CloudEvent, parent: CloudEvent) -> int | None:
+        """Publish a subscriber's reply into `broker` with the parent's TTL minus one.
+
+        Returns the reply's log position, or None when the TTL is exhausted and the reply is dropped.
+        """
+        ttl = parse_ttl(parent.attributes.get(TTL, DEFAULT_TTL)) - 1
+        if ttl <= 0:
+            log.warning("dropping reply %s to event %s: TTL exhausted (loop?)", reply.get("id"), parent.id)
+            return None
+        reply.attributes[TTL] = ttl
+        reply.attributes[ARRIVAL] = arrival_time()
+        (seq,) = await self.log.append(broker, [reply])
+        return seq
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=json.dumps({"error": message}).encode(),
+                        content_type="application/json", headers=headers)

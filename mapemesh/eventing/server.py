@@ -1,0 +1,90 @@
+"""Running the embedded broker: durable log, manifests watcher and ingress in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from mapemesh import endpoints
+from mapemesh.eventing.brokers import BrokerRegistry
+from mapemesh.eventing.ingress import Ingress
+from mapemesh.eventing.log import EventLog
+from mapemesh.settings import Settings
+
+log = logging.getLogger(__name__)
+COMPACT_EVERY_S = 5.0
+
+
+@dataclass(slots=True)
+class RunningBroker:
+    """A started broker: its base URL and the parts a caller may want to reach."""
+
+    url: str
+    ingress: Ingress
+    event_log: EventLog
+    runner: web.AppRunner
+    tasks: list[asyncio.Task[None]]
+    settings: Settings
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight appends, close the log and forget the endpoint."""
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.runner.cleanup()
+        await self.event_log.close()
+        endpoints.unregister(self.settings.data, "broker", self.url)
+
+
+async def start_broker(settings: Settings) -> RunningBroker:
+    """Open the log, read the brokers, bind the ingress and record it in endpoints.json."""
+    registry = BrokerRegistry(settings.manifests)
+    if not registry.brokers:
+        log.warning("no Broker manifests under %s: every POST will answer 404", settings.manifests)
+    event_log = EventLog(settings.event_log_file, durability=settings.durability)  # type: ignore[arg-type]
+    ingress = Ingress(registry, event_log, settings.max_event_bytes)
+    runner = web.AppRunner(ingress.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.broker_port, backlog=1024, reuse_address=True)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    url = f"http://{_url_host(host)}:{port}"
+    endpoints.register(settings.data, "broker", url)
+    tasks = [asyncio.create_task(registry.watch()), asyncio.create_task(_compact_forever(event_log))]
+    log.info("broker ingress on %s (brokers: %s; log %s, durability %s)", url,
+             ", ".join(sorted(registry.brokers)) or "none", settings.event_log_file, settings.durability)
+    return RunningBroker(url, ingress, event_log, runner, tasks, settings)
+
+
+async def _compact_forever(event_log: EventLog) -> None:
+    while True:
+        await asyncio.sleep(COMPACT_EVERY_S)
+        try:
+            await event_log.compact()
+        except Exception:
+            log.exception("compacting the event log failed")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def serve_broker(settings: Settings) -> None:
+    """Run the broker until SIGINT or SIGTERM."""
+    running = await start_broker(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("broker stopping")
+        await running.stop()

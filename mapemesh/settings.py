@@ -1,0 +1,75 @@
+"""Settings shared by every mapemesh component: one object, filled from flags and environment variables.
+
+Each field has a `MAPEMESH_*` environment variable; a command-line flag overrides it. Defaults stay on
+loopback. No host, port, path or secret is written anywhere else in the code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from mapemesh.eventing.ingress import DEFAULT_MAX_EVENT_BYTES, MIN_MAX_EVENT_BYTES
+
+ENV_PREFIX = "MAPEMESH_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Where mapemesh keeps its data, where it reads manifests, and where it listens."""
+
+    data: Path = Path(".mapemesh")
+    """MAPEMESH_DATA: state, the durable event log, endpoints.json and the API token."""
+    manifests: Path = Path("knative")
+    """MAPEMESH_MANIFESTS: the Knative manifests the embedded mesh runs."""
+    host: str = "127.0.0.1"
+    """MAPEMESH_HOST: the address servers bind to."""
+    broker_port: int = 8080
+    """MAPEMESH_BROKER_PORT: the broker ingress port (0 picks a free one)."""
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    """MAPEMESH_MAX_EVENT_BYTES: the largest request body the ingress accepts (at least 64 KiB)."""
+    durability: str = "fsync"
+    """MAPEMESH_DURABILITY: `fsync` (a 202 survives power loss) or `os` (it survives a process crash)."""
+
+    def __post_init__(self) -> None:
+        if self.max_event_bytes < MIN_MAX_EVENT_BYTES:
+            raise ValueError(f"max_event_bytes must be at least {MIN_MAX_EVENT_BYTES} (64 KiB), "
+                             f"got {self.max_event_bytes}")
+        if self.durability not in ("fsync", "os"):
+            raise ValueError(f"durability must be 'fsync' or 'os', got {self.durability!r}")
+        if not 0 <= self.broker_port <= 65535:
+            raise ValueError(f"broker_port must be 0..65535, got {self.broker_port}")
+
+    @classmethod
+    def load(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then `MAPEMESH_*` variables, then the overrides that are not None (flags)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)
+
+    @property
+    def endpoints_file(self) -> Path:
+        return self.data / "endpoints.json"
+
+    @property
+    def event_log_file(self) -> Path:
+        return self.data / "eventlog.db"
+
+
+def _convert(name: str, annotation: object, raw: str) -> Any:
+    kind = str(annotation)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "Path":
+            return Path(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw

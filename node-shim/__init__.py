@@ -1,0 +1,1 @@
+"""The persistent per-node daemon: knob drivers, telemetry reporters, its API."""

@@ -1,0 +1,1 @@
+"""Execution modes (process, runc, kata, urunc) and their RuntimeClasses."""

@@ -1,0 +1,128 @@
+"""Fixtures that run real mapemesh processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 15.0, interval: float = 0.02,
+             what: str = "condition") -> object:
+    """Poll `condition` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class BrokerProcess:
+    """A `mapemesh broker serve` subprocess."""
+
+    proc: subprocess.Popen[bytes]
+    data: Path
+    manifests: Path
+    url: str
+
+    @property
+    def ingress(self) -> str:
+        return self.url + "/default/default"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data / "eventlog.db"
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def start_broker(data: Path, manifests: Path, *extra: str) -> BrokerProcess:
+    """Start a broker on a free port and wait until it answers /healthz."""
+    endpoints = data / "endpoints.json"
+    if endpoints.exists():
+        endpoints.unlink()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MAPEMESH_DATA", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mapemesh", "--log-level", "warning", "broker", "serve", "--data", str(data),
+         "--manifests", str(manifests), "--port", "0", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def ready() -> str | None:
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            raise AssertionError(f"broker exited with {proc.returncode}:\n{out}")
+        try:
+            url = json.loads(endpoints.read_text())["broker"]
+        except (OSError, ValueError, KeyError):
+            return None
+        try:
+            return url if httpx.get(url + "/healthz", timeout=1).status_code == 200 else None
+        except httpx.HTTPError:
+            return None
+
+    url = wait_for(ready, what="the broker to start")
+    return BrokerProcess(proc, data, manifests, str(url))
+
+
+@pytest.fixture
+def manifests_dir(tmp_path: Path) -> Path:
+    """A copy of the project's knative/ manifests."""
+    target = tmp_path / "knative"
+    shutil.copytree(REPO / "knative", target)
+    return target
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path, manifests_dir: Path) -> Iterator[Callable[..., BrokerProcess]]:
+    """Start brokers on demand (same data directory each time); all are stopped at teardown."""
+    started: list[BrokerProcess] = []
+
+    def factory(*extra: str) -> BrokerProcess:
+        b = start_broker(tmp_path / "data", manifests_dir, *extra)
+        started.append(b)
+        return b
+
+    yield factory
+    for b in started:
+        b.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def broker(broker_factory: Callable[..., BrokerProcess]) -> BrokerProcess:
+    """One running broker with the project's manifests."""
+    return broker_factory()
+
+
+@pytest.fixture(scope="module")
+def shared_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    """One broker for a whole test module (for tests that only post and read)."""
+    root = tmp_path_factory.mktemp("shared-broker")
+    shutil.copytree(REPO / "knative", root / "knative")
+    b = start_broker(root / "data", root / "knative")
+    yield b
+    b.stop(signal.SIGKILL)

@@ -1,0 +1,105 @@
+"""The durable log as a library: group commit, atomic batches, delivery state, compaction, restart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.eventing.log import EventLog, read_all
+
+
+def ev(i: int) -> CloudEvent:
+    return CloudEvent({"specversion": "1.0", "id": f"e{i}", "source": "/t", "type": "t"}, b"%d" % i)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_appends_share_commits(tmp_path):
+    async def main():
+        log = EventLog(tmp_path / "log.db")
+        seqs = await asyncio.gather(*(log.append("default/default", [ev(i)]) for i in range(200)))
+        commits = log.commits
+        await log.close()
+        return seqs, commits
+
+    seqs, commits = run(main())
+    flat = sorted(s for (s,) in seqs)
+    assert flat == list(range(1, 201))
+    assert commits < 200  # group commit: many appends per transaction
+    assert [e.event.id for e in read_all(tmp_path / "log.db")] == [f"e{i}" for i in range(200)]
+
+
+def test_batch_gets_contiguous_sequence_numbers(tmp_path):
+    async def main():
+        log = EventLog(tmp_path / "log.db")
+        a, b = await asyncio.gather(log.append("b", [ev(1), ev(2), ev(3)]), log.append("b", [ev(4)]))
+        await log.close()
+        return a, b
+
+    a, b = run(main())
+    assert a == [a[0], a[0] + 1, a[0] + 2]
+    assert not set(a) & set(b)
+
+
+def test_failed_group_stores_nothing_and_reports_the_error(tmp_path):
+    async def main():
+        log = EventLog(tmp_path / "log.db")
+        await log.append("b", [ev(1)])
+        bad = CloudEvent({"id": object()}, None)  # cannot be encoded: the whole group must fail
+        with pytest.raises(TypeError):
+            await log.append("b", [ev(2), bad])
+        seqs = await log.append("b", [ev(3)])
+        await log.close()
+        return seqs
+
+    assert run(main()) == [2]
+    assert [e.event.id for e in read_all(tmp_path / "log.db")] == ["e1", "e3"]
+
+
+def test_sequence_continues_after_reopen(tmp_path):
+    async def first():
+        log = EventLog(tmp_path / "log.db")
+        await log.append("b", [ev(1), ev(2)])
+        await log.close()
+
+    async def second():
+        log = EventLog(tmp_path / "log.db", durability="os")
+        seqs = await log.append("b", [ev(3)])
+        await log.close()
+        return seqs
+
+    run(first())
+    assert run(second()) == [3]
+
+
+def test_routing_delivery_state_and_compaction(tmp_path):
+    async def main():
+        log = EventLog(tmp_path / "log.db")
+        (s1,) = await log.append("b", [ev(1)])
+        (s2,) = await log.append("b", [ev(2)])
+        (s3,) = await log.append("b", [ev(3)])
+        assert [e.seq for e in log.read(unrouted_only=True)] == [s1, s2, s3]
+        await log.route(s1, ["sub-a", "sub-b"])
+        await log.route(s2, [])  # matched no trigger: handled at once
+        assert [e.seq for e in log.read(unrouted_only=True)] == [s3]
+        assert {d.subscription for d in log.deliveries(state="pending")} == {"sub-a", "sub-b"}
+
+        assert await log.compact() == 1  # only s2 is fully handled; s3 is not routed yet
+        await log.record_attempt("sub-a", s1, "pending", status=503, error="unavailable", not_before_ns=5)
+        (d,) = log.deliveries("sub-a")
+        assert (d.state, d.attempts, d.last_status, d.not_before_ns) == ("pending", 1, 503, 5)
+        await log.record_attempt("sub-a", s1, "delivered", status=202)
+        assert await log.compact() == 0  # sub-b still owes s1
+        await log.record_attempt("sub-b", s1, "dead", status=400, error="bad request")
+        assert await log.compact() == 1
+        assert [e.seq for e in log.read()] == [s3]
+        assert log.deliveries() == []
+        with pytest.raises(KeyError):
+            await log.record_attempt("sub-a", s1, "delivered")
+        await log.close()
+
+    run(main())
