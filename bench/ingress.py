@@ -7,7 +7,6 @@ servers, and the medians of the rounds are reported. Target: mapemesh >= 0.5x th
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os

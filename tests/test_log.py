@@ -82,10 +82,11 @@ def test_routing_delivery_state_and_compaction(tmp_path):
         (s1,) = await log.append("b", [ev(1)])
         (s2,) = await log.append("b", [ev(2)])
         (s3,) = await log.append("b", [ev(3)])
-        assert [e.seq for e in log.read(unrouted_only=True)] == [s1, s2, s3]
-        await log.route(s1, ["sub-a", "sub-b"])
-        await log.route(s2, [])  # matched no trigger: handled at once
-        assert [e.seq for e in log.read(unrouted_only=True)] == [s3]
+        assert [e.seq for e in log.read(log.routed_through)] == [s1, s2, s3]
+        await log.route([(s1, ["sub-a", "sub-b"]), (s2, [])])  # s2 matched no trigger: handled at once
+        assert [e.seq for e in log.read(log.routed_through)] == [s3]
+        with pytest.raises(ValueError, match="log order"):
+            await log.route([(s2, ["sub-a"])])
         assert {d.subscription for d in log.deliveries(state="pending")} == {"sub-a", "sub-b"}
 
         assert await log.compact() == 1  # only s2 is fully handled; s3 is not routed yet
@@ -103,3 +104,22 @@ def test_routing_delivery_state_and_compaction(tmp_path):
         await log.close()
 
     run(main())
+
+
+def test_routing_cursor_survives_reopen(tmp_path):
+    async def first():
+        log = EventLog(tmp_path / "log.db")
+        (s1, s2) = await log.append("b", [ev(1), ev(2)])
+        await log.route([(s1, ["sub"])])
+        await log.close()
+        return s1, s2
+
+    async def second():
+        log = EventLog(tmp_path / "log.db")
+        unrouted = [e.seq for e in log.read(log.routed_through)]
+        pending = [(d.subscription, d.seq) for d in log.deliveries(state="pending")]
+        await log.close()
+        return unrouted, pending
+
+    s1, s2 = run(first())
+    assert run(second()) == ([s2], [("sub", s1)])

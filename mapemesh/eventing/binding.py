@@ -38,9 +38,13 @@ def content_mode(content_type: str | None) -> str:
 
 def from_http(headers: Mapping[str, str] | Iterable[tuple[str, str]], body: bytes) -> list[CloudEvent]:
     """Decode one request into its events (one, or several for a batch); raise MalformedEvent."""
-    items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
-    content_type = next((v for k, v in items if k.lower() == "content-type"), None)
-    mode = content_mode(content_type)
+    if isinstance(headers, Mapping):
+        items = headers.items()
+        content_type = headers.get("content-type", headers.get("Content-Type"))
+    else:
+        items = list(headers)
+        content_type = next((v for k, v in items if k.lower() == "content-type"), None)
+    mode = content_mode(content_type) if content_type else "binary"
     if mode == "structured":
         return [from_structured(_json_body(body))]
     if mode == "batch":
@@ -57,7 +61,7 @@ def from_http(headers: Mapping[str, str] | Iterable[tuple[str, str]], body: byte
     return [from_binary(items, content_type, body)]
 
 
-def from_binary(items: list[tuple[str, str]], content_type: str | None, body: bytes) -> CloudEvent:
+def from_binary(items: Iterable[tuple[str, str]], content_type: str | None, body: bytes) -> CloudEvent:
     """Decode a binary-mode request: each `ce-NAME` header is an attribute, percent-decoded as UTF-8."""
     attributes: dict[str, Attr] = {}
     for key, raw in items:
@@ -73,12 +77,14 @@ def from_binary(items: list[tuple[str, str]], content_type: str | None, body: by
                                             "or batch content type")
     if content_type:
         attributes["datacontenttype"] = content_type
-    validate(attributes)
+    validate(attributes, names_checked=True)
     return CloudEvent(attributes, body if body else None)
 
 
 def percent_decode(name: str, value: str) -> str:
     """Decode a binary-mode header value (HTTP binding 3.1.3.2); a bad escape or non-UTF-8 result is an error."""
+    if value.isascii() and "%" not in value:
+        return value
     try:
         raw = value.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
@@ -131,7 +137,7 @@ def from_structured(doc: object) -> CloudEvent:
             raise MalformedEvent(name, "attribute values must be strings, integers or booleans, not a "
                                        "fractional number")
         attributes[name] = value
-    validate(attributes)
+    validate(attributes, names_checked=True)
     data: bytes | None = None
     if has_b64 and doc["data_base64"] is not None:
         data = _b64("data_base64", doc["data_base64"])

@@ -17,6 +17,8 @@ _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
 )
 _INT32 = (-(2**31), 2**31 - 1)
+_NOT_IN_URI = re.compile(r"[\s\x00-\x1f\x7f]")
+_GOOD_NAMES: set[str] = set()
 
 Attr = str | int | bool
 """An attribute value: CloudEvents String, URI, URI-reference and Timestamp travel as str."""
@@ -124,12 +126,19 @@ def is_text_media_type(media_type: str | None) -> bool:
 
 def check_name(name: str) -> None:
     """Attribute names are lower-case ASCII letters and digits (CloudEvents 1.0, 'Attribute Naming')."""
+    if name in _GOOD_NAMES:
+        return
     if not _NAME.match(name):
         raise MalformedEvent(name, "attribute names must consist of lower-case letters and digits only")
+    if len(_GOOD_NAMES) < 4096:  # names repeat from event to event; remember a bounded number
+        _GOOD_NAMES.add(name)
 
 
-def validate(attributes: dict[str, Attr]) -> None:
-    """Check context attributes against the CloudEvents spec; raise MalformedEvent naming the first bad one."""
+def validate(attributes: dict[str, Attr], *, names_checked: bool = False) -> None:
+    """Check context attributes against the CloudEvents spec; raise MalformedEvent naming the first bad one.
+
+    `names_checked` skips the attribute-name check when the caller has already made it.
+    """
     version = attributes.get("specversion")
     if version is None:
         raise MalformedEvent("specversion", "required attribute is missing")
@@ -139,42 +148,61 @@ def validate(attributes: dict[str, Attr]) -> None:
         value = attributes.get(name)
         if value is None:
             raise MalformedEvent(name, "required attribute is missing")
-        if not isinstance(value, str) or not value:
+        if type(value) is not str or not value:
             raise MalformedEvent(name, "must be a non-empty string")
-    _check_uri_reference("source", attributes["source"])  # type: ignore[arg-type]
     for name, value in attributes.items():
-        check_name(name)
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int):
-            if not _INT32[0] <= value <= _INT32[1]:
-                raise MalformedEvent(name, "integer attribute is outside the signed 32-bit range")
-            continue
-        if not isinstance(value, str):
-            raise MalformedEvent(name, f"attribute values must be strings, integers or booleans, "
-                                       f"not {type(value).__name__}")
-    for name in ("datacontenttype", "subject", "time", "dataschema", "schemaurl", "datacontentencoding"):
-        value = attributes.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, str) or not value:
+        if not names_checked:
+            check_name(name)
+        kind = type(value)
+        if kind is str:
+            rule = _STRING_RULES.get(name)
+            if rule is not None:
+                rule(name, value, version)  # type: ignore[arg-type]
+        elif name in _STRING_RULES:
             raise MalformedEvent(name, "must be a non-empty string")
-        if name == "datacontenttype" and not _MEDIA_TYPE.match(value):
-            raise MalformedEvent(name, f"{value!r} is not an RFC 2046 media type")
-        if name == "time":
-            _check_timestamp(name, value)
-        if name == "dataschema":
-            if version != "1.0":
-                continue
-            if not _SCHEME.match(value):
-                raise MalformedEvent(name, "must be an absolute URI")
-            _check_uri_reference(name, value)
-        if name == "schemaurl":
-            _check_uri_reference(name, value)
+        elif kind is int:
+            if not _INT32[0] <= value <= _INT32[1]:  # type: ignore[operator]
+                raise MalformedEvent(name, "integer attribute is outside the signed 32-bit range")
+        elif kind is not bool:
+            raise MalformedEvent(name, f"attribute values must be strings, integers or booleans, "
+                                       f"not {kind.__name__}")
+
+
+def _non_empty(name: str, value: str, version: str) -> None:
+    if not value:
+        raise MalformedEvent(name, "must be a non-empty string")
+
+
+def _media_type(name: str, value: str, version: str) -> None:
+    if not _MEDIA_TYPE.match(value):
+        raise MalformedEvent(name, f"{value!r} is not an RFC 2046 media type")
+
+
+def _dataschema(name: str, value: str, version: str) -> None:
+    if version == "1.0" and not _SCHEME.match(value):
+        raise MalformedEvent(name, "must be an absolute URI")
+    _check_uri_reference(name, value)
+
+
+def _uri_reference(name: str, value: str, version: str) -> None:
+    _check_uri_reference(name, value)
+
+
+def _timestamp(name: str, value: str, version: str) -> None:
+    _check_timestamp(name, value)
+
+
+_STRING_RULES = {
+    "id": _non_empty, "type": _non_empty, "specversion": _non_empty, "source": _uri_reference,
+    "subject": _non_empty, "datacontenttype": _media_type, "time": _timestamp, "dataschema": _dataschema,
+    "schemaurl": _uri_reference, "datacontentencoding": _non_empty,
+}
 
 
 def _check_uri_reference(name: str, value: str) -> None:
-    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if not value:
+        raise MalformedEvent(name, "must be a non-empty string")
+    if _NOT_IN_URI.search(value):
         raise MalformedEvent(name, "must be a URI-reference (no whitespace or control characters)")
 
 

@@ -11,16 +11,18 @@ the next transaction (group commit), so one fsync covers many events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
+import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from mapemesh.eventing.cloudevent import CloudEvent
 
@@ -40,10 +42,8 @@ CREATE TABLE IF NOT EXISTS events(
     broker TEXT NOT NULL,
     attrs TEXT NOT NULL,
     data BLOB,
-    received_ns INTEGER NOT NULL,
-    routed INTEGER NOT NULL DEFAULT 0
+    received_ns INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_unrouted ON events(seq) WHERE routed = 0;
 CREATE TABLE IF NOT EXISTS deliveries(
     subscription TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -56,6 +56,33 @@ CREATE TABLE IF NOT EXISTS deliveries(
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_by_seq ON deliveries(seq, state);
 """
+
+
+_ROWS_PER_INSERT = 256  # 5 parameters a row, well under SQLite's 32766
+
+
+@functools.lru_cache(maxsize=_ROWS_PER_INSERT)
+def _insert_sql(n: int) -> str:
+    return "INSERT INTO events(seq, broker, attrs, data, received_ns) VALUES " + ",".join(["(?,?,?,?,?)"] * n)
+
+
+_Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+def _reply(loop: asyncio.AbstractEventLoop, outcomes: list[_Outcome]) -> None:
+    """Settle futures from the writer thread: one wake-up of the loop for a whole group."""
+    with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+        loop.call_soon_threadsafe(_settle, outcomes)
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    for future, result, exc in outcomes:
+        if future.done():
+            continue
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,23 +112,55 @@ class LogClosed(RuntimeError):
     """The log was closed; nothing more can be appended."""
 
 
+class _Append:
+    """One append request: its rows go into the next group commit; `future` gets their sequence numbers."""
+
+    __slots__ = ("future", "loop", "rows")
+
+    def __init__(self, rows: list[tuple[str, str, bytes | None, int]], loop: asyncio.AbstractEventLoop,
+                 future: asyncio.Future[list[int]]):
+        self.rows = rows
+        self.loop = loop
+        self.future = future
+
+
+class _Call:
+    """Any other write: `fn(connection)` in a transaction of its own."""
+
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], object], loop: asyncio.AbstractEventLoop,
+                 future: asyncio.Future[object]):
+        self.fn = fn
+        self.loop = loop
+        self.future = future
+
+
 class EventLog:
-    """The broker's durable log. Create it inside a running event loop; `close()` it when done."""
+    """The broker's durable log. Create it inside a running event loop; `close()` it when done.
+
+    One writer thread owns the database connection. It takes every append queued while it was busy and
+    commits them in one transaction, then answers all of them with one call into the event loop; it
+    never waits for the loop between commits.
+    """
 
     def __init__(self, path: Path, durability: Durability = "fsync"):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.durability = durability
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventlog-writer")
-        self._db = self._writer.submit(self._open).result()
-        self._next_seq = self._writer.submit(self._max_seq).result() + 1
-        self._pending: list[tuple[tuple[str, str, bytes | None, int], asyncio.Future[list[int]] | None, int]] = []
-        self._flushing = False
-        self._flush_task: asyncio.Task[None] | None = None
+        self._db = self._open()
+        self._next_seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0] + 1
+        self._routed_through = int(
+            self._db.execute("SELECT value FROM meta WHERE key='routed_through'").fetchone()[0])
+        self._queue: queue.SimpleQueue[_Append | _Call | None] = queue.SimpleQueue()
         self._closed = False
         self._reader_local = threading.local()
         self.commits = 0
         """How many append transactions were committed (each covers one group of appends)."""
+        self.appended = 0
+        """How many events were appended since the log was opened."""
+        self._thread = threading.Thread(target=self._run, name="eventlog-writer", daemon=True)
+        self._thread.start()
 
     # -- writer side -------------------------------------------------------------------------
 
@@ -113,13 +172,11 @@ class EventLog:
         row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
             db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            db.execute("INSERT INTO meta VALUES ('routed_through', '0')")
         elif int(row[0]) != SCHEMA_VERSION:
             raise RuntimeError(f"{self.path}: log schema version {row[0]}, this mapemesh reads "
                                f"{SCHEMA_VERSION}")
         return db
-
-    def _max_seq(self) -> int:
-        return self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
 
     async def append(self, broker: str, events: Sequence[CloudEvent]) -> list[int]:
         """Append events atomically; return their sequence numbers once the transaction is durable."""
@@ -130,42 +187,72 @@ class EventLog:
         rows = [(broker, _encode_attrs(ev), ev.data, now) for ev in events]
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
-        # Only the last row of a request carries the future; a request's rows commit together.
-        last = len(rows) - 1
-        self._pending.extend((row, future if i == last else None, len(rows)) for i, row in enumerate(rows))
-        if not self._flushing:
-            self._flushing = True
-            self._flush_task = loop.create_task(self._flush_loop())
+        self._queue.put(_Append(rows, loop, future))
         return await future
 
-    async def _flush_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                first = self._next_seq
-                rows = [(first + i, *row) for i, (row, _, _) in enumerate(batch)]
+    def _run(self) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        stop = False
+        while not stop:
+            item = get()
+            if item is None:
+                break
+            group: list[_Append] = []
+            calls: list[_Call] = []
+            while item is not None:
+                (group if isinstance(item, _Append) else calls).append(item)  # type: ignore[arg-type]
                 try:
-                    await loop.run_in_executor(self._writer, self._insert, rows)
-                except Exception as exc:  # the whole group failed: nobody in it gets a 202
-                    log.exception("event log append failed")
-                    for _, fut, _ in batch:
-                        if fut is not None and not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                self._next_seq = first + len(rows)
-                self.commits += 1
-                for i, (_, fut, n) in enumerate(batch):
-                    if fut is not None and not fut.done():
-                        fut.set_result(list(range(first + i - n + 1, first + i + 1)))
-        finally:
-            self._flushing = False
+                    item = get_nowait()
+                except queue.Empty:
+                    break
+            else:
+                stop = True  # close() was queued behind these: finish them, then stop
+            if group:
+                self._commit_group(group)
+            for call in calls:
+                try:
+                    _reply(call.loop, [(call.future, self._transaction(call.fn), None)])
+                except Exception as exc:
+                    _reply(call.loop, [(call.future, None, exc)])
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.close()
+
+    def _commit_group(self, group: list[_Append]) -> None:
+        first = seq = self._next_seq
+        rows: list[tuple[int, str, str, bytes | None, int]] = []
+        for request in group:
+            for row in request.rows:
+                rows.append((seq, *row))
+                seq += 1
+        try:
+            self._insert(rows)
+        except Exception as exc:  # the whole group failed: nobody in it gets a 202
+            log.exception("event log append of %d events failed", len(rows))
+            outcome = [(r.future, None, exc) for r in group]
+        else:
+            self._next_seq = seq
+            self.commits += 1
+            self.appended += len(rows)
+            outcome = []
+            for request in group:
+                n = len(request.rows)
+                outcome.append((request.future, list(range(first, first + n)), None))
+                first += n
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        for request, result in zip(group, outcome, strict=True):
+            by_loop.setdefault(request.loop, []).append(result)
+        for loop, results in by_loop.items():
+            _reply(loop, results)
 
     def _insert(self, rows: list[tuple[int, str, str, bytes | None, int]]) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT INTO events(seq, broker, attrs, data, received_ns) VALUES (?,?,?,?,?)", rows)
+            # One multi-row INSERT per chunk instead of executemany: the sqlite3 module releases and
+            # retakes the GIL around every statement step, and each hand-off slows the event loop thread.
+            for i in range(0, len(rows), _ROWS_PER_INSERT):
+                chunk = rows[i:i + _ROWS_PER_INSERT]
+                db.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -173,8 +260,12 @@ class EventLog:
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn(connection)` on the writer thread inside one transaction."""
+        if self._closed:
+            raise LogClosed("the event log is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, self._transaction, fn)
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Call(fn, loop, future))  # type: ignore[arg-type]
+        return await future
 
     def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         db = self._db
@@ -187,16 +278,32 @@ class EventLog:
             db.execute("ROLLBACK")
             raise
 
-    async def route(self, seq: int, subscriptions: Iterable[str]) -> None:
-        """Record which subscriptions an event must reach (pending each), and mark it routed."""
-        subs = list(subscriptions)
+    @property
+    def routed_through(self) -> int:
+        """Every event up to this sequence number has been routed to its subscriptions."""
+        return self._routed_through
+
+    async def route(self, routes: Sequence[tuple[int, Iterable[str]]]) -> None:
+        """Record, for events in log order, the subscriptions each must reach; advance the routing cursor.
+
+        The events must be the next unrouted ones, in order (the dispatcher routes in log order). An event
+        that matched no subscription is handled as soon as it is routed.
+        """
+        if not routes:
+            return
+        seqs = [seq for seq, _ in routes]
+        if seqs != sorted(seqs) or seqs[0] <= self._routed_through:
+            raise ValueError(f"events must be routed in log order after {self._routed_through}, got {seqs}")
+        rows = [(sub, seq) for seq, subs in routes for sub in subs]
+        last = seqs[-1]
 
         def _route(db: sqlite3.Connection) -> None:
             db.executemany("INSERT OR IGNORE INTO deliveries(subscription, seq, state) VALUES (?, ?, 'pending')",
-                           [(s, seq) for s in subs])
-            db.execute("UPDATE events SET routed = 1 WHERE seq = ?", (seq,))
+                           rows)
+            db.execute("UPDATE meta SET value = ? WHERE key = 'routed_through'", (str(last),))
 
         await self.write(_route)
+        self._routed_through = last
 
     async def record_attempt(self, subscription: str, seq: int, state: DeliveryState, *,
                              status: int | None = None, error: str | None = None,
@@ -218,8 +325,9 @@ class EventLog:
 
         def _compact(db: sqlite3.Connection) -> int:
             n = db.execute(
-                "DELETE FROM events WHERE routed = 1 AND NOT EXISTS "
-                "(SELECT 1 FROM deliveries d WHERE d.seq = events.seq AND d.state = 'pending')").rowcount
+                "DELETE FROM events WHERE seq <= ? AND NOT EXISTS "
+                "(SELECT 1 FROM deliveries d WHERE d.seq = events.seq AND d.state = 'pending')",
+                (self._routed_through,)).rowcount
             db.execute("DELETE FROM deliveries WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.seq = deliveries.seq)")
             return n
 
@@ -229,17 +337,12 @@ class EventLog:
         return n
 
     async def close(self) -> None:
-        """Wait for in-flight appends, then close the database."""
+        """Finish every queued write, then close the database."""
+        if self._closed:
+            return
         self._closed = True
-        if self._flush_task is not None:
-            await self._flush_task  # it drains everything queued before it returns
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer, self._close_db)
-        self._writer.shutdown(wait=True)
-
-    def _close_db(self) -> None:
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._db.close()
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
 
     # -- reader side (any thread; each thread gets its own read connection) ------------------
 
@@ -250,12 +353,11 @@ class EventLog:
             self._reader_local.db = db
         return db
 
-    def read(self, after: int = 0, limit: int = 1000, *, unrouted_only: bool = False) -> list[LoggedEvent]:
-        """Events with seq > `after`, in log order."""
-        sql = "SELECT seq, broker, attrs, data, received_ns FROM events WHERE seq > ?"
-        if unrouted_only:
-            sql += " AND routed = 0"
-        rows = self._reader().execute(sql + " ORDER BY seq LIMIT ?", (after, limit)).fetchall()
+    def read(self, after: int = 0, limit: int = 1000) -> list[LoggedEvent]:
+        """Events with seq > `after`, in log order (`after=log.routed_through`: the unrouted ones)."""
+        rows = self._reader().execute(
+            "SELECT seq, broker, attrs, data, received_ns FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit)).fetchall()
         return [_decode_row(r) for r in rows]
 
     def deliveries(self, subscription: str | None = None, state: DeliveryState | None = None) -> list[Delivery]:
@@ -288,8 +390,11 @@ def read_all(path: Path) -> list[LoggedEvent]:
     return [_decode_row(r) for r in rows]
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _encode_attrs(event: CloudEvent) -> str:
-    return json.dumps(event.attributes, separators=(",", ":"), ensure_ascii=False)
+    return _encode(event.attributes)
 
 
 def _decode_row(row: tuple[int, str, str, bytes | None, int]) -> LoggedEvent:
