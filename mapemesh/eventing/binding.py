@@ -12,6 +12,8 @@ import json
 from collections.abc import Iterable, Mapping
 from urllib.parse import quote
 
+import orjson
+
 from mapemesh.eventing.cloudevent import (
     Attr,
     CloudEvent,
@@ -148,7 +150,7 @@ def from_structured(doc: object) -> CloudEvent:
         elif isinstance(value, str) and not is_json_media_type(_str(attributes.get("datacontenttype"))):
             data = value.encode("utf-8")
         else:
-            data = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            data = orjson.dumps(value)
     return CloudEvent(attributes, data)
 
 
@@ -172,8 +174,8 @@ def to_structured(event: CloudEvent) -> tuple[dict[str, str], bytes]:
 
 def _json_body(body: bytes) -> object:
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise MalformedEvent(None, f"body is not valid JSON: {exc}") from None
 
 

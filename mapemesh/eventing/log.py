@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import queue
 import sqlite3
@@ -23,6 +22,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+import orjson
 
 from mapemesh.eventing.cloudevent import CloudEvent
 
@@ -117,7 +118,7 @@ class _Append:
 
     __slots__ = ("future", "loop", "rows")
 
-    def __init__(self, rows: list[tuple[str, str, bytes | None, int]], loop: asyncio.AbstractEventLoop,
+    def __init__(self, rows: list[tuple[str, bytes, bytes | None, int]], loop: asyncio.AbstractEventLoop,
                  future: asyncio.Future[list[int]]):
         self.rows = rows
         self.loop = loop
@@ -219,7 +220,7 @@ class EventLog:
 
     def _commit_group(self, group: list[_Append]) -> None:
         first = seq = self._next_seq
-        rows: list[tuple[int, str, str, bytes | None, int]] = []
+        rows: list[tuple[int, str, bytes, bytes | None, int]] = []
         for request in group:
             for row in request.rows:
                 rows.append((seq, *row))
@@ -244,7 +245,7 @@ class EventLog:
         for loop, results in by_loop.items():
             _reply(loop, results)
 
-    def _insert(self, rows: list[tuple[int, str, str, bytes | None, int]]) -> None:
+    def _insert(self, rows: list[tuple[int, str, bytes, bytes | None, int]]) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -390,13 +391,10 @@ def read_all(path: Path) -> list[LoggedEvent]:
     return [_decode_row(r) for r in rows]
 
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+def _encode_attrs(event: CloudEvent) -> bytes:
+    return orjson.dumps(event.attributes)
 
 
-def _encode_attrs(event: CloudEvent) -> str:
-    return _encode(event.attributes)
-
-
-def _decode_row(row: tuple[int, str, str, bytes | None, int]) -> LoggedEvent:
+def _decode_row(row: tuple[int, str, bytes, bytes | None, int]) -> LoggedEvent:
     seq, broker, attrs, data, received = row
-    return LoggedEvent(seq, broker, CloudEvent(json.loads(attrs), data), received)
+    return LoggedEvent(seq, broker, CloudEvent(orjson.loads(attrs), data), received)
