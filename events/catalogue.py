@@ -8,7 +8,7 @@ depend on these types and schemas: change them only compatibly, or add a new ver
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,6 +16,7 @@ TYPE_PREFIX = "io.mapemesh."
 SCHEMA_BASE = "https://mapemesh.dev/schemas/events/"
 """Base of every `dataschema` URI; the file under `events/schemas/` has the same name."""
 
+NonEmpty = Annotated[str, Field(min_length=1)]
 AssetKind = Literal["node", "cluster", "continuum", "application", "component", "device", "function"]
 ManagementMode = Literal["heuristic", "ml"]
 PlanStatus = Literal["Queued", "Scheduled", "Discarded", "Success", "Pending", "Failed"]
@@ -56,7 +57,7 @@ class TelemetryReported(EventData):
 class StateChanged(EventData):
     event_type: ClassVar[str] = "io.mapemesh.state.changed.v1"
     summary: ClassVar[str] = "The monitor stage updated knowledge about an asset."
-    asset: str = Field(min_length=1)
+    asset: NonEmpty
     asset_kind: AssetKind
     changed: list[str] = Field(min_length=1, description="Which metrics or knowledge keys changed.")
     cause: str | None = Field(None, description="The id of the event that caused the change.")
@@ -65,8 +66,8 @@ class StateChanged(EventData):
 class PolicyRequest(EventData):
     """What a stage sends a policy function; the policy answers with the matching reply."""
 
-    policy: str = Field(min_length=1)
-    asset: str = Field(min_length=1)
+    policy: NonEmpty
+    asset: NonEmpty
     context: dict[str, Any] = Field(default_factory=dict, description="The policy's saved context.")
     application_description: dict[str, Any] | list[dict[str, Any]] | None = None
     system_description: dict[str, Any] | None = None
@@ -85,8 +86,8 @@ class PolicyAnalyzeRequested(PolicyRequest):
 class PolicyAnalyzeReplied(EventData):
     event_type: ClassVar[str] = "io.mapemesh.policy.analyze.replied.v1"
     summary: ClassVar[str] = "A policy's verdict: does the asset need a new plan?"
-    policy: str = Field(min_length=1)
-    asset: str = Field(min_length=1)
+    policy: NonEmpty
+    asset: NonEmpty
     request: str = Field(min_length=1, description="The id of the request event this answers.")
     verdict: bool
     context: dict[str, Any] = Field(default_factory=dict)
@@ -102,9 +103,9 @@ class PolicyPlanRequested(PolicyRequest):
 class PolicyPlanReplied(EventData):
     event_type: ClassVar[str] = "io.mapemesh.policy.plan.replied.v1"
     summary: ClassVar[str] = "A policy's plan: mechanism name -> command."
-    policy: str = Field(min_length=1)
-    asset: str = Field(min_length=1)
-    request: str = Field(min_length=1)
+    policy: NonEmpty
+    asset: NonEmpty
+    request: NonEmpty
     plan: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
@@ -113,18 +114,18 @@ class PolicyPlanReplied(EventData):
 class PlanProposed(EventData):
     event_type: ClassVar[str] = "io.mapemesh.plan.proposed.v1"
     summary: ClassVar[str] = "A plan enters the scheduler's FIFO (status Queued)."
-    plan_id: str = Field(min_length=1)
-    policy: str = Field(min_length=1)
-    asset: str = Field(min_length=1)
+    plan_id: NonEmpty
+    policy: NonEmpty
+    asset: NonEmpty
     mechanisms: dict[str, Any] = Field(min_length=1, description="Mechanism name -> command.")
 
 
 class PlanScheduled(EventData):
     event_type: ClassVar[str] = "io.mapemesh.plan.scheduled.v1"
     summary: ClassVar[str] = "The scheduler admitted a plan in this cycle; execute applies it."
-    plan_id: str = Field(min_length=1)
-    policy: str = Field(min_length=1)
-    asset: str = Field(min_length=1)
+    plan_id: NonEmpty
+    policy: NonEmpty
+    asset: NonEmpty
     mechanisms: dict[str, Any] = Field(min_length=1)
     cycle: int = Field(ge=0, description="The scheduling cycle that admitted it.")
 
@@ -132,19 +133,19 @@ class PlanScheduled(EventData):
 class PlanDiscarded(EventData):
     event_type: ClassVar[str] = "io.mapemesh.plan.discarded.v1"
     summary: ClassVar[str] = "A plan lost to an earlier plan for the same mechanism in the same cycle."
-    plan_id: str = Field(min_length=1)
-    policy: str = Field(min_length=1)
-    asset: str = Field(min_length=1)
+    plan_id: NonEmpty
+    policy: NonEmpty
+    asset: NonEmpty
     mechanism: str = Field(min_length=1, description="The mechanism both plans wanted.")
     winner: str = Field(min_length=1, description="The plan_id that was scheduled instead.")
-    reason: str = Field(min_length=1)
+    reason: NonEmpty
     cycle: int = Field(ge=0)
 
 
 class KnobApply(EventData):
     event_type: ClassVar[str] = "io.mapemesh.knob.apply.v1"
     summary: ClassVar[str] = "Execute asks node NAME's shim (extension `node`) to apply a mechanism command."
-    node: str = Field(min_length=1)
+    node: NonEmpty
     knob: str = Field(min_length=1, description="The MLSysOps mechanism name, e.g. CPUFrequency.")
     command: dict[str, Any]
     plan_id: str | None = None
@@ -154,8 +155,8 @@ class KnobApply(EventData):
 class KnobApplied(EventData):
     event_type: ClassVar[str] = "io.mapemesh.knob.applied.v1"
     summary: ClassVar[str] = "A node shim applied a command; values before and after."
-    node: str = Field(min_length=1)
-    knob: str = Field(min_length=1)
+    node: NonEmpty
+    knob: NonEmpty
     request: str = Field(min_length=1, description="The id of the knob.apply event.")
     plan_id: str | None = None
     before: dict[str, Any]
@@ -166,19 +167,19 @@ class KnobApplied(EventData):
 class KnobFailed(EventData):
     event_type: ClassVar[str] = "io.mapemesh.knob.failed.v1"
     summary: ClassVar[str] = "A node shim refused or failed a command; nothing is left half-applied."
-    node: str = Field(min_length=1)
-    knob: str = Field(min_length=1)
-    request: str = Field(min_length=1)
+    node: NonEmpty
+    knob: NonEmpty
+    request: NonEmpty
     plan_id: str | None = None
     code: Literal["invalid", "unsupported", "permission", "hardware", "timeout", "unknown_knob"]
-    error: str = Field(min_length=1)
+    error: NonEmpty
     rolled_back: bool = Field(False, description="True when a partial change was undone.")
 
 
 class DeployRequested(EventData):
     event_type: ClassVar[str] = "io.mapemesh.deploy.requested.v1"
     summary: ClassVar[str] = "Execute asks the deploy function to place an application's components."
-    app_id: str = Field(min_length=1)
+    app_id: NonEmpty
     plan_id: str | None = None
     placement: dict[str, list[str]] = Field(description="Component name -> cluster names.")
 
@@ -186,7 +187,7 @@ class DeployRequested(EventData):
 class DeployStatus(EventData):
     event_type: ClassVar[str] = "io.mapemesh.deploy.status.v1"
     summary: ClassVar[str] = "What the deploy function did with a deploy request."
-    app_id: str = Field(min_length=1)
+    app_id: NonEmpty
     plan_id: str | None = None
     status: Literal["Applied", "Written", "Failed"]
     clusters: list[str] = Field(default_factory=list)
@@ -197,20 +198,20 @@ class DeployStatus(EventData):
 class AppSubmitted(EventData):
     event_type: ClassVar[str] = "io.mapemesh.app.submitted.v1"
     summary: ClassVar[str] = "An application description was submitted (northbound API or outside)."
-    app_id: str = Field(min_length=1)
+    app_id: NonEmpty
     description: dict[str, Any] = Field(description="The MLSysOps application description (MLSysOpsApp).")
 
 
 class AppRemoved(EventData):
     event_type: ClassVar[str] = "io.mapemesh.app.removed.v1"
     summary: ClassVar[str] = "An application was removed."
-    app_id: str = Field(min_length=1)
+    app_id: NonEmpty
 
 
 class InfraRegistered(EventData):
     event_type: ClassVar[str] = "io.mapemesh.infra.registered.v1"
     summary: ClassVar[str] = "A node, cluster or continuum description was registered."
-    infra_id: str = Field(min_length=1)
+    infra_id: NonEmpty
     kind: Literal["node", "cluster", "continuum"]
     description: dict[str, Any]
 
@@ -218,7 +219,7 @@ class InfraRegistered(EventData):
 class InfraUnregistered(EventData):
     event_type: ClassVar[str] = "io.mapemesh.infra.unregistered.v1"
     summary: ClassVar[str] = "A node, cluster or continuum left."
-    infra_id: str = Field(min_length=1)
+    infra_id: NonEmpty
 
 
 class ModeChanged(EventData):
