@@ -72,11 +72,22 @@ def test_structured_03_uses_datacontentencoding():
     (base(big=2**31), "big"),
     (base(subject=""), "subject"),
     (base(nested={"a": 1}), "nested"),
+    ({**base(), "abc\n": "x"}, "abc\n"),
+    (base(datacontenttype="application/json;\r\nX-Evil: 1"), "datacontenttype"),
 ])
 def test_validate_names_the_bad_attribute(attrs, bad):
     with pytest.raises(MalformedEvent) as err:
         validate(attrs)
     assert err.value.attribute == bad
+
+
+def test_leap_second_is_a_valid_time():
+    validate(base(time="2016-12-31T23:59:60Z"))
+
+
+def test_datacontentencoding_is_only_honoured_for_03():
+    event = from_structured(base(datacontentencoding="base64", data="aGk="))
+    assert event.data == b'"aGk="'  # a 1.0 event: an ordinary extension, data stays a JSON string
 
 
 def test_validate_accepts_the_spec_examples():

@@ -90,7 +90,7 @@ def test_given_ttl_is_kept(shared_broker):
     assert stored(shared_broker, h["ce-id"])[0].event.get("knativebrokerttl") == 7
 
 
-@pytest.mark.parametrize("ttl", ["0", "-3", "abc"])
+@pytest.mark.parametrize("ttl", ["0", "-3", "abc", "1_0", "+5", "99999999999999999999999", "4294967296"])
 def test_exhausted_or_bad_ttl_is_rejected(shared_broker, ttl):
     h = binary_headers(knativebrokerttl=ttl)
     r = httpx.post(shared_broker.ingress, headers=h, content=b"{}")

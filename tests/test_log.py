@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from mapemesh.eventing.cloudevent import CloudEvent
-from mapemesh.eventing.log import EventLog, read_all
+from mapemesh.eventing.log import EventLog, LogClosed, UnstorableEvent, read_all
 
 
 def ev(i: int) -> CloudEvent:
@@ -49,8 +49,8 @@ def test_failed_group_stores_nothing_and_reports_the_error(tmp_path):
     async def main():
         log = EventLog(tmp_path / "log.db")
         await log.append("b", [ev(1)])
-        bad = CloudEvent({"id": object()}, None)  # cannot be encoded: the whole group must fail
-        with pytest.raises(TypeError):
+        bad = CloudEvent({"id": object()}, None)  # cannot be encoded: the whole request must fail
+        with pytest.raises(UnstorableEvent):
             await log.append("b", [ev(2), bad])
         seqs = await log.append("b", [ev(3)])
         await log.close()
@@ -123,3 +123,41 @@ def test_routing_cursor_survives_reopen(tmp_path):
 
     s1, s2 = run(first())
     assert run(second()) == ([s2], [("sub", s1)])
+
+
+def test_sequence_numbers_are_never_reused_after_compaction(tmp_path):
+    async def first():
+        log = EventLog(tmp_path / "log.db")
+        seqs = await log.append("b", [ev(1), ev(2), ev(3)])
+        await log.route([(s, ["sub"]) for s in seqs])
+        for s in seqs:
+            await log.record_attempt("sub", s, "delivered")
+        assert await log.compact() == 3
+        await log.close()
+        return seqs
+
+    async def second():
+        log = EventLog(tmp_path / "log.db")
+        (seq,) = await log.append("b", [ev(4)])
+        unrouted = [e.seq for e in log.read(log.routed_through)]
+        compacted = await log.compact()
+        await log.close()
+        return seq, unrouted, compacted
+
+    seqs = run(first())
+    seq, unrouted, compacted = run(second())
+    assert seq > max(seqs)
+    assert unrouted == [seq] and compacted == 0
+
+
+def test_closed_log_refuses_appends_and_writes(tmp_path):
+    async def main():
+        log = EventLog(tmp_path / "log.db")
+        await log.close()
+        with pytest.raises(LogClosed):
+            await log.append("b", [ev(1)])
+        with pytest.raises(LogClosed):
+            await log.compact()
+        await log.close()  # closing twice is harmless
+
+    run(main())

@@ -145,7 +145,7 @@ def from_structured(doc: object) -> CloudEvent:
         data = _b64("data_base64", doc["data_base64"])
     elif has_data and doc["data"] is not None:
         value = doc["data"]
-        if attributes.get("datacontentencoding") == "base64":  # CloudEvents 0.3
+        if attributes["specversion"] == "0.3" and attributes.get("datacontentencoding") == "base64":
             data = _b64("data", value)
         elif isinstance(value, str) and not is_json_media_type(_str(attributes.get("datacontenttype"))):
             data = value.encode("utf-8")

@@ -10,12 +10,11 @@ from datetime import datetime
 
 SPEC_VERSIONS = ("1.0", "0.3")
 REQUIRED = ("id", "source", "specversion", "type")
-_NAME = re.compile(r"^[a-z0-9]+$")
-_MEDIA_TYPE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*;.*)?$", re.S)
+_NAME = re.compile(r"[a-z0-9]+")  # used with fullmatch: `$` would let a trailing newline through
+# RFC 2046 type/subtype, then parameters without control characters (they would split HTTP headers).
+_MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+([ \t]*;[^\x00-\x1f\x7f]*)?")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
-)
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 _INT32 = (-(2**31), 2**31 - 1)
 _NOT_IN_URI = re.compile(r"[\s\x00-\x1f\x7f]")
 _GOOD_NAMES: set[str] = set()
@@ -128,7 +127,7 @@ def check_name(name: str) -> None:
     """Attribute names are lower-case ASCII letters and digits (CloudEvents 1.0, 'Attribute Naming')."""
     if name in _GOOD_NAMES:
         return
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise MalformedEvent(name, "attribute names must consist of lower-case letters and digits only")
     if len(_GOOD_NAMES) < 4096:  # names repeat from event to event; remember a bounded number
         _GOOD_NAMES.add(name)
@@ -174,7 +173,7 @@ def _non_empty(name: str, value: str, version: str) -> None:
 
 
 def _media_type(name: str, value: str, version: str) -> None:
-    if not _MEDIA_TYPE.match(value):
+    if not _MEDIA_TYPE.fullmatch(value):
         raise MalformedEvent(name, f"{value!r} is not an RFC 2046 media type")
 
 
@@ -207,9 +206,11 @@ def _check_uri_reference(name: str, value: str) -> None:
 
 
 def _check_timestamp(name: str, value: str) -> None:
-    if not _RFC3339.match(value):
+    if not _RFC3339.fullmatch(value):
         raise MalformedEvent(name, f"{value!r} is not an RFC 3339 timestamp")
+    # RFC 3339 allows a leap second (:60), which datetime cannot hold: check the rest of the value.
+    checkable = value[:17] + "59" + value[19:] if value[17:19] == "60" else value
     try:
-        datetime.fromisoformat(value.replace("z", "Z").replace("t", "T"))
+        datetime.fromisoformat(checkable.replace("z", "Z").replace("t", "T"))
     except ValueError as exc:
         raise MalformedEvent(name, f"{value!r} is not a valid timestamp: {exc}") from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from datetime import UTC, datetime
 
@@ -24,7 +25,7 @@ from aiohttp import web
 from mapemesh.eventing.binding import from_http
 from mapemesh.eventing.brokers import BrokerRegistry
 from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent
-from mapemesh.eventing.log import EventLog
+from mapemesh.eventing.log import EventLog, UnstorableEvent
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ DEFAULT_TTL = 255
 MIN_MAX_EVENT_BYTES = 64 * 1024
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 ALLOW = "POST, OPTIONS"
+_INTEGER = re.compile(r"-?[0-9]{1,11}")
 
 
 _second_prefix: tuple[int, str] = (-1, "")
@@ -50,15 +52,18 @@ def arrival_time() -> str:
 
 
 def parse_ttl(value: object) -> int:
-    """The integer value of a `knativebrokerttl` attribute; MalformedEvent if it is not one."""
+    """The value of a `knativebrokerttl` attribute, a CloudEvents Integer; MalformedEvent if it is not one."""
     if isinstance(value, bool):
         raise MalformedEvent(TTL, "must be an integer")
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise MalformedEvent(TTL, f"{value!r} is not an integer") from None
+    if isinstance(value, str):
+        if not _INTEGER.fullmatch(value):
+            raise MalformedEvent(TTL, f"{value!r} is not an integer")
+        value = int(value)
+    if not isinstance(value, int):
+        raise MalformedEvent(TTL, "must be an integer")
+    if not -(2**31) <= value < 2**31:
+        raise MalformedEvent(TTL, f"{value} is outside the CloudEvents Integer (32-bit) range")
+    return value
 
 
 def stamp(event: CloudEvent) -> None:
@@ -125,11 +130,12 @@ class Ingress:
                 except MalformedEvent as exc:
                     raise (exc.at(i) if len(events) > 1 else exc) from None
         except MalformedEvent as exc:
-            return web.Response(status=400, body=json.dumps(exc.as_dict()).encode(),
-                                content_type="application/json")
+            return _malformed(exc)
         if events:
             try:
                 await self.log.append(broker.key, events)
+            except UnstorableEvent as exc:
+                return _malformed(MalformedEvent(None, str(exc)))
             except Exception as exc:
                 log.error("could not store %d event(s) for %s: %s", len(events), broker.key, exc)
                 return _error(503, "the event could not be stored; retry", {"Retry-After": "1"})
@@ -148,6 +154,10 @@ class Ingress:
         reply.attributes[ARRIVAL] = arrival_time()
         (seq,) = await self.log.append(broker, [reply])
         return seq
+
+
+def _malformed(exc: MalformedEvent) -> web.Response:
+    return web.Response(status=400, body=json.dumps(exc.as_dict()).encode(), content_type="application/json")
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:

@@ -113,6 +113,10 @@ class LogClosed(RuntimeError):
     """The log was closed; nothing more can be appended."""
 
 
+class UnstorableEvent(ValueError):
+    """An event whose attributes cannot be encoded for the log (nothing was stored)."""
+
+
 class _Append:
     """One append request: its rows go into the next group commit; `future` gets their sequence numbers."""
 
@@ -150,11 +154,14 @@ class EventLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.durability = durability
         self._db = self._open()
-        self._next_seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0] + 1
         self._routed_through = int(
             self._db.execute("SELECT value FROM meta WHERE key='routed_through'").fetchone()[0])
+        # Compaction may have removed every event up to the routing cursor: never hand out a number again.
+        max_seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        self._next_seq = max(max_seq, self._routed_through) + 1
         self._queue: queue.SimpleQueue[_Append | _Call | None] = queue.SimpleQueue()
         self._closed = False
+        self._close_lock = threading.Lock()
         self._reader_local = threading.local()
         self.commits = 0
         """How many append transactions were committed (each covers one group of appends)."""
@@ -169,27 +176,34 @@ class EventLog:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=" + ("FULL" if self.durability == "fsync" else "NORMAL"))
-        db.executescript(_SCHEMA)
+        db.executescript("BEGIN;" + _SCHEMA + f"""
+            INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
+            INSERT OR IGNORE INTO meta VALUES ('routed_through', '0');
+            COMMIT;""")
         row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            db.execute("INSERT INTO meta VALUES ('routed_through', '0')")
-        elif int(row[0]) != SCHEMA_VERSION:
+        if int(row[0]) != SCHEMA_VERSION:
             raise RuntimeError(f"{self.path}: log schema version {row[0]}, this mapemesh reads "
                                f"{SCHEMA_VERSION}")
         return db
 
     async def append(self, broker: str, events: Sequence[CloudEvent]) -> list[int]:
         """Append events atomically; return their sequence numbers once the transaction is durable."""
-        if self._closed:
-            raise LogClosed("the event log is closed")
         now = time.time_ns()
         # Encode before queueing: an event that cannot be stored fails its own request only.
-        rows = [(broker, _encode_attrs(ev), ev.data, now) for ev in events]
+        try:
+            rows = [(broker, _encode_attrs(ev), ev.data, now) for ev in events]
+        except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+            raise UnstorableEvent(f"the event's attributes cannot be stored: {exc}") from None
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
-        self._queue.put(_Append(rows, loop, future))
+        self._enqueue(_Append(rows, loop, future))
         return await future
+
+    def _enqueue(self, item: _Append | _Call) -> None:
+        with self._close_lock:  # nothing may slip in behind the writer's stop sentinel
+            if self._closed:
+                raise LogClosed("the event log is closed")
+            self._queue.put(item)
 
     def _run(self) -> None:
         get, get_nowait = self._queue.get, self._queue.get_nowait
@@ -261,11 +275,9 @@ class EventLog:
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn(connection)` on the writer thread inside one transaction."""
-        if self._closed:
-            raise LogClosed("the event log is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Call(fn, loop, future))  # type: ignore[arg-type]
+        self._enqueue(_Call(fn, loop, future))  # type: ignore[arg-type]
         return await future
 
     def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -339,10 +351,11 @@ class EventLog:
 
     async def close(self) -> None:
         """Finish every queued write, then close the database."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(None)
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
 
     # -- reader side (any thread; each thread gets its own read connection) ------------------
