@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import ingress
+from bench import ingress, routing
 
-BENCHMARKS = {"ingress": ingress.main}
+BENCHMARKS = {"ingress": ingress.main, "routing": routing.main}
 
 
 def main(argv: list[str] | None = None) -> int:

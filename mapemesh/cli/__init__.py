@@ -9,6 +9,7 @@ import click
 
 from mapemesh import __version__
 from mapemesh.cli.broker import broker
+from mapemesh.cli.cesql import cesql
 from mapemesh.cli.events import events
 
 
@@ -28,6 +29,7 @@ def cli(ctx: click.Context, data: Path | None, log_level: str) -> None:
 
 cli.add_command(broker)
 cli.add_command(events)
+cli.add_command(cesql)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -39,3 +40,51 @@ def serve(ctx: click.Context, manifests: Path | None, data: Path | None, host: s
     if not s.manifests.exists():
         raise click.UsageError(f"manifests directory {s.manifests} does not exist")
     run(serve_broker(s))
+
+
+@broker.command()
+@click.option("--broker", "broker_url", default=None, metavar="URL",
+              help="The broker's base URL [default: the broker in DATA_DIR/endpoints.json].")
+@click.option("--output", "-o", type=click.Choice(["human", "json"]), default="human", show_default=True)
+@click.pass_context
+def stats(ctx: click.Context, broker_url: str | None, output: str) -> None:
+    """Show each trigger: ready or why not, and its accepted/delivered/retried/dead-lettered/dropped counts.
+
+    Exit status: 0 shown, 3 broker unreachable.
+    """
+    import httpx
+
+    from mapemesh.cli.events import EXIT_UNREACHABLE, broker_base
+
+    base = broker_base(ctx, broker_url)
+    try:
+        doc = httpx.get(f"{base}/stats", timeout=10).raise_for_status().json()
+    except httpx.HTTPError as exc:
+        click.echo(f"error: cannot read stats from {base}: {exc}", err=True)
+        ctx.exit(EXIT_UNREACHABLE)
+    if output == "json":
+        click.echo(json.dumps(doc, indent=2))
+        return
+    rows = doc["triggers"]
+    if not rows:
+        click.echo("no triggers")
+    header = ("TRIGGER", "READY", "ACCEPTED", "DELIVERED", "RETRIED", "DEAD-LETTERED", "DROPPED", "P50", "P99")
+    table = [header]
+    for key, r in rows.items():
+        lat = r.get("latency") or {}
+        table.append((key, "yes" if r["ready"] else "NO", *(str(r[k]) for k in (
+            "accepted", "delivered", "retried", "dead_lettered", "dropped")),
+            _ms(lat.get("p50_s")), _ms(lat.get("p99_s"))))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for key, r in rows.items():
+        if not r["ready"]:
+            click.echo(f"{key} not ready: {r['reason']}")
+    log_stats = doc.get("log", {})
+    click.echo(f"log: {log_stats.get('appended', 0)} appended since start, routed through "
+               f"seq {log_stats.get('routed_through', 0)}")
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"<={seconds * 1000:g}ms"

@@ -27,18 +27,24 @@ def events() -> None:
     """Send CloudEvents into the mesh."""
 
 
+def broker_base(ctx: click.Context, given: str | None) -> str:
+    """The broker's base URL: as given, else the one recorded in DATA_DIR/endpoints.json."""
+    if given is not None:
+        return given.rstrip("/")
+    data = data_dir(ctx)
+    try:
+        base = endpoints.read(data).get("broker")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if base is None:
+        raise click.UsageError(f"no --broker given and no running broker recorded in "
+                               f"{data / endpoints.FILE} (start one with `mapemesh broker serve`)")
+    return base
+
+
 def broker_url(ctx: click.Context, given: str | None) -> str:
     """The ingress URL: --broker as given (a bare base URL gets /default/default), else endpoints.json."""
-    if given is None:
-        data = data_dir(ctx)
-        try:
-            base = endpoints.read(data).get("broker")
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from None
-        if base is None:
-            raise click.UsageError(f"no --broker given and no running broker recorded in "
-                                   f"{data / endpoints.FILE} (start one with `mapemesh broker serve`)")
-        given = base
+    given = given if given is not None else broker_base(ctx, None)
     parts = urlsplit(given)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise click.UsageError(f"--broker {given!r} is not an http(s) URL")

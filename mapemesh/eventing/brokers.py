@@ -55,6 +55,8 @@ class BrokerRegistry:
         self.root = Path(root)
         self.brokers: dict[str, BrokerSpec] = {}
         self.errors: list[str] = []
+        self.found = manifests.ManifestSet()
+        """Everything the last reload read (other objects, such as Triggers, are taken from here)."""
         self._fingerprint: tuple[tuple[str, int, int], ...] | None = None
         self._listeners: list[Callable[[BrokerRegistry], None]] = []
         self.reload()
@@ -74,6 +76,7 @@ class BrokerRegistry:
             return False
         self._fingerprint = fp
         found = manifests.load(self.root)
+        self.found = found
         brokers, errors = brokers_from(found)
         self.errors = found.errors + errors
         for error in self.errors:

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -87,11 +88,14 @@ class Ingress:
         self.brokers = brokers
         self.log = event_log
         self.max_event_bytes = max_event_bytes
+        self.on_append: Callable[[], None] | None = None
+        """Called after events were appended (the dispatcher's wake-up)."""
 
-    def app(self) -> web.Application:
-        """An aiohttp application serving the ingress (and `GET /healthz`)."""
+    def app(self, extra_routes: Iterable[web.RouteDef] = ()) -> web.Application:
+        """An aiohttp application serving the ingress, `GET /healthz` and `extra_routes`."""
         app = web.Application(client_max_size=self.max_event_bytes)
         app.router.add_get("/healthz", self._healthz)
+        app.add_routes(list(extra_routes))
         app.router.add_route("*", "/{path:.*}", self.handle)
         return app
 
@@ -139,6 +143,8 @@ class Ingress:
             except Exception as exc:
                 log.error("could not store %d event(s) for %s: %s", len(events), broker.key, exc)
                 return _error(503, "the event could not be stored; retry", {"Retry-After": "1"})
+            if self.on_append is not None:
+                self.on_append()
         return web.Response(status=202)
 
     async def republish(self, broker: str, reply: CloudEvent, parent: CloudEvent) -> int | None:
@@ -153,6 +159,8 @@ class Ingress:
         reply.attributes[TTL] = ttl
         reply.attributes[ARRIVAL] = arrival_time()
         (seq,) = await self.log.append(broker, [reply])
+        if self.on_append is not None:
+            self.on_append()
         return seq
 
 

@@ -224,11 +224,8 @@ class EventLog:
                 stop = True  # close() was queued behind these: finish them, then stop
             if group:
                 self._commit_group(group)
-            for call in calls:
-                try:
-                    _reply(call.loop, [(call.future, self._transaction(call.fn), None)])
-                except Exception as exc:
-                    _reply(call.loop, [(call.future, None, exc)])
+            if calls:
+                self._run_calls(calls)
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
 
@@ -259,6 +256,34 @@ class EventLog:
         for loop, results in by_loop.items():
             _reply(loop, results)
 
+    def _run_calls(self, calls: list[_Call]) -> None:
+        # Every queued write shares one transaction (one fsync); a savepoint each keeps them independent.
+        db = self._db
+        outcomes: list[tuple[_Call, object, BaseException | None]] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for call in calls:
+                db.execute("SAVEPOINT call")
+                try:
+                    result = call.fn(db)
+                except Exception as exc:
+                    db.execute("ROLLBACK TO call")
+                    outcomes.append((call, None, exc))
+                else:
+                    outcomes.append((call, result, None))
+                db.execute("RELEASE call")
+            db.execute("COMMIT")
+        except Exception as exc:  # the transaction itself failed: none of it happened
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            log.exception("event log write failed")
+            outcomes = [(call, None, exc) for call in calls]
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        for call, result, exc in outcomes:
+            by_loop.setdefault(call.loop, []).append((call.future, result, exc))
+        for loop, results in by_loop.items():
+            _reply(loop, results)
+
     def _insert(self, rows: list[tuple[int, str, bytes, bytes | None, int]]) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -279,17 +304,6 @@ class EventLog:
         future: asyncio.Future[T] = loop.create_future()
         self._enqueue(_Call(fn, loop, future))  # type: ignore[arg-type]
         return await future
-
-    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(db)
-            db.execute("COMMIT")
-            return result
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     @property
     def routed_through(self) -> int:
@@ -320,14 +334,17 @@ class EventLog:
 
     async def record_attempt(self, subscription: str, seq: int, state: DeliveryState, *,
                              status: int | None = None, error: str | None = None,
-                             not_before_ns: int = 0) -> None:
-        """Record the outcome of one delivery attempt: still pending (retry later), delivered or dead."""
+                             not_before_ns: int = 0, attempted: bool = True) -> None:
+        """Record the outcome of a delivery attempt: still pending (retry later), delivered or dead.
+
+        `attempted=False` changes the state without counting an attempt (for example after dead-lettering).
+        """
 
         def _record(db: sqlite3.Connection) -> None:
             cur = db.execute(
-                "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_status = ?, last_error = ?, "
+                "UPDATE deliveries SET state = ?, attempts = attempts + ?, last_status = ?, last_error = ?, "
                 "not_before_ns = ? WHERE subscription = ? AND seq = ?",
-                (state, status, error, not_before_ns, subscription, seq))
+                (state, int(attempted), status, error, not_before_ns, subscription, seq))
             if cur.rowcount == 0:
                 raise KeyError(f"no delivery of event {seq} to {subscription!r}")
 
@@ -373,6 +390,18 @@ class EventLog:
             "SELECT seq, broker, attrs, data, received_ns FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit)).fetchall()
         return [_decode_row(r) for r in rows]
+
+    def get(self, seqs: Iterable[int]) -> dict[int, LoggedEvent]:
+        """The events with these sequence numbers that are still in the log."""
+        wanted = list(seqs)
+        out: dict[int, LoggedEvent] = {}
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i:i + 500]
+            rows = self._reader().execute(
+                "SELECT seq, broker, attrs, data, received_ns FROM events WHERE seq IN "
+                f"({','.join('?' * len(chunk))})", chunk).fetchall()
+            out.update((r[0], _decode_row(r)) for r in rows)
+        return out
 
     def deliveries(self, subscription: str | None = None, state: DeliveryState | None = None) -> list[Delivery]:
         """Delivery records, optionally for one subscription and/or one state."""

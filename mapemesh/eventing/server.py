@@ -1,4 +1,4 @@
-"""Running the embedded broker: durable log, manifests watcher and ingress in one process."""
+"""Running the embedded broker: durable log, manifests watcher, ingress and dispatcher in one process."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from aiohttp import web
 
 from mapemesh import endpoints
 from mapemesh.eventing.brokers import BrokerRegistry
+from mapemesh.eventing.delivery import Dispatcher
 from mapemesh.eventing.ingress import Ingress
 from mapemesh.eventing.log import EventLog
+from mapemesh.eventing.stats import BrokerMetrics
+from mapemesh.eventing.triggers import Resolver
 from mapemesh.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,19 +30,23 @@ class RunningBroker:
     url: str
     ingress: Ingress
     event_log: EventLog
+    dispatcher: Dispatcher
+    metrics: BrokerMetrics
     runner: web.AppRunner
     tasks: list[asyncio.Task[None]]
     settings: Settings
 
     async def stop(self) -> None:
-        """Stop accepting, finish in-flight appends, close the log and forget the endpoint."""
+        """Stop accepting and delivering, finish in-flight appends, close the log, forget the endpoint."""
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.runner.cleanup()
+        await self.dispatcher.stop()
         await self.event_log.close()
+        self.metrics.shutdown()
         endpoints.unregister(self.settings.data, "broker", self.url)
 
 
@@ -50,17 +57,27 @@ async def start_broker(settings: Settings) -> RunningBroker:
         log.warning("no Broker manifests under %s: every POST will answer 404", settings.manifests)
     event_log = EventLog(settings.event_log_file, durability=settings.durability)  # type: ignore[arg-type]
     ingress = Ingress(registry, event_log, settings.max_event_bytes)
-    runner = web.AppRunner(ingress.app(), access_log=None, handle_signals=False)
+    metrics = BrokerMetrics()
+    resolver = Resolver(settings.data, broker_url="")
+    dispatcher = Dispatcher(event_log, ingress, registry, resolver, metrics)
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(dispatcher.stats())
+
+    routes = [web.get("/stats", stats)]
+    runner = web.AppRunner(ingress.app(routes), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.broker_port, backlog=1024, reuse_address=True)
     await site.start()
     host, port = runner.addresses[0][:2]
     url = f"http://{_url_host(host)}:{port}"
+    resolver.broker_url = url
+    await dispatcher.start()
     endpoints.register(settings.data, "broker", url)
     tasks = [asyncio.create_task(registry.watch()), asyncio.create_task(_compact_forever(event_log))]
     log.info("broker ingress on %s (brokers: %s; log %s, durability %s)", url,
              ", ".join(sorted(registry.brokers)) or "none", settings.event_log_file, settings.durability)
-    return RunningBroker(url, ingress, event_log, runner, tasks, settings)
+    return RunningBroker(url, ingress, event_log, dispatcher, metrics, runner, tasks, settings)
 
 
 async def _compact_forever(event_log: EventLog) -> None:

@@ -1,0 +1,82 @@
+"""Delivery metrics per trigger through the OpenTelemetry SDK.
+
+Counters `mapemesh.broker.events` (attribute `outcome`: accepted, delivered, retried, dead_lettered, dropped)
+and the histogram `mapemesh.broker.delivery.latency` (seconds from arrival at the broker to the
+subscriber's 2xx), each with the attribute `trigger`. An in-memory reader serves `GET /stats`; any other
+OpenTelemetry reader or exporter can be attached to the same meter provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, MetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
+Outcome = Literal["accepted", "delivered", "retried", "dead_lettered", "dropped"]
+OUTCOMES: tuple[Outcome, ...] = ("accepted", "delivered", "retried", "dead_lettered", "dropped")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class BrokerMetrics:
+    """The broker's meters and the reader `snapshot()` reads them back from."""
+
+    def __init__(self, extra_readers: Sequence[MetricReader] = ()):
+        self._reader = InMemoryMetricReader()
+        self.provider = MeterProvider(
+            metric_readers=[self._reader, *extra_readers],
+            views=[View(instrument_name="mapemesh.broker.delivery.latency",
+                        aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS))])
+        meter = self.provider.get_meter("mapemesh.broker")
+        self._events = meter.create_counter("mapemesh.broker.events", unit="{event}",
+                                            description="Events per trigger by outcome")
+        self._latency = meter.create_histogram("mapemesh.broker.delivery.latency", unit="s",
+                                               description="Arrival at the broker to the subscriber's 2xx")
+
+    def count(self, trigger: str, outcome: Outcome, n: int = 1) -> None:
+        """Add `n` events with `outcome` to the trigger's counter."""
+        self._events.add(n, {"trigger": trigger, "outcome": outcome})
+
+    def latency(self, trigger: str, seconds: float) -> None:
+        """Record one successful delivery's latency."""
+        self._latency.record(max(seconds, 0.0), {"trigger": trigger})
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per trigger: the counters and the latency histogram (count, sum, p50, p99 from the buckets)."""
+        out: dict[str, dict[str, Any]] = {}
+        data = self._reader.get_metrics_data()
+        for rm in data.resource_metrics if data else ():
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    for point in metric.data.data_points:
+                        trigger = str(point.attributes.get("trigger"))
+                        row = out.setdefault(trigger, {o: 0 for o in OUTCOMES})
+                        if metric.name == "mapemesh.broker.events":
+                            row[str(point.attributes.get("outcome"))] = int(point.value)
+                        elif isinstance(point, HistogramDataPoint):
+                            row["latency"] = _histogram(point)
+        return out
+
+    def shutdown(self) -> None:
+        """Flush and stop the readers."""
+        self.provider.shutdown()
+
+
+def _histogram(point: HistogramDataPoint) -> dict[str, float | int | None]:
+    return {"count": point.count, "sum_s": point.sum,
+            "p50_s": _quantile(point, 0.5), "p99_s": _quantile(point, 0.99)}
+
+
+def _quantile(point: HistogramDataPoint, q: float) -> float | None:
+    """The upper bound of the bucket holding the q-quantile (the max for the open last bucket)."""
+    if not point.count:
+        return None
+    rank = q * point.count
+    seen = 0
+    for bound, count in zip(point.explicit_bounds, point.bucket_counts, strict=False):
+        seen += count
+        if seen >= rank:
+            return min(bound, point.max)
+    return point.max

@@ -1,0 +1,172 @@
+"""Triggers from Knative `Trigger` manifests, and routing an event to the triggers it matches.
+
+A trigger that cannot be used (bad filter, bad delivery, unknown broker, unresolvable subscriber kind) is
+kept as not ready with the reason, shown by `mapemesh broker stats`, and never delivered to; it never
+takes the broker down. Triggers whose filter pins an exact `type` are indexed by (broker, type), so routing
+an event costs the same however many triggers wait for other types.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+from mapemesh import endpoints, manifests
+from mapemesh.eventing.brokers import BrokerSpec, brokers_from
+from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.eventing.deliveryspec import DeliverySpec, Destination, InvalidDelivery, effective
+from mapemesh.eventing.filters import Filter, InvalidFilter, compile_trigger_filter
+
+log = logging.getLogger(__name__)
+
+ORDER_ANNOTATION = "mapemesh.io/delivery-order"
+SERVING_V1 = "serving.knative.dev/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """One Trigger as the broker runs it; `reason` is None when it is ready."""
+
+    namespace: str
+    name: str
+    broker: str
+    """The broker key, "namespace/name"."""
+    subscriber: Destination | None
+    filter: Filter | None
+    delivery: DeliverySpec
+    ordered: bool
+    origin: str
+    reason: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def ready(self) -> bool:
+        return self.reason is None
+
+
+def parse_trigger(m: manifests.Manifest, brokers: dict[str, BrokerSpec]) -> Trigger:
+    """A Trigger from its manifest; problems make it not ready instead of raising."""
+    spec = m.body.get("spec")
+    annotations = (m.body.get("metadata") or {}).get("annotations") or {}
+    order = annotations.get(ORDER_ANNOTATION, "unordered") if isinstance(annotations, dict) else "unordered"
+    broker_key = f"{m.namespace}/{spec.get('broker')}" if isinstance(spec, dict) else f"{m.namespace}/?"
+    partial = Trigger(m.namespace, m.name, broker_key, None, None, DeliverySpec(), order == "ordered", m.origin)
+    try:
+        if not isinstance(spec, dict):
+            raise ValueError("spec must be a mapping")
+        if not isinstance(spec.get("broker"), str) or not spec["broker"]:
+            raise ValueError("spec.broker is required")
+        if order not in ("ordered", "unordered"):
+            raise ValueError(f"annotation {ORDER_ANNOTATION} must be 'ordered' or 'unordered', not {order!r}")
+        if "subscriber" not in spec:
+            raise ValueError("spec.subscriber is required")
+        subscriber = Destination.parse(spec["subscriber"], "spec.subscriber")
+        _check_destination(subscriber, "spec.subscriber")
+        flt = compile_trigger_filter(spec.get("filter"), spec.get("filters"))
+        broker = brokers.get(broker_key)
+        if broker is None:
+            raise ValueError(f"broker {broker_key} is not declared")
+        delivery = DeliverySpec.parse(effective(spec.get("delivery"), broker.delivery), "spec.delivery")
+        if delivery.dead_letter_sink is not None:
+            _check_destination(delivery.dead_letter_sink, "spec.delivery.deadLetterSink")
+    except (ValueError, InvalidFilter, InvalidDelivery) as exc:
+        return replace(partial, reason=str(exc))
+    return Trigger(m.namespace, m.name, broker_key, subscriber, flt, delivery, order == "ordered", m.origin)
+
+
+def _check_destination(dest: Destination, where: str) -> None:
+    if dest.ref is None:
+        parts = urlsplit(dest.uri or "")
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{where}.uri {dest.uri!r} must be an absolute http(s) URL (or give a ref)")
+        return
+    kind, api = dest.ref.get("kind"), dest.ref.get("apiVersion", "")
+    if (kind, api.split("/")[0]) not in (("Service", "serving.knative.dev"), ("Broker", "eventing.knative.dev")):
+        raise ValueError(f"{where}.ref: {api}/{kind} is not addressable here (use a Knative Service or Broker)")
+
+
+class Resolver:
+    """Turns a destination into a URL: a URI as is; a ref to a Knative Service or Broker through the mesh.
+
+    A Service declared in the manifests is served by the local function host at
+    `<serving URL>/<namespace>/<name>` (the `serving` entry of endpoints.json); a Broker at
+    `<broker URL>/<namespace>/<name>`.
+    """
+
+    def __init__(self, data: Path, broker_url: str):
+        self.data = data
+        self.broker_url = broker_url
+        self.services: set[str] = set()
+
+    def resolve(self, dest: Destination, namespace: str) -> str:
+        """The URL to post to; LookupError with the reason when it cannot be resolved (yet)."""
+        if dest.ref is None:
+            assert dest.uri is not None
+            return dest.uri
+        ns = dest.ref.get("namespace") or namespace
+        name = dest.ref["name"]
+        if dest.ref["kind"] == "Broker":
+            base = self.broker_url
+        else:
+            if f"{ns}/{name}" not in self.services:
+                raise LookupError(f"Service {ns}/{name} is not declared in the manifests")
+            base = endpoints.read(self.data).get("serving", "")
+            if not base:
+                raise LookupError(f"Service {ns}/{name} is declared but no function host is running "
+                                  f"(no 'serving' in endpoints.json)")
+        url = f"{base}/{ns}/{name}"
+        return urljoin(url + "/", dest.uri.lstrip("/")) if dest.uri else url
+
+
+@dataclass(slots=True)
+class TriggerSet:
+    """The triggers in force, indexed for routing."""
+
+    triggers: dict[str, Trigger] = field(default_factory=dict)
+    by_type: dict[tuple[str, str], list[Trigger]] = field(default_factory=dict)
+    unindexed: dict[str, list[Trigger]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, triggers: Iterable[Trigger]) -> TriggerSet:
+        """Index the ready triggers by (broker, exact type); the rest are checked one by one."""
+        out = cls()
+        for t in triggers:
+            out.triggers[t.key] = t
+            if not t.ready or t.filter is None:
+                continue
+            if t.filter.exact_type is not None:
+                out.by_type.setdefault((t.broker, t.filter.exact_type), []).append(t)
+            else:
+                out.unindexed.setdefault(t.broker, []).append(t)
+        return out
+
+    def match(self, broker: str, event: CloudEvent) -> list[Trigger]:
+        """The ready triggers of `broker` whose filter passes `event` (each once)."""
+        attrs = event.attributes
+        candidates = self.by_type.get((broker, str(attrs.get("type"))), ())
+        out = [t for t in candidates if t.filter.matches(attrs)]  # type: ignore[union-attr]
+        out += [t for t in self.unindexed.get(broker, ()) if t.filter.matches(attrs)]  # type: ignore[union-attr]
+        return out
+
+
+def load_triggers(found: manifests.ManifestSet) -> tuple[list[Trigger], set[str]]:
+    """The Triggers among the manifests, and the Knative Services declared there ("ns/name")."""
+    brokers, _ = brokers_from(found)
+    triggers: dict[str, Trigger] = {}
+    for m in found.of(manifests.EVENTING_V1, "Trigger"):
+        t = parse_trigger(m, brokers)
+        if t.key in triggers:
+            log.error("trigger %s declared twice (%s and %s): the first one is used", t.key,
+                      triggers[t.key].origin, t.origin)
+            continue
+        if not t.ready:
+            log.error("trigger %s not ready: %s", t.key, t.reason)
+        triggers[t.key] = t
+    services = {m.key for m in found.of(SERVING_V1, "Service")}
+    return list(triggers.values()), services
