@@ -22,7 +22,6 @@ import httpx
 
 from bench.loadgen import LoadResult, load, median
 from mapemesh.aio import run
-from mapemesh.eventing.log import read_all
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -86,11 +85,11 @@ def main(quick: bool = False) -> bool:
                     host = url.split("//", 1)[1]
                     make = request_factory(host, "/default/default")
                     results[label].append(run(load(url, make, CONNECTIONS, warmup, duration)))
+            stored = httpx.get(mm_url + "/healthz", timeout=10).json()["log"]["appended"]
         finally:
             for proc in (raw_proc, mm_proc):
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
-        stored = len(read_all(data / "eventlog.db"))
 
     raw, mm = results.values()
     accepted_total = sum(r.statuses.get(202, 0) for r in mm)
@@ -113,14 +112,14 @@ def main(quick: bool = False) -> bool:
     for label, s in summary.items():
         print(f"{label:32} {s['throughput_eps']:10.0f} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['errors']:7d}")
     print(f"ratio mapemesh/raw throughput: {ratio:.2f} (target >= {TARGET_RATIO}) "
-          f"{'OK' if on_target else 'MISSED'}; {stored} events in the log, "
-          f">= {accepted_total} answered 202 while measured")
+          f"{'OK' if on_target else 'MISSED'}; {stored} events appended to the log, "
+          f"{accepted_total} answered 202 while measured")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc = {"benchmark": "ingress", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
            "connections": CONNECTIONS, "event_bytes": EVENT_BYTES, "rounds": rounds, "round_seconds": duration,
-           "results": summary, "ratio": ratio, "target_ratio": TARGET_RATIO, "events_in_log": stored,
+           "results": summary, "ratio": ratio, "target_ratio": TARGET_RATIO, "events_appended": stored,
            "on_target": on_target}
     (RESULTS / "ingress.json").write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {RESULTS / 'ingress.json'}")

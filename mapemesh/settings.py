@@ -32,6 +32,8 @@ class Settings:
     """MAPEMESH_MAX_EVENT_BYTES: the largest request body the ingress accepts (at least 64 KiB)."""
     durability: str = "fsync"
     """MAPEMESH_DURABILITY: `fsync` (a 202 survives power loss) or `os` (it survives a process crash)."""
+    log_retention_s: int = 60
+    """MAPEMESH_LOG_RETENTION_S: seconds a fully handled event stays in the log before compaction."""
 
     def __post_init__(self) -> None:
         if self.max_event_bytes < MIN_MAX_EVENT_BYTES:
@@ -39,6 +41,8 @@ class Settings:
                              f"got {self.max_event_bytes}")
         if self.durability not in ("fsync", "os"):
             raise ValueError(f"durability must be 'fsync' or 'os', got {self.durability!r}")
+        if self.log_retention_s < 0:
+            raise ValueError(f"log_retention_s must be >= 0, got {self.log_retention_s}")
         if not 0 <= self.broker_port <= 65535:
             raise ValueError(f"broker_port must be 0..65535, got {self.broker_port}")
 

@@ -60,8 +60,10 @@ def test_backoff_between_retries(tmp_path, policy, expected):
         await dispatcher.start()
         event = CloudEvent({"specversion": "1.0", "id": "e1", "source": "/s", "type": "t",
                             "knativebrokerttl": 255})
-        await log.append("default/default", [event])
-        dispatcher._wake.set()
+        routes = dispatcher.routes("default/default", [event])
+        assert routes == [["default/down"]]
+        seqs = await log.append("default/default", [event], routes)
+        dispatcher.accepted("default/default", [event], seqs, routes)
         for _ in range(500):
             if metrics.snapshot().get("default/down", {}).get("dropped"):
                 break

@@ -23,7 +23,7 @@ class BrokenLog:
 def test_storage_failure_answers_503_with_retry_after():
     async def main():
         ingress = Ingress(BrokerRegistry(REPO / "knative"), BrokenLog())  # type: ignore[arg-type]
-        runner = web.AppRunner(ingress.app())
+        runner = web.ServerRunner(ingress.server())
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

@@ -76,62 +76,55 @@ def test_sequence_continues_after_reopen(tmp_path):
     assert run(second()) == [3]
 
 
-def test_routing_delivery_state_and_compaction(tmp_path):
+def test_routes_are_stored_with_the_events_and_compaction_waits_for_them(tmp_path):
     async def main():
         log = EventLog(tmp_path / "log.db")
-        (s1,) = await log.append("b", [ev(1)])
-        (s2,) = await log.append("b", [ev(2)])
-        (s3,) = await log.append("b", [ev(3)])
-        assert [e.seq for e in log.read(log.routed_through)] == [s1, s2, s3]
-        await log.route([(s1, ["sub-a", "sub-b"]), (s2, [])])  # s2 matched no trigger: handled at once
-        assert [e.seq for e in log.read(log.routed_through)] == [s3]
-        with pytest.raises(ValueError, match="log order"):
-            await log.route([(s2, ["sub-a"])])
-        assert {d.subscription for d in log.deliveries(state="pending")} == {"sub-a", "sub-b"}
-
-        assert await log.compact() == 1  # only s2 is fully handled; s3 is not routed yet
+        s1, _, s3 = await log.append("b", [ev(1), ev(2), ev(3)], [["sub-a", "sub-b"], [], ["sub-a"]])
+        assert {(d.subscription, d.seq) for d in log.deliveries(state="pending")} == {
+            ("sub-a", s1), ("sub-b", s1), ("sub-a", s3)}
+        assert await log.compact(retention_s=3600) == 0  # within the retention time: kept
+        assert await log.compact() == 1  # s2 reached nobody; s1 and s3 are still owed
         await log.record_attempt("sub-a", s1, "pending", status=503, error="unavailable", not_before_ns=5)
-        (d,) = log.deliveries("sub-a")
-        assert (d.state, d.attempts, d.last_status, d.not_before_ns) == ("pending", 1, 503, 5)
+        (d,) = log.deliveries("sub-a", state="pending")[:1]
+        assert (d.seq, d.state, d.attempts, d.last_status, d.not_before_ns) == (s1, "pending", 1, 503, 5)
         await log.record_attempt("sub-a", s1, "delivered", status=202)
         assert await log.compact() == 0  # sub-b still owes s1
-        await log.record_attempt("sub-b", s1, "dead", status=400, error="bad request")
+        await log.record_attempt("sub-b", s1, "dead", status=400, error="bad request", attempted=False)
         assert await log.compact() == 1
         assert [e.seq for e in log.read()] == [s3]
-        assert log.deliveries() == []
+        assert [(d.subscription, d.seq, d.state) for d in log.deliveries()] == [("sub-a", s3, "pending")]
         with pytest.raises(KeyError):
             await log.record_attempt("sub-a", s1, "delivered")
+        with pytest.raises(ValueError, match="every event"):
+            await log.append("b", [ev(4), ev(5)], [["sub-a"]])
         await log.close()
 
     run(main())
 
 
-def test_routing_cursor_survives_reopen(tmp_path):
+def test_pending_deliveries_survive_reopen(tmp_path):
     async def first():
         log = EventLog(tmp_path / "log.db")
-        (s1, s2) = await log.append("b", [ev(1), ev(2)])
-        await log.route([(s1, ["sub"])])
+        seqs = await log.append("b", [ev(1), ev(2)], [["sub"], []])
         await log.close()
-        return s1, s2
+        return seqs
 
     async def second():
         log = EventLog(tmp_path / "log.db")
-        unrouted = [e.seq for e in log.read(log.routed_through)]
         pending = [(d.subscription, d.seq) for d in log.deliveries(state="pending")]
+        events = log.get([seq for _, seq in pending])
         await log.close()
-        return unrouted, pending
+        return pending, events
 
-    s1, s2 = run(first())
-    assert run(second()) == ([s2], [("sub", s1)])
+    s1, _ = run(first())
+    pending, events = run(second())
+    assert pending == [("sub", s1)] and events[s1].event.id == "e1"
 
 
 def test_sequence_numbers_are_never_reused_after_compaction(tmp_path):
     async def first():
         log = EventLog(tmp_path / "log.db")
         seqs = await log.append("b", [ev(1), ev(2), ev(3)])
-        await log.route([(s, ["sub"]) for s in seqs])
-        for s in seqs:
-            await log.record_attempt("sub", s, "delivered")
         assert await log.compact() == 3
         await log.close()
         return seqs
@@ -139,15 +132,11 @@ def test_sequence_numbers_are_never_reused_after_compaction(tmp_path):
     async def second():
         log = EventLog(tmp_path / "log.db")
         (seq,) = await log.append("b", [ev(4)])
-        unrouted = [e.seq for e in log.read(log.routed_through)]
-        compacted = await log.compact()
         await log.close()
-        return seq, unrouted, compacted
+        return seq
 
     seqs = run(first())
-    seq, unrouted, compacted = run(second())
-    assert seq > max(seqs)
-    assert unrouted == [seq] and compacted == 0
+    assert run(second()) > max(seqs)
 
 
 def test_closed_log_refuses_appends_and_writes(tmp_path):

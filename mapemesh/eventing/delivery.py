@@ -1,7 +1,8 @@
 """Routing and delivery: every accepted event reaches every matching trigger's subscriber at least once.
 
-The router reads the log in order, matches each event against the triggers, and records the routes (one
-pending delivery per matching trigger) before any delivery starts. Deliveries follow the trigger's
+The ingress asks the dispatcher which triggers each event matches before storing it; the log stores the
+event and one pending delivery per matching trigger in one transaction, and delivery starts once that is
+durable. Deliveries follow the trigger's
 DeliverySpec: retries with backoff on transport errors, 404, 408, 409, 429 and 5xx; a dead-letter sink with
 Knative's error extensions; a 2xx reply carrying a CloudEvent is published back into the broker. Every
 outcome is recorded in the log, so deliveries in flight when the broker dies run again after a restart.
@@ -15,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,7 +35,6 @@ log = logging.getLogger(__name__)
 
 ERROR_DEST, ERROR_CODE, ERROR_DATA = "knativeerrordest", "knativeerrorcode", "knativeerrordata"
 ERROR_DATA_MAX_CHARS = 1024
-ROUTE_BATCH = 512
 MAX_IN_FLIGHT_PER_TRIGGER = 64
 MAX_REPLY_BYTES = 1024 * 1024
 DEAD_LETTER_NEXT = -1
@@ -101,13 +102,10 @@ class Dispatcher:
         self.metrics = metrics
         self.clock: Clock = clock or SystemClock()
         self.triggers = TriggerSet()
-        self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._ordered: dict[tuple[str, str], deque[tuple[LoggedEvent, int, int]]] = {}
         self._session: aiohttp.ClientSession | None = None
-        self._router: asyncio.Task[None] | None = None
-        ingress.on_append = self._wake.set
         registry.on_change(lambda _: self.reload())
         self.reload()
 
@@ -120,7 +118,7 @@ class Dispatcher:
                  sum(not t.ready for t in triggers))
 
     async def start(self) -> None:
-        """Resume pending deliveries from the log, then route new events as they arrive."""
+        """Resume the deliveries the log still holds as pending, then take new events from the ingress."""
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=256)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         pending = self.log.deliveries(state="pending")
@@ -133,11 +131,12 @@ class Dispatcher:
             self._schedule(d.subscription, logged, d.attempts, d.not_before_ns)
         if pending:
             log.info("resuming %d pending deliveries", len(pending))
-        self._router = asyncio.create_task(self._route_forever(), name="router")
+        self.ingress.router = self
 
     async def stop(self) -> None:
         """Stop routing and delivering; what was not finished stays pending in the log."""
-        tasks = [t for t in (self._router, *self._tasks) if t is not None]
+        self.ingress.router = None
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -159,40 +158,27 @@ class Dispatcher:
                                                         + (f" {sub.uri}" if sub.uri else "")),
                 **counters.get(key, {o: 0 for o in OUTCOMES}),
             }
-        return {"triggers": rows, "log": {"appended": self.log.appended, "commits": self.log.commits,
-                                          "routed_through": self.log.routed_through}}
+        return {"triggers": rows, "log": {"appended": self.log.appended, "commits": self.log.commits}}
 
-    # -- routing -------------------------------------------------------------------------------
+    # -- routing (the ingress's Router) -------------------------------------------------------
 
-    async def _route_forever(self) -> None:
-        while True:
-            self._wake.clear()  # before reading: an append after the read sets it again
-            try:
-                routed = await self.route_once()
-            except Exception:
-                log.exception("routing failed; retrying")
-                routed = 0
-                await self.clock.sleep(1.0)
-            if routed < ROUTE_BATCH:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+    def routes(self, broker: str, events: Sequence[CloudEvent]) -> list[list[str]]:
+        """The ready triggers each event matches, as subscription keys."""
+        if not self.triggers.serves(broker):
+            return [[] for _ in events]
+        return [[t.key for t in self.triggers.match(broker, ev)] for ev in events]
 
-    async def route_once(self) -> int:
-        """Route the next batch of unrouted events; return how many were routed."""
-        batch = self.log.read(self.log.routed_through, ROUTE_BATCH)
-        if not batch:
-            return 0
-        routes: list[tuple[int, list[str]]] = []
-        work: list[tuple[str, LoggedEvent]] = []
-        for logged in batch:
-            matched = self.triggers.match(logged.broker, logged.event)
-            routes.append((logged.seq, [t.key for t in matched]))
-            work += [(t.key, logged) for t in matched]
-        await self.log.route(routes)
-        for key, logged in work:
-            self.metrics.count(key, "accepted")
-            self._schedule(key, logged, 0, 0)
-        return len(batch)
+    def accepted(self, broker: str, events: Sequence[CloudEvent], seqs: list[int],
+                 routes: Sequence[Sequence[str]]) -> None:
+        """The events and their routes are durable: deliver them."""
+        now = time.time_ns()
+        for event, seq, keys in zip(events, seqs, routes, strict=True):
+            if not keys:
+                continue
+            logged = LoggedEvent(seq, broker, event, now)
+            for key in keys:
+                self.metrics.count(key, "accepted")
+                self._schedule(key, logged, 0, 0)
 
     # -- delivery ------------------------------------------------------------------------------
 

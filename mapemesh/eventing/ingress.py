@@ -14,12 +14,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
 from aiohttp import web
 
@@ -36,10 +38,24 @@ DEFAULT_TTL = 255
 MIN_MAX_EVENT_BYTES = 64 * 1024
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 ALLOW = "POST, OPTIONS"
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 _INTEGER = re.compile(r"-?[0-9]{1,11}")
 
 
 _second_prefix: tuple[int, str] = (-1, "")
+
+
+class Router(Protocol):
+    """What the ingress asks of the dispatcher for every accepted request."""
+
+    def routes(self, broker: str, events: Sequence[CloudEvent]) -> list[list[str]]:
+        """The subscriptions each event must reach (stored with the event, atomically)."""
+        ...
+
+    def accepted(self, broker: str, events: Sequence[CloudEvent], seqs: list[int],
+                 routes: Sequence[Sequence[str]]) -> None:
+        """The events are durable: start delivering them."""
+        ...
 
 
 def arrival_time() -> str:
@@ -88,22 +104,35 @@ class Ingress:
         self.brokers = brokers
         self.log = event_log
         self.max_event_bytes = max_event_bytes
-        self.on_append: Callable[[], None] | None = None
-        """Called after events were appended (the dispatcher's wake-up)."""
+        self.router: Router | None = None
+        """Chooses each event's subscriptions before it is stored, and delivers once it is (the dispatcher)."""
 
-    def app(self, extra_routes: Iterable[web.RouteDef] = ()) -> web.Application:
-        """An aiohttp application serving the ingress, `GET /healthz` and `extra_routes`."""
-        app = web.Application(client_max_size=self.max_event_bytes)
-        app.router.add_get("/healthz", self._healthz)
-        app.add_routes(list(extra_routes))
-        app.router.add_route("*", "/{path:.*}", self.handle)
-        return app
+    def server(self, extra_routes: Mapping[str, Handler] | None = None) -> web.Server:
+        """A low-level aiohttp server for the ingress, `GET /healthz` and `extra_routes` (GET paths).
 
-    async def _healthz(self, request: web.Request) -> web.Response:
+        The low-level server skips aiohttp's application router and middleware machinery, which would
+        cost every event for nothing: the ingress has one route and decides everything itself.
+        """
+        routes: dict[str, Handler] = {"/healthz": self._healthz, **(extra_routes or {})}
+        loop = asyncio.get_running_loop()
+        limit = self.max_event_bytes
+
+        async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+            handler = routes.get(request.path)
+            if handler is not None and request.method in ("GET", "HEAD"):
+                return await handler(request)
+            return await self.handle(request)
+
+        def make_request(message, payload, protocol, writer, task):  # type: ignore[no-untyped-def]
+            return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=limit)
+
+        return web.Server(dispatch, request_factory=make_request)
+
+    async def _healthz(self, request: web.BaseRequest) -> web.Response:
         return web.json_response({"status": "ok", "brokers": sorted(self.brokers.brokers),
                                   "log": {"appended": self.log.appended, "commits": self.log.commits}})
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.BaseRequest) -> web.Response:
         """One request of the broker contract (see the module's table)."""
         method = request.method
         if method == "OPTIONS":
@@ -136,15 +165,16 @@ class Ingress:
         except MalformedEvent as exc:
             return _malformed(exc)
         if events:
+            routes = self.router.routes(broker.key, events) if self.router is not None else ()
             try:
-                await self.log.append(broker.key, events)
+                seqs = await self.log.append(broker.key, events, routes)
             except UnstorableEvent as exc:
                 return _malformed(MalformedEvent(None, str(exc)))
             except Exception as exc:
                 log.error("could not store %d event(s) for %s: %s", len(events), broker.key, exc)
                 return _error(503, "the event could not be stored; retry", {"Retry-After": "1"})
-            if self.on_append is not None:
-                self.on_append()
+            if self.router is not None:
+                self.router.accepted(broker.key, events, seqs, routes)
         return web.Response(status=202)
 
     async def republish(self, broker: str, reply: CloudEvent, parent: CloudEvent) -> int | None:
@@ -158,10 +188,11 @@ class Ingress:
             return None
         reply.attributes[TTL] = ttl
         reply.attributes[ARRIVAL] = arrival_time()
-        (seq,) = await self.log.append(broker, [reply])
-        if self.on_append is not None:
-            self.on_append()
-        return seq
+        routes = self.router.routes(broker, [reply]) if self.router is not None else ()
+        seqs = await self.log.append(broker, [reply], routes)
+        if self.router is not None:
+            self.router.accepted(broker, [reply], seqs, routes)
+        return seqs[0]
 
 
 def _malformed(exc: MalformedEvent) -> web.Response:

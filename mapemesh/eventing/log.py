@@ -1,11 +1,16 @@
 """The durable append-only event log: SQLite in WAL mode with group commit.
 
-Every accepted event is appended here before the ingress answers 202. The log also holds the delivery
-state of each (subscription, event) pair, so a restarted broker resumes where it stopped, and it compacts
-events once every subscription that matched them has delivered or dead-lettered them.
+Every accepted event is appended here before the ingress answers 202, together with one pending delivery
+per subscription it matched (in the same transaction, so an event is never stored unrouted). The log holds
+the delivery state of each (subscription, event) pair, so a restarted broker resumes where it stopped, and
+it compacts events once every subscription that matched them has delivered or dead-lettered them and the
+retention time has passed.
 
 All writes go through one writer thread. Appends that arrive while a commit is in flight are gathered into
-the next transaction (group commit), so one fsync covers many events.
+the next transaction (group commit). With `fsync` durability the transactions are committed without
+waiting for the disk, and a second thread fsyncs the write-ahead log and only then answers the appends
+of every transaction it covered: the writer goes on with the next group meanwhile, so one fsync covers many
+groups and the disk's latency does not limit throughput. Nothing is acknowledged before it is on disk.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +46,7 @@ SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events(
-    seq INTEGER PRIMARY KEY,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a number is never handed out twice
     broker TEXT NOT NULL,
     attrs TEXT NOT NULL,
     data BLOB,
@@ -59,7 +66,8 @@ CREATE INDEX IF NOT EXISTS deliveries_by_seq ON deliveries(seq, state);
 """
 
 
-_ROWS_PER_INSERT = 256  # 5 parameters a row, well under SQLite's 32766
+_COLUMNS = 5  # seq, broker, attrs, data, received_ns
+_ROWS_PER_INSERT = 256  # 1280 parameters, well under SQLite's 32766
 
 
 @functools.lru_cache(maxsize=_ROWS_PER_INSERT)
@@ -120,11 +128,13 @@ class UnstorableEvent(ValueError):
 class _Append:
     """One append request: its rows go into the next group commit; `future` gets their sequence numbers."""
 
-    __slots__ = ("future", "loop", "rows")
+    __slots__ = ("count", "future", "loop", "params", "routes")
 
-    def __init__(self, rows: list[tuple[str, bytes, bytes | None, int]], loop: asyncio.AbstractEventLoop,
-                 future: asyncio.Future[list[int]]):
-        self.rows = rows
+    def __init__(self, params: list[object], count: int, routes: Sequence[Sequence[str]],
+                 loop: asyncio.AbstractEventLoop, future: asyncio.Future[list[int]]):
+        self.params = params
+        self.count = count
+        self.routes = routes
         self.loop = loop
         self.future = future
 
@@ -154,11 +164,11 @@ class EventLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.durability = durability
         self._db = self._open()
-        self._routed_through = int(
-            self._db.execute("SELECT value FROM meta WHERE key='routed_through'").fetchone()[0])
-        # Compaction may have removed every event up to the routing cursor: never hand out a number again.
-        max_seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-        self._next_seq = max(max_seq, self._routed_through) + 1
+        # sqlite_sequence remembers the highest number ever used, even after compaction deleted it.
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        self._next_seq = (row[0] if row else 0) + 1
+        # (commit time, last seq) per commit: compaction finds the retention horizon without an index.
+        self._horizons: deque[tuple[int, int]] = deque([(time.time_ns(), self._next_seq - 1)])
         self._queue: queue.SimpleQueue[_Append | _Call | None] = queue.SimpleQueue()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -167,18 +177,29 @@ class EventLog:
         """How many append transactions were committed (each covers one group of appends)."""
         self.appended = 0
         """How many events were appended since the log was opened."""
+        self._sync_queue: queue.SimpleQueue[dict[asyncio.AbstractEventLoop, list[_Outcome]] | None] = \
+            queue.SimpleQueue()
+        self._wal_fd: int | None = None
+        self.syncs = 0
+        """How many fsyncs of the write-ahead log acknowledged commits."""
         self._thread = threading.Thread(target=self._run, name="eventlog-writer", daemon=True)
         self._thread.start()
+        self._syncer = threading.Thread(target=self._sync_run, name="eventlog-sync", daemon=True)
+        if durability == "fsync":
+            self._syncer.start()
 
     # -- writer side -------------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=" + ("FULL" if self.durability == "fsync" else "NORMAL"))
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            raise RuntimeError(f"{self.path}: the file system does not support SQLite's WAL mode (got {mode})")
+        # NORMAL: commits do not fsync the WAL; with `fsync` durability the sync thread does, before any
+        # answer goes out (SQLite still syncs around checkpoints, keeping the database consistent).
+        db.execute("PRAGMA synchronous=NORMAL")
         db.executescript("BEGIN;" + _SCHEMA + f"""
             INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
-            INSERT OR IGNORE INTO meta VALUES ('routed_through', '0');
             COMMIT;""")
         row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if int(row[0]) != SCHEMA_VERSION:
@@ -186,17 +207,26 @@ class EventLog:
                                f"{SCHEMA_VERSION}")
         return db
 
-    async def append(self, broker: str, events: Sequence[CloudEvent]) -> list[int]:
-        """Append events atomically; return their sequence numbers once the transaction is durable."""
+    async def append(self, broker: str, events: Sequence[CloudEvent],
+                     routes: Sequence[Sequence[str]] = ()) -> list[int]:
+        """Append events atomically; return their sequence numbers once the transaction is durable.
+
+        `routes[i]` names the subscriptions event i must reach: each gets a pending delivery in the same
+        transaction. Without routes an event reaches nobody (it is kept for the retention time only).
+        """
+        if routes and len(routes) != len(events):
+            raise ValueError("routes must name the subscriptions of every event")
         now = time.time_ns()
         # Encode before queueing: an event that cannot be stored fails its own request only.
+        params: list[object] = []
         try:
-            rows = [(broker, _encode_attrs(ev), ev.data, now) for ev in events]
+            for ev in events:  # flat INSERT parameters; the writer fills in each seq (the None)
+                params += (None, broker, _encode_attrs(ev), ev.data, now)
         except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
             raise UnstorableEvent(f"the event's attributes cannot be stored: {exc}") from None
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
-        self._enqueue(_Append(rows, loop, future))
+        self._enqueue(_Append(params, len(events), routes, loop, future))
         return await future
 
     def _enqueue(self, item: _Append | _Call) -> None:
@@ -222,81 +252,113 @@ class EventLog:
                     break
             else:
                 stop = True  # close() was queued behind these: finish them, then stop
-            if group:
-                self._commit_group(group)
-            if calls:
-                self._run_calls(calls)
+            self._commit(group, calls)
+        self._sync_queue.put(None)
+        if self._syncer.is_alive():
+            self._syncer.join()
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
 
-    def _commit_group(self, group: list[_Append]) -> None:
-        first = seq = self._next_seq
-        rows: list[tuple[int, str, bytes, bytes | None, int]] = []
-        for request in group:
-            for row in request.rows:
-                rows.append((seq, *row))
-                seq += 1
-        try:
-            self._insert(rows)
-        except Exception as exc:  # the whole group failed: nobody in it gets a 202
-            log.exception("event log append of %d events failed", len(rows))
-            outcome = [(r.future, None, exc) for r in group]
-        else:
-            self._next_seq = seq
-            self.commits += 1
-            self.appended += len(rows)
-            outcome = []
-            for request in group:
-                n = len(request.rows)
-                outcome.append((request.future, list(range(first, first + n)), None))
-                first += n
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
-        for request, result in zip(group, outcome, strict=True):
-            by_loop.setdefault(request.loop, []).append(result)
-        for loop, results in by_loop.items():
-            _reply(loop, results)
+    def _sync_run(self) -> None:
+        """fsync the WAL, then answer every commit made before the fsync began."""
+        get, get_nowait = self._sync_queue.get, self._sync_queue.get_nowait
+        stop = False
+        while not stop:
+            item = get()
+            if item is None:
+                break
+            pending = [item]
+            while True:
+                try:
+                    item = get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                pending.append(item)
+            error: OSError | None = None
+            try:
+                if self._wal_fd is None:
+                    self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+                    _fsync_dir(self.path.parent)  # the WAL's directory entry must survive too
+                os.fsync(self._wal_fd)
+                self.syncs += 1
+            except OSError as exc:  # committed but maybe not on disk: tell the senders to retry
+                log.error("fsync of %s-wal failed: %s", self.path, exc)
+                error = exc
+            for by_loop in pending:
+                for loop, outcomes in by_loop.items():
+                    _reply(loop, outcomes if error is None else [(f, None, error) for f, _, _ in outcomes])
 
-    def _run_calls(self, calls: list[_Call]) -> None:
-        # Every queued write shares one transaction (one fsync); a savepoint each keeps them independent.
+    def _commit(self, group: list[_Append], calls: list[_Call]) -> None:
+        """One transaction (one fsync) for every queued append and write; a savepoint keeps each write apart."""
         db = self._db
-        outcomes: list[tuple[_Call, object, BaseException | None]] = []
+        first = seq = self._next_seq
+        params: list[object] = []
+        deliveries: list[tuple[str, int]] = []
+        for request in group:
+            request.params[0::_COLUMNS] = range(seq, seq + request.count)
+            params += request.params
+            for i, subs in enumerate(request.routes):
+                deliveries += [(sub, seq + i) for sub in subs]
+            seq += request.count
+        n_rows = seq - first
+        results: list[_Outcome] = []
+        loops: list[asyncio.AbstractEventLoop] = []
+        committed = False
         try:
             db.execute("BEGIN IMMEDIATE")
+            # One multi-row INSERT per chunk instead of executemany: the sqlite3 module releases and
+            # retakes the GIL around every statement step, and each hand-off slows the event loop thread.
+            step = _ROWS_PER_INSERT * _COLUMNS
+            for i in range(0, len(params), step):
+                chunk = params[i:i + step]
+                db.execute(_insert_sql(len(chunk) // _COLUMNS), chunk)
+            if deliveries:
+                db.executemany("INSERT INTO deliveries(subscription, seq, state) VALUES (?, ?, 'pending')",
+                               deliveries)
             for call in calls:
                 db.execute("SAVEPOINT call")
                 try:
                     result = call.fn(db)
                 except Exception as exc:
                     db.execute("ROLLBACK TO call")
-                    outcomes.append((call, None, exc))
+                    results.append((call.future, None, exc))
                 else:
-                    outcomes.append((call, result, None))
+                    results.append((call.future, result, None))
                 db.execute("RELEASE call")
+                loops.append(call.loop)
             db.execute("COMMIT")
-        except Exception as exc:  # the transaction itself failed: none of it happened
+            committed = True
+        except Exception as exc:  # the transaction failed: none of it happened, nobody gets a 202
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
-            log.exception("event log write failed")
-            outcomes = [(call, None, exc) for call in calls]
+            log.exception("event log commit of %d events and %d writes failed", n_rows, len(calls))
+            results = [(item.future, None, exc) for item in (*group, *calls)]
+            loops = [item.loop for item in (*group, *calls)]
+        else:
+            if n_rows:
+                self._next_seq = seq
+                self.commits += 1
+                self.appended += n_rows
+                self._horizons.append((time.time_ns(), seq - 1))
+            appended: list[_Outcome] = []
+            for request in group:
+                appended.append((request.future, list(range(first, first + request.count)), None))
+                first += request.count
+            results = appended + results
+            loops = [r.loop for r in group] + loops
         by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
-        for call, result, exc in outcomes:
-            by_loop.setdefault(call.loop, []).append((call.future, result, exc))
-        for loop, results in by_loop.items():
-            _reply(loop, results)
-
-    def _insert(self, rows: list[tuple[int, str, bytes, bytes | None, int]]) -> None:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            # One multi-row INSERT per chunk instead of executemany: the sqlite3 module releases and
-            # retakes the GIL around every statement step, and each hand-off slows the event loop thread.
-            for i in range(0, len(rows), _ROWS_PER_INSERT):
-                chunk = rows[i:i + _ROWS_PER_INSERT]
-                db.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        for loop, outcome in zip(loops, results, strict=True):
+            by_loop.setdefault(loop, []).append(outcome)
+        if committed and self.durability == "fsync":
+            self._sync_queue.put(by_loop)  # answered once the sync thread has fsynced the WAL
+            return
+        for loop, outcomes in by_loop.items():
+            _reply(loop, outcomes)
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn(connection)` on the writer thread inside one transaction."""
@@ -304,33 +366,6 @@ class EventLog:
         future: asyncio.Future[T] = loop.create_future()
         self._enqueue(_Call(fn, loop, future))  # type: ignore[arg-type]
         return await future
-
-    @property
-    def routed_through(self) -> int:
-        """Every event up to this sequence number has been routed to its subscriptions."""
-        return self._routed_through
-
-    async def route(self, routes: Sequence[tuple[int, Iterable[str]]]) -> None:
-        """Record, for events in log order, the subscriptions each must reach; advance the routing cursor.
-
-        The events must be the next unrouted ones, in order (the dispatcher routes in log order). An event
-        that matched no subscription is handled as soon as it is routed.
-        """
-        if not routes:
-            return
-        seqs = [seq for seq, _ in routes]
-        if seqs != sorted(seqs) or seqs[0] <= self._routed_through:
-            raise ValueError(f"events must be routed in log order after {self._routed_through}, got {seqs}")
-        rows = [(sub, seq) for seq, subs in routes for sub in subs]
-        last = seqs[-1]
-
-        def _route(db: sqlite3.Connection) -> None:
-            db.executemany("INSERT OR IGNORE INTO deliveries(subscription, seq, state) VALUES (?, ?, 'pending')",
-                           rows)
-            db.execute("UPDATE meta SET value = ? WHERE key = 'routed_through'", (str(last),))
-
-        await self.write(_route)
-        self._routed_through = last
 
     async def record_attempt(self, subscription: str, seq: int, state: DeliveryState, *,
                              status: int | None = None, error: str | None = None,
@@ -350,14 +385,21 @@ class EventLog:
 
         await self.write(_record)
 
-    async def compact(self) -> int:
-        """Delete events that every matching subscription has delivered or dead-lettered; return how many."""
+    async def compact(self, retention_s: float = 0.0) -> int:
+        """Delete events older than `retention_s` that no subscription still owes; return how many."""
+        horizon = time.time_ns() - int(retention_s * 1e9)
 
         def _compact(db: sqlite3.Connection) -> int:
+            # Runs on the writer thread, which alone appends to _horizons.
+            upto = 0
+            while self._horizons and self._horizons[0][0] <= horizon:
+                upto = self._horizons.popleft()[1]
+            if upto:
+                self._horizons.appendleft((horizon, upto))  # keep the boundary for the next compaction
             n = db.execute(
                 "DELETE FROM events WHERE seq <= ? AND NOT EXISTS "
                 "(SELECT 1 FROM deliveries d WHERE d.seq = events.seq AND d.state = 'pending')",
-                (self._routed_through,)).rowcount
+                (upto,)).rowcount
             db.execute("DELETE FROM deliveries WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.seq = deliveries.seq)")
             return n
 
@@ -385,7 +427,7 @@ class EventLog:
         return db
 
     def read(self, after: int = 0, limit: int = 1000) -> list[LoggedEvent]:
-        """Events with seq > `after`, in log order (`after=log.routed_through`: the unrouted ones)."""
+        """Events with seq > `after`, in log order."""
         rows = self._reader().execute(
             "SELECT seq, broker, attrs, data, received_ns FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit)).fetchall()
@@ -435,6 +477,14 @@ def read_all(path: Path) -> list[LoggedEvent]:
 
 def _encode_attrs(event: CloudEvent) -> bytes:
     return orjson.dumps(event.attributes)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _decode_row(row: tuple[int, str, bytes, bytes | None, int]) -> LoggedEvent:

@@ -32,7 +32,7 @@ class RunningBroker:
     event_log: EventLog
     dispatcher: Dispatcher
     metrics: BrokerMetrics
-    runner: web.AppRunner
+    runner: web.ServerRunner
     tasks: list[asyncio.Task[None]]
     settings: Settings
 
@@ -61,11 +61,10 @@ async def start_broker(settings: Settings) -> RunningBroker:
     resolver = Resolver(settings.data, broker_url="")
     dispatcher = Dispatcher(event_log, ingress, registry, resolver, metrics)
 
-    async def stats(request: web.Request) -> web.Response:
+    async def stats(request: web.BaseRequest) -> web.Response:
         return web.json_response(dispatcher.stats())
 
-    routes = [web.get("/stats", stats)]
-    runner = web.AppRunner(ingress.app(routes), access_log=None, handle_signals=False)
+    runner = web.ServerRunner(ingress.server({"/stats": stats}), handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.broker_port, backlog=1024, reuse_address=True)
     await site.start()
@@ -74,17 +73,18 @@ async def start_broker(settings: Settings) -> RunningBroker:
     resolver.broker_url = url
     await dispatcher.start()
     endpoints.register(settings.data, "broker", url)
-    tasks = [asyncio.create_task(registry.watch()), asyncio.create_task(_compact_forever(event_log))]
+    tasks = [asyncio.create_task(registry.watch()),
+             asyncio.create_task(_compact_forever(event_log, settings.log_retention_s))]
     log.info("broker ingress on %s (brokers: %s; log %s, durability %s)", url,
              ", ".join(sorted(registry.brokers)) or "none", settings.event_log_file, settings.durability)
     return RunningBroker(url, ingress, event_log, dispatcher, metrics, runner, tasks, settings)
 
 
-async def _compact_forever(event_log: EventLog) -> None:
+async def _compact_forever(event_log: EventLog, retention_s: float) -> None:
     while True:
         await asyncio.sleep(COMPACT_EVERY_S)
         try:
-            await event_log.compact()
+            await event_log.compact(retention_s)
         except Exception:
             log.exception("compacting the event log failed")
 

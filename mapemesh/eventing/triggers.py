@@ -131,6 +131,7 @@ class TriggerSet:
     triggers: dict[str, Trigger] = field(default_factory=dict)
     by_type: dict[tuple[str, str], list[Trigger]] = field(default_factory=dict)
     unindexed: dict[str, list[Trigger]] = field(default_factory=dict)
+    brokers: set[str] = field(default_factory=set)
 
     @classmethod
     def build(cls, triggers: Iterable[Trigger]) -> TriggerSet:
@@ -140,11 +141,16 @@ class TriggerSet:
             out.triggers[t.key] = t
             if not t.ready or t.filter is None:
                 continue
+            out.brokers.add(t.broker)
             if t.filter.exact_type is not None:
                 out.by_type.setdefault((t.broker, t.filter.exact_type), []).append(t)
             else:
                 out.unindexed.setdefault(t.broker, []).append(t)
         return out
+
+    def serves(self, broker: str) -> bool:
+        """Whether any ready trigger subscribes to `broker`."""
+        return broker in self.brokers
 
     def match(self, broker: str, event: CloudEvent) -> list[Trigger]:
         """The ready triggers of `broker` whose filter passes `event` (each once)."""
