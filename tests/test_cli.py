@@ -83,3 +83,23 @@ def test_broker_records_and_removes_its_endpoint(broker):
 def test_broker_serve_refuses_a_missing_manifests_dir(tmp_path):
     r = mapemesh("broker", "serve", "--manifests", str(tmp_path / "nope"), "--port", "0", data=tmp_path)
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_cesql_command(tmp_path):
+    event = tmp_path / "e.json"
+    event.write_text(json.dumps({"specversion": "1.0", "id": "1", "source": "/s", "type": "io.x.y",
+                                 "subject": "node-1", "data": {"ignored": True}}))
+    r = mapemesh("cesql", "type LIKE 'io.%' AND subject = 'node-1'", "--event", str(event))
+    assert r.returncode == 0 and json.loads(r.stdout) == {"result": True, "error": None}
+    r = mapemesh("cesql", "missing = 'x'", "--event", str(event))
+    assert r.returncode == 1 and json.loads(r.stdout)["error"] == "missingAttribute"
+    r = mapemesh("cesql", "1 / 0")
+    assert json.loads(r.stdout)["error"] == "math"
+    r = mapemesh("cesql", "INT('abc')")
+    assert json.loads(r.stdout)["error"] == "cast"
+    r = mapemesh("cesql", "NOPE(1)")
+    assert json.loads(r.stdout)["error"] == "missingFunction"
+    r = mapemesh("cesql", "type = ", "--event", "-", stdin=event.read_bytes())
+    assert json.loads(r.stdout)["error"] == "parse"
+    r = mapemesh("cesql", "true", "--event", str(tmp_path / "nope.json"))
+    assert r.returncode == 2

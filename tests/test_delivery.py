@@ -290,3 +290,46 @@ def test_events_survive_a_broker_crash_and_reach_the_subscriber(broker_factory, 
     broker_factory()  # restart on the same data directory
     wait_for(lambda: set(accepted) <= set(sub.ids("/all")), timeout=60,
              what="every accepted event to reach the subscriber")
+
+
+def test_broker_stats_command(broker_factory, manifests_dir, sub):
+    from .test_cli import mapemesh
+
+    write(manifests_dir, "t", trigger("good", sub.url + "/good"),
+          trigger("bad", sub.url + "/bad", filter_={"attributes": {"Bad-Key": "x"}}))
+    broker = broker_factory()
+    post(broker)
+    wait_for(lambda: stats(broker)["default/good"]["delivered"] == 1, what="the delivery")
+    r = mapemesh("broker", "stats", data=broker.data)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:4] == ["TRIGGER", "READY", "ACCEPTED", "DELIVERED"]
+    good = next(line for line in lines if line.startswith("default/good"))
+    assert good.split()[1:4] == ["yes", "1", "1"]
+    assert any(line.startswith("default/bad not ready:") and "must match" in line for line in lines)
+    r = mapemesh("broker", "stats", "-o", "json", data=broker.data)
+    doc = json.loads(r.stdout)
+    assert doc["triggers"]["default/good"]["latency"]["count"] == 1
+
+
+def test_removed_trigger_drops_its_pending_events(broker_factory, manifests_dir, sub):
+    sub.handlers["/down"] = lambda rec: web.Response(status=503)
+    write(manifests_dir, "t", trigger("down", sub.url + "/down", delivery={"retry": 1000, "backoffDelay": "PT0.1S",
+                                                                           "backoffPolicy": "linear"}))
+    broker = broker_factory()
+    post(broker)
+    wait_for(lambda: len(sub.at("/down")) >= 2, what="retries")
+    (manifests_dir / "t.yaml").unlink()
+    wait_for(lambda: "default/down" not in stats(broker), what="the trigger to go")
+    pending = wait_for(lambda: not [d for d in _deliveries(broker) if d[2] == "pending"] and _deliveries(broker),
+                       what="the delivery to be given up")
+    assert pending[0][2] == "dead" and "trigger removed" in pending[0][3]
+
+
+def _deliveries(broker: BrokerProcess):
+    import sqlite3
+    db = sqlite3.connect(f"file:{broker.log_file}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT subscription, seq, state, last_error FROM deliveries").fetchall()
+    finally:
+        db.close()

@@ -11,7 +11,7 @@ import click
 
 @click.command()
 @click.argument("expression")
-@click.option("--event", "event_file", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
+@click.option("--event", "event_file", type=click.Path(exists=True, dir_okay=False, path_type=Path, allow_dash=True),
               default=None, help="A CloudEvent in JSON (structured format, or just its attributes); '-' reads "
                                  "standard input. Without it the expression sees no attributes.")
 def cesql(expression: str, event_file: Path | None) -> None:

@@ -62,7 +62,8 @@ def broker_url(ctx: click.Context, given: str | None) -> str:
 @click.option("--id", "id_", default=None, help="The event's id [default: a new UUID].")
 @click.option("--subject", default=None, help="The event's subject attribute.")
 @click.option("--data", "data", default=None, metavar="JSON", help="The event's data, inline.")
-@click.option("--data-file", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True), default=None,
+@click.option("--data-file", type=click.Path(exists=True, dir_okay=False, path_type=Path, allow_dash=True),
+              default=None,
               help="Read the event's data from a file ('-' for standard input).")
 @click.option("--content-type", default="application/json", show_default=True,
               help="The data's media type (datacontenttype).")
