@@ -62,37 +62,56 @@ def _yaml_files(root: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
-def load(root: Path) -> ManifestSet:
-    """Read every Kubernetes object under `root` (a directory or one file)."""
+def load(root: Path, last_good: dict[str, list[Manifest]] | None = None) -> ManifestSet:
+    """Read every Kubernetes object under `root` (a directory or one file).
+
+    With `last_good` (a cache kept by the caller between loads), a file that cannot be read keeps the
+    objects it held the last time it could: a half-saved edit or a typo does not delete its objects.
+    """
     result = ManifestSet()
     if not root.exists():
         result.errors.append(f"{root}: no such file or directory")
         return result
+    seen: set[str] = set()
     for path in _yaml_files(root):
+        seen.add(str(path))
         try:
             docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            result.errors.append(f"{path}: cannot read YAML: {exc}")
+            kept = (last_good or {}).get(str(path))
+            result.errors.append(f"{path}: cannot read YAML: {exc}"
+                                 + ("; keeping its last good version" if kept else ""))
+            result.objects.extend(kept or ())
             continue
-        for index, doc in enumerate(docs):
-            origin = f"{path}#{index}"
-            if doc is None:
-                continue
-            if not isinstance(doc, dict) or "kind" not in doc or "apiVersion" not in doc:
-                if path.name.startswith("kustomization"):
-                    continue
-                result.errors.append(f"{origin}: not a Kubernetes object (no apiVersion/kind)")
-                continue
-            meta = doc.get("metadata") or {}
-            name = meta.get("name") if isinstance(meta, dict) else None
-            if not isinstance(name, str) or not name:
-                if doc.get("kind") != "Kustomization":
-                    result.errors.append(f"{origin}: {doc['kind']} has no metadata.name")
-                continue
-            namespace = meta.get("namespace") or DEFAULT_NAMESPACE
-            result.objects.append(Manifest(str(doc["apiVersion"]), str(doc["kind"]), name, str(namespace),
-                                           doc, origin))
+        start = len(result.objects)
+        _collect(path, docs, result)
+        if last_good is not None:
+            last_good[str(path)] = result.objects[start:]
+    if last_good is not None:
+        for gone in set(last_good) - seen:
+            del last_good[gone]
     return result
+
+
+def _collect(path: Path, docs: list[object], result: ManifestSet) -> None:
+    for index, doc in enumerate(docs):
+        origin = f"{path}#{index}"
+        if doc is None:
+            continue
+        if not isinstance(doc, dict) or "kind" not in doc or "apiVersion" not in doc:
+            if path.name.startswith("kustomization"):
+                continue
+            result.errors.append(f"{origin}: not a Kubernetes object (no apiVersion/kind)")
+            continue
+        meta = doc.get("metadata") or {}
+        name = meta.get("name") if isinstance(meta, dict) else None
+        if not isinstance(name, str) or not name:
+            if doc.get("kind") != "Kustomization":
+                result.errors.append(f"{origin}: {doc['kind']} has no metadata.name")
+            continue
+        namespace = meta.get("namespace") or DEFAULT_NAMESPACE
+        result.objects.append(Manifest(str(doc["apiVersion"]), str(doc["kind"]), name, str(namespace),
+                                       doc, origin))
 
 
 def fingerprint(root: Path) -> tuple[tuple[str, int, int], ...]:

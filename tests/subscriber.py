@@ -22,6 +22,9 @@ class Received:
     headers: dict[str, str]
     event: CloudEvent
     at: float
+    request: web.Request | None = None
+    received_ok: bool = False
+    """Whether this request was answered with a 2xx."""
 
 
 @dataclass
@@ -55,14 +58,17 @@ class Subscriber:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         (event,) = from_http(request.headers, body)
-        rec = Received(request.path, dict(request.headers), event, time.monotonic())
+        rec = Received(request.path, dict(request.headers), event, time.monotonic(), request)
         with self._lock:
             self.received.append(rec)
         handler = self.handlers.get(request.path)
         if handler is None:
-            return web.Response(status=202)
-        result = handler(rec)
-        return await result if asyncio.iscoroutine(result) else result  # type: ignore[return-value]
+            response: web.StreamResponse = web.Response(status=202)
+        else:
+            result = handler(rec)
+            response = await result if asyncio.iscoroutine(result) else result  # type: ignore[assignment]
+        rec.received_ok = 200 <= response.status < 300
+        return response
 
     def at(self, path: str) -> list[Received]:
         with self._lock:

@@ -52,6 +52,27 @@ def test_running_broker_picks_up_new_and_removed_brokers(broker):
     extra = broker.manifests / "edge.yaml"
     extra.write_text(BROKER.format(name="edge", ns="site-1"))
     wait_for(lambda: httpx.post(url, headers=headers).status_code == 202, what="the new broker")
-    extra.write_text("this: [is broken\n")  # a broken file never takes the broker down
+    extra.write_text("this: [is broken\n")  # a half-saved or mistyped file keeps its last good objects
+    wait_for(lambda: "cannot read YAML" in json_stats(broker), what="the broken file to be noticed")
+    assert httpx.post(url, headers=headers).status_code == 202
+    extra.unlink()
     wait_for(lambda: httpx.post(url, headers=headers).status_code == 404, what="the broker to go away")
     assert httpx.post(broker.ingress, headers=headers).status_code == 202
+
+
+def json_stats(broker) -> str:
+    return httpx.get(broker.url + "/healthz").text
+
+
+def test_a_broken_file_keeps_its_last_good_objects(tmp_path):
+    f = tmp_path / "b.yaml"
+    f.write_text(BROKER.format(name="edge", ns="site-1"))
+    reg = BrokerRegistry(tmp_path)
+    assert set(reg.brokers) == {"site-1/edge"}
+    f.write_text("apiVersion: [oops\n")
+    reg.reload()
+    assert set(reg.brokers) == {"site-1/edge"}
+    assert any("keeping its last good version" in e for e in reg.errors)
+    f.unlink()
+    reg.reload()
+    assert reg.brokers == {}

@@ -239,11 +239,15 @@ def test_trigger_reload_and_not_ready_triggers(broker_factory, manifests_dir, su
     event_id = post(broker)
     wait_for(lambda: sub.ids("/late") == [event_id], what="delivery through the new trigger")
     write(manifests_dir, "broken", trigger("broken", sub.url + "/x", filters=[{"cesql": "type = "}]),
-          trigger("nobroker", sub.url + "/x", broker="missing"))
-    wait_for(lambda: "default/broken" in stats(broker), what="the broken trigger to show")
+          trigger("nobroker", sub.url + "/x", broker="missing"),
+          trigger("baddelivery", sub.url + "/x", delivery="PT1S"),
+          trigger("nosvc", "", ref={"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "ghost"}))
+    wait_for(lambda: "default/nosvc" in stats(broker), what="the broken triggers to show")
     s = stats(broker)
     assert not s["default/broken"]["ready"] and "cesql" in s["default/broken"]["reason"]
     assert not s["default/nobroker"]["ready"] and "not declared" in s["default/nobroker"]["reason"]
+    assert not s["default/baddelivery"]["ready"] and "mapping" in s["default/baddelivery"]["reason"]
+    assert not s["default/nosvc"]["ready"] and "Service default/ghost" in s["default/nosvc"]["reason"]
     assert s["default/late"]["ready"]
     other = post(broker)
     wait_for(lambda: other in sub.ids("/late"), what="delivery to go on")
@@ -333,3 +337,46 @@ def _deliveries(broker: BrokerProcess):
         return db.execute("SELECT subscription, seq, state, last_error FROM deliveries").fetchall()
     finally:
         db.close()
+
+
+def test_a_reply_written_in_pieces_is_read_whole(broker_factory, manifests_dir, sub):
+    async def slow_reply(rec):
+        resp = web.StreamResponse(status=200, headers={
+            "ce-specversion": "1.0", "ce-id": "piece-" + rec.event.id, "ce-source": "/s",
+            "ce-type": "com.example.reply", "Content-Type": "application/octet-stream"})
+        await resp.prepare(rec.request)
+        await resp.write(b"a" * 1000)
+        await asyncio.sleep(0.05)
+        await resp.write(b"b" * 1000)
+        await resp.write_eof()
+        return resp
+
+    sub.handlers["/first"] = slow_reply
+    write(manifests_dir, "t",
+          trigger("first", sub.url + "/first", filters=[{"exact": {"type": "com.example.t"}}]),
+          trigger("second", sub.url + "/second", filters=[{"exact": {"type": "com.example.reply"}}]))
+    broker = broker_factory()
+    post(broker)
+    wait_for(lambda: sub.at("/second"), what="the reply")
+    assert sub.at("/second")[0].event.data == b"a" * 1000 + b"b" * 1000
+
+
+def test_dead_letter_after_a_restart_keeps_the_error_details(broker_factory, manifests_dir, sub):
+    sink_up = threading.Event()
+    sub.handlers["/bad"] = lambda rec: web.Response(status=400, text="no such node")
+    sub.handlers["/dls"] = lambda rec: web.Response(status=202 if sink_up.is_set() else 503)
+    write(manifests_dir, "t", trigger("bad", sub.url + "/bad", delivery={
+        "retry": 1000, "backoffDelay": "PT0.05S", "backoffPolicy": "linear",
+        "deadLetterSink": {"uri": sub.url + "/dls"}}))
+    broker = broker_factory()
+    post(broker)
+    wait_for(lambda: len(sub.at("/dls")) >= 2, what="the sink to refuse twice")
+    broker.stop(signal.SIGKILL)
+    sink_up.set()
+    broker_factory()
+    wait_for(lambda: [r for r in sub.at("/dls") if r.event.attributes.get("knativeerrorcode") == "400"
+                      and r.received_ok], what="the dead letter after the restart")
+    letters = [r.event for r in sub.at("/dls")]
+    assert all(e.attributes["knativeerrordest"] == sub.url + "/bad" for e in letters)
+    assert base64.b64decode(letters[-1].attributes["knativeerrordata"]) == b"no such node"
+    assert len(sub.at("/bad")) == 1  # the subscriber is not asked again after the restart

@@ -118,3 +118,8 @@ def test_exact_type_is_extracted_for_indexing():
     assert compile_trigger_filter(None, [{"prefix": {"source": "/"}}, {"exact": {"type": "b"}}]).exact_type == "b"
     assert compile_trigger_filter(None, [{"any": [{"exact": {"type": "b"}}]}]).exact_type is None
     assert compile_trigger_filter({"attributes": {"type": ""}}).exact_type is None
+
+
+def test_empty_filters_list_does_not_override_filter():
+    assert not passes({"attributes": {"type": "other"}}, [])
+    assert passes({"attributes": {"subject": "node-1"}}, [])

@@ -56,6 +56,7 @@ class BrokerRegistry:
         self.brokers: dict[str, BrokerSpec] = {}
         self.errors: list[str] = []
         self.found = manifests.ManifestSet()
+        self._last_good: dict[str, list[manifests.Manifest]] = {}
         """Everything the last reload read (other objects, such as Triggers, are taken from here)."""
         self._fingerprint: tuple[tuple[str, int, int], ...] | None = None
         self._listeners: list[Callable[[BrokerRegistry], None]] = []
@@ -75,7 +76,7 @@ class BrokerRegistry:
         if fp == self._fingerprint:
             return False
         self._fingerprint = fp
-        found = manifests.load(self.root)
+        found = manifests.load(self.root, self._last_good)
         self.found = found
         brokers, errors = brokers_from(found)
         self.errors = found.errors + errors
@@ -85,7 +86,10 @@ class BrokerRegistry:
             log.info("brokers: %s", ", ".join(sorted(brokers)) or "none")
         self.brokers = brokers
         for listener in self._listeners:
-            listener(self)
+            try:
+                listener(self)
+            except Exception:  # one listener's bug must not stop the others or the watcher
+                log.exception("applying the manifests from %s failed", self.root)
         return True
 
     async def watch(self, interval: float = 1.0) -> None:

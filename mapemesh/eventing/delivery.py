@@ -35,7 +35,11 @@ log = logging.getLogger(__name__)
 
 ERROR_DEST, ERROR_CODE, ERROR_DATA = "knativeerrordest", "knativeerrorcode", "knativeerrordata"
 ERROR_DATA_MAX_CHARS = 1024
+ERROR_BODY_BYTES = ERROR_DATA_MAX_CHARS // 4 * 3  # base64 turns 3 bytes into 4 characters
+WINDOW = 1000
+"""Deliveries per trigger held in memory; the rest wait in the log and are read back in order."""
 MAX_IN_FLIGHT_PER_TRIGGER = 64
+"""Requests in flight to one trigger's subscriber at once."""
 MAX_REPLY_BYTES = 1024 * 1024
 DEAD_LETTER_NEXT = -1
 """`not_before_ns` of a delivery whose retries are spent: after a restart it goes to the dead-letter sink."""
@@ -85,27 +89,49 @@ def dead_letter_event(event: CloudEvent, destination: str, attempt: Attempt) -> 
     attributes[ERROR_DEST] = destination
     attributes[ERROR_CODE] = str(attempt.status if attempt.status is not None else 500)
     if attempt.body:
-        # base64 grows 3 bytes into 4 characters: keep the encoded form within the limit.
-        attributes[ERROR_DATA] = base64.b64encode(attempt.body[:ERROR_DATA_MAX_CHARS // 4 * 3]).decode("ascii")
+        attributes[ERROR_DATA] = base64.b64encode(attempt.body[:ERROR_BODY_BYTES]).decode("ascii")
     return CloudEvent(attributes, event.data)
 
 
+@dataclass(slots=True)
+class _Lane:
+    """One trigger's deliveries in memory: at most WINDOW; beyond that they wait in the log (backlog)."""
+
+    scheduled_through: int = 0
+    """The highest seq handed to a delivery task (later ones come from the ingress or the backlog)."""
+    in_memory: int = 0
+    backlogged: bool = False
+    """Pending deliveries beyond `scheduled_through` wait in the log, to be read back in order."""
+    limit: asyncio.Semaphore | None = None
+
+
+@dataclass(slots=True)
+class _Resume:
+    """Where a delivery stands when it is (re)started: from the log after a restart, or fresh."""
+
+    attempts: int = 0
+    not_before_ns: int = 0
+    last: Attempt | None = None
+
+
 class Dispatcher:
-    """Routes the log's events to triggers and delivers them; create, `start()`, and `stop()` it."""
+    """Routes accepted events to triggers and delivers them; create, `start()`, and `stop()` it."""
 
     def __init__(self, event_log: EventLog, ingress: Ingress, registry: BrokerRegistry, resolver: Resolver,
-                 metrics: BrokerMetrics, clock: Clock | None = None):
+                 metrics: BrokerMetrics, clock: Clock | None = None, window: int = WINDOW):
         self.log = event_log
         self.ingress = ingress
         self.registry = registry
         self.resolver = resolver
         self.metrics = metrics
         self.clock: Clock = clock or SystemClock()
+        self.window = window
         self.triggers = TriggerSet()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._limits: dict[str, asyncio.Semaphore] = {}
-        self._ordered: dict[tuple[str, str], deque[tuple[LoggedEvent, int, int]]] = {}
+        self._lanes: dict[str, _Lane] = {}
+        self._ordered: dict[tuple[str, str], deque[tuple[LoggedEvent, _Resume]]] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._stopping = False
         registry.on_change(lambda _: self.reload())
         self.reload()
 
@@ -121,21 +147,19 @@ class Dispatcher:
         """Resume the deliveries the log still holds as pending, then take new events from the ingress."""
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=256)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-        pending = self.log.deliveries(state="pending")
-        events = self.log.get({d.seq for d in pending})
-        for d in pending:
-            logged = events.get(d.seq)
-            if logged is None:  # cannot happen while its delivery is pending; never crash on it
-                log.error("pending delivery of missing event %d to %s: dropped", d.seq, d.subscription)
-                continue
-            self._schedule(d.subscription, logged, d.attempts, d.not_before_ns)
-        if pending:
-            log.info("resuming %d pending deliveries", len(pending))
+        owed = self.log.pending_subscriptions()
+        for key in owed:
+            lane = self._lanes.setdefault(key, _Lane())
+            lane.backlogged = True
+            self._refill(key, lane)
+        if owed:
+            log.info("resuming pending deliveries for %d trigger(s)", len(owed))
         self.ingress.router = self
 
     async def stop(self) -> None:
         """Stop routing and delivering; what was not finished stays pending in the log."""
         self.ingress.router = None
+        self._stopping = True  # cancelled deliveries must not start others on their way out
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -151,11 +175,13 @@ class Dispatcher:
         rows = {}
         for key, t in sorted(self.triggers.triggers.items()):
             sub = t.subscriber
+            lane = self._lanes.get(key, _Lane())
             rows[key] = {
                 "broker": t.broker, "ready": t.ready, "reason": t.reason, "ordered": t.ordered,
                 "subscriber": None if sub is None else (sub.uri if sub.ref is None else
                                                         f"{sub.ref.get('kind')}/{sub.ref.get('name')}"
                                                         + (f" {sub.uri}" if sub.uri else "")),
+                "in_flight": lane.in_memory, "backlogged": lane.backlogged,
                 **counters.get(key, {o: 0 for o in OUTCOMES}),
             }
         return {"triggers": rows, "log": {"appended": self.log.appended, "commits": self.log.commits}}
@@ -178,22 +204,54 @@ class Dispatcher:
             logged = LoggedEvent(seq, broker, event, now)
             for key in keys:
                 self.metrics.count(key, "accepted")
-                self._schedule(key, logged, 0, 0)
+                lane = self._lanes.setdefault(key, _Lane())
+                if seq <= lane.scheduled_through:
+                    continue  # already read back from the log by a refill
+                if lane.backlogged or lane.in_memory >= self.window:
+                    lane.backlogged = True  # it waits in the log; a refill takes it in order
+                    continue
+                self._take(key, lane, logged, _Resume())
 
     # -- delivery ------------------------------------------------------------------------------
 
-    def _schedule(self, key: str, logged: LoggedEvent, attempts: int, not_before_ns: int) -> None:
+    def _refill(self, key: str, lane: _Lane) -> None:
+        """Read a trigger's next pending deliveries back from the log, in log order (synchronous)."""
+        lane.backlogged = False  # an accepted() skipped from now on sets it again
+        room = self.window - lane.in_memory
+        rows = self.log.pending_after(key, lane.scheduled_through, room)
+        events = self.log.get(d.seq for d in rows)
+        for d in rows:
+            logged = events.get(d.seq)
+            if logged is None:  # cannot happen while its delivery is pending; never crash on it
+                log.error("pending delivery of missing event %d to %s skipped", d.seq, key)
+                lane.scheduled_through = max(lane.scheduled_through, d.seq)
+                continue
+            last = Attempt(d.last_status, d.last_body or b"", error=d.last_error) \
+                if d.not_before_ns == DEAD_LETTER_NEXT else None
+            self._take(key, lane, logged, _Resume(d.attempts, d.not_before_ns, last))
+        if len(rows) == room:
+            lane.backlogged = True  # maybe more: read again once the window has room
+
+    def _take(self, key: str, lane: _Lane, logged: LoggedEvent, resume: _Resume) -> None:
+        lane.scheduled_through = max(lane.scheduled_through, logged.seq)
+        lane.in_memory += 1
         trigger = self.triggers.triggers.get(key)
         partition = partition_key(logged.event) if trigger is not None and trigger.ordered else None
         if partition is None:
-            self._spawn(self._deliver_limited(key, logged, attempts, not_before_ns))
+            self._spawn(self._deliver(key, logged, resume))
             return
         queue = self._ordered.get((key, partition))
         if queue is not None:
-            queue.append((logged, attempts, not_before_ns))
+            queue.append((logged, resume))
             return
-        self._ordered[(key, partition)] = deque([(logged, attempts, not_before_ns)])
+        self._ordered[(key, partition)] = deque([(logged, resume)])
         self._spawn(self._drain_partition(key, partition))
+
+    def _done(self, key: str) -> None:
+        lane = self._lanes[key]
+        lane.in_memory -= 1
+        if lane.backlogged and lane.in_memory <= self.window // 2 and not self._stopping:
+            self._refill(key, lane)
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.create_task(coro)  # type: ignore[arg-type]
@@ -201,19 +259,15 @@ class Dispatcher:
         task.add_done_callback(self._tasks.discard)
 
     async def _drain_partition(self, key: str, partition: str) -> None:
+        # One delivery at a time, in arrival order; the head leaves only once it is finished.
         queue = self._ordered[(key, partition)]
         try:
             while queue:
-                logged, attempts, not_before_ns = queue[0]
-                await self._deliver(key, logged, attempts, not_before_ns)
+                logged, resume = queue[0]
+                await self._deliver(key, logged, resume)
                 queue.popleft()
         finally:
             del self._ordered[(key, partition)]
-
-    async def _deliver_limited(self, key: str, logged: LoggedEvent, attempts: int, not_before_ns: int) -> None:
-        limit = self._limits.setdefault(key, asyncio.Semaphore(MAX_IN_FLIGHT_PER_TRIGGER))
-        async with limit:
-            await self._deliver(key, logged, attempts, not_before_ns)
 
     async def _current(self, key: str) -> Trigger | None:
         """The trigger as it is now; waits while it exists but is not ready (its events stay pending)."""
@@ -223,19 +277,41 @@ class Dispatcher:
                 return trigger
             await self.clock.sleep(1.0)
 
-    async def _deliver(self, key: str, logged: LoggedEvent, attempts: int, not_before_ns: int) -> None:
-        """Deliver one event to one trigger's subscriber until it succeeds or is dead-lettered."""
+    async def _deliver(self, key: str, logged: LoggedEvent, resume: _Resume) -> None:
+        """Deliver one event to one trigger until it is delivered, dead-lettered or dropped."""
+        failures = 0
         try:
-            await self._deliver_inner(key, logged, attempts, not_before_ns)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # never lose the task silently: the delivery stays pending for a restart
-            log.exception("delivery of event %d to %s failed unexpectedly", logged.seq, key)
+            while True:
+                try:
+                    await self._deliver_once(key, logged, resume)
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # Not the subscriber's answer but our own trouble (the log, a reply that could not be
+                    # stored, ...): never give the event up; try again from what the log recorded.
+                    failures += 1
+                    log.exception("delivering event %d to %s failed; trying again", logged.seq, key)
+                    await self.clock.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                    d = self.log.delivery(key, logged.seq)
+                    if d is None or d.state != "pending":
+                        return
+                    last = Attempt(d.last_status, d.last_body or b"", error=d.last_error) \
+                        if d.not_before_ns == DEAD_LETTER_NEXT else None
+                    resume = _Resume(d.attempts, d.not_before_ns, last)
+        finally:
+            self._done(key)
 
-    async def _deliver_inner(self, key: str, logged: LoggedEvent, attempts: int, not_before_ns: int) -> None:
+    def _limit(self, key: str) -> asyncio.Semaphore:
+        lane = self._lanes.setdefault(key, _Lane())
+        if lane.limit is None:
+            lane.limit = asyncio.Semaphore(MAX_IN_FLIGHT_PER_TRIGGER)
+        return lane.limit
+
+    async def _deliver_once(self, key: str, logged: LoggedEvent, resume: _Resume) -> None:
         event, seq = logged.event, logged.seq
-        last = Attempt(None, error="no attempt made")
-        destination = "?"
+        attempts, not_before_ns = resume.attempts, resume.not_before_ns
+        last = resume.last or Attempt(None, error="no attempt made")
         while True:
             trigger = await self._current(key)
             if trigger is None:
@@ -255,7 +331,8 @@ class Dispatcher:
             except LookupError as exc:
                 last = Attempt(None, error=f"subscriber not resolvable: {exc}")
             else:
-                last = await self.send(destination, event, spec.timeout, reply_expected=True)
+                async with self._limit(key):  # bounded concurrency per trigger; not held while backing off
+                    last = await self.send(destination, event, spec.timeout, reply_expected=True)
             attempts += 1
             if last.ok:
                 if last.reply is not None:
@@ -273,9 +350,18 @@ class Dispatcher:
                          spec.retry)
                 continue
             await self.log.record_attempt(key, seq, "pending", status=last.status, error=last.error,
-                                          not_before_ns=DEAD_LETTER_NEXT)
+                                          body=last.body[:ERROR_BODY_BYTES], not_before_ns=DEAD_LETTER_NEXT)
             break
-        await self._dead_letter(trigger, logged, destination, last)
+        await self._dead_letter(trigger, logged, self._destination(trigger), last)
+
+    def _destination(self, trigger: Trigger) -> str:
+        """The subscriber's address as `knativeerrordest` names it."""
+        assert trigger.subscriber is not None
+        try:
+            return self.resolver.resolve(trigger.subscriber, trigger.namespace)
+        except LookupError:
+            ref = trigger.subscriber.ref or {}
+            return trigger.subscriber.uri or f"{ref.get('kind')}/{ref.get('name')}"
 
     async def _dead_letter(self, trigger: Trigger, logged: LoggedEvent, destination: str, last: Attempt) -> None:
         key, event = trigger.key, logged.event
@@ -325,7 +411,7 @@ class Dispatcher:
         try:
             async with self._session.post(url, data=body, headers=headers,
                                           timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-                payload = await resp.content.read(MAX_REPLY_BYTES + 1)
+                payload = await _read_body(resp, MAX_REPLY_BYTES + 1)
                 status, resp_headers = resp.status, resp.headers
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return Attempt(None, error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
@@ -349,6 +435,19 @@ class Dispatcher:
         if len(replies) != 1:
             return Attempt(status, payload, error="a reply must be one CloudEvent, not a batch")
         return Attempt(status, payload, reply=replies[0])
+
+
+async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The response body up to `limit` bytes: every chunk until the end, not just what has arrived."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await resp.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _describe(attempt: Attempt) -> str:

@@ -95,6 +95,9 @@ class DeliverySpec:
 
 def effective(trigger: dict[str, Any] | None, broker: dict[str, Any] | None) -> dict[str, Any]:
     """A Trigger's delivery replaces the Broker's wholesale when it sets any field (Knative semantics)."""
+    for doc, where in ((trigger, "spec.delivery"), (broker, "the broker's spec.delivery")):
+        if doc is not None and not isinstance(doc, dict):
+            raise InvalidDelivery(f"{where} must be a mapping")
     if trigger and any(trigger.get(k) is not None for k in _FIELDS):
         return trigger
     return broker or {}

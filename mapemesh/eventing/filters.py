@@ -202,9 +202,9 @@ def _legacy(attributes: object) -> Predicate:
 
 def compile_trigger_filter(filter_: object = None, filters: object = None) -> Filter:
     """Compile a Trigger's `spec.filter` and `spec.filters`; raise InvalidFilter naming the bad part."""
-    if filters is not None:
-        if not isinstance(filters, list):
-            raise InvalidFilter("filters: must be a list")
+    if filters is not None and not isinstance(filters, list):
+        raise InvalidFilter("filters: must be a list")
+    if filters:  # an empty `filters` list does not override `filter` (Knative uses it only when non-empty)
         parts = [_compile_one(e, f"filters[{i}]") for i, e in enumerate(filters)]
         return Filter(_all(parts), _exact_type_of_list(filters))
     if filter_ is not None:

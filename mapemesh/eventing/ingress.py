@@ -130,6 +130,7 @@ class Ingress:
 
     async def _healthz(self, request: web.BaseRequest) -> web.Response:
         return web.json_response({"status": "ok", "brokers": sorted(self.brokers.brokers),
+                                  "manifest_errors": self.brokers.errors,
                                   "log": {"appended": self.log.appended, "commits": self.log.commits}})
 
     async def handle(self, request: web.BaseRequest) -> web.Response:

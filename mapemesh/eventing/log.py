@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS deliveries(
     not_before_ns INTEGER NOT NULL DEFAULT 0,
     last_status INTEGER,
     last_error TEXT,
+    last_body BLOB,
     PRIMARY KEY (subscription, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_by_seq ON deliveries(seq, state);
@@ -115,6 +116,8 @@ class Delivery:
     not_before_ns: int
     last_status: int | None
     last_error: str | None
+    last_body: bytes | None = None
+    """The start of the last answer's body (kept for the dead-letter sink's `knativeerrordata`)."""
 
 
 class LogClosed(RuntimeError):
@@ -167,8 +170,10 @@ class EventLog:
         # sqlite_sequence remembers the highest number ever used, even after compaction deleted it.
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         self._next_seq = (row[0] if row else 0) + 1
-        # (commit time, last seq) per commit: compaction finds the retention horizon without an index.
-        self._horizons: deque[tuple[int, int]] = deque([(time.time_ns(), self._next_seq - 1)])
+        # (second, time of the last commit in it, last seq then): compaction finds the retention horizon
+        # without an index on arrival time.
+        now = time.time_ns()
+        self._horizons: deque[tuple[int, int, int]] = deque([(now // 1_000_000_000, now, self._next_seq - 1)])
         self._queue: queue.SimpleQueue[_Append | _Call | None] = queue.SimpleQueue()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -344,7 +349,12 @@ class EventLog:
                 self._next_seq = seq
                 self.commits += 1
                 self.appended += n_rows
-                self._horizons.append((time.time_ns(), seq - 1))
+                now = time.time_ns()
+                second = now // 1_000_000_000
+                if self._horizons and self._horizons[-1][0] == second:  # one entry per second at most
+                    self._horizons[-1] = (second, now, seq - 1)
+                else:
+                    self._horizons.append((second, now, seq - 1))
             appended: list[_Outcome] = []
             for request in group:
                 appended.append((request.future, list(range(first, first + request.count)), None))
@@ -368,7 +378,7 @@ class EventLog:
         return await future
 
     async def record_attempt(self, subscription: str, seq: int, state: DeliveryState, *,
-                             status: int | None = None, error: str | None = None,
+                             status: int | None = None, error: str | None = None, body: bytes | None = None,
                              not_before_ns: int = 0, attempted: bool = True) -> None:
         """Record the outcome of a delivery attempt: still pending (retry later), delivered or dead.
 
@@ -378,8 +388,8 @@ class EventLog:
         def _record(db: sqlite3.Connection) -> None:
             cur = db.execute(
                 "UPDATE deliveries SET state = ?, attempts = attempts + ?, last_status = ?, last_error = ?, "
-                "not_before_ns = ? WHERE subscription = ? AND seq = ?",
-                (state, int(attempted), status, error, not_before_ns, subscription, seq))
+                "last_body = ?, not_before_ns = ? WHERE subscription = ? AND seq = ?",
+                (state, int(attempted), status, error, body, not_before_ns, subscription, seq))
             if cur.rowcount == 0:
                 raise KeyError(f"no delivery of event {seq} to {subscription!r}")
 
@@ -392,10 +402,10 @@ class EventLog:
         def _compact(db: sqlite3.Connection) -> int:
             # Runs on the writer thread, which alone appends to _horizons.
             upto = 0
-            while self._horizons and self._horizons[0][0] <= horizon:
-                upto = self._horizons.popleft()[1]
-            if upto:
-                self._horizons.appendleft((horizon, upto))  # keep the boundary for the next compaction
+            while self._horizons and self._horizons[0][1] <= horizon:
+                upto = self._horizons.popleft()[2]
+            if upto:  # keep the boundary for the next compaction
+                self._horizons.appendleft((horizon // 1_000_000_000, horizon, upto))
             n = db.execute(
                 "DELETE FROM events WHERE seq <= ? AND NOT EXISTS "
                 "(SELECT 1 FROM deliveries d WHERE d.seq = events.seq AND d.state = 'pending')",
@@ -445,9 +455,27 @@ class EventLog:
             out.update((r[0], _decode_row(r)) for r in rows)
         return out
 
+    def delivery(self, subscription: str, seq: int) -> Delivery | None:
+        """One delivery's record, or None when there is none (any more)."""
+        row = self._reader().execute(_DELIVERY_SQL + " WHERE subscription = ? AND seq = ?",
+                                     (subscription, seq)).fetchone()
+        return None if row is None else Delivery(*row)
+
+    def pending_after(self, subscription: str, after: int, limit: int) -> list[Delivery]:
+        """A subscription's pending deliveries with seq > `after`, in log order, at most `limit`."""
+        rows = self._reader().execute(
+            _DELIVERY_SQL + " WHERE subscription = ? AND state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
+            (subscription, after, limit)).fetchall()
+        return [Delivery(*r) for r in rows]
+
+    def pending_subscriptions(self) -> list[str]:
+        """The subscriptions that still owe deliveries."""
+        rows = self._reader().execute("SELECT DISTINCT subscription FROM deliveries WHERE state = 'pending'")
+        return [r[0] for r in rows]
+
     def deliveries(self, subscription: str | None = None, state: DeliveryState | None = None) -> list[Delivery]:
         """Delivery records, optionally for one subscription and/or one state."""
-        sql = "SELECT subscription, seq, state, attempts, not_before_ns, last_status, last_error FROM deliveries"
+        sql = _DELIVERY_SQL
         clauses, args = [], []
         if subscription is not None:
             clauses.append("subscription = ?")
@@ -477,6 +505,10 @@ def read_all(path: Path) -> list[LoggedEvent]:
 
 def _encode_attrs(event: CloudEvent) -> bytes:
     return orjson.dumps(event.attributes)
+
+
+_DELIVERY_SQL = ("SELECT subscription, seq, state, attempts, not_before_ns, last_status, last_error, last_body "
+                 "FROM deliveries")
 
 
 def _fsync_dir(path: Path) -> None:

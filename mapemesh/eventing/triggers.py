@@ -165,8 +165,17 @@ def load_triggers(found: manifests.ManifestSet) -> tuple[list[Trigger], set[str]
     """The Triggers among the manifests, and the Knative Services declared there ("ns/name")."""
     brokers, _ = brokers_from(found)
     triggers: dict[str, Trigger] = {}
+    services = {m.key for m in found.of(SERVING_V1, "Service")}
     for m in found.of(manifests.EVENTING_V1, "Trigger"):
-        t = parse_trigger(m, brokers)
+        try:
+            t = parse_trigger(m, brokers)
+        except Exception as exc:  # a manifest shape nobody foresaw: the trigger is not ready, the broker runs
+            log.exception("trigger %s in %s", m.key, m.origin)
+            t = Trigger(m.namespace, m.name, "?", None, None, DeliverySpec(), False, m.origin,
+                        reason=f"cannot be read: {type(exc).__name__}: {exc}")
+        unknown = _unknown_service(t, services)
+        if unknown:
+            t = replace(t, reason=unknown)
         if t.key in triggers:
             log.error("trigger %s declared twice (%s and %s): the first one is used", t.key,
                       triggers[t.key].origin, t.origin)
@@ -174,5 +183,17 @@ def load_triggers(found: manifests.ManifestSet) -> tuple[list[Trigger], set[str]
         if not t.ready:
             log.error("trigger %s not ready: %s", t.key, t.reason)
         triggers[t.key] = t
-    services = {m.key for m in found.of(SERVING_V1, "Service")}
     return list(triggers.values()), services
+
+
+def _unknown_service(t: Trigger, services: set[str]) -> str | None:
+    """Why a ready trigger's Service ref cannot be served here (the Service is not in the manifests)."""
+    if not t.ready:
+        return None
+    for dest, where in ((t.subscriber, "spec.subscriber"), (t.delivery.dead_letter_sink, "deadLetterSink")):
+        if dest is None or dest.ref is None or dest.ref.get("kind") != "Service":
+            continue
+        key = f"{dest.ref.get('namespace') or t.namespace}/{dest.ref['name']}"
+        if key not in services:
+            return f"{where}: Service {key} is not declared in the manifests"
+    return None

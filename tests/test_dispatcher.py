@@ -1,0 +1,140 @@
+"""The dispatcher in process: a bounded window with the backlog read back from the log, and recovery
+from its own failures (a reply that cannot be stored) without losing or reordering anything."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import yaml
+from aiohttp import web
+
+from mapemesh.eventing.brokers import BrokerRegistry
+from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.eventing.delivery import Dispatcher
+from mapemesh.eventing.ingress import Ingress
+from mapemesh.eventing.log import EventLog
+from mapemesh.eventing.stats import BrokerMetrics
+from mapemesh.eventing.triggers import Resolver
+
+from .conftest import REPO
+from .subscriber import Subscriber
+
+
+class FastClock:
+    """Real time, but sleeps are short (the tests check behaviour, not timing)."""
+
+    def time(self) -> float:
+        import time
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(min(seconds, 0.01))
+
+
+def setup(tmp_path, sub: Subscriber, path: str, **spec) -> tuple:
+    manifests = tmp_path / "knative"
+    shutil.copytree(REPO / "knative", manifests)
+    meta = {"name": "t", "namespace": "default", **spec.pop("meta", {})}
+    (manifests / "t.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger", "metadata": meta,
+        "spec": {"broker": "default", "subscriber": {"uri": sub.url + path}, **spec}}))
+    return manifests
+
+
+async def post(dispatcher: Dispatcher, log: EventLog, events: list[CloudEvent]) -> None:
+    routes = dispatcher.routes("default/default", events)
+    seqs = await log.append("default/default", events, routes)
+    dispatcher.accepted("default/default", events, seqs, routes)
+
+
+def ev(i: int, **ext) -> CloudEvent:
+    return CloudEvent({"specversion": "1.0", "id": f"e{i}", "source": "/s", "type": "t", "knativebrokerttl": 255,
+                       **ext})
+
+
+async def wait_until(condition, seconds: float = 20.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def test_window_bounds_memory_and_the_backlog_keeps_order(tmp_path):
+    in_flight = {"now": 0, "max": 0}
+
+    async def slow(rec):
+        in_flight["now"] += 1
+        in_flight["max"] = max(in_flight["max"], in_flight["now"])
+        await asyncio.sleep(0.005)
+        in_flight["now"] -= 1
+        return web.Response(status=202)
+
+    sub = Subscriber(handlers={"/o": slow})
+    manifests = setup(tmp_path, sub, "/o", meta={"annotations": {"mapemesh.io/delivery-order": "ordered"}})
+
+    async def main():
+        log = EventLog(tmp_path / "log.db")
+        registry = BrokerRegistry(manifests)
+        metrics = BrokerMetrics()
+        dispatcher = Dispatcher(log, Ingress(registry, log), registry, Resolver(tmp_path, ""), metrics,
+                                FastClock(), window=5)
+        await dispatcher.start()
+        peak = 0
+        for i in range(0, 60, 6):
+            await post(dispatcher, log, [ev(j, partitionkey="k") for j in range(i, i + 6)])
+            peak = max(peak, dispatcher._lanes["default/t"].in_memory)
+        await wait_until(lambda: metrics.snapshot()["default/t"]["delivered"] == 60)
+        await dispatcher.stop()
+        await log.close()
+        return peak
+
+    try:
+        peak = asyncio.run(main())
+    finally:
+        sub.close()
+    assert peak <= 5
+    assert sub.ids("/o") == [f"e{i}" for i in range(60)]  # one at a time, in order, across the backlog
+    assert in_flight["max"] == 1
+
+
+def test_a_reply_that_cannot_be_stored_is_retried_not_lost(tmp_path):
+    def reply(rec):
+        return web.Response(status=200, headers={"ce-specversion": "1.0", "ce-id": "r-" + rec.event.id,
+                                                 "ce-source": "/r", "ce-type": "reply"})
+
+    sub = Subscriber(handlers={"/r": reply})
+    manifests = setup(tmp_path, sub, "/r", filters=[{"exact": {"type": "t"}}])
+
+    async def main():
+        log = EventLog(tmp_path / "log.db")
+        registry = BrokerRegistry(manifests)
+        metrics = BrokerMetrics()
+        ingress = Ingress(registry, log)
+        dispatcher = Dispatcher(log, ingress, registry, Resolver(tmp_path, ""), metrics, FastClock())
+        real = ingress.republish
+        failures = {"left": 2}
+
+        async def flaky(*args, **kwargs):
+            if failures["left"]:
+                failures["left"] -= 1
+                raise OSError("disk full")
+            return await real(*args, **kwargs)
+
+        ingress.republish = flaky  # type: ignore[method-assign]
+        await dispatcher.start()
+        await post(dispatcher, log, [ev(1)])
+        await wait_until(lambda: metrics.snapshot().get("default/t", {}).get("delivered") == 1)
+        replies = [e.event.id for e in log.read() if e.event.type == "reply"]
+        states = [d.state for d in log.deliveries("default/t")]
+        await dispatcher.stop()
+        await log.close()
+        return replies, states
+
+    try:
+        replies, states = asyncio.run(main())
+    finally:
+        sub.close()
+    assert replies == ["r-e1"] and states == ["delivered"]
+    assert len(sub.at("/r")) == 3  # delivered again after each failure to store the reply: at least once
