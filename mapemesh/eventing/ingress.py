@@ -126,7 +126,7 @@ class Ingress:
         def make_request(message, payload, protocol, writer, task):  # type: ignore[no-untyped-def]
             return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=limit)
 
-        return web.Server(dispatch, request_factory=make_request)
+        return web.Server(dispatch, request_factory=make_request, access_log=None)
 
     async def _healthz(self, request: web.BaseRequest) -> web.Response:
         return web.json_response({"status": "ok", "brokers": sorted(self.brokers.brokers),
