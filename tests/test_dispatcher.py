@@ -1,11 +1,12 @@
-"""The dispatcher in process: a bounded window with the backlog read back from the log, and recovery
-from its own failures (a reply that cannot be stored) without losing or reordering anything."""
+"""The dispatcher in process: backoff timing (with a fake clock), a bounded window with the backlog read
+back from the log, and recovery from its own failures without losing or reordering anything."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
 
+import pytest
 import yaml
 from aiohttp import web
 
@@ -19,6 +20,22 @@ from mapemesh.eventing.triggers import Resolver
 
 from .conftest import REPO
 from .subscriber import Subscriber
+
+
+class FakeClock:
+    """Virtual time that only moves when the dispatcher sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+        self.sleeps: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 6))
+        self.now += seconds
+        await asyncio.sleep(0)
 
 
 class FastClock:
@@ -138,3 +155,39 @@ def test_a_reply_that_cannot_be_stored_is_retried_not_lost(tmp_path):
         sub.close()
     assert replies == ["r-e1"] and states == ["delivered"]
     assert len(sub.at("/r")) == 3  # delivered again after each failure to store the reply: at least once
+
+
+@pytest.mark.parametrize(("policy", "expected"), [
+    ("exponential", [1.0, 2.0, 4.0]),  # delay * 2^(n-1) before retry n
+    ("linear", [1.0, 2.0]),  # delay * (n-1): the first retry does not wait
+])
+def test_backoff_between_retries(tmp_path, policy, expected):
+    sub = Subscriber(handlers={"/down": lambda rec: web.Response(status=503)})
+    manifests = setup(tmp_path, sub, "/down", meta={"name": "down"},
+                      delivery={"retry": 3, "backoffPolicy": policy, "backoffDelay": "PT1S"})
+    clock = FakeClock()
+
+    async def main():
+        log = EventLog(tmp_path / "log.db")
+        registry = BrokerRegistry(manifests)
+        metrics = BrokerMetrics()
+        dispatcher = Dispatcher(log, Ingress(registry, log), registry, Resolver(tmp_path, ""), metrics, clock)
+        await dispatcher.start()
+        assert dispatcher.routes("default/default", [ev(1)]) == [["default/down"]]
+        await post(dispatcher, log, [ev(1)])
+        for _ in range(500):
+            if metrics.snapshot().get("default/down", {}).get("dropped"):
+                break
+            await asyncio.sleep(0.01)
+        counts = metrics.snapshot()["default/down"]
+        await dispatcher.stop()
+        await log.close()
+        return counts
+
+    try:
+        counts = asyncio.run(main())
+    finally:
+        sub.close()
+    assert clock.sleeps == expected
+    assert counts["retried"] == 3 and counts["dropped"] == 1
+    assert len(sub.at("/down")) == 4

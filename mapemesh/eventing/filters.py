@@ -100,28 +100,26 @@ def _affix(spec: dict[str, str], prefix: bool) -> Predicate:
     return run
 
 
-def _all(parts: list[Predicate]) -> Predicate:
+def _fold(parts: list[Predicate], combine: Callable[[Result, Result], Result], decided: Result) -> Predicate:
+    """`all` (and_, stops at FAIL) or `any` (or_, stops at PASS); an empty list has no opinion."""
+
     def run(attrs: Attributes) -> Result:
         result = Result.NONE
         for part in parts:
-            result = result.and_(part(attrs))
-            if result is Result.FAIL:
+            result = combine(result, part(attrs))
+            if result is decided:
                 return result
         return result
 
     return run
+
+
+def _all(parts: list[Predicate]) -> Predicate:
+    return _fold(parts, Result.and_, Result.FAIL)
 
 
 def _any(parts: list[Predicate]) -> Predicate:
-    def run(attrs: Attributes) -> Result:
-        result = Result.NONE
-        for part in parts:
-            result = result.or_(part(attrs))
-            if result is Result.PASS:
-                return result
-        return result
-
-    return run
+    return _fold(parts, Result.or_, Result.PASS)
 
 
 def _not(part: Predicate) -> Predicate:
