@@ -13,19 +13,21 @@ from mapemesh import events
 from mapemesh.aio import run
 from mapemesh.eventing import log as eventlog
 from mapemesh.eventing.binding import to_binary
-from mapemesh.eventing.server import start_broker
 from mapemesh.settings import Settings
+from mapemesh.up import start_mesh
 
 log = logging.getLogger("mapemesh.demo")
 
 
 async def main() -> None:
-    """Start the broker, post a telemetry event to it, show it in the durable log, serve until Ctrl-C."""
+    """Start the mesh, post a telemetry event to the broker, show it in the durable log, serve until Ctrl-C."""
     settings = Settings.load()
-    if settings.broker_port and not _port_free(settings.host, settings.broker_port):
-        raise SystemExit(f"port {settings.broker_port} on {settings.host} is busy: set MAPEMESH_BROKER_PORT "
-                         f"(0 picks a free one)")
-    broker = await start_broker(settings)
+    for port, var in ((settings.broker_port, "MAPEMESH_BROKER_PORT"), (settings.serving_port,
+                                                                       "MAPEMESH_SERVING_PORT")):
+        if port and not _port_free(settings.host, port):
+            raise SystemExit(f"port {port} on {settings.host} is busy: set {var} (0 picks a free one)")
+    mesh = await start_mesh(settings)
+    broker = mesh.broker
     ingress = f"{broker.url}/default/default"
     try:
         sample = events.TelemetryReported(asset="node-1", asset_kind="node", metrics=[
@@ -37,6 +39,8 @@ async def main() -> None:
         stored = [e for e in await asyncio.to_thread(eventlog.read_all, settings.event_log_file)
                   if e.event.id == event.id]
         print(f"\nmapemesh broker ingress: {ingress}")
+        print(f"function host: {mesh.serving_url} ({len(mesh.host.revisions)} function(s) from "
+              f"{settings.manifests})")
         print(f"demo: posted {event.type} id={event.id} -> HTTP {status}; "
               f"in the durable log at seq {stored[0].seq if stored else '(missing!)'} "
               f"({settings.event_log_file})")
@@ -52,7 +56,7 @@ async def main() -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
-        await broker.stop()
+        await mesh.stop()
 
 
 def _port_free(host: str, port: int) -> bool:

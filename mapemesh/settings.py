@@ -28,10 +28,14 @@ class Settings:
     """MAPEMESH_HOST: the address servers bind to."""
     broker_port: int = 8080
     """MAPEMESH_BROKER_PORT: the broker ingress port (0 picks a free one)."""
+    serving_port: int = 8081
+    """MAPEMESH_SERVING_PORT: the local function host's port (0 picks a free one)."""
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     """MAPEMESH_MAX_EVENT_BYTES: the largest request body the ingress accepts (at least 64 KiB)."""
     durability: str = "fsync"
     """MAPEMESH_DURABILITY: `fsync` (a 202 survives power loss) or `os` (it survives a process crash)."""
+    activator_queue: int = 1000
+    """MAPEMESH_ACTIVATOR_QUEUE: requests the function host holds per Service before answering 429."""
     log_retention_s: int = 60
     """MAPEMESH_LOG_RETENTION_S: seconds a fully handled event stays in the log before compaction."""
 
@@ -43,8 +47,9 @@ class Settings:
             raise ValueError(f"durability must be 'fsync' or 'os', got {self.durability!r}")
         if self.log_retention_s < 0:
             raise ValueError(f"log_retention_s must be >= 0, got {self.log_retention_s}")
-        if not 0 <= self.broker_port <= 65535:
-            raise ValueError(f"broker_port must be 0..65535, got {self.broker_port}")
+        for name in ("broker_port", "serving_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be 0..65535, got {getattr(self, name)}")
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -11,6 +11,7 @@ from mapemesh import __version__
 from mapemesh.cli.broker import broker
 from mapemesh.cli.cesql import cesql
 from mapemesh.cli.events import events
+from mapemesh.cli.mesh import status, up
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -30,6 +31,8 @@ def cli(ctx: click.Context, data: Path | None, log_level: str) -> None:
 cli.add_command(broker)
 cli.add_command(events)
 cli.add_command(cesql)
+cli.add_command(up)
+cli.add_command(status)
 
 
 def main() -> None:

@@ -1,0 +1,97 @@
+"""`mapemesh up` and `mapemesh status`: the embedded mesh as a whole."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import httpx
+
+from mapemesh import endpoints
+from mapemesh.aio import run
+from mapemesh.cli._common import settings
+
+EXIT_UNREACHABLE = 3
+
+
+@click.command()
+@click.option("--manifests", type=click.Path(path_type=Path), default=None,
+              help="Knative manifests to run [env MAPEMESH_MANIFESTS; default knative].")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data directory [default: the global --data].")
+@click.option("--host", default=None, help="Address to bind [env MAPEMESH_HOST; default 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Broker port, 0 for any [env MAPEMESH_BROKER_PORT; 8080].")
+@click.option("--serving-port", type=int, default=None,
+              help="Function host port, 0 for any [env MAPEMESH_SERVING_PORT; default 8081].")
+@click.pass_context
+def up(ctx: click.Context, manifests: Path | None, data: Path | None, host: str | None, port: int | None,
+       serving_port: int | None) -> None:
+    """Run the broker and the local function host; Ctrl-C or SIGTERM stops every process it started."""
+    from mapemesh.up import serve_mesh
+
+    s = settings(ctx, data=data, manifests=manifests, host=host, broker_port=port, serving_port=serving_port)
+    if not s.manifests.exists():
+        raise click.UsageError(f"manifests directory {s.manifests} does not exist")
+    run(serve_mesh(s))
+
+
+@click.command()
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data directory of the running mesh [default: the global --data].")
+@click.option("--output", "-o", type=click.Choice(["human", "json"]), default="human", show_default=True)
+@click.pass_context
+def status(ctx: click.Context, data: Path | None, output: str) -> None:
+    """Functions (ready, processes, runtime class), triggers and broker counters of the running mesh.
+
+    Exit status: 0 shown, 2 no mesh recorded in DATA_DIR, 3 a component did not answer.
+    """
+    s = settings(ctx, data=data)
+    found = endpoints.read(s.data)
+    if not found:
+        raise click.UsageError(f"no running mesh recorded in {s.data / endpoints.FILE} (start one with "
+                               f"`mapemesh up`)")
+    doc: dict[str, object] = {"endpoints": found}
+    failed = False
+    for name, path, field in (("serving", "/status", "functions"), ("broker", "/stats", "triggers")):
+        if name not in found:
+            continue
+        try:
+            answer = httpx.get(found[name] + path, timeout=10).raise_for_status().json()
+        except httpx.HTTPError as exc:
+            doc[f"{name}_error"] = str(exc)
+            failed = True
+            continue
+        doc[field] = answer.get(field, {})
+        if name == "broker":
+            doc["log"] = answer.get("log", {})
+    if output == "json":
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        _print_human(doc)
+    ctx.exit(EXIT_UNREACHABLE if failed else 0)
+
+
+def _print_human(doc: dict) -> None:  # type: ignore[type-arg]
+    for name, url in doc["endpoints"].items():
+        click.echo(f"{name}: {url}")
+    for key in ("serving_error", "broker_error"):
+        if key in doc:
+            click.echo(f"{key.split('_')[0]} did not answer: {doc[key]}")
+    functions = doc.get("functions") or {}
+    click.echo(f"\nfunctions ({len(functions)}); each runs here as a local process, forked on demand:")
+    for key, f in functions.items():
+        state = "NOT READY: " + str(f.get("reason")) if not f.get("ready") else (
+            "scaled to zero" if f.get("scaled_to_zero") else f"{f['processes']} process(es) {f.get('pids')}")
+        click.echo(f"  {key}: {state}; runtime class {f.get('runtime_class', 'default')}; "
+                   f"cold starts {f.get('cold_starts', 0)}")
+    triggers = doc.get("triggers") or {}
+    click.echo(f"\ntriggers ({len(triggers)}):")
+    for key, t in triggers.items():
+        ready = "ready" if t.get("ready") else f"NOT READY: {t.get('reason')}"
+        click.echo(f"  {key} -> {t.get('subscriber')}: {ready}; accepted {t.get('accepted', 0)}, delivered "
+                   f"{t.get('delivered', 0)}, retried {t.get('retried', 0)}, dead-lettered "
+                   f"{t.get('dead_lettered', 0)}, dropped {t.get('dropped', 0)}")
+    log = doc.get("log") or {}
+    if log:
+        click.echo(f"\nbroker log: {log.get('appended', 0)} events appended since start")

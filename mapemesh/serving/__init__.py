@@ -1,0 +1,1 @@
+"""Embedded serving: Knative Services run as scale-to-zero functions on one machine."""

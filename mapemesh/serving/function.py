@@ -1,0 +1,125 @@
+"""The function contract: a callable that takes a CloudEvent and returns a reply CloudEvent or None.
+
+`@mapemesh.function` registers it. The decorated function is still a plain function: called with a
+CloudEvent it runs the user's code (mapemesh's local host), and called with a Flask request it is a
+functions-framework `http` function that answers with the reply event in binary mode, or `202` without a
+body when there is none. So one Service manifest (container env `FUNCTION_SOURCE`, `FUNCTION_TARGET`)
+serves both places: `functions-framework --source $FUNCTION_SOURCE --target $FUNCTION_TARGET --signature-type http`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from mapemesh.eventing.binding import from_http, to_binary
+from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent
+
+Handler = Callable[[CloudEvent], "CloudEvent | Awaitable[CloudEvent | None] | None"]
+REGISTRY: dict[str, Function] = {}
+
+
+class FunctionError(Exception):
+    """The function's source or target cannot be loaded."""
+
+
+class Function:
+    """A registered function and how to run it."""
+
+    def __init__(self, fn: Handler, name: str):
+        self.fn = fn
+        self.name = name
+        self.is_async = inspect.iscoroutinefunction(fn)
+
+    def invoke(self, event: CloudEvent) -> CloudEvent | None:
+        """Run the function to completion (an async function on its own event loop)."""
+        result = self.fn(event)
+        if inspect.isawaitable(result):
+            result = asyncio.run(_await(result))
+        if result is not None and not isinstance(result, CloudEvent):
+            raise TypeError(f"function {self.name} returned {type(result).__name__}; return a CloudEvent or None")
+        return result
+
+
+async def _await(result: Awaitable[CloudEvent | None]) -> CloudEvent | None:
+    return await result
+
+
+def function(fn: Handler | None = None, *, name: str | None = None) -> Any:
+    """Register `fn` as a mapemesh function (usable as `@function` or `@function(name=...)`).
+
+    The result is a plain Python function (functions-framework insists on one): called with a CloudEvent
+    it runs `fn`; called with a Flask request it answers as a functions-framework http function.
+    """
+
+    def register(f: Handler) -> Callable[[Any], Any]:
+        registered = Function(f, name or f.__name__)
+        REGISTRY[registered.name] = registered
+
+        @functools.wraps(f)
+        def entry(arg: Any) -> Any:
+            if isinstance(arg, CloudEvent):
+                return f(arg)
+            return _serve_flask_request(registered, arg)
+
+        entry.__mapemesh_function__ = registered  # type: ignore[attr-defined]
+        return entry
+
+    return register(fn) if fn is not None else register
+
+
+def load(source: str, target: str, base: Path | None = None) -> Function:
+    """Import FUNCTION_SOURCE (a .py file, relative to `base`, or a module name) and return FUNCTION_TARGET."""
+    path = Path(source)
+    if not path.is_absolute() and base is not None and (base / path).exists():
+        path = base / path
+    try:
+        if path.suffix == ".py":
+            if not path.exists():
+                raise FunctionError(f"FUNCTION_SOURCE {source} does not exist")
+            module_name = f"mapemesh_fn_{abs(hash(str(path.resolve())))}"
+            module = sys.modules.get(module_name)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(module_name, path)
+                assert spec is not None and spec.loader is not None
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(source)
+    except FunctionError:
+        raise
+    except Exception as exc:
+        sys.modules.pop(f"mapemesh_fn_{abs(hash(str(path.resolve())))}", None)
+        raise FunctionError(f"cannot import FUNCTION_SOURCE {source}: {type(exc).__name__}: {exc}") from exc
+    obj = getattr(module, target, None)
+    if obj is None:
+        raise FunctionError(f"FUNCTION_SOURCE {source} has no FUNCTION_TARGET {target!r}")
+    registered = getattr(obj, "__mapemesh_function__", None)
+    if isinstance(registered, Function):
+        return registered
+    if not callable(obj):
+        raise FunctionError(f"FUNCTION_TARGET {target!r} in {source} is not callable")
+    return Function(obj, target)
+
+
+def _serve_flask_request(fn: Function, request: Any) -> Any:
+    """functions-framework's http signature: a Flask request in, a Flask response out."""
+    import flask
+
+    try:
+        (event,) = from_http(list(request.headers.items()), request.get_data())
+    except (MalformedEvent, ValueError) as exc:
+        return flask.Response(str(exc), status=400, mimetype="text/plain")
+    reply = fn.invoke(event)
+    if reply is None:
+        return flask.Response(status=202)  # never a bare "OK": a broker would take that as a bad reply
+    headers, body = to_binary(reply)
+    return flask.Response(body, status=200, headers=headers)

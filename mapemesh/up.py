@@ -1,0 +1,64 @@
+"""`mapemesh up`: the broker and the local function host in one process (the embedded mesh)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from mapemesh import endpoints
+from mapemesh.eventing.server import RunningBroker, start_broker
+from mapemesh.serving.host import LocalHost
+from mapemesh.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RunningMesh:
+    """A started mesh: the broker, the function host and their URLs."""
+
+    broker: RunningBroker
+    host: LocalHost
+    host_runner: web.AppRunner
+    serving_url: str
+
+    async def stop(self) -> None:
+        """Stop the function host (every function process, the fork server), then the broker."""
+        await self.host_runner.cleanup()
+        await self.host.stop()
+        endpoints.unregister(self.broker.settings.data, "serving", self.serving_url)
+        await self.broker.stop()
+
+
+async def start_mesh(settings: Settings) -> RunningMesh:
+    """Start the broker, then the function host on its own port; record both in endpoints.json."""
+    broker = await start_broker(settings)
+    host = LocalHost(broker.ingress.brokers, settings.activator_queue)
+    await host.start()
+    runner = web.AppRunner(host.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.serving_port, reuse_address=True)
+    await site.start()
+    h, port = runner.addresses[0][:2]
+    url = f"http://{h}:{port}"
+    endpoints.register(settings.data, "serving", url)
+    log.info("function host on %s (%d function(s))", url, len(host.revisions))
+    return RunningMesh(broker, host, runner, url)
+
+
+async def serve_mesh(settings: Settings) -> None:
+    """Run the mesh until SIGINT or SIGTERM, then stop every child process."""
+    mesh = await start_mesh(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("mesh stopping")
+        await mesh.stop()
