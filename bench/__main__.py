@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import ingress, routing
+from bench import coldstart, ingress, routing
 
-BENCHMARKS = {"ingress": ingress.main, "routing": routing.main}
+BENCHMARKS = {"ingress": ingress.main, "routing": routing.main, "coldstart": coldstart.main}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], help="benchmarks to run (default: all)")
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="shorter rounds (for a smoke run)")
     args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
     failed = 0
     for name in args.names or list(BENCHMARKS):
         failed += 0 if BENCHMARKS[name](quick=args.quick) else 1

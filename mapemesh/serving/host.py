@@ -82,8 +82,19 @@ class Zygote:
             raise FunctionFailed(503, answer["error"])
         return int(answer["pid"]), mine
 
-    def _ask(self, request: dict[str, Any], fd: int) -> dict[str, Any]:
-        socket.send_fds(self.control, [json.dumps(request).encode() + b"\n"], [fd])
+    async def prepare(self, spec: ServiceSpec, base: Path) -> str | None:
+        """Have the zygote import the function's source now; the import error, if any."""
+        request = {"prepare": True, "source": spec.source, "target": spec.target, "base": str(base)}
+        async with self._lock:
+            answer = await asyncio.to_thread(self._ask, request, None)
+        return answer.get("error")
+
+    def _ask(self, request: dict[str, Any], fd: int | None) -> dict[str, Any]:
+        message = json.dumps(request).encode() + b"\n"
+        if fd is None:
+            self.control.sendall(message)
+        else:
+            socket.send_fds(self.control, [message], [fd])
         line = b""
         while not line.endswith(b"\n"):
             chunk = self.control.recv(65536)
@@ -157,6 +168,19 @@ class Revision:
         self.cold_starts = 0
         self.last_request = time.monotonic()
         self._ids = itertools.count()
+
+    async def prepare(self) -> None:
+        """Import the source in the zygote (an error makes the Service not ready), then initial-scale."""
+        try:
+            error = await self.zygote.prepare(self.spec, self.base)
+        except Exception as exc:  # the zygote is gone: requests will say so
+            error = f"the fork server failed: {exc}"
+        if error is not None:
+            self.error = error
+            log.error("%s cannot run: %s", self.spec.key, error)
+            return
+        for _ in range(min(self.spec.initial_scale, self.spec.max_scale)):
+            self._start_instance()
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -324,6 +348,7 @@ class LocalHost:
         self.revisions: dict[str, Revision] = {}
         self.invalid: dict[str, str] = {}
         self._scaler: asyncio.Task[None] | None = None
+        self._preparing: set[asyncio.Task[None]] = set()
         registry.on_change(lambda _: self.reload())
 
     def reload(self) -> None:
@@ -337,8 +362,9 @@ class LocalHost:
         for key, spec in specs.items():
             if key not in self.revisions:
                 rev = self.revisions[key] = Revision(spec, self.zygote, self.base, self.queue_limit)
-                for _ in range(min(spec.initial_scale, spec.max_scale)):
-                    rev._start_instance()
+                task = asyncio.get_running_loop().create_task(rev.prepare())
+                self._preparing.add(task)
+                task.add_done_callback(self._preparing.discard)
 
     async def start(self) -> None:
         """Create the revisions and begin scaling."""

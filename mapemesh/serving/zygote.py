@@ -3,8 +3,10 @@ function processes from itself, so scaling from zero costs a fork, not a new int
 
 The host talks to it over a Unix socket: a JSON line `{"source", "target", "base", "concurrency", "env"}`
 with the function process's end of a socket pair attached (SCM_RIGHTS); the answer is a JSON line
-`{"pid": N}` or `{"error": "..."}`. The child serves frames (`wire`) on its socket until it is closed or
-it gets SIGTERM. The zygote reaps its children and kills them when it is told to stop.
+`{"pid": N}` or `{"error": "..."}`. `{"prepare": true, "source", "target", "base"}` (no descriptor) only
+imports the source, answering `{"ok": true}` or `{"error": ...}`. The child serves frames (`wire`) on its
+socket until it is closed or it gets SIGTERM. The zygote reaps its children and kills them when it is told
+to stop. A source is imported once per zygote: after editing a function, restart `mapemesh up`.
 """
 
 from __future__ import annotations
@@ -73,13 +75,25 @@ def main(control_fd: int) -> None:
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
             request = json.loads(line)
-            fd = pending_fds.pop(0)
-            answer = spawn(request, fd, control, children)
-            os.close(fd)
+            if request.get("prepare"):  # import the source now, so that the first fork is warm too
+                answer = prepare(request)
+            else:
+                fd = pending_fds.pop(0)
+                answer = spawn(request, fd, control, children)
+                os.close(fd)
             control.sendall(json.dumps(answer).encode() + b"\n")
 
 
 pending_fds: list[int] = []
+
+
+def prepare(request: dict[str, object]) -> dict[str, object]:
+    """Import a function's source in the zygote (its forks inherit it); report an import error."""
+    try:
+        load(str(request["source"]), str(request["target"]), Path(str(request.get("base") or ".")))
+    except FunctionError as exc:
+        return {"error": str(exc)}
+    return {"ok": True}
 
 
 def spawn(request: dict[str, object], fd: int, control: socket.socket, children: set[int]) -> dict[str, object]:

@@ -1,0 +1,180 @@
+"""Scale-from-zero latency of a function behind a Trigger, next to warm invocations in the same run.
+
+`mapemesh up` runs a broker and the local function host. Two Services run the same probe function: one
+scales to zero after 100 ms idle (every event finds no process: a cold start), one keeps a process
+(`min-scale: 1`: warm). Each event goes broker -> Trigger -> function; the function's reply goes back
+through the broker to a receiver here. Per event: accepted by the broker (`knativearrivaltime`) to handler
+running (the handler's own clock), and to reply delivered (the receiver's clock). 50 of each, one at a time.
+Targets: cold start (accepted to handler running) p50 <= 50 ms and p99 <= 150 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import yaml
+from aiohttp import web
+
+from mapemesh.eventing.binding import from_http
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+N = 50
+TARGET_P50_MS, TARGET_P99_MS = 50.0, 150.0
+
+
+class Receiver:
+    """Replies land here; `arrived[id]` is when each one did."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, tuple[float, dict[str, object]]] = {}
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
+        ready.wait(10)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/replies"
+        ready.set()
+        self.loop.run_forever()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        now = time.time()
+        (event,) = from_http(request.headers, await request.read())
+        self.arrived[event.id] = (now, event.attributes)
+        return web.Response(status=202)
+
+
+def manifests(root: Path, receiver: str) -> Path:
+    out = root / "knative"
+    out.mkdir()
+    shutil.copy(REPO / "knative" / "broker.yaml", out / "broker.yaml")
+    shutil.copytree(REPO / "bench" / "fns", root / "fns")
+    docs = []
+    for name, notes in (("cold", {"autoscaling.knative.dev/initial-scale": "0",
+                                  "autoscaling.knative.dev/window": "100ms"}),
+                        ("warm", {"autoscaling.knative.dev/min-scale": "1"})):
+        docs.append({"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+                     "metadata": {"name": name, "namespace": "default"},
+                     "spec": {"template": {"metadata": {"annotations": notes}, "spec": {
+                         "containerConcurrency": 1, "containers": [{"image": "bench/probe", "env": [
+                             {"name": "FUNCTION_SOURCE", "value": "fns/coldstart_fn.py"},
+                             {"name": "FUNCTION_TARGET", "value": "probe"}]}]}}}})
+        docs.append({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+                     "metadata": {"name": f"to-{name}", "namespace": "default"},
+                     "spec": {"broker": "default", "filters": [{"exact": {"type": f"io.mapemesh.bench.{name}"}}],
+                              "subscriber": {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+                                                     "name": name}}}})
+    docs.append({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+                 "metadata": {"name": "replies", "namespace": "default"},
+                 "spec": {"broker": "default", "filters": [{"exact": {"type": "io.mapemesh.bench.probed"}}],
+                          "subscriber": {"uri": receiver}}})
+    (out / "bench.yaml").write_text(yaml.safe_dump_all(docs))
+    return out
+
+
+def wait(condition, timeout: float = 30.0, what: str = "") -> object:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.005)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def epoch(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+def measure(broker: str, serving: str, receiver: Receiver, kind: str) -> tuple[list[float], list[float]]:
+    to_handler, to_reply = [], []
+    with httpx.Client(timeout=30) as http:
+        for _ in range(N):
+            if kind == "cold":
+                wait(lambda: http.get(serving + "/status").json()["functions"]["default/cold"]["scaled_to_zero"],
+                     what="the cold function to scale to zero")
+            event_id = str(uuid.uuid4())
+            headers = {"ce-specversion": "1.0", "ce-id": event_id, "ce-source": "/bench",
+                       "ce-type": f"io.mapemesh.bench.{kind}"}
+            assert http.post(broker + "/default/default", headers=headers, content=b"{}").status_code == 202
+            reply_id = "re-" + event_id
+            at, attrs = wait(lambda rid=reply_id: receiver.arrived.get(rid), what="the reply")  # type: ignore[misc]
+            accepted = epoch(str(attrs["arrived"]))
+            to_handler.append((float(str(attrs["started"])) - accepted) * 1000)
+            to_reply.append((at - accepted) * 1000)
+    return to_handler, to_reply
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+def main(quick: bool = False) -> bool:
+    """Print the table, write bench/results/coldstart.json; True when the cold-start targets are met."""
+    receiver = Receiver()
+    with tempfile.TemporaryDirectory(prefix="mapemesh-coldstart-") as tmp:
+        root = Path(tmp)
+        kn = manifests(root, receiver.url)
+        data = root / "data"
+        proc = subprocess.Popen([sys.executable, "-m", "mapemesh", "--log-level", "warning", "up", "--manifests",
+                                 str(kn), "--data", str(data), "--port", "0", "--serving-port", "0"], cwd=root,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            found = wait(lambda: _endpoints(data), what="mapemesh up")
+            broker, serving = found["broker"], found["serving"]  # type: ignore[index]
+            wait(lambda: httpx.get(serving + "/status").json()["functions"]["default/warm"]["processes"] == 1,
+                 what="the warm function's process")
+            results = {kind: measure(broker, serving, receiver, kind) for kind in ("warm", "cold")}
+            cold_starts = httpx.get(serving + "/status").json()["functions"]["default/cold"]["cold_starts"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    summary = {kind: {"to_handler_ms": {"p50": statistics.median(h), "p99": pct(h, 99)},
+                      "to_reply_ms": {"p50": statistics.median(r), "p99": pct(r, 99)}}
+               for kind, (h, r) in results.items()}
+    cold = summary["cold"]["to_handler_ms"]
+    ok = cold["p50"] <= TARGET_P50_MS and cold["p99"] <= TARGET_P99_MS and cold_starts >= N
+    print(f"\ncold start: {N} events each, broker -> Trigger -> function -> reply -> broker -> receiver")
+    print(f"{'invocation':12} {'to handler p50':>15} {'p99':>8} {'to reply p50':>13} {'p99':>8}")
+    for kind, s in summary.items():
+        print(f"{kind:12} {s['to_handler_ms']['p50']:13.1f}ms {s['to_handler_ms']['p99']:6.1f}ms "
+              f"{s['to_reply_ms']['p50']:11.1f}ms {s['to_reply_ms']['p99']:6.1f}ms")
+    print(f"cold starts counted by the host: {cold_starts}; targets: cold to handler p50 <= {TARGET_P50_MS:g} ms, "
+          f"p99 <= {TARGET_P99_MS:g} ms: {'OK' if ok else 'MISSED'}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "coldstart.json").write_text(json.dumps({
+        "benchmark": "coldstart", "events": N, "results": summary, "cold_starts": cold_starts,
+        "targets_ms": {"p50": TARGET_P50_MS, "p99": TARGET_P99_MS}, "on_target": ok}, indent=2) + "\n")
+    print(f"wrote {RESULTS / 'coldstart.json'}")
+    return ok
+
+
+def _endpoints(data: Path) -> dict[str, str] | None:
+    try:
+        found = json.loads((data / "endpoints.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return found if {"broker", "serving"} <= set(found) else None
