@@ -27,9 +27,9 @@ class RunningMesh:
     serving_url: str
 
     async def stop(self) -> None:
-        """Stop the function host (every function process, the fork server), then the broker."""
-        await self.host_runner.cleanup()
+        """Stop the function processes and the fork server (waiting requests get 503), then the servers."""
         await self.host.stop()
+        await self.host_runner.cleanup()
         endpoints.unregister(self.broker.settings.data, "serving", self.serving_url)
         await self.broker.stop()
 
@@ -37,12 +37,22 @@ class RunningMesh:
 async def start_mesh(settings: Settings) -> RunningMesh:
     """Start the broker, then the function host on its own port; record both in endpoints.json."""
     broker = await start_broker(settings)
-    host = LocalHost(broker.ingress.brokers, settings.activator_queue)
-    await host.start()
-    runner = web.AppRunner(host.app(), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.serving_port, reuse_address=True)
-    await site.start()
+    host: LocalHost | None = None
+    runner: web.AppRunner | None = None
+    try:
+        host = LocalHost(broker.ingress.brokers, settings.activator_queue)
+        await host.start()
+        runner = web.AppRunner(host.app(), access_log=None, handle_signals=False, shutdown_timeout=5)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.serving_port, reuse_address=True)
+        await site.start()
+    except BaseException:  # a port in use, say: leave nothing behind
+        if host is not None:
+            await host.stop()
+        if runner is not None:
+            await runner.cleanup()
+        await broker.stop()
+        raise
     h, port = runner.addresses[0][:2]
     url = f"http://{h}:{port}"
     endpoints.register(settings.data, "serving", url)

@@ -279,3 +279,73 @@ def test_functions_framework_serves_the_same_callable(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_crash_fails_every_request_in_flight_at_once(mesh_factory):
+    mesh = mesh_factory(service("echo", cc=0, timeout=20, annotations={"autoscaling.knative.dev/max-scale": "1"}))
+    assert mesh.post("echo").status_code == 200
+    results: list[httpx.Response] = []
+    slow = [threading.Thread(target=lambda: results.append(mesh.post("echo", type_="slow", seconds="10")))
+            for _ in range(3)]
+    for t in slow:
+        t.start()
+    wait_for(lambda: mesh.status()["default/echo"]["in_flight"] == 3, what="three requests in flight")
+    started = time.monotonic()
+    assert mesh.post("echo", type_="crash").status_code == 502
+    for t in slow:
+        t.join()
+    assert [r.status_code for r in results] == [502, 502, 502]
+    assert time.monotonic() - started < 5  # not after the 20 s timeout
+    assert mesh.post("echo").status_code == 200
+
+
+def test_a_timeout_does_not_fail_the_other_requests_of_the_process(mesh_factory):
+    mesh = mesh_factory(service("echo", cc=2, timeout=1, annotations={"autoscaling.knative.dev/max-scale": "1"}))
+    assert mesh.post("echo").status_code == 200
+    (pid,) = mesh.pids("echo")
+    results: dict[str, int] = {}
+    stuck = threading.Thread(target=lambda: results.update(stuck=mesh.post("echo", type_="slow",
+                                                                            seconds="1.6").status_code))
+    stuck.start()
+    time.sleep(0.3)
+    results["other"] = mesh.post("echo", type_="slow", seconds="0.5").status_code
+    stuck.join()
+    assert results == {"stuck": 504, "other": 200}
+    wait_for(lambda: not alive(pid), what="the timed-out process to be replaced")
+    assert mesh.post("echo").status_code == 200
+
+
+def test_scale_never_exceeds_max_even_at_startup(mesh_factory):
+    notes = {"autoscaling.knative.dev/min-scale": "1", "autoscaling.knative.dev/max-scale": "1",
+             "autoscaling.knative.dev/initial-scale": "1"}
+    mesh = mesh_factory(service("echo", annotations=notes))
+    seen = set()
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        pids = mesh.pids("echo")
+        assert len(pids) <= 1
+        seen.update(pids)
+        time.sleep(0.02)
+    assert len(seen) == 1
+
+
+def test_a_changed_service_replaces_its_processes(mesh_factory):
+    mesh = mesh_factory(service("echo", annotations={"autoscaling.knative.dev/min-scale": "1"}))
+    (old,) = wait_for(lambda: mesh.pids("echo"), what="the first process")
+    changed = service("echo", annotations={"autoscaling.knative.dev/min-scale": "1",
+                                           "autoscaling.knative.dev/window": "2s"})
+    (mesh.root / "knative" / "app.yaml").write_text(yaml.safe_dump_all([changed]))
+    new = wait_for(lambda: [p for p in mesh.pids("echo") if p != old], what="a process of the new revision")
+    wait_for(lambda: not alive(old), what="the old process to stop")
+    assert mesh.status()["default/echo"]["window_s"] == 2.0 and len(new) == 1
+    assert mesh.post("echo").headers["ce-pid"] == str(new[0])
+
+
+def test_status_rows_have_the_same_keys(mesh_factory):
+    bad = service("broken")
+    del bad["spec"]["template"]["spec"]["containers"][0]["env"]
+    mesh = mesh_factory(service("echo"), bad)
+    rows = mesh.status()
+    assert set(rows) == {"default/broken", "default/echo"}
+    assert rows["default/broken"].keys() == rows["default/echo"].keys()
+    assert not rows["default/broken"]["ready"] and "FUNCTION_SOURCE" in rows["default/broken"]["reason"]

@@ -47,6 +47,8 @@ from mapemesh.serving.spec import ServiceSpec, services_from
 log = logging.getLogger(__name__)
 QUEUE_LIMIT = 1000
 SCALE_EVERY_S = 0.1
+ASK_TIMEOUT_S = 30.0
+KILL_AFTER_S = 2.0
 
 
 class FunctionFailed(Exception):
@@ -57,15 +59,26 @@ class FunctionFailed(Exception):
         self.status = status
 
 
+class ImportFailed(FunctionFailed):
+    """The function's source does not import (or has no such target): the Service cannot run."""
+
+    def __init__(self, message: str):
+        super().__init__(503, message)
+
+
 class Zygote:
-    """The fork server process and the control socket to it."""
+    """The fork server process and the control socket to it; restarted when it dies or hangs."""
 
     def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._start()
+
+    def _start(self) -> None:
         host_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.proc = _start_zygote(zygote_end)
         zygote_end.close()
+        host_end.settimeout(ASK_TIMEOUT_S)  # an import that never returns must not block every Service
         self.control = host_end
-        self._lock = asyncio.Lock()
 
     async def spawn(self, spec: ServiceSpec, base: Path) -> tuple[int, socket.socket]:
         """Fork a function process; return its pid and the host's end of its socket."""
@@ -73,21 +86,42 @@ class Zygote:
         request = {"source": spec.source, "target": spec.target, "base": str(base), "env": spec.env,
                    "concurrency": spec.capacity}
         try:
-            async with self._lock:  # one spawn at a time on the control socket
-                answer = await asyncio.to_thread(self._ask, request, theirs.fileno())
+            answer = await self._request(request, theirs.fileno())
+        except BaseException:
+            mine.close()
+            raise
         finally:
             theirs.close()
         if "error" in answer:
             mine.close()
-            raise FunctionFailed(503, answer["error"])
+            if answer.get("kind") == "import":
+                raise ImportFailed(answer["error"])
+            raise FunctionFailed(503, f"cannot start a process: {answer['error']}")
         return int(answer["pid"]), mine
 
-    async def prepare(self, spec: ServiceSpec, base: Path) -> str | None:
-        """Have the zygote import the function's source now; the import error, if any."""
-        request = {"prepare": True, "source": spec.source, "target": spec.target, "base": str(base)}
-        async with self._lock:
-            answer = await asyncio.to_thread(self._ask, request, None)
-        return answer.get("error")
+    async def prepare(self, spec: ServiceSpec, base: Path) -> None:
+        """Have the zygote import the function's source now; ImportFailed if it does not import."""
+        answer = await self._request({"prepare": True, "source": spec.source, "target": spec.target,
+                                      "base": str(base), "env": spec.env}, None)
+        if "error" in answer:
+            if answer.get("kind") == "import":
+                raise ImportFailed(answer["error"])
+            raise FunctionFailed(503, answer["error"])
+
+    async def _request(self, request: dict[str, Any], fd: int | None) -> dict[str, Any]:
+        async with self._lock:  # one request at a time on the control socket
+            if self.proc.poll() is not None:
+                log.warning("the fork server exited (%s); starting a new one", self.proc.returncode)
+                self._replace()
+            try:
+                return await asyncio.to_thread(self._ask, request, fd)
+            except (OSError, ValueError) as exc:  # died or hung (socket timeout): start afresh
+                log.error("the fork server failed (%s); starting a new one", exc)
+                self._replace()
+                if isinstance(exc, TimeoutError) and request.get("prepare"):
+                    raise ImportFailed(f"importing {request['source']} took longer than {ASK_TIMEOUT_S:g}s") \
+                        from None
+                raise FunctionFailed(503, f"the fork server failed: {exc}") from None
 
     def _ask(self, request: dict[str, Any], fd: int | None) -> dict[str, Any]:
         message = json.dumps(request).encode() + b"\n"
@@ -99,9 +133,13 @@ class Zygote:
         while not line.endswith(b"\n"):
             chunk = self.control.recv(65536)
             if not chunk:
-                raise FunctionFailed(503, "the fork server exited")
+                raise ConnectionError("the fork server exited")
             line += chunk
         return json.loads(line)
+
+    def _replace(self) -> None:
+        self.stop()
+        self._start()
 
     def stop(self) -> None:
         """Stop the fork server and every function process it started."""
@@ -111,6 +149,7 @@ class Zygote:
                 self.proc.wait(timeout=5)
             except Exception:
                 self.proc.kill()
+                self.proc.wait()
         self.control.close()
 
 
@@ -131,17 +170,32 @@ class Instance:
     last_used: float = field(default_factory=time.monotonic)
     reader_task: asyncio.Task[None] | None = None
     alive: bool = True
+    draining: bool = False
+    """Takes no new requests; stopped once the ones it has are answered (after a timeout)."""
 
-    def kill(self) -> None:
-        """Stop the process and fail what it was doing."""
+    def kill(self, reason: str) -> None:
+        """Stop the process (SIGTERM, SIGKILL if it lingers) and fail what it was doing with 502."""
+        if not self.alive:
+            return
         self.alive = False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
+        _terminate(self.pid)
         self.writer.close()
         for fut in self.in_flight.values():
             if not fut.done():
-                fut.set_exception(FunctionFailed(502, f"function process {self.pid} stopped"))
+                fut.set_exception(FunctionFailed(502, f"function process {self.pid} {reason}"))
         self.in_flight.clear()
+
+
+def _terminate(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+
+    def insist() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    with contextlib.suppress(RuntimeError):
+        asyncio.get_running_loop().call_later(KILL_AFTER_S, insist)
 
 
 @dataclass(eq=False)
@@ -165,32 +219,45 @@ class Revision:
         self.starting = 0
         self.queue: deque[Waiting] = deque()
         self.error: str | None = None
+        self.prepared = False
+        self.stopped = False
         self.cold_starts = 0
-        self.last_request = time.monotonic()
         self._ids = itertools.count()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def prepare(self) -> None:
         """Import the source in the zygote (an error makes the Service not ready), then initial-scale."""
         try:
-            error = await self.zygote.prepare(self.spec, self.base)
-        except Exception as exc:  # the zygote is gone: requests will say so
-            error = f"the fork server failed: {exc}"
-        if error is not None:
-            self.error = error
-            log.error("%s cannot run: %s", self.spec.key, error)
+            await self.zygote.prepare(self.spec, self.base)
+        except ImportFailed as exc:
+            self.error = str(exc)
+            log.error("%s cannot run: %s", self.spec.key, exc)
+            self._fail_queue(503, str(exc))
             return
-        for _ in range(min(self.spec.initial_scale, self.spec.max_scale)):
+        except FunctionFailed as exc:  # the fork server had trouble; the first request will try again
+            log.warning("%s: could not import ahead of time: %s", self.spec.key, exc)
+        if self.stopped:
+            return
+        self.prepared = True
+        wanted = min(self.spec.initial_scale, self.spec.max_scale)
+        for _ in range(wanted - len(self.instances) - self.starting):
             self._start_instance()
 
     # -- requests ------------------------------------------------------------------------------
 
     async def invoke(self, event: CloudEvent) -> CloudEvent | None:
         """Run the function on `event` in some process; FunctionFailed says what went wrong."""
+        if self.stopped:
+            raise FunctionFailed(503, f"{self.spec.key} is being replaced; retry")
         if self.error is not None:
             raise FunctionFailed(503, self.error)
         if len(self.queue) >= self.queue_limit:
             raise FunctionFailed(429, f"{self.queue_limit} requests already wait for {self.spec.key}")
-        self.last_request = time.monotonic()
         future: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
         waiting = Waiting({"id": next(self._ids), "attrs": event.attributes}, event.data, future)
         self.queue.append(waiting)
@@ -209,17 +276,28 @@ class Revision:
         if waiting in self.queue:
             self.queue.remove(waiting)
             return
-        for inst in self.instances:  # a stuck process takes no more work: replace it
-            if waiting.header["id"] in inst.in_flight:
-                log.warning("%s: process %d timed out; replacing it", self.spec.key, inst.pid)
-                self._remove(inst)
-                inst.kill()
+        for inst in self.instances:
+            if inst.in_flight.pop(waiting.header["id"], None) is not None:
+                # The process may be stuck: it takes no more work, and stops once its other requests end.
+                log.warning("%s: a request to process %d timed out; replacing the process", self.spec.key,
+                            inst.pid)
+                inst.draining = True
+                self._retire_if_drained(inst)
+                self.dispatch()
                 return
+
+    def _retire_if_drained(self, inst: Instance) -> None:
+        if inst.draining and not inst.in_flight:
+            self._remove(inst)
+            inst.kill("was replaced after a timeout")
 
     def dispatch(self) -> None:
         """Hand queued requests to processes with room; start processes when all are full."""
+        if self.stopped:
+            return
         while self.queue:
-            inst = min((i for i in self.instances if i.alive and len(i.in_flight) < self.spec.capacity),
+            inst = min((i for i in self.instances if i.alive and not i.draining
+                        and len(i.in_flight) < self.spec.capacity),
                        key=lambda i: len(i.in_flight), default=None)
             if inst is None:
                 break
@@ -231,62 +309,74 @@ class Revision:
             inst.writer.write(wire.encode(waiting.header, waiting.data))
         if self.queue and self.error is None:
             # Knative's rule: enough processes for the concurrency at hand, within max-scale.
-            demand = len(self.queue) + sum(len(i.in_flight) for i in self.instances)
+            demand = len(self.queue) + sum(len(i.in_flight) for i in self.instances if not i.draining)
+            active = sum(1 for i in self.instances if not i.draining)
             wanted = min(self.spec.max_scale, -(-demand // self.spec.capacity))
-            while len(self.instances) + self.starting < wanted:
-                self._start_instance(cold=not self.instances and not self.starting)
+            while active + self.starting < wanted:
+                self._start_instance(cold=not active and not self.starting)
 
     def _start_instance(self, cold: bool = False) -> None:
         self.starting += 1
         if cold:
             self.cold_starts += 1
-        task = asyncio.create_task(self._spawn())
-        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        self._background(self._spawn())
 
     async def _spawn(self) -> None:
         try:
             pid, sock = await self.zygote.spawn(self.spec, self.base)
-            reader, writer = await asyncio.open_connection(sock=sock)
         except FunctionFailed as exc:
-            self.error = str(exc)
-            log.error("%s cannot start: %s", self.spec.key, exc)
-            while self.queue:
-                w = self.queue.popleft()
-                if not w.future.done():
-                    w.future.set_exception(FunctionFailed(503, str(exc)))
-            return
-        except Exception as exc:
-            log.exception("%s: starting a process failed", self.spec.key)
-            while self.queue:
-                w = self.queue.popleft()
-                if not w.future.done():
-                    w.future.set_exception(FunctionFailed(503, f"cannot start the function: {exc}"))
-            return
-        finally:
             self.starting -= 1
+            if isinstance(exc, ImportFailed):
+                self.error = str(exc)
+                log.error("%s cannot run: %s", self.spec.key, exc)
+            self._fail_queue(exc.status, str(exc))
+            return
+        except BaseException:
+            self.starting -= 1
+            raise
+        try:
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except BaseException:
+            self.starting -= 1
+            sock.close()
+            _terminate(pid)
+            raise
+        self.starting -= 1
         inst = Instance(pid, writer)
-        inst.reader_task = asyncio.create_task(self._read(inst, reader))
+        if self.stopped:  # replaced while this process was starting
+            inst.kill("belongs to a replaced revision")
+            return
+        inst.reader_task = asyncio.get_running_loop().create_task(self._read(inst, reader))
         self.instances.append(inst)
         log.info("%s: process %d started (%d running)", self.spec.key, pid, len(self.instances))
         self.dispatch()
 
+    def _fail_queue(self, status: int, message: str) -> None:
+        while self.queue:
+            w = self.queue.popleft()
+            if not w.future.done():
+                w.future.set_exception(FunctionFailed(status, message))
+
     async def _read(self, inst: Instance, reader: asyncio.StreamReader) -> None:
-        while True:
-            frame = await wire.read(reader)
-            if frame is None:
-                break
-            header, data = frame
-            fut = inst.in_flight.pop(header.get("id"), None)  # type: ignore[arg-type]
-            if fut is not None and not fut.done():
-                fut.set_result((header, data))
-            inst.last_used = time.monotonic()
+        try:
+            while True:
+                frame = await wire.read(reader)
+                if frame is None:
+                    break
+                header, data = frame
+                fut = inst.in_flight.pop(header.get("id"), None)  # type: ignore[arg-type]
+                if fut is not None and not fut.done():
+                    fut.set_result((header, data))
+                inst.last_used = time.monotonic()
+                self._retire_if_drained(inst)
+                self.dispatch()
+        finally:  # whatever ended the stream, the process is gone for us
+            if inst.alive:
+                log.warning("%s: process %d exited with %d request(s) in flight", self.spec.key, inst.pid,
+                            len(inst.in_flight))
+                self._remove(inst)
+                inst.kill("exited")
             self.dispatch()
-        if inst.alive:
-            log.warning("%s: process %d exited with %d request(s) in flight", self.spec.key, inst.pid,
-                        len(inst.in_flight))
-            self._remove(inst)
-            inst.kill()
-        self.dispatch()
 
     def _remove(self, inst: Instance) -> None:
         with contextlib.suppress(ValueError):
@@ -295,46 +385,60 @@ class Revision:
     # -- scaling -------------------------------------------------------------------------------
 
     def scale(self) -> None:
-        """Start processes up to min-scale; stop the ones idle longer than the window (last: retention)."""
+        """Keep min-scale processes; stop those idle longer than the window (the last one: retention)."""
+        if self.stopped or self.error is not None:
+            return
         now = time.monotonic()
-        while len(self.instances) + self.starting < self.spec.min_scale and self.error is None:
-            self._start_instance()
+        if self.prepared:
+            for _ in range(self.spec.min_scale - len(self.instances) - self.starting):
+                self._start_instance()
         for inst in sorted(self.instances, key=lambda i: i.last_used):
-            if len(self.instances) <= self.spec.min_scale or inst.in_flight or self.queue:
+            if len(self.instances) <= self.spec.min_scale or self.queue:
                 break
-            idle = now - inst.last_used
+            if inst.in_flight or inst.draining:
+                continue
             needed = self.spec.window_s
             if len(self.instances) == 1:
                 needed = max(needed, self.spec.retention_s)
+            idle = now - inst.last_used
             if idle < needed:
                 break
             log.info("%s: process %d idle for %.1fs; stopping it", self.spec.key, inst.pid, idle)
             self._remove(inst)
-            inst.kill()
+            inst.kill("was stopped for being idle")
 
     def stop(self) -> None:
-        """Stop every process of this revision and fail what waits."""
+        """Stop every process of this revision, the work in progress, and fail what waits."""
+        self.stopped = True
+        for task in self._tasks:
+            task.cancel()
         for inst in list(self.instances):
-            inst.kill()
+            inst.kill("was stopped")
         self.instances.clear()
-        while self.queue:
-            w = self.queue.popleft()
-            if not w.future.done():
-                w.future.set_exception(FunctionFailed(503, f"{self.spec.key} was stopped"))
+        self._fail_queue(503, f"{self.spec.key} was stopped or replaced; retry")
 
     def status(self) -> dict[str, Any]:
         """What `mapemesh status` shows for this function."""
-        return {
-            "ready": self.error is None, "reason": self.error,
-            "processes": len(self.instances), "pids": [i.pid for i in self.instances],
-            "scaled_to_zero": not self.instances and not self.starting,
-            "in_flight": sum(len(i.in_flight) for i in self.instances), "queued": len(self.queue),
-            "cold_starts": self.cold_starts,
-            "runtime_class": self.spec.runtime_class or "default",
-            "runs_as": "a local process (forked); the runtime class applies on a cluster",
-            "min_scale": self.spec.min_scale, "max_scale": self.spec.max_scale,
-            "container_concurrency": self.spec.container_concurrency, "window_s": self.spec.window_s,
-        }
+        return _status_row(self.spec, ready=self.error is None, reason=self.error,
+                           pids=[i.pid for i in self.instances], starting=self.starting,
+                           in_flight=sum(len(i.in_flight) for i in self.instances), queued=len(self.queue),
+                           cold_starts=self.cold_starts)
+
+
+def _status_row(spec: ServiceSpec | None, *, ready: bool, reason: str | None, pids: list[int] | None = None,
+                starting: int = 0, in_flight: int = 0, queued: int = 0, cold_starts: int = 0) -> dict[str, Any]:
+    """One function's status; every function has every key, so scripts can rely on them."""
+    pids = pids or []
+    return {
+        "ready": ready, "reason": reason, "processes": len(pids), "pids": pids,
+        "scaled_to_zero": not pids and not starting, "in_flight": in_flight, "queued": queued,
+        "cold_starts": cold_starts,
+        "runtime_class": (spec.runtime_class if spec else None) or "default",
+        "runs_as": "a local process (forked); the runtime class applies on a cluster",
+        "min_scale": spec.min_scale if spec else None, "max_scale": spec.max_scale if spec else None,
+        "container_concurrency": spec.container_concurrency if spec else None,
+        "window_s": spec.window_s if spec else None,
+    }
 
 
 class LocalHost:
@@ -348,7 +452,6 @@ class LocalHost:
         self.revisions: dict[str, Revision] = {}
         self.invalid: dict[str, str] = {}
         self._scaler: asyncio.Task[None] | None = None
-        self._preparing: set[asyncio.Task[None]] = set()
         registry.on_change(lambda _: self.reload())
 
     def reload(self) -> None:
@@ -362,9 +465,7 @@ class LocalHost:
         for key, spec in specs.items():
             if key not in self.revisions:
                 rev = self.revisions[key] = Revision(spec, self.zygote, self.base, self.queue_limit)
-                task = asyncio.get_running_loop().create_task(rev.prepare())
-                self._preparing.add(task)
-                task.add_done_callback(self._preparing.discard)
+                rev._background(rev.prepare())  # cancelled with the revision if it is replaced first
 
     async def start(self) -> None:
         """Create the revisions and begin scaling."""
@@ -392,10 +493,9 @@ class LocalHost:
 
     def status(self) -> dict[str, Any]:
         """Every function, runnable or not."""
-        out: dict[str, Any] = {key: rev.status() for key, rev in sorted(self.revisions.items())}
-        for key, reason in self.invalid.items():
-            out[key] = {"ready": False, "reason": reason, "processes": 0, "scaled_to_zero": True}
-        return {"functions": out}
+        rows = {key: rev.status() for key, rev in self.revisions.items()}
+        rows.update((key, _status_row(None, ready=False, reason=reason)) for key, reason in self.invalid.items())
+        return {"functions": dict(sorted(rows.items()))}
 
     def app(self) -> web.Application:
         """The HTTP face: POST /{namespace}/{name}, GET /status, GET /healthz."""
@@ -408,16 +508,16 @@ class LocalHost:
     async def handle(self, request: web.Request) -> web.Response:
         """Invoke a function with the request's CloudEvent."""
         key = f"{request.match_info['namespace']}/{request.match_info['name']}"
-        rev = self.revisions.get(key)
-        if rev is None:
-            reason = self.invalid.get(key)
-            if reason is not None:
-                return _error(503, f"Service {key} cannot run: {reason}")
-            return _error(404, f"no Service {key}")
+        missing = self._missing(key)
+        if missing is not None:
+            return missing
         try:
             (event,) = from_http(request.headers, await request.read())
         except (MalformedEvent, ValueError) as exc:
             return _error(400, str(exc))
+        rev = self.revisions.get(key)  # again: a reload may have replaced it while the body arrived
+        if rev is None:
+            return self._missing(key) or _error(404, f"no Service {key}")
         try:
             reply = await rev.invoke(event)
         except FunctionFailed as exc:
@@ -427,6 +527,15 @@ class LocalHost:
             return web.Response(status=202)
         headers, body = to_binary(reply)
         return web.Response(status=200, headers=headers, body=body)
+
+
+    def _missing(self, key: str) -> web.Response | None:
+        if key in self.revisions:
+            return None
+        reason = self.invalid.get(key)
+        if reason is not None:
+            return _error(503, f"Service {key} cannot run: {reason}")
+        return _error(404, f"no Service {key}")
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mapemesh import manifests
@@ -39,7 +39,8 @@ class ServiceSpec:
     timeout_s: float
     runtime_class: str | None
     image: str | None
-    origin: str
+    origin: str = field(compare=False)
+    """Where the manifest is (moving it in its file does not make a new revision)."""
 
     @property
     def key(self) -> str:

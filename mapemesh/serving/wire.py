@@ -24,15 +24,12 @@ def encode(header: dict[str, Any], data: bytes | None) -> bytes:
 
 
 async def read(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes] | None:
-    """The next frame, or None at end of stream."""
+    """The next frame, or None when the stream ended or broke."""
     try:
         lengths = await reader.readexactly(_LENGTHS.size)
-    except asyncio.IncompleteReadError:
-        return None
-    head_len, data_len = _LENGTHS.unpack(lengths)
-    try:
+        head_len, data_len = _LENGTHS.unpack(lengths)
         head = await reader.readexactly(head_len)
         data = await reader.readexactly(data_len) if data_len else b""
-    except asyncio.IncompleteReadError:
-        return None
-    return orjson.loads(head), data
+        return orjson.loads(head), data
+    except (asyncio.IncompleteReadError, ConnectionError, OSError, orjson.JSONDecodeError):
+        return None  # the other side is gone (or mangled the stream): the same for the caller

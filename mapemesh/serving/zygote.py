@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -53,9 +54,20 @@ def main(control_fd: int) -> None:
             children.discard(pid)
 
     def stop(*_: object) -> None:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 2.0
+        while children and time.monotonic() < deadline:  # give them a moment, then insist
+            for pid in list(children):
+                with contextlib.suppress(ChildProcessError):
+                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                        children.discard(pid)
+            time.sleep(0.01)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         os._exit(0)
 
     signal.signal(signal.SIGCHLD, reap)
@@ -74,13 +86,19 @@ def main(control_fd: int) -> None:
             pending_fds.append(fd)
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
-            request = json.loads(line)
-            if request.get("prepare"):  # import the source now, so that the first fork is warm too
-                answer = prepare(request)
-            else:
-                fd = pending_fds.pop(0)
-                answer = spawn(request, fd, control, children)
-                os.close(fd)
+            try:
+                request = json.loads(line)
+                if request.get("prepare"):  # import the source now, so that the first fork is warm too
+                    answer = prepare(request)
+                else:
+                    fd = pending_fds.pop(0)
+                    try:
+                        answer = spawn(request, fd, control, children)
+                    finally:
+                        os.close(fd)
+            except Exception as exc:  # one bad request (or a failed fork) must not take the zygote down
+                log.exception("fork server request failed")
+                answer = {"error": f"{type(exc).__name__}: {exc}", "kind": "transient"}
             control.sendall(json.dumps(answer).encode() + b"\n")
 
 
@@ -90,26 +108,50 @@ pending_fds: list[int] = []
 def prepare(request: dict[str, object]) -> dict[str, object]:
     """Import a function's source in the zygote (its forks inherit it); report an import error."""
     try:
-        load(str(request["source"]), str(request["target"]), Path(str(request.get("base") or ".")))
+        _load(request)
     except FunctionError as exc:
-        return {"error": str(exc)}
+        return {"error": str(exc), "kind": "import"}
     return {"ok": True}
+
+
+def _load(request: dict[str, object]) -> Function:
+    # The Service's env is in place while its source is imported (module-level reads see it); a source
+    # named by several Services is imported once, with the env of the first.
+    env = {str(k): str(v) for k, v in dict(request.get("env") or {}).items()}  # type: ignore[call-overload]
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return load(str(request["source"]), str(request["target"]), Path(str(request.get("base") or ".")))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def spawn(request: dict[str, object], fd: int, control: socket.socket, children: set[int]) -> dict[str, object]:
     """Fork one function process serving on `fd`."""
     try:
-        fn = load(str(request["source"]), str(request["target"]), Path(str(request.get("base") or ".")))
+        fn = _load(request)
     except FunctionError as exc:
-        return {"error": str(exc)}
-    pid = os.fork()
+        return {"error": str(exc), "kind": "import"}
+    # Block SIGCHLD around the fork, so that a child that dies at once is reaped after it is recorded.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    try:
+        pid = os.fork()
+    except OSError:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        raise
     if pid:
         children.add(pid)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         return {"pid": pid}
     # The child: forget the zygote's duties, serve the function, never return into the zygote's loop.
     code = 0
     try:
         control.close()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         for key, value in dict(request.get("env") or {}).items():  # type: ignore[union-attr]
