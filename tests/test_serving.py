@@ -349,3 +349,15 @@ def test_status_rows_have_the_same_keys(mesh_factory):
     assert set(rows) == {"default/broken", "default/echo"}
     assert rows["default/broken"].keys() == rows["default/echo"].keys()
     assert not rows["default/broken"]["ready"] and "FUNCTION_SOURCE" in rows["default/broken"]["reason"]
+
+
+def test_retention_period_keeps_the_last_process(mesh_factory):
+    notes = {"autoscaling.knative.dev/window": "200ms",
+             "autoscaling.knative.dev/scale-to-zero-pod-retention-period": "1500ms"}
+    mesh = mesh_factory(service("echo", annotations=notes))
+    assert mesh.post("echo").status_code == 200
+    (pid,) = mesh.pids("echo")
+    time.sleep(1.0)  # well past the window, within the retention period
+    assert mesh.pids("echo") == [pid]
+    wait_for(lambda: not mesh.pids("echo"), timeout=5, what="scale to zero after the retention period")
+    wait_for(lambda: not alive(pid), what="the process to be gone")
