@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import socket
 
 import aiohttp
 
 from mapemesh import events
-from mapemesh.aio import run
+from mapemesh.aio import run, until_stopped
 from mapemesh.eventing import log as eventlog
 from mapemesh.eventing.binding import to_binary
 from mapemesh.settings import Settings
@@ -50,11 +49,7 @@ async def main() -> None:
               f"  curl -i {ingress} -H 'ce-specversion: 1.0' -H 'ce-id: 1' -H 'ce-source: /me' "
               f"-H 'ce-type: com.example.ping' -H 'content-type: application/json' -d '{{}}'\n"
               "Ctrl-C stops the mesh.", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await until_stopped()
     finally:
         await mesh.stop()
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from mapemesh import endpoints
+from mapemesh.aio import until_stopped
 from mapemesh.eventing.server import RunningBroker, start_broker
 from mapemesh.serving.host import LocalHost
 from mapemesh.settings import Settings
@@ -63,12 +62,8 @@ async def start_mesh(settings: Settings) -> RunningMesh:
 async def serve_mesh(settings: Settings) -> None:
     """Run the mesh until SIGINT or SIGTERM, then stop every child process."""
     mesh = await start_mesh(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         log.info("mesh stopping")
         await mesh.stop()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from mapemesh import endpoints
+from mapemesh.aio import until_stopped
 from mapemesh.eventing.brokers import BrokerRegistry
 from mapemesh.eventing.delivery import Dispatcher
 from mapemesh.eventing.ingress import Ingress
@@ -96,12 +96,8 @@ def _url_host(host: str) -> str:
 async def serve_broker(settings: Settings) -> None:
     """Run the broker until SIGINT or SIGTERM."""
     running = await start_broker(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         log.info("broker stopping")
         await running.stop()
