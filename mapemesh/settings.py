@@ -36,6 +36,8 @@ class Settings:
     """MAPEMESH_DURABILITY: `fsync` (a 202 survives power loss) or `os` (it survives a process crash)."""
     activator_queue: int = 1000
     """MAPEMESH_ACTIVATOR_QUEUE: requests the function host holds per Service before answering 429."""
+    state: str = "sqlite:"
+    """MAPEMESH_STATE: the state store, `sqlite:` (DATA_DIR/state.db), `sqlite:///PATH` or `redis://HOST:PORT/DB`."""
     log_retention_s: int = 60
     """MAPEMESH_LOG_RETENTION_S: seconds a fully handled event stays in the log before compaction."""
 

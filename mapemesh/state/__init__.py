@@ -1,0 +1,12 @@
+"""The state store: what the stateless functions know (applications, infrastructure, plans and their
+statuses, policy contexts, mechanism states and options, management mode, telemetry windows).
+
+One interface (`StateStore`), two implementations: SQLite (the default, a file under the data directory,
+shared by every function process on the machine) and Redis (clusters). Documents carry a version; a write
+can require the version it read (`expected_version`), so concurrent functions cannot lose each other's
+updates: the loser gets `Conflict` and `update()` retries it on fresh data.
+"""
+
+from mapemesh.state.base import KINDS, Conflict, StateStore, Versioned, open_store, update
+
+__all__ = ["KINDS", "Conflict", "StateStore", "Versioned", "open_store", "update"]

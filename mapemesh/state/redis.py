@@ -1,0 +1,142 @@
+"""The Redis state store, for clusters: the same contract as SQLite, atomic through Lua scripts.
+
+Layout (prefix `mm:` by default): a document is a hash `doc:{kind}:{key}` with fields `v` (version) and
+`d` (JSON), listed in the set `kind:{kind}`; telemetry is a sorted set `tm:{asset}:{metric}` scored by time,
+with the asset's metrics in the set `tmm:{asset}`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable
+
+import orjson
+
+from mapemesh.state.base import Conflict, Document, Sample, Versioned, check_kind
+
+# KEYS: doc, kind set. ARGV: expected version ("" for any), value, key. Returns the new version, or
+# {err} with the current version when the expectation fails.
+_PUT = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= current then return {-1, current} end
+redis.call('HSET', KEYS[1], 'v', current + 1, 'd', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+return {current + 1, current}
+"""
+_DELETE = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= current then return {-1, current} end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+return {current, current}
+"""
+
+
+class RedisStore:
+    """State in Redis (`redis://host:port/db`)."""
+
+    def __init__(self, url: str, retention_s: float = 3600.0, prefix: str = "mm:"):
+        import redis
+
+        self.retention_s = retention_s
+        self.prefix = prefix
+        self._redis = redis.Redis.from_url(url)
+        self._redis.ping()  # fail now, clearly, if the server cannot be reached
+        self._put = self._redis.register_script(_PUT)
+        self._delete = self._redis.register_script(_DELETE)
+        self._seq = itertools.count()
+
+    def _doc(self, kind: str, key: str) -> str:
+        return f"{self.prefix}doc:{kind}:{key}"
+
+    def get(self, kind: str, key: str) -> Versioned | None:
+        """The document, or None."""
+        check_kind(kind)
+        version, data = self._redis.hmget(self._doc(kind, key), "v", "d")
+        return None if version is None else Versioned(orjson.loads(data), int(version))
+
+    def put(self, kind: str, key: str, value: Document, *, expected_version: int | None = None) -> int:
+        """Write; with `expected_version` (0: must not exist) raise Conflict unless it matches. New version."""
+        check_kind(kind)
+        expected = "" if expected_version is None else str(expected_version)
+        new, current = self._put(keys=[self._doc(kind, key), f"{self.prefix}kind:{kind}"],
+                                 args=[expected, orjson.dumps(value), key])
+        if int(new) < 0:
+            raise Conflict(kind, key, int(expected_version or 0), int(current))
+        return int(new)
+
+    def delete(self, kind: str, key: str, *, expected_version: int | None = None) -> bool:
+        """Remove; False when it was not there. Conflict as for put."""
+        check_kind(kind)
+        expected = "" if expected_version is None else str(expected_version)
+        result, current = self._delete(keys=[self._doc(kind, key), f"{self.prefix}kind:{kind}"],
+                                       args=[expected, key])
+        if int(result) < 0:
+            raise Conflict(kind, key, int(expected_version or 0), int(current))
+        return int(current) > 0
+
+    def list(self, kind: str) -> dict[str, Versioned]:
+        """Every document of a kind."""
+        check_kind(kind)
+        keys = sorted(k.decode() for k in self._redis.smembers(f"{self.prefix}kind:{kind}"))
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(self._doc(kind, key), "v", "d")
+        out = {}
+        for key, (version, data) in zip(keys, pipe.execute(), strict=True):
+            if version is not None:
+                out[key] = Versioned(orjson.loads(data), int(version))
+        return out
+
+    def append_telemetry(self, asset: str, samples: Iterable[Sample]) -> None:
+        """Add samples to an asset's window and drop what is older than the retention time."""
+        by_metric: dict[str, dict[bytes, float]] = {}
+        for metric, value, t in samples:
+            member = orjson.dumps([float(t), float(value), next(self._seq), time.monotonic_ns()])
+            by_metric.setdefault(metric, {})[member] = float(t)
+        floor = time.time() - self.retention_s
+        pipe = self._redis.pipeline(transaction=True)
+        for metric, members in by_metric.items():
+            key = f"{self.prefix}tm:{asset}:{metric}"
+            pipe.zadd(key, members)
+            pipe.zremrangebyscore(key, "-inf", f"({floor}")
+            pipe.expire(key, int(self.retention_s) + 60)
+        if by_metric:
+            pipe.sadd(f"{self.prefix}tmm:{asset}", *by_metric)
+        pipe.execute()
+
+    def _metrics(self, asset: str) -> list[str]:
+        return sorted(m.decode() for m in self._redis.smembers(f"{self.prefix}tmm:{asset}"))
+
+    def telemetry(self, asset: str, metrics: Iterable[str] | None = None,
+                  since: float | None = None) -> dict[str, list[tuple[float, float]]]:
+        """The window: metric -> [(time, value)] oldest first, within the retention time."""
+        floor = max(since or 0.0, time.time() - self.retention_s)
+        names = list(metrics) if metrics is not None else self._metrics(asset)
+        pipe = self._redis.pipeline(transaction=False)
+        for metric in names:
+            pipe.zrangebyscore(f"{self.prefix}tm:{asset}:{metric}", floor, "+inf")
+        out: dict[str, list[tuple[float, float]]] = {}
+        for metric, members in zip(names, pipe.execute(), strict=True):
+            points = [tuple(orjson.loads(m)[:2]) for m in members]
+            if points:
+                out[metric] = points  # type: ignore[assignment]
+        return out
+
+    def latest(self, asset: str) -> dict[str, float]:
+        """The newest value of each metric of an asset."""
+        floor = time.time() - self.retention_s
+        names = self._metrics(asset)
+        pipe = self._redis.pipeline(transaction=False)
+        for metric in names:
+            pipe.zrevrangebyscore(f"{self.prefix}tm:{asset}:{metric}", "+inf", floor, start=0, num=1)
+        out = {}
+        for metric, members in zip(names, pipe.execute(), strict=True):
+            if members:
+                out[metric] = float(orjson.loads(members[0])[1])
+        return out
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._redis.close()

@@ -1,0 +1,142 @@
+"""The SQLite state store: one file that every function process on the machine opens (WAL mode)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import orjson
+
+from mapemesh.state.base import Conflict, Document, Sample, Versioned, check_kind
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs(
+    kind TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL, value BLOB NOT NULL,
+    updated REAL NOT NULL, PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS telemetry(asset TEXT NOT NULL, metric TEXT NOT NULL, t REAL NOT NULL, value REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS telemetry_window ON telemetry(asset, metric, t);
+CREATE INDEX IF NOT EXISTS telemetry_age ON telemetry(t);
+"""
+
+
+class SQLiteStore:
+    """State in an SQLite file; safe across threads (a connection each) and processes (WAL, busy timeout)."""
+
+    def __init__(self, path: Path, retention_s: float = 3600.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.retention_s = retention_s
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        db = self._db()
+        db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+            with self._lock:
+                self._connections.append(db)
+        return db
+
+    def get(self, kind: str, key: str) -> Versioned | None:
+        """The document, or None."""
+        check_kind(kind)
+        row = self._db().execute("SELECT value, version FROM docs WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+        return None if row is None else Versioned(orjson.loads(row[0]), row[1])
+
+    def put(self, kind: str, key: str, value: Document, *, expected_version: int | None = None) -> int:
+        """Write; with `expected_version` (0: must not exist) raise Conflict unless it matches. New version."""
+        check_kind(kind)
+        blob = orjson.dumps(value)
+        db = self._db()
+        now = time.time()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT version FROM docs WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+            current = 0 if row is None else row[0]
+            if expected_version is not None and expected_version != current:
+                raise Conflict(kind, key, expected_version, current)
+            db.execute("INSERT INTO docs(kind, key, version, value, updated) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT (kind, key) DO UPDATE SET version = excluded.version, value = excluded.value, "
+                       "updated = excluded.updated", (kind, key, current + 1, blob, now))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return current + 1
+
+    def delete(self, kind: str, key: str, *, expected_version: int | None = None) -> bool:
+        """Remove; False when it was not there. Conflict as for put."""
+        check_kind(kind)
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT version FROM docs WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+            current = 0 if row is None else row[0]
+            if expected_version is not None and expected_version != current:
+                raise Conflict(kind, key, expected_version, current)
+            db.execute("DELETE FROM docs WHERE kind = ? AND key = ?", (kind, key))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return row is not None
+
+    def list(self, kind: str) -> dict[str, Versioned]:
+        """Every document of a kind."""
+        check_kind(kind)
+        rows = self._db().execute("SELECT key, value, version FROM docs WHERE kind = ? ORDER BY key", (kind,))
+        return {key: Versioned(orjson.loads(value), version) for key, value, version in rows}
+
+    def append_telemetry(self, asset: str, samples: Iterable[Sample]) -> None:
+        """Add samples to an asset's window and drop what is older than the retention time."""
+        rows = [(asset, metric, float(t), float(value)) for metric, value, t in samples]
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT INTO telemetry(asset, metric, t, value) VALUES (?, ?, ?, ?)", rows)
+            db.execute("DELETE FROM telemetry WHERE t < ?", (time.time() - self.retention_s,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def telemetry(self, asset: str, metrics: Iterable[str] | None = None,
+                  since: float | None = None) -> dict[str, list[tuple[float, float]]]:
+        """The window: metric -> [(time, value)] oldest first, within the retention time."""
+        floor = max(since or 0.0, time.time() - self.retention_s)
+        sql = "SELECT metric, t, value FROM telemetry WHERE asset = ? AND t >= ?"
+        args: list[object] = [asset, floor]
+        wanted = list(metrics) if metrics is not None else None
+        if wanted is not None:
+            sql += f" AND metric IN ({','.join('?' * len(wanted))})"
+            args += wanted
+        out: dict[str, list[tuple[float, float]]] = {}
+        for metric, t, value in self._db().execute(sql + " ORDER BY metric, t", args):
+            out.setdefault(metric, []).append((t, value))
+        return out
+
+    def latest(self, asset: str) -> dict[str, float]:
+        """The newest value of each metric of an asset."""
+        rows = self._db().execute(
+            "SELECT metric, value FROM telemetry AS a WHERE asset = ? AND t >= ? AND t = "
+            "(SELECT MAX(t) FROM telemetry AS b WHERE b.asset = a.asset AND b.metric = a.metric)",
+            (asset, time.time() - self.retention_s))
+        return dict(rows.fetchall())
+
+    def close(self) -> None:
+        """Close every connection this store opened."""
+        with self._lock:
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
+        self._local = threading.local()

@@ -1,0 +1,179 @@
+"""The state store contract, run against SQLite and against a real redis-server started here."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from mapemesh.state import Conflict, StateStore, open_store, update
+from mapemesh.state.sqlite import SQLiteStore
+
+from .conftest import wait_for
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    exe = shutil.which("redis-server")
+    if exe is None:
+        reason = "redis-server is not installed (.ci/run installs it; apt-get install redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)  # never skipped in CI
+        pytest.skip(reason)
+    port = _free_port()
+    work = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def up() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    wait_for(up, what="redis-server to answer")
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    url = request.getfixturevalue("redis_url")
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture
+def store(store_url) -> StateStore:
+    s = open_store(store_url, retention_s=60)
+    yield s
+    s.close()
+
+
+def test_is_a_state_store(store):
+    assert isinstance(store, StateStore)
+
+
+def test_documents_are_versioned(store):
+    assert store.get("applications", "app-1") is None
+    assert store.put("applications", "app-1", {"name": "a"}) == 1
+    assert store.put("applications", "app-1", {"name": "b"}) == 2
+    got = store.get("applications", "app-1")
+    assert got.value == {"name": "b"} and got.version == 2
+    assert list(store.list("applications")) == ["app-1"]
+    assert store.delete("applications", "app-1") is True
+    assert store.delete("applications", "app-1") is False
+    assert store.list("applications") == {}
+
+
+def test_expected_version_guards_writes(store):
+    assert store.put("plans", "p1", {"s": "Queued"}, expected_version=0) == 1
+    with pytest.raises(Conflict) as err:
+        store.put("plans", "p1", {"s": "x"}, expected_version=0)  # it exists already
+    assert err.value.current == 1
+    assert store.put("plans", "p1", {"s": "Scheduled"}, expected_version=1) == 2
+    with pytest.raises(Conflict):
+        store.put("plans", "p1", {"s": "stale"}, expected_version=1)
+    with pytest.raises(Conflict):
+        store.delete("plans", "p1", expected_version=1)
+    assert store.get("plans", "p1").value == {"s": "Scheduled"}
+    assert store.delete("plans", "p1", expected_version=2)
+
+
+def test_unknown_kinds_are_refused(store):
+    with pytest.raises(ValueError, match="unknown kind"):
+        store.put("aplications", "x", {})
+
+
+def test_concurrent_updates_are_not_lost(store_url):
+    stores = [open_store(store_url) for _ in range(8)]
+
+    def bump(s) -> None:
+        for _ in range(25):
+            update(s, "settings", "counter", lambda doc: {"n": (doc or {"n": 0})["n"] + 1})
+
+    threads = [threading.Thread(target=bump, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    final = stores[0].get("settings", "counter")
+    assert final.value == {"n": 200} and final.version == 200
+    for s in stores:
+        s.close()
+
+
+def _bump_in_process(url: str, n: int) -> None:
+    s = open_store(url)
+    for _ in range(n):
+        update(s, "settings", "counter", lambda doc: {"n": (doc or {"n": 0})["n"] + 1})
+    s.close()
+
+
+def test_concurrent_processes_do_not_lose_updates(store_url):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_bump_in_process, args=(store_url, 20)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    s = open_store(store_url)
+    assert s.get("settings", "counter").value == {"n": 80}
+    s.close()
+
+
+def test_update_can_delete(store):
+    store.put("policy_contexts", "cpu", {"x": 1})
+    assert update(store, "policy_contexts", "cpu", lambda doc: None) is None
+    assert store.get("policy_contexts", "cpu") is None
+
+
+def test_telemetry_window_latest_and_retention(store_url):
+    s = open_store(store_url, retention_s=2)
+    now = time.time()
+    s.append_telemetry("node-1", [("cpu", 0.5, now - 1.5), ("cpu", 0.7, now - 0.5), ("temp", 40.0, now - 1.0)])
+    s.append_telemetry("node-2", [("cpu", 0.1, now)])
+    window = s.telemetry("node-1")
+    assert [v for _, v in window["cpu"]] == [0.5, 0.7] and [v for _, v in window["temp"]] == [40.0]
+    assert s.telemetry("node-1", metrics=["cpu"], since=now - 1) == {"cpu": [(pytest.approx(now - 0.5), 0.7)]}
+    assert s.latest("node-1") == {"cpu": 0.7, "temp": 40.0}
+    s.append_telemetry("node-1", [("cpu", 0.9, now - 5)])  # older than the retention time: not kept
+    assert [v for _, v in s.telemetry("node-1")["cpu"]] == [0.5, 0.7]
+    time.sleep(max(0.0, now + 1.1 - time.time()))  # the window is now (now - 0.9 .. now + 1.1]
+    assert [v for _, v in s.telemetry("node-1")["cpu"]] == [0.7]  # 0.5 aged out
+    assert s.latest("node-2") == {"cpu": 0.1}
+    s.close()
+
+
+def test_same_timestamp_samples_are_all_kept(store):
+    now = time.time()
+    store.append_telemetry("n", [("m", 1.0, now), ("m", 2.0, now)])
+    assert sorted(v for _, v in store.telemetry("n")["m"]) == [1.0, 2.0]
+
+
+def test_open_store_urls(tmp_path):
+    s = open_store("sqlite:", data=tmp_path)
+    assert isinstance(s, SQLiteStore) and s.path == tmp_path / "state.db"
+    s.close()
+    with pytest.raises(ValueError, match="unsupported"):
+        open_store("postgres://x")
