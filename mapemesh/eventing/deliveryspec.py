@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mapemesh.durations import InvalidDuration, parse_iso
+
 BackoffPolicy = Literal["exponential", "linear"]
 DEFAULT_TIMEOUT_S = 30.0
-_ISO_DURATION = re.compile(
-    r"P(?:(?P<weeks>\d+(?:\.\d+)?)W)?(?:(?P<days>\d+(?:\.\d+)?)D)?"
-    r"(?:T(?:(?P<hours>\d+(?:\.\d+)?)H)?(?:(?P<minutes>\d+(?:\.\d+)?)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?")
-_SECONDS = {"weeks": 604800, "days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
 _FIELDS = ("retry", "backoffPolicy", "backoffDelay", "timeout", "deadLetterSink", "retryAfterMax")
 
 
@@ -20,13 +17,11 @@ class InvalidDelivery(ValueError):
 
 
 def parse_duration(text: object, field: str) -> float:
-    """Seconds in an ISO-8601 duration such as `PT0.5S`, `PT1M`, `P1DT2H`."""
-    if not isinstance(text, str) or text in ("P", "PT") or text.endswith("T"):
-        raise InvalidDelivery(f"{field}: {text!r} is not an ISO-8601 duration (e.g. PT0.2S)")
-    match = _ISO_DURATION.fullmatch(text)
-    if match is None:
-        raise InvalidDelivery(f"{field}: {text!r} is not an ISO-8601 duration (e.g. PT0.2S)")
-    return sum(float(v) * _SECONDS[k] for k, v in match.groupdict().items() if v)
+    """Seconds in an ISO-8601 duration; InvalidDelivery names the field when it is not one."""
+    try:
+        return parse_iso(text, field)
+    except InvalidDuration as exc:
+        raise InvalidDelivery(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mapemesh import manifests
-from mapemesh.eventing.deliveryspec import InvalidDelivery, parse_duration
+from mapemesh.durations import InvalidDuration, parse_go, parse_iso
 
 SERVING_V1 = "serving.knative.dev/v1"
 A = "autoscaling.knative.dev/"
@@ -71,19 +71,9 @@ def _duration(annotations: dict[str, Any], key: str, default: float) -> float:
         return default
     text = str(raw).strip()
     try:  # Knative writes Go durations (60s, 1m30s, 500ms); ISO-8601 is accepted too
-        return _go_duration(text) if not text.startswith("P") else parse_duration(text, A + key)
-    except (InvalidDelivery, ValueError):
+        return parse_go(text) if not text.startswith("P") else parse_iso(text, A + key)
+    except InvalidDuration:
         raise InvalidService(f"annotation {A}{key}: {raw!r} is not a duration (e.g. 60s, 1m30s)") from None
-
-
-def _go_duration(text: str) -> float:
-    import re
-
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(text)
-    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    return sum(float(n) * scale[u] for n, u in parts)
 
 
 def parse_service(m: manifests.Manifest) -> ServiceSpec:
