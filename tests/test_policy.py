@@ -116,3 +116,43 @@ def plan(context): return {{}}, context
 
 def test_a_policy_is_a_policy():
     assert isinstance(load_policy(POLICIES / "policy-cpu-code.py"), Policy)
+
+
+def test_core_flag_hangs_and_failed_initialize(tmp_path):
+    core = load_policy(write(tmp_path, '''
+def initialize():
+    return {"core": True}
+def analyze(context, /, telemetry): return True, context
+def plan(context): return {}, context
+''', "policy-core.py"))
+    assert run(core.initialize()).core is True
+    assert run(core.analyze({"context": {}, "telemetry": {}}))[0] is True  # positional-only works too
+    slow = load_policy(write(tmp_path, BASE + '''
+import time
+def analyze(context):
+    time.sleep(1)
+    return True, context
+def plan(context): return {}, context
+''', "policy-slow.py"))
+    slow.timeout_s = 0.1
+    failure = run(slow.analyze({"context": {}}))
+    assert isinstance(failure, PolicyFailure) and "within 0.1s" in failure.error
+    broken = load_policy(write(tmp_path, '''
+def initialize(): raise RuntimeError("no config")
+def analyze(context): return True, context
+def plan(context): return {}, context
+''', "policy-broken.py"))
+    with pytest.raises(PolicyError, match="initialize failed: RuntimeError: no config"):
+        run(broken.initialize())
+
+
+def test_a_failing_policy_leaves_the_callers_context_alone(tmp_path):
+    policy = load_policy(write(tmp_path, BASE + '''
+def analyze(context):
+    context["half"] = "done"
+    raise ValueError("then fails")
+def plan(context): return {}, context
+'''))
+    context = {"kept": 1}
+    assert isinstance(run(policy.analyze({"context": context})), PolicyFailure)
+    assert context == {"kept": 1}

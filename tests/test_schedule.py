@@ -62,3 +62,10 @@ def test_lifecycle_and_pending_timeout():
     q = plan("q")
     with pytest.raises(InvalidTransition):
         q.move("Success")
+
+
+def test_fifo_is_by_arrival_not_by_the_order_given():
+    early, late = plan("zzz-early"), plan("aaa-late")
+    early.created, late.created = 1.0, 2.0
+    scheduled, _ = schedule_cycle(sorted([early, late], key=lambda p: p.plan_id), cycle=1)
+    assert scheduled == [early]

@@ -300,12 +300,12 @@ def test_a_crash_fails_every_request_in_flight_at_once(mesh_factory):
 
 
 def test_a_timeout_does_not_fail_the_other_requests_of_the_process(mesh_factory):
-    mesh = mesh_factory(service("echo", cc=2, timeout=1, annotations={"autoscaling.knative.dev/max-scale": "1"}))
+    mesh = mesh_factory(service("echo", cc=2, timeout=2, annotations={"autoscaling.knative.dev/max-scale": "1"}))
     assert mesh.post("echo").status_code == 200
     (pid,) = mesh.pids("echo")
     results: dict[str, int] = {}
     stuck = threading.Thread(target=lambda: results.update(stuck=mesh.post("echo", type_="slow",
-                                                                            seconds="1.6").status_code))
+                                                                            seconds="3").status_code))
     stuck.start()
     time.sleep(0.3)
     results["other"] = mesh.post("echo", type_="slow", seconds="0.5").status_code

@@ -177,3 +177,21 @@ def test_open_store_urls(tmp_path):
     s.close()
     with pytest.raises(ValueError, match="unsupported"):
         open_store("postgres://x")
+
+
+def test_versions_never_repeat_after_a_delete(store):
+    assert store.put("plans", "p", {"n": 1}) == 1
+    assert store.delete("plans", "p", expected_version=1)
+    assert store.get("plans", "p") is None and store.list("plans") == {}
+    assert store.put("plans", "p", {"n": 2}, expected_version=0) == 3  # re-created: a new number
+    with pytest.raises(Conflict):
+        store.put("plans", "p", {"stale": True}, expected_version=1)  # a writer that read before the delete
+    assert store.get("plans", "p").value == {"n": 2}
+    assert store.delete("plans", "nope") is False
+
+
+def test_telemetry_names_with_colons_stay_apart(store):
+    now = time.time()
+    store.append_telemetry("a:b", [("c", 1.0, now)])
+    store.append_telemetry("a", [("b:c", 2.0, now)])
+    assert store.latest("a:b") == {"c": 1.0} and store.latest("a") == {"b:c": 2.0}

@@ -1,8 +1,9 @@
 """The schedule stage: MLSysOps plan scheduling semantics, as a pure core the function wraps.
 
-FIFO; core plans before the others; within one scheduling cycle at most one plan per mechanism of an
-asset (a node's CPUFrequency, say); a later plan that wants a mechanism already taken in the cycle is
-discarded, naming the plan that won and the mechanism. A plan takes all its mechanisms or none.
+FIFO (by arrival); core plans before the others; within one scheduling cycle at most one plan per
+mechanism of an asset (a node's CPUFrequency, say: as in MLSysOps, where each agent schedules its own
+node's plans); a later plan that wants a mechanism already taken in the cycle is discarded, naming the plan
+that won and the mechanism. A plan takes all its mechanisms or none.
 
 Statuses: Queued -> Scheduled | Discarded; Scheduled -> Pending (execute dispatched it) -> Success | Failed;
 Pending becomes Failed after a timeout.
@@ -68,9 +69,9 @@ class Discard:
 
 
 def schedule_cycle(queued: Iterable[Plan], cycle: int) -> tuple[list[Plan], list[Discard]]:
-    """Run one scheduling cycle over the queued plans (in arrival order); update their statuses."""
-    plans = [p for p in queued if p.status == "Queued"]
-    ordered = [p for p in plans if p.core] + [p for p in plans if not p.core]  # stable: FIFO within each
+    """Run one scheduling cycle over the queued plans; update their statuses."""
+    # FIFO by arrival (whatever order the caller read them in), core plans first.
+    ordered = sorted((p for p in queued if p.status == "Queued"), key=lambda p: (not p.core, p.created))
     taken: dict[tuple[str, str], Plan] = {}
     scheduled: list[Plan] = []
     discarded: list[Discard] = []

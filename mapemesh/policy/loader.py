@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import importlib.util
 import inspect
@@ -44,6 +45,8 @@ class Declaration:
     analyze_interval_s: float
     scope: Scope
     machine_learning: bool
+    core: bool
+    """A core policy's plans are scheduled before the others' (MLSysOps `core`)."""
     packages: tuple[str, ...]
     context: dict[str, Any] = field(compare=False)
 
@@ -69,13 +72,14 @@ def _parse_declaration(name: str, context: object) -> Declaration:
         raise PolicyError(f"{name}: scope must be 'global' or 'application', not {scope!r}")
     packages = context.get("packages") or []
     return Declaration(tuple(metrics), tuple(mechanisms), interval_s, scope,
-                       bool(context.get("machine_learning_usage", False)), tuple(map(str, packages)), context)
+                       bool(context.get("machine_learning_usage", False)), bool(context.get("core", False)),
+                       tuple(map(str, packages)), context)
 
 
-def _arguments(name: str, method: str, fn: Callable[..., Any]) -> tuple[str, ...]:
-    params = inspect.signature(fn).parameters.values()
-    out = []
-    for p in params:
+def _arguments(name: str, method: str, fn: Callable[..., Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(positional-only names, the other names) of the inputs a method declares."""
+    positional, keyword = [], []
+    for p in inspect.signature(fn).parameters.values():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         if p.name not in INPUTS:
@@ -83,27 +87,35 @@ def _arguments(name: str, method: str, fn: Callable[..., Any]) -> tuple[str, ...
                 continue
             raise PolicyError(f"{name}: {method} takes {p.name!r}, which mapemesh does not provide "
                               f"(it provides {', '.join(INPUTS)})")
-        out.append(p.name)
-    return tuple(out)
+        (positional if p.kind == p.POSITIONAL_ONLY else keyword).append(p.name)
+    return tuple(positional), tuple(keyword)
 
 
 class Policy:
     """A loaded policy: its declaration, and `analyze` / `plan` calls that never raise."""
 
-    def __init__(self, name: str, module: Any, source: Path | None = None):
+    def __init__(self, name: str, module: Any, source: Path | None = None, timeout_s: float = 30.0):
         self.name = name
         self.source = source
+        self.timeout_s = timeout_s
+        """How long one call may take; a hung policy fails instead of holding up its caller."""
         for method in ("initialize", "analyze", "plan"):
             if not callable(getattr(module, method, None)):
                 raise PolicyError(f"{name}: no {method}() function (a policy defines initialize, analyze, plan)")
         self._module = module
         self._args = {m: _arguments(name, m, getattr(module, m)) for m in ("initialize", "analyze", "plan")}
-        self.shape = "documented" if "current_plan" in self._args["analyze"] else "code"
+        self.shape = "documented" if "current_plan" in sum(self._args["analyze"], ()) else "code"
         self.declaration: Declaration | None = None
 
     async def initialize(self) -> Declaration:
-        """Call `initialize` (with an empty context when it takes one) and read its declaration."""
-        result = await self._call("initialize", {"context": {}})
+        """Call `initialize` (with an empty context when it takes one) and read its declaration.
+
+        PolicyError when it raises, hangs or declares something unusable.
+        """
+        try:
+            result = await self._call("initialize", {"context": {}})
+        except Exception as exc:
+            raise PolicyError(f"{self.name}: initialize failed: {type(exc).__name__}: {exc}") from exc
         self.declaration = _parse_declaration(self.name, result)
         return self.declaration
 
@@ -134,10 +146,16 @@ class Policy:
 
     async def _call(self, method: str, inputs: Mapping[str, Any]) -> Any:
         fn = getattr(self._module, method)
-        kwargs = {name: inputs.get(name) for name in self._args[method]}
-        if inspect.iscoroutinefunction(fn):
-            return await fn(**kwargs)
-        return await asyncio.to_thread(fn, **kwargs)  # a policy may compute for a while (an ML model, say)
+        positional, keyword = self._args[method]
+        # The policy gets its own copies: one that edits its context and then fails changes nothing.
+        args = [copy.deepcopy(inputs.get(name)) for name in positional]
+        kwargs = {name: copy.deepcopy(inputs.get(name)) for name in keyword}
+        # A sync policy may compute for a while (an ML model, say): it runs off the event loop.
+        call = fn(*args, **kwargs) if inspect.iscoroutinefunction(fn) else asyncio.to_thread(fn, *args, **kwargs)
+        try:
+            return await asyncio.wait_for(call, self.timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"{method} did not answer within {self.timeout_s:g}s") from None
 
 
 def _split(answer: Any, old_context: Any) -> tuple[Any, dict[str, Any]]:
@@ -170,9 +188,10 @@ def load_policy(path: Path, name: str | None = None) -> Policy:
     if spec is None or spec.loader is None:
         raise PolicyError(f"{path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # before running it, as importlib's recipe does
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
+        sys.modules.pop(module_name, None)
         raise PolicyError(f"{path}: importing it failed: {type(exc).__name__}: {exc}") from exc
-    sys.modules[module_name] = module
     return Policy(name, module, path)

@@ -1,5 +1,8 @@
 """The Redis state store, for clusters: the same contract as SQLite, atomic through Lua scripts.
 
+It needs one Redis (a primary, with replicas if wanted), not Redis Cluster: a write touches a document and
+its kind's index in one script, which Cluster refuses across hash slots.
+
 Layout (prefix `mm:` by default): a document is a hash `doc:{kind}:{key}` with fields `v` (version) and
 `d` (JSON), listed in the set `kind:{kind}`; telemetry is a sorted set `tm:{asset}:{metric}` scored by time,
 with the asset's metrics in the set `tmm:{asset}`.
@@ -15,19 +18,27 @@ import orjson
 
 from mapemesh.state.base import Conflict, Document, Sample, Versioned, check_kind
 
-# KEYS: doc, kind set. ARGV: expected version ("" for any), value, key. Returns the new version, or
-# {err} with the current version when the expectation fails.
+# KEYS: doc, kind set. ARGV: expected version ("" for any), value, key. A deleted document keeps its hash
+# without `d` (a tombstone), so version numbers never repeat. Returns {new version, current} or
+# {-1, current} when the expectation fails (current 0: absent).
 _PUT = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+local last = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+local current = last
+if redis.call('HEXISTS', KEYS[1], 'd') == 0 then current = 0 end
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= current then return {-1, current} end
-redis.call('HSET', KEYS[1], 'v', current + 1, 'd', ARGV[2])
+redis.call('HSET', KEYS[1], 'v', last + 1, 'd', ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
-return {current + 1, current}
+return {last + 1, current}
 """
 _DELETE = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+local last = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+local current = last
+if redis.call('HEXISTS', KEYS[1], 'd') == 0 then current = 0 end
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= current then return {-1, current} end
-redis.call('DEL', KEYS[1])
+if current > 0 then
+  redis.call('HDEL', KEYS[1], 'd')
+  redis.call('HSET', KEYS[1], 'v', last + 1)
+end
 redis.call('SREM', KEYS[2], ARGV[2])
 return {current, current}
 """
@@ -54,7 +65,7 @@ class RedisStore:
         """The document, or None."""
         check_kind(kind)
         version, data = self._redis.hmget(self._doc(kind, key), "v", "d")
-        return None if version is None else Versioned(orjson.loads(data), int(version))
+        return None if data is None else Versioned(orjson.loads(data), int(version))
 
     def put(self, kind: str, key: str, value: Document, *, expected_version: int | None = None) -> int:
         """Write; with `expected_version` (0: must not exist) raise Conflict unless it matches. New version."""
@@ -85,7 +96,7 @@ class RedisStore:
             pipe.hmget(self._doc(kind, key), "v", "d")
         out = {}
         for key, (version, data) in zip(keys, pipe.execute(), strict=True):
-            if version is not None:
+            if data is not None:
                 out[key] = Versioned(orjson.loads(data), int(version))
         return out
 
@@ -98,13 +109,17 @@ class RedisStore:
         floor = time.time() - self.retention_s
         pipe = self._redis.pipeline(transaction=True)
         for metric, members in by_metric.items():
-            key = f"{self.prefix}tm:{asset}:{metric}"
+            key = self._series(asset, metric)
             pipe.zadd(key, members)
             pipe.zremrangebyscore(key, "-inf", f"({floor}")
             pipe.expire(key, int(self.retention_s) + 60)
         if by_metric:
             pipe.sadd(f"{self.prefix}tmm:{asset}", *by_metric)
+            pipe.expire(f"{self.prefix}tmm:{asset}", int(self.retention_s) + 60)
         pipe.execute()
+
+    def _series(self, asset: str, metric: str) -> str:
+        return f"{self.prefix}tm:{len(asset)}:{asset}:{metric}"  # the length keeps `a:b`+`c` apart from `a`+`b:c`
 
     def _metrics(self, asset: str) -> list[str]:
         return sorted(m.decode() for m in self._redis.smembers(f"{self.prefix}tmm:{asset}"))
@@ -116,7 +131,7 @@ class RedisStore:
         names = list(metrics) if metrics is not None else self._metrics(asset)
         pipe = self._redis.pipeline(transaction=False)
         for metric in names:
-            pipe.zrangebyscore(f"{self.prefix}tm:{asset}:{metric}", floor, "+inf")
+            pipe.zrangebyscore(self._series(asset, metric), floor, "+inf")
         out: dict[str, list[tuple[float, float]]] = {}
         for metric, members in zip(names, pipe.execute(), strict=True):
             points = [tuple(orjson.loads(m)[:2]) for m in members]
@@ -130,7 +145,7 @@ class RedisStore:
         names = self._metrics(asset)
         pipe = self._redis.pipeline(transaction=False)
         for metric in names:
-            pipe.zrevrangebyscore(f"{self.prefix}tm:{asset}:{metric}", "+inf", floor, start=0, num=1)
+            pipe.zrevrangebyscore(self._series(asset, metric), "+inf", floor, start=0, num=1)
         out = {}
         for metric, members in zip(names, pipe.execute(), strict=True):
             if members:

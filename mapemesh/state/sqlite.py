@@ -14,7 +14,7 @@ from mapemesh.state.base import Conflict, Document, Sample, Versioned, check_kin
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs(
-    kind TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL, value BLOB NOT NULL,
+    kind TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL, value BLOB,
     updated REAL NOT NULL, PRIMARY KEY (kind, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS telemetry(asset TEXT NOT NULL, metric TEXT NOT NULL, t REAL NOT NULL, value REAL NOT NULL);
@@ -51,7 +51,7 @@ class SQLiteStore:
         """The document, or None."""
         check_kind(kind)
         row = self._db().execute("SELECT value, version FROM docs WHERE kind = ? AND key = ?", (kind, key)).fetchone()
-        return None if row is None else Versioned(orjson.loads(row[0]), row[1])
+        return None if row is None or row[0] is None else Versioned(orjson.loads(row[0]), row[1])
 
     def put(self, kind: str, key: str, value: Document, *, expected_version: int | None = None) -> int:
         """Write; with `expected_version` (0: must not exist) raise Conflict unless it matches. New version."""
@@ -61,18 +61,25 @@ class SQLiteStore:
         now = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute("SELECT version FROM docs WHERE kind = ? AND key = ?", (kind, key)).fetchone()
-            current = 0 if row is None else row[0]
-            if expected_version is not None and expected_version != current:
-                raise Conflict(kind, key, expected_version, current)
+            last = self._check(db, kind, key, expected_version)
             db.execute("INSERT INTO docs(kind, key, version, value, updated) VALUES (?, ?, ?, ?, ?) "
                        "ON CONFLICT (kind, key) DO UPDATE SET version = excluded.version, value = excluded.value, "
-                       "updated = excluded.updated", (kind, key, current + 1, blob, now))
+                       "updated = excluded.updated", (kind, key, last + 1, blob, now))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return current + 1
+        return last + 1
+
+    @staticmethod
+    def _check(db: sqlite3.Connection, kind: str, key: str, expected: int | None) -> int:
+        """The last version used for the key (a deleted one leaves a tombstone: numbers never repeat)."""
+        row = db.execute("SELECT version, value IS NULL FROM docs WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+        last = 0 if row is None else row[0]
+        current = 0 if row is None or row[1] else last  # 0: absent
+        if expected is not None and expected != current:
+            raise Conflict(kind, key, expected, current)
+        return last
 
     def delete(self, kind: str, key: str, *, expected_version: int | None = None) -> bool:
         """Remove; False when it was not there. Conflict as for put."""
@@ -80,21 +87,21 @@ class SQLiteStore:
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute("SELECT version FROM docs WHERE kind = ? AND key = ?", (kind, key)).fetchone()
-            current = 0 if row is None else row[0]
-            if expected_version is not None and expected_version != current:
-                raise Conflict(kind, key, expected_version, current)
-            db.execute("DELETE FROM docs WHERE kind = ? AND key = ?", (kind, key))
+            self._check(db, kind, key, expected_version)
+            existed = db.execute("UPDATE docs SET value = NULL, version = version + 1, updated = ? "
+                                 "WHERE kind = ? AND key = ? AND value IS NOT NULL",
+                                 (time.time(), kind, key)).rowcount > 0
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return row is not None
+        return existed
 
     def list(self, kind: str) -> dict[str, Versioned]:
         """Every document of a kind."""
         check_kind(kind)
-        rows = self._db().execute("SELECT key, value, version FROM docs WHERE kind = ? ORDER BY key", (kind,))
+        rows = self._db().execute(
+            "SELECT key, value, version FROM docs WHERE kind = ? AND value IS NOT NULL ORDER BY key", (kind,))
         return {key: Versioned(orjson.loads(value), version) for key, value, version in rows}
 
     def append_telemetry(self, asset: str, samples: Iterable[Sample]) -> None:
