@@ -12,6 +12,7 @@ from mapemesh.cli.broker import broker
 from mapemesh.cli.cesql import cesql
 from mapemesh.cli.events import events
 from mapemesh.cli.mesh import status, up
+from mapemesh.cli.policy import policy
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -33,6 +34,7 @@ cli.add_command(events)
 cli.add_command(cesql)
 cli.add_command(up)
 cli.add_command(status)
+cli.add_command(policy)
 
 
 def main() -> None:

@@ -1,0 +1,48 @@
+"""What a policy is given: its inputs gathered from the state store for one asset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mapemesh.policy.loader import Declaration
+from mapemesh.state.base import StateStore
+
+
+def gather(store: StateStore, declaration: Declaration, asset: str, *, context: dict[str, Any],
+           current_plan: dict[str, Any] | None = None, ml_connector: Any = None) -> dict[str, Any]:
+    """Every input a policy method may name, for `asset` (a node for global policies, an app otherwise).
+
+    - `telemetry["data"]`: the latest value of each declared metric (every metric when none is declared);
+      `telemetry["window"]`: the samples in the retention time, metric -> [(time, value)];
+    - `application_description`: the application's description (application scope) or the list of all
+      applications' descriptions (global scope);
+    - `system_description`: the asset's infrastructure description (empty when unregistered);
+    - `mechanisms`: {name: {"state": ..., "options": ...}} for the declared mechanisms of the asset;
+    - `available_assets`: the registered infrastructure ids.
+    """
+    wanted = declaration.metrics or None
+    latest = store.latest(asset)
+    data = {m: v for m, v in latest.items() if wanted is None or m in wanted}
+    window = store.telemetry(asset, metrics=wanted)
+    apps = store.list("applications")
+    if declaration.scope == "application":
+        app = apps.get(asset)
+        application_description: Any = app.value.get("description", app.value) if app else {}
+    else:
+        application_description = [v.value.get("description", v.value) for v in apps.values()]
+    infra = store.get("infrastructure", asset)
+    mechanisms = {}
+    for name in declaration.mechanisms:
+        doc = store.get("mechanisms", f"{asset}/{name}")
+        mechanisms[name] = {"state": (doc.value.get("state") if doc else None) or {},
+                            "options": (doc.value.get("options") if doc else None) or {}}
+    return {
+        "context": context,
+        "application_description": application_description,
+        "system_description": (infra.value.get("description", infra.value) if infra else {}),
+        "current_plan": current_plan,
+        "mechanisms": mechanisms,
+        "telemetry": {"data": data, "window": window, "asset": asset},
+        "ml_connector": ml_connector,
+        "available_assets": sorted(store.list("infrastructure")),
+    }
