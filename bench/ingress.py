@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,8 +54,12 @@ def start_raw() -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start_mapemesh(data: Path) -> tuple[subprocess.Popen[bytes], str]:
+    # The broker alone: the project's Triggers would route the benchmark's telemetry to functions.
+    manifests = data / "knative"
+    manifests.mkdir()
+    shutil.copy(REPO / "knative" / "broker.yaml", manifests / "broker.yaml")
     proc = subprocess.Popen([sys.executable, "-m", "mapemesh", "--log-level", "warning", "broker", "serve",
-                             "--data", str(data), "--manifests", str(REPO / "knative"), "--port", "0"],
+                             "--data", str(data), "--manifests", str(manifests), "--port", "0"],
                             cwd=REPO)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

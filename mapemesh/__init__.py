@@ -9,7 +9,7 @@ A function is a plain callable that takes a CloudEvent and returns a reply Cloud
 """
 
 from mapemesh.eventing.cloudevent import CloudEvent
-from mapemesh.serving.function import function
+from mapemesh.serving.function import PermanentError, function
 
 __version__ = "0.1.0"
-__all__ = ["CloudEvent", "__version__", "function"]
+__all__ = ["CloudEvent", "PermanentError", "__version__", "function"]

@@ -43,6 +43,12 @@ async def main() -> None:
         print(f"demo: posted {event.type} id={event.id} -> HTTP {status}; "
               f"in the durable log at seq {stored[0].seq if stored else '(missing!)'} "
               f"({settings.event_log_file})")
+        reply = await _reply_to(settings, event.id)
+        if reply is not None:
+            print(f"demo: the monitor function answered with {reply.event.type} (seq {reply.seq}): "
+                  f"{reply.event.data.decode() if reply.event.data else ''}")
+        elif "default/monitor" in mesh.host.revisions:
+            print("demo: no reply from the monitor function within 10 s; see `mapemesh status`")
         print("send your own:\n"
               f"  .venv/bin/mapemesh events send --broker {ingress} --type com.example.ping "
               f"--source /me --data '{{\"hello\": 1}}'\n"
@@ -52,6 +58,19 @@ async def main() -> None:
         await until_stopped()
     finally:
         await mesh.stop()
+
+
+async def _reply_to(settings: Settings, event_id: str, timeout_s: float = 10.0) -> eventlog.LoggedEvent | None:
+    """The state-changed event the monitor published for `event_id`, once it is in the log."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        for logged in await asyncio.to_thread(eventlog.read_all, settings.event_log_file):
+            if logged.event.type == "io.mapemesh.state.changed.v1" and logged.event.data and \
+                    event_id.encode() in logged.event.data:
+                return logged
+        await asyncio.sleep(0.1)
+    return None
 
 
 def _port_free(host: str, port: int) -> bool:

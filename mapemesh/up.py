@@ -39,7 +39,9 @@ async def start_mesh(settings: Settings) -> RunningMesh:
     host: LocalHost | None = None
     runner: web.AppRunner | None = None
     try:
-        host = LocalHost(broker.ingress.brokers, settings.activator_queue)
+        host = LocalHost(broker.ingress.brokers, settings.activator_queue, {
+            "MAPEMESH_DATA": str(settings.data.resolve()), "MAPEMESH_STATE": settings.state,
+            "MAPEMESH_BROKER_URL": broker.url})
         await host.start()
         runner = web.AppRunner(host.app(), access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()

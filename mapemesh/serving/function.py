@@ -30,6 +30,10 @@ class FunctionError(Exception):
     """The function's source or target cannot be loaded."""
 
 
+class PermanentError(Exception):
+    """Raised by a function for input it can never handle: the event is not retried (HTTP 422)."""
+
+
 class Function:
     """A registered function and how to run it."""
 
@@ -118,7 +122,10 @@ def _serve_flask_request(fn: Function, request: Any) -> Any:
         (event,) = from_http(list(request.headers.items()), request.get_data())
     except (MalformedEvent, ValueError) as exc:
         return flask.Response(str(exc), status=400, mimetype="text/plain")
-    reply = fn.invoke(event)
+    try:
+        reply = fn.invoke(event)
+    except PermanentError as exc:
+        return flask.Response(str(exc), status=422, mimetype="text/plain")
     if reply is None:
         return flask.Response(status=202)  # never a bare "OK": a broker would take that as a bad reply
     headers, body = to_binary(reply)

@@ -13,7 +13,8 @@ there is no process at all.
 | `400` | the request is not a CloudEvent |
 | `404` | no such Service |
 | `429` + `Retry-After` | the activator's queue for the Service is full |
-| `500` | the function raised |
+| `422` | the function raised `mapemesh.PermanentError` (input it can never handle: not retried) |
+| `500` | the function raised anything else (the broker retries) |
 | `502` | its process died while handling the request (the broker retries) |
 | `503` | the Service cannot run (bad manifest, source that does not import) |
 | `504` | `timeoutSeconds` passed (the process is replaced) |
@@ -80,10 +81,10 @@ class Zygote:
         host_end.settimeout(ASK_TIMEOUT_S)  # an import that never returns must not block every Service
         self.control = host_end
 
-    async def spawn(self, spec: ServiceSpec, base: Path) -> tuple[int, socket.socket]:
-        """Fork a function process; return its pid and the host's end of its socket."""
+    async def spawn(self, spec: ServiceSpec, base: Path, env: dict[str, str]) -> tuple[int, socket.socket]:
+        """Fork a function process with `env`; return its pid and the host's end of its socket."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        request = {"source": spec.source, "target": spec.target, "base": str(base), "env": spec.env,
+        request = {"source": spec.source, "target": spec.target, "base": str(base), "env": env,
                    "concurrency": spec.capacity}
         try:
             answer = await self._request(request, theirs.fileno())
@@ -99,10 +100,10 @@ class Zygote:
             raise FunctionFailed(503, f"cannot start a process: {answer['error']}")
         return int(answer["pid"]), mine
 
-    async def prepare(self, spec: ServiceSpec, base: Path) -> None:
+    async def prepare(self, spec: ServiceSpec, base: Path, env: dict[str, str]) -> None:
         """Have the zygote import the function's source now; ImportFailed if it does not import."""
         answer = await self._request({"prepare": True, "source": spec.source, "target": spec.target,
-                                      "base": str(base), "env": spec.env}, None)
+                                      "base": str(base), "env": env}, None)
         if "error" in answer:
             if answer.get("kind") == "import":
                 raise ImportFailed(answer["error"])
@@ -210,8 +211,13 @@ class Waiting:
 class Revision:
     """One Service's processes, queue and scaling."""
 
-    def __init__(self, spec: ServiceSpec, zygote: Zygote, base: Path, queue_limit: int = QUEUE_LIMIT):
+    def __init__(self, spec: ServiceSpec, zygote: Zygote, base: Path, queue_limit: int = QUEUE_LIMIT,
+                 platform_env: dict[str, str] | None = None):
         self.spec = spec
+        # What Knative gives every container (K_SERVICE, ...) over the platform's settings and the
+        # Service's own env, as a cluster would.
+        self.env = {**(platform_env or {}), **spec.env, "K_SERVICE": spec.name, "K_CONFIGURATION": spec.name,
+                    "K_REVISION": f"{spec.name}-local"}
         self.queue_limit = queue_limit
         self.zygote = zygote
         self.base = base
@@ -233,7 +239,7 @@ class Revision:
     async def prepare(self) -> None:
         """Import the source in the zygote (an error makes the Service not ready), then initial-scale."""
         try:
-            await self.zygote.prepare(self.spec, self.base)
+            await self.zygote.prepare(self.spec, self.base, self.env)
         except ImportFailed as exc:
             self.error = str(exc)
             log.error("%s cannot run: %s", self.spec.key, exc)
@@ -268,7 +274,7 @@ class Revision:
             self._timed_out(waiting)
             raise FunctionFailed(504, f"{self.spec.key} did not answer within {self.spec.timeout_s:g}s") from None
         if not header.get("ok"):
-            raise FunctionFailed(500, str(header.get("error")))
+            raise FunctionFailed(422 if header.get("permanent") else 500, str(header.get("error")))
         attrs = header.get("attrs")
         return None if attrs is None else CloudEvent(attrs, data or None)
 
@@ -323,7 +329,7 @@ class Revision:
 
     async def _spawn(self) -> None:
         try:
-            pid, sock = await self.zygote.spawn(self.spec, self.base)
+            pid, sock = await self.zygote.spawn(self.spec, self.base, self.env)
         except FunctionFailed as exc:
             self.starting -= 1
             if isinstance(exc, ImportFailed):
@@ -444,9 +450,12 @@ def _status_row(spec: ServiceSpec | None, *, ready: bool, reason: str | None, pi
 class LocalHost:
     """Every Service in the manifests, kept in step with them, served over HTTP."""
 
-    def __init__(self, registry: BrokerRegistry, queue_limit: int = QUEUE_LIMIT):
+    def __init__(self, registry: BrokerRegistry, queue_limit: int = QUEUE_LIMIT,
+                 platform_env: dict[str, str] | None = None):
         self.registry = registry
         self.queue_limit = queue_limit
+        self.platform_env = dict(platform_env or {})
+        """Given to every function process (the data directory, the state store), under the Service's env."""
         self.base = Path(registry.root).resolve().parent
         self.zygote = Zygote()
         self.revisions: dict[str, Revision] = {}
@@ -464,7 +473,8 @@ class LocalHost:
                 self.revisions.pop(key).stop()
         for key, spec in specs.items():
             if key not in self.revisions:
-                rev = self.revisions[key] = Revision(spec, self.zygote, self.base, self.queue_limit)
+                rev = self.revisions[key] = Revision(spec, self.zygote, self.base, self.queue_limit,
+                                                     self.platform_env)
                 rev._background(rev.prepare())  # cancelled with the revision if it is replaced first
 
     async def start(self) -> None:

@@ -33,7 +33,7 @@ import mapemesh.eventing.binding
 import mapemesh.events  # noqa: F401
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.serving import wire
-from mapemesh.serving.function import Function, FunctionError, load
+from mapemesh.serving.function import Function, FunctionError, PermanentError, load
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +184,13 @@ async def serve(fn: Function, sock: socket.socket, concurrency: int) -> None:
                                  "attrs": None if reply is None else reply.attributes},
                                 None if reply is None else reply.data)
         except Exception as exc:
-            log.exception("function %s failed", fn.name)
-            frame = wire.encode({"id": header["id"], "ok": False, "error": f"{type(exc).__name__}: {exc}"}, None)
+            permanent = isinstance(exc, PermanentError)
+            if permanent:
+                log.warning("function %s refused an event: %s", fn.name, exc)
+            else:
+                log.exception("function %s failed", fn.name)
+            frame = wire.encode({"id": header["id"], "ok": False, "permanent": permanent,
+                                 "error": f"{type(exc).__name__}: {exc}"}, None)
         writer.write(frame)
 
     while True:

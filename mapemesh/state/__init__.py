@@ -7,6 +7,18 @@ can require the version it read (`expected_version`), so concurrent functions ca
 updates: the loser gets `Conflict` and `update()` retries it on fresh data.
 """
 
+import os
+from functools import cache
+from pathlib import Path
+
 from mapemesh.state.base import KINDS, Conflict, StateStore, Versioned, open_store, update
 
-__all__ = ["KINDS", "Conflict", "StateStore", "Versioned", "open_store", "update"]
+__all__ = ["KINDS", "Conflict", "StateStore", "Versioned", "from_environment", "open_store", "update"]
+
+
+@cache
+def from_environment() -> StateStore:
+    """The store a function process is given: MAPEMESH_STATE in MAPEMESH_DATA (set by the function host)."""
+    return open_store(os.environ.get("MAPEMESH_STATE", "sqlite:"),
+                      data=Path(os.environ.get("MAPEMESH_DATA", ".mapemesh")),
+                      retention_s=float(os.environ.get("MAPEMESH_TELEMETRY_RETENTION_S", "3600")))

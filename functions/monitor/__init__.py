@@ -1,0 +1,94 @@
+"""The monitor stage: what happened in the continuum goes into the state store, and `state changed` out.
+
+Telemetry lands in the asset's window; applications and infrastructure are recorded or removed; knob and
+deploy results update the mechanism's state and the plan's status (Success once every mechanism of the
+plan reported back, Failed as soon as one failed); a mode change is recorded. Each answers with a
+`io.mapemesh.state.changed.v1` reply naming the asset and what changed, which the analyze stage takes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import ValidationError
+
+import mapemesh
+from mapemesh import events as catalogue
+from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.state import StateStore, from_environment, update
+
+SOURCE = "/mapemesh/monitor"
+
+
+def _changed(asset: str, kind: str, changed: list[str], cause: CloudEvent) -> CloudEvent:
+    data = catalogue.StateChanged(asset=asset, asset_kind=kind, changed=changed, cause=cause.id)  # type: ignore[arg-type]
+    return catalogue.make_event(data, SOURCE, subject=asset)
+
+
+def _plan_result(store: StateStore, plan_id: str | None, mechanism: str, ok: bool, detail: str | None) -> None:
+    if not plan_id:
+        return
+
+    def change(plan: dict[str, Any] | None) -> dict[str, Any] | None:
+        if plan is None:
+            return None  # a plan the loop does not know (an operator's command, say): nothing to track
+        results = dict(plan.get("results") or {})
+        results[mechanism] = "applied" if ok else f"failed: {detail}"
+        plan["results"] = results
+        if plan.get("status") in ("Success", "Failed", "Discarded"):
+            return plan
+        if not ok:
+            plan["status"], plan["reason"] = "Failed", f"{mechanism}: {detail}"
+        elif set(results) >= set(plan.get("mechanisms") or {}) and all(r == "applied" for r in results.values()):
+            plan["status"] = "Success"
+        plan["updated"] = time.time()
+        return plan
+
+    update(store, "plans", plan_id, change)
+
+
+@mapemesh.function
+def monitor(event: CloudEvent) -> CloudEvent | None:
+    """Record what the event reports; reply with what changed (None for events the monitor does not take)."""
+    try:
+        data = catalogue.parse_data(event)
+    except catalogue.UnknownEventType:
+        return None
+    except (ValidationError, ValueError) as exc:
+        raise mapemesh.PermanentError(f"{event.type} {event.id}: invalid data: {exc}") from None
+    store = from_environment()
+    if isinstance(data, catalogue.TelemetryReported):
+        now = time.time()
+        store.append_telemetry(data.asset, [(m.name, m.value, m.time.timestamp() if m.time else now)
+                                            for m in data.metrics])
+        return _changed(data.asset, data.asset_kind, sorted({m.name for m in data.metrics}), event)
+    if isinstance(data, catalogue.AppSubmitted):
+        store.put("applications", data.app_id, {"description": data.description, "submitted": time.time()})
+        return _changed(data.app_id, "application", ["description"], event)
+    if isinstance(data, catalogue.AppRemoved):
+        store.delete("applications", data.app_id)
+        return _changed(data.app_id, "application", ["removed"], event)
+    if isinstance(data, catalogue.InfraRegistered):
+        store.put("infrastructure", data.infra_id, {"kind": data.kind, "description": data.description})
+        return _changed(data.infra_id, data.kind, ["description"], event)
+    if isinstance(data, catalogue.InfraUnregistered):
+        previous = store.get("infrastructure", data.infra_id)
+        store.delete("infrastructure", data.infra_id)
+        kind = str(previous.value.get("kind", "node")) if previous else "node"
+        return _changed(data.infra_id, kind, ["removed"], event)
+    if isinstance(data, catalogue.KnobApplied):
+        update(store, "mechanisms", f"{data.node}/{data.knob}",
+               lambda doc: {**(doc or {}), "state": data.after, "updated": time.time()})
+        _plan_result(store, data.plan_id, data.knob, True, None)
+        return _changed(data.node, "node", [f"mechanism:{data.knob}"], event)
+    if isinstance(data, catalogue.KnobFailed):
+        _plan_result(store, data.plan_id, data.knob, False, f"{data.code}: {data.error}")
+        return _changed(data.node, "node", [f"mechanism:{data.knob}"], event)
+    if isinstance(data, catalogue.DeployStatus):
+        _plan_result(store, data.plan_id, "deploy", data.status != "Failed", data.message)
+        return _changed(data.app_id, "application", ["deployment"], event)
+    if isinstance(data, catalogue.ModeChanged):
+        store.put("settings", "mode", {"mode": data.mode, "manual_override": data.manual_override})
+        return _changed("continuum", "continuum", ["mode"], event)
+    return None  # other loop events are not the monitor's
