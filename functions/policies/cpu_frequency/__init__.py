@@ -1,0 +1,1 @@
+"""The CPU frequency policy (see `policy.py`)."""
