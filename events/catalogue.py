@@ -12,7 +12,6 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-TYPE_PREFIX = "io.mapemesh."
 SCHEMA_BASE = "https://mapemesh.dev/schemas/events/"
 """Base of every `dataschema` URI; the file under `events/schemas/` has the same name."""
 

@@ -66,10 +66,6 @@ class Settings:
         return replace(cls(), **values)
 
     @property
-    def endpoints_file(self) -> Path:
-        return self.data / "endpoints.json"
-
-    @property
     def event_log_file(self) -> Path:
         return self.data / "eventlog.db"
 

@@ -131,7 +131,8 @@ class Ingress:
     async def _healthz(self, request: web.BaseRequest) -> web.Response:
         return web.json_response({"status": "ok", "brokers": sorted(self.brokers.brokers),
                                   "manifest_errors": self.brokers.errors,
-                                  "log": {"appended": self.log.appended, "commits": self.log.commits}})
+                                  "log": {"appended": self.log.appended, "commits": self.log.commits,
+                                          "fsyncs": self.log.syncs}})
 
     async def handle(self, request: web.BaseRequest) -> web.Response:
         """One request of the broker contract (see the module's table)."""
