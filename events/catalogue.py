@@ -75,6 +75,7 @@ class PolicyRequest(EventData):
                                        description="Mechanism name -> {state, options} for the asset.")
     telemetry: dict[str, Any] = Field(default_factory=dict, description="The telemetry window the policy asked for.")
     mode: ManagementMode = "heuristic"
+    cause: str | None = Field(None, description="The id of the event the loop is reacting to (its cycle).")
 
 
 class PolicyAnalyzeRequested(PolicyRequest):
@@ -91,6 +92,8 @@ class PolicyAnalyzeReplied(EventData):
     verdict: bool
     context: dict[str, Any] = Field(default_factory=dict)
     error: str | None = Field(None, description="Set when the policy raised; verdict is then false.")
+    traceback: str | None = Field(None, description="The policy's traceback when it raised.")
+    cause: str | None = None
 
 
 class PolicyPlanRequested(PolicyRequest):
@@ -108,6 +111,8 @@ class PolicyPlanReplied(EventData):
     plan: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
+    traceback: str | None = None
+    cause: str | None = None
 
 
 class PlanProposed(EventData):
@@ -117,6 +122,8 @@ class PlanProposed(EventData):
     policy: NonEmpty
     asset: NonEmpty
     mechanisms: dict[str, Any] = Field(min_length=1, description="Mechanism name -> command.")
+    core: bool = Field(False, description="A core policy's plan: scheduled before the others in its cycle.")
+    cause: str | None = Field(None, description="The event the plan reacts to; plans with one cause share a cycle.")
 
 
 class PlanScheduled(EventData):
@@ -181,6 +188,7 @@ class DeployRequested(EventData):
     app_id: NonEmpty
     plan_id: str | None = None
     placement: dict[str, list[str]] = Field(description="Component name -> cluster names.")
+    nodes: dict[str, str] = Field(default_factory=dict, description="Component name -> node (node placement).")
 
 
 class DeployStatus(EventData):

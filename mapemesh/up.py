@@ -41,7 +41,8 @@ async def start_mesh(settings: Settings) -> RunningMesh:
     try:
         host = LocalHost(broker.ingress.brokers, settings.activator_queue, {
             "MAPEMESH_DATA": str(settings.data.resolve()), "MAPEMESH_STATE": settings.state,
-            "MAPEMESH_BROKER_URL": broker.url})
+            "MAPEMESH_BROKER_URL": broker.url,
+            "K_SINK": f"{broker.url}/default/default"})
         await host.start()
         runner = web.AppRunner(host.app(), access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()

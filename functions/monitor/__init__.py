@@ -16,6 +16,7 @@ from pydantic import ValidationError
 import mapemesh
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.functions.execute import DEPLOY_MECHANISMS
 from mapemesh.state import StateStore, from_environment, update
 
 SOURCE = "/mapemesh/monitor"
@@ -26,7 +27,9 @@ def _changed(asset: str, kind: str, changed: list[str], cause: CloudEvent) -> Cl
     return catalogue.make_event(data, SOURCE, subject=asset)
 
 
-def _plan_result(store: StateStore, plan_id: str | None, mechanism: str, ok: bool, detail: str | None) -> None:
+def _plan_result(store: StateStore, plan_id: str | None, mechanism: str | None, ok: bool,
+                 detail: str | None) -> None:
+    """Record one mechanism's result (None: every placement mechanism of the plan, from the deploy function)."""
     if not plan_id:
         return
 
@@ -34,12 +37,15 @@ def _plan_result(store: StateStore, plan_id: str | None, mechanism: str, ok: boo
         if plan is None:
             return None  # a plan the loop does not know (an operator's command, say): nothing to track
         results = dict(plan.get("results") or {})
-        results[mechanism] = "applied" if ok else f"failed: {detail}"
+        names = [mechanism] if mechanism else [m for m in plan.get("mechanisms") or {} if m in DEPLOY_MECHANISMS]
+        for name in names or ["deploy"]:
+            results[name] = "applied" if ok else f"failed: {detail}"
+        mechanism_label = ", ".join(names) or "deploy"
         plan["results"] = results
         if plan.get("status") in ("Success", "Failed", "Discarded"):
             return plan
         if not ok:
-            plan["status"], plan["reason"] = "Failed", f"{mechanism}: {detail}"
+            plan["status"], plan["reason"] = "Failed", f"{mechanism_label}: {detail}"
         elif set(results) >= set(plan.get("mechanisms") or {}) and all(r == "applied" for r in results.values()):
             plan["status"] = "Success"
         plan["updated"] = time.time()
@@ -86,7 +92,7 @@ def monitor(event: CloudEvent) -> CloudEvent | None:
         _plan_result(store, data.plan_id, data.knob, False, f"{data.code}: {data.error}")
         return _changed(data.node, "node", [f"mechanism:{data.knob}"], event)
     if isinstance(data, catalogue.DeployStatus):
-        _plan_result(store, data.plan_id, "deploy", data.status != "Failed", data.message)
+        _plan_result(store, data.plan_id, None, data.status != "Failed", data.message)
         return _changed(data.app_id, "application", ["deployment"], event)
     if isinstance(data, catalogue.ModeChanged):
         store.put("settings", "mode", {"mode": data.mode, "manual_override": data.manual_override})

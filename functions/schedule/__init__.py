@@ -7,14 +7,31 @@ that won and the mechanism. A plan takes all its mechanisms or none.
 
 Statuses: Queued -> Scheduled | Discarded; Scheduled -> Pending (execute dispatched it) -> Success | Failed;
 Pending becomes Failed after a timeout.
+
+The `schedule` function below runs this core in the loop. A scheduling cycle is the loop's reaction to one
+cause (the event that started it): every plan made in reaction to the same telemetry event contends in the
+same cycle, whenever its policy answers. The plans queued in a cycle when the function runs are decided
+together (core first, then FIFO); a plan that arrives after the cycle gave its mechanism to another plan is
+discarded, naming that plan. The Service runs one event at a time in one instance (containerConcurrency 1,
+max-scale 1), and every write is versioned, so two cycles never decide the same plan.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from pydantic import ValidationError
+
+import mapemesh
+from mapemesh import events as catalogue
+from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.serving.sink import reply_and_publish
+from mapemesh.state import StateStore, from_environment, update
 
 PlanStatus = Literal["Queued", "Scheduled", "Discarded", "Success", "Pending", "Failed"]
 TRANSITIONS: dict[str, tuple[str, ...]] = {
@@ -48,6 +65,16 @@ class Plan:
     winner: str | None = None
     reason: str | None = None
 
+    def as_dict(self) -> dict[str, Any]:
+        """The plan as the state store keeps it."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Plan:
+        """A plan from its stored document (unknown keys, such as results, are left out)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in names})
+
     def move(self, status: PlanStatus, reason: str | None = None, now: float | None = None) -> None:
         """Change status along the lifecycle; InvalidTransition otherwise."""
         if status not in TRANSITIONS[self.status]:
@@ -68,11 +95,15 @@ class Discard:
     reason: str
 
 
-def schedule_cycle(queued: Iterable[Plan], cycle: int) -> tuple[list[Plan], list[Discard]]:
-    """Run one scheduling cycle over the queued plans; update their statuses."""
+def schedule_cycle(queued: Iterable[Plan], cycle: int,
+                   taken: Mapping[tuple[str, str], Plan] | None = None) -> tuple[list[Plan], list[Discard]]:
+    """Run one scheduling cycle over the queued plans; update their statuses.
+
+    `taken` holds the (asset, mechanism) pairs plans already scheduled in this cycle hold (and is not changed).
+    """
     # FIFO by arrival (whatever order the caller read them in), core plans first.
     ordered = sorted((p for p in queued if p.status == "Queued"), key=lambda p: (not p.core, p.created))
-    taken: dict[tuple[str, str], Plan] = {}
+    taken = dict(taken or {})
     scheduled: list[Plan] = []
     discarded: list[Discard] = []
     for plan in ordered:
@@ -102,3 +133,143 @@ def expire(plans: Iterable[Plan], timeout_s: float, now: float | None = None) ->
             plan.move("Failed", f"no result within {timeout_s:g}s", now=now)
             failed.append(plan)
     return failed
+
+
+# -- the schedule function -------------------------------------------------------------------------------
+
+SOURCE = "/mapemesh/schedule"
+PLAN_TIMEOUT_S = float(os.environ.get("MAPEMESH_PLAN_TIMEOUT_S", "60"))
+"""A Pending plan with no result after this long becomes Failed."""
+PLAN_RETENTION_S = float(os.environ.get("MAPEMESH_PLAN_RETENTION_S", "86400"))
+"""Finished plans (Success, Failed, Discarded) are kept this long."""
+CYCLE_RETENTION_S = 600.0
+SWEEP_EVERY_S = 5.0
+_last_sweep = [0.0]
+
+
+def _pair(asset: str, mechanism: str) -> str:
+    return f"{asset}\x00{mechanism}"
+
+
+def _plan(store: StateStore, plan_id: str) -> Plan | None:
+    doc = store.get("plans", plan_id)
+    return Plan.from_dict(doc.value) if doc else None
+
+
+def _cycle_number(store: StateStore, cause: str) -> int:
+    doc = store.get("cycles", cause)
+    if doc is not None and doc.value.get("cycle") is not None:
+        return int(doc.value["cycle"])
+    counter = update(store, "settings", "scheduler",
+                     lambda d: {**(d or {}), "cycle": int((d or {}).get("cycle", 0)) + 1})
+    assert counter is not None
+    number = int(counter.value["cycle"])
+    result = update(store, "cycles", cause, lambda d: {**(d or {"taken": {}, "queued": [], "created": time.time()}),
+                                                       "cycle": (d or {}).get("cycle") or number})
+    assert result is not None
+    return int(result.value["cycle"])
+
+
+def _save(store: StateStore, plan: Plan) -> bool:
+    """Write a decided plan; False when it was no longer Queued (someone decided it already)."""
+    written = [False]
+
+    def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+        if doc is None or doc.get("status") != "Queued":
+            return doc
+        written[0] = True
+        return {**doc, "status": plan.status, "cycle": plan.cycle, "winner": plan.winner, "reason": plan.reason,
+                "updated": plan.updated}
+
+    update(store, "plans", plan.plan_id, change)
+    return written[0]
+
+
+def _announce(plan: Plan, winners: Mapping[str, Plan]) -> CloudEvent:
+    if plan.status == "Discarded":
+        winner = winners.get(plan.winner or "")
+        mechanism = next((m for m in plan.mechanisms if winner and m in winner.mechanisms), next(iter(plan.mechanisms)))
+        data: catalogue.EventData = catalogue.PlanDiscarded(
+            plan_id=plan.plan_id, policy=plan.policy, asset=plan.asset, mechanism=mechanism,
+            winner=plan.winner or "?", reason=plan.reason or "conflict", cycle=plan.cycle or 0)
+    else:
+        data = catalogue.PlanScheduled(plan_id=plan.plan_id, policy=plan.policy, asset=plan.asset,
+                                       mechanisms=plan.mechanisms, cycle=plan.cycle or 0)
+    return catalogue.make_event(data, SOURCE, subject=plan.asset)
+
+
+def sweep(store: StateStore, now: float | None = None) -> list[Plan]:
+    """Fail Pending plans past the timeout; forget finished plans and cycles past their retention."""
+    now = time.time() if now is None else now
+    failed = []
+    for plan_id, versioned in store.list("plans").items():
+        plan = Plan.from_dict(versioned.value)
+        if plan.status == "Pending" and now - plan.updated > PLAN_TIMEOUT_S:
+            def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+                if doc is None or doc.get("status") != "Pending":
+                    return doc
+                return {**doc, "status": "Failed", "reason": f"no result within {PLAN_TIMEOUT_S:g}s", "updated": now}
+
+            update(store, "plans", plan_id, change)
+            failed.append(plan)
+        elif plan.status in ("Success", "Failed", "Discarded") and now - plan.updated > PLAN_RETENTION_S:
+            store.delete("plans", plan_id, expected_version=versioned.version)
+    for cause, versioned in store.list("cycles").items():
+        if now - float(versioned.value.get("created") or 0) > CYCLE_RETENTION_S:
+            store.delete("cycles", cause, expected_version=versioned.version)
+    return failed
+
+
+@mapemesh.function
+async def schedule(event: CloudEvent) -> CloudEvent | None:
+    """Schedule the plans queued in the proposed plan's cycle; announce each one scheduled or discarded."""
+    try:
+        proposed = catalogue.parse_data(event)
+    except catalogue.UnknownEventType:
+        return None
+    except (ValidationError, ValueError) as exc:
+        raise mapemesh.PermanentError(f"{event.type} {event.id}: invalid data: {exc}") from None
+    if not isinstance(proposed, catalogue.PlanProposed):
+        return None
+    store = from_environment()
+    if time.time() - _last_sweep[0] > SWEEP_EVERY_S:
+        _last_sweep[0] = time.time()
+        sweep(store)
+    cause = proposed.cause or proposed.plan_id
+    number = _cycle_number(store, cause)
+    cycle_doc = store.get("cycles", cause)
+    state = cycle_doc.value if cycle_doc else {}
+    ids = list(dict.fromkeys([*(state.get("queued") or []), proposed.plan_id]))
+    plans = [p for p in (_plan(store, i) for i in ids) if p is not None]
+    queued = [p for p in plans if p.status == "Queued"]
+    winners: dict[str, Plan] = {}
+    taken: dict[tuple[str, str], Plan] = {}
+    for key, winner_id in (state.get("taken") or {}).items():
+        winner = winners.get(winner_id) or _plan(store, winner_id)
+        if winner is not None:
+            winners[winner_id] = winner
+            asset, _, mechanism = key.partition("\x00")
+            taken[(asset, mechanism)] = winner
+    scheduled, discarded = schedule_cycle(queued, number, taken)
+    for plan in scheduled:
+        winners[plan.plan_id] = plan
+    decided = [p for p in (*scheduled, *(d.plan for d in discarded)) if _save(store, p)]
+    decided_ids = {p.plan_id for p in decided}
+
+    def record(doc: dict[str, Any] | None) -> dict[str, Any]:
+        doc = dict(doc or {"created": time.time(), "cycle": number})
+        held = dict(doc.get("taken") or {})
+        for plan in scheduled:
+            if plan.plan_id in decided_ids:
+                held.update({_pair(plan.asset, m): plan.plan_id for m in plan.mechanisms})
+        doc["taken"] = held
+        settled = decided_ids | {p.plan_id for p in plans if p.status != "Queued"}
+        doc["queued"] = [i for i in (doc.get("queued") or []) if i not in settled]
+        return doc
+
+    update(store, "cycles", cause, record)
+    # A redelivered proposal whose plan was decided before a crash is announced again (execute is idempotent).
+    again = next((p for p in plans if p.plan_id == proposed.plan_id and p.plan_id not in decided_ids
+                  and p.status in ("Scheduled", "Discarded")), None)
+    announce = [*decided, *([again] if again else [])]
+    return await reply_and_publish([_announce(p, winners) for p in announce])

@@ -16,7 +16,9 @@ def gather(store: StateStore, declaration: Declaration, asset: str, *, context: 
       `telemetry["window"]`: the samples in the retention time, metric -> [(time, value)];
     - `application_description`: the application's description (application scope) or the list of all
       applications' descriptions (global scope);
-    - `system_description`: the asset's infrastructure description (empty when unregistered);
+    - `system_description`: the asset's infrastructure description (empty when unregistered); for an
+      application-scope policy, the continuum as registered: `{"nodes": {id: description},
+      "clusters": {id: description}}`;
     - `mechanisms`: {name: {"state": ..., "options": ...}} for the declared mechanisms of the asset;
     - `available_assets`: the registered infrastructure ids.
     """
@@ -30,7 +32,15 @@ def gather(store: StateStore, declaration: Declaration, asset: str, *, context: 
         application_description: Any = app.value.get("description", app.value) if app else {}
     else:
         application_description = [v.value.get("description", v.value) for v in apps.values()]
-    infra = store.get("infrastructure", asset)
+    if declaration.scope == "application":
+        registered = store.list("infrastructure")
+        system_description: Any = {
+            plural: {k: v.value.get("description", v.value) for k, v in registered.items()
+                     if v.value.get("kind") == kind}
+            for kind, plural in (("node", "nodes"), ("cluster", "clusters"))}
+    else:
+        infra = store.get("infrastructure", asset)
+        system_description = infra.value.get("description", infra.value) if infra else {}
     mechanisms = {}
     for name in declaration.mechanisms:
         doc = store.get("mechanisms", f"{asset}/{name}")
@@ -39,7 +49,7 @@ def gather(store: StateStore, declaration: Declaration, asset: str, *, context: 
     return {
         "context": context,
         "application_description": application_description,
-        "system_description": (infra.value.get("description", infra.value) if infra else {}),
+        "system_description": system_description,
         "current_plan": current_plan,
         "mechanisms": mechanisms,
         "telemetry": {"data": data, "window": window, "asset": asset},

@@ -50,6 +50,21 @@ class Declaration:
     packages: tuple[str, ...]
     context: dict[str, Any] = field(compare=False)
 
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy, as the policy registry keeps it."""
+        return {"metrics": list(self.metrics), "mechanisms": list(self.mechanisms),
+                "analyze_interval_s": self.analyze_interval_s, "scope": self.scope,
+                "machine_learning": self.machine_learning, "core": self.core, "packages": list(self.packages),
+                "context": self.context}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Declaration:
+        """The declaration `as_dict` wrote."""
+        return cls(tuple(doc.get("metrics") or ()), tuple(doc.get("mechanisms") or ()),
+                   float(doc.get("analyze_interval_s") or 0.0), doc.get("scope") or "global",
+                   bool(doc.get("machine_learning")), bool(doc.get("core")), tuple(doc.get("packages") or ()),
+                   dict(doc.get("context") or {}))
+
 
 def _parse_declaration(name: str, context: object) -> Declaration:
     if not isinstance(context, dict):

@@ -14,6 +14,7 @@ import functools
 import importlib
 import importlib.util
 import inspect
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,7 +23,10 @@ from typing import Any
 from mapemesh.eventing.binding import from_http, to_binary
 from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent
 
+log = logging.getLogger(__name__)
+
 Handler = Callable[[CloudEvent], "CloudEvent | Awaitable[CloudEvent | None] | None"]
+Startup = Callable[[], "Awaitable[None] | None"]
 REGISTRY: dict[str, Function] = {}
 
 
@@ -37,13 +41,31 @@ class PermanentError(Exception):
 class Function:
     """A registered function and how to run it."""
 
-    def __init__(self, fn: Handler, name: str):
+    def __init__(self, fn: Handler, name: str, on_start: Startup | None = None):
         self.fn = fn
         self.name = name
         self.is_async = inspect.iscoroutinefunction(fn)
+        self.on_start = on_start
+        """Run once in each new process before its first event (a policy registers itself, say)."""
+        self._started = False
+
+    async def start(self) -> None:
+        """Run `on_start` once per process; a failure is logged, not raised (events still get answers)."""
+        if self._started or self.on_start is None:
+            self._started = True
+            return
+        self._started = True
+        try:
+            result = self.on_start()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("function %s: on_start failed", self.name)
 
     def invoke(self, event: CloudEvent) -> CloudEvent | None:
         """Run the function to completion (an async function on its own event loop)."""
+        if not self._started:
+            asyncio.run(self.start())
         result = self.fn(event)
         if inspect.isawaitable(result):
             result = asyncio.run(_await(result))
@@ -56,15 +78,15 @@ async def _await(result: Awaitable[CloudEvent | None]) -> CloudEvent | None:
     return await result
 
 
-def function(fn: Handler | None = None, *, name: str | None = None) -> Any:
-    """Register `fn` as a mapemesh function (usable as `@function` or `@function(name=...)`).
+def function(fn: Handler | None = None, *, name: str | None = None, on_start: Startup | None = None) -> Any:
+    """Register `fn` as a mapemesh function (usable as `@function` or `@function(name=..., on_start=...)`).
 
     The result is a plain Python function (functions-framework insists on one): called with a CloudEvent
     it runs `fn`; called with a Flask request it answers as a functions-framework http function.
     """
 
     def register(f: Handler) -> Callable[[Any], Any]:
-        registered = Function(f, name or f.__name__)
+        registered = Function(f, name or f.__name__, on_start)
         REGISTRY[registered.name] = registered
 
         @functools.wraps(f)

@@ -444,6 +444,7 @@ def _status_row(spec: ServiceSpec | None, *, ready: bool, reason: str | None, pi
         "min_scale": spec.min_scale if spec else None, "max_scale": spec.max_scale if spec else None,
         "container_concurrency": spec.container_concurrency if spec else None,
         "window_s": spec.window_s if spec else None,
+        "source": spec.source if spec else None,
     }
 
 

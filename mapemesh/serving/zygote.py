@@ -167,6 +167,7 @@ def spawn(request: dict[str, object], fd: int, control: socket.socket, children:
 async def serve(fn: Function, sock: socket.socket, concurrency: int) -> None:
     """A function process: answer each request frame with the function's reply."""
     reader, writer = await asyncio.open_connection(sock=sock)
+    await fn.start()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency))
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()

@@ -13,7 +13,8 @@ Document = dict[str, Any]
 Sample = tuple[str, float, float]
 """(metric, value, unix time)."""
 
-KINDS = ("applications", "infrastructure", "plans", "policy_contexts", "mechanisms", "settings", "ml_models")
+KINDS = ("applications", "infrastructure", "plans", "policies", "policy_contexts", "cycles", "mechanisms", "settings",
+         "ml_models")
 """The kinds of documents the loop keeps; others are refused so that typos do not create silent stores."""
 
 

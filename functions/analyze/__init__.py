@@ -1,0 +1,171 @@
+"""The analyze stage: a state change in, one analyze request out to each policy bound to the changed asset.
+
+Binding: an application-scope policy runs for the application that changed; a global policy runs for the
+node that changed, and for every registered node when an application, a cluster or the continuum changed
+(a global policy that plans node mechanisms runs once per node). A policy that declared telemetry metrics is
+not asked when only other metrics changed.
+
+`analyze_interval` is a minimum spacing per (policy, asset), not a polling period: a change inside the
+interval is not dropped but coalesced, and one analysis runs when the interval ends, on the state as it is
+then. Management mode: in heuristic mode, policies that declared machine learning are skipped; under
+manual override no policy is asked; either way the policy's registry entry says so.
+
+The request carries every input the policy may name (gathered here from the state store), so the policy
+function is pure. Several requests: the first is the reply, the others go to the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from pydantic import ValidationError
+
+import mapemesh
+from mapemesh import events as catalogue
+from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.policy import registry
+from mapemesh.policy.inputs import gather
+from mapemesh.policy.loader import Declaration
+from mapemesh.serving.sink import reply_and_publish
+from mapemesh.state import StateStore, from_environment, update
+
+SOURCE = "/mapemesh/analyze"
+KNOWLEDGE = ("description", "removed", "deployment", "mode")
+"""`changed` keys that are knowledge rather than telemetry metrics (plus `mechanism:NAME`)."""
+WINDOW_SAMPLES = 60
+"""Samples per metric sent in a request's telemetry window (the latest ones)."""
+STALE_DEFERRAL_S = 5.0
+"""A deferred analysis whose process vanished is taken over after its due time plus this."""
+
+
+def mode_of(store: StateStore) -> tuple[str, bool]:
+    """(management mode, manual override) as the state store has them; heuristic and off by default."""
+    doc = store.get("settings", "mode")
+    value = doc.value if doc else {}
+    return str(value.get("mode") or "heuristic"), bool(value.get("manual_override"))
+
+
+def bound_assets(store: StateStore, declaration: Declaration, change: catalogue.StateChanged) -> list[str]:
+    """The assets a policy runs for after `change`."""
+    if "removed" in change.changed:
+        return []
+    if declaration.scope == "application":
+        if change.asset_kind == "application" and store.get("applications", change.asset) is not None:
+            return [change.asset]
+        return []
+    if change.asset_kind == "node":
+        return [change.asset]
+    if change.asset_kind in ("application", "cluster", "continuum"):
+        return sorted(k for k, v in store.list("infrastructure").items() if v.value.get("kind") == "node")
+    return []
+
+
+def relevant(declaration: Declaration, changed: list[str]) -> bool:
+    """Does the change concern the policy: a declared metric, a declared mechanism, or knowledge?"""
+    for key in changed:
+        if key in KNOWLEDGE:
+            return True
+        if key.startswith("mechanism:"):
+            if key.removeprefix("mechanism:") in declaration.mechanisms:
+                return True
+        elif not declaration.metrics or key in declaration.metrics:
+            return True
+    return False
+
+
+def _context_key(policy: str, asset: str) -> str:
+    return f"{policy}/{asset}"
+
+
+def claim(store: StateStore, policy: str, asset: str, interval_s: float, now: float | None = None) -> float | None:
+    """0: analyze now (recorded); seconds: wait that long, then claim again; None: an analysis is already due."""
+    now = time.time() if now is None else now
+    verdict: list[float | None] = [None]
+
+    def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+        doc = dict(doc or {})
+        last = float(doc.get("last_analyzed") or 0.0)
+        due = doc.get("deferred_until")
+        if now - last >= interval_s:
+            verdict[0] = 0.0
+            doc["last_analyzed"] = now
+            doc.pop("deferred_until", None)
+            return doc
+        if due is not None and now <= float(due) + STALE_DEFERRAL_S:
+            verdict[0] = None  # someone waits for the interval's end already; it will see this change too
+            return doc
+        verdict[0] = last + interval_s - now
+        doc["deferred_until"] = last + interval_s
+        return doc
+
+    update(store, "policy_contexts", _context_key(policy, asset), change)
+    return verdict[0]
+
+
+def trim(telemetry: dict[str, Any]) -> dict[str, Any]:
+    """The request's telemetry with each metric's window cut to its latest samples."""
+    window = telemetry.get("window") or {}
+    return {**telemetry, "window": {m: samples[-WINDOW_SAMPLES:] for m, samples in window.items()}}
+
+
+def request_for(store: StateStore, policy: str, declaration: Declaration, asset: str, mode: str,
+                cause: str | None) -> CloudEvent:
+    """The analyze request for one (policy, asset), with its inputs gathered now."""
+    doc = store.get("policy_contexts", _context_key(policy, asset))
+    saved = doc.value if doc else {}
+    context = saved.get("context")
+    if context is None:
+        context = dict(declaration.context)
+    inputs = gather(store, declaration, asset, context=context, current_plan=saved.get("current_plan"))
+    data = catalogue.PolicyAnalyzeRequested(
+        policy=policy, asset=asset, context=context, application_description=inputs["application_description"],
+        system_description=inputs["system_description"], current_plan=inputs["current_plan"],
+        mechanisms=inputs["mechanisms"], telemetry=trim(inputs["telemetry"]), mode=mode,  # type: ignore[arg-type]
+        cause=cause)
+    return catalogue.make_event(data, SOURCE, subject=asset, extensions={"policy": policy})
+
+
+async def _one(store: StateStore, policy: str, declaration: Declaration, asset: str, mode: str,
+               cause: str | None) -> CloudEvent | None:
+    wait = claim(store, policy, asset, declaration.analyze_interval_s)
+    if wait is None:
+        return None
+    if wait > 0:
+        await asyncio.sleep(wait)
+        if claim(store, policy, asset, declaration.analyze_interval_s) != 0:
+            return None  # another analysis ran meanwhile
+    return request_for(store, policy, declaration, asset, mode, cause)
+
+
+@mapemesh.function
+async def analyze(event: CloudEvent) -> CloudEvent | None:
+    """Ask every policy bound to the changed asset for a verdict."""
+    try:
+        change = catalogue.parse_data(event)
+    except catalogue.UnknownEventType:
+        return None
+    except (ValidationError, ValueError) as exc:
+        raise mapemesh.PermanentError(f"{event.type} {event.id}: invalid data: {exc}") from None
+    if not isinstance(change, catalogue.StateChanged):
+        return None
+    store = from_environment()
+    mode, manual = mode_of(store)
+    jobs = []
+    for name, (declaration, _doc) in sorted(registry.active(store).items()):
+        if not relevant(declaration, change.changed):
+            continue
+        assets = bound_assets(store, declaration, change)
+        if not assets:
+            continue
+        if manual:
+            registry.record(store, name, asset=change.asset, method="analyze", skipped="manual override")
+            continue
+        if declaration.machine_learning and mode == "heuristic":
+            registry.record(store, name, asset=change.asset, method="analyze",
+                            skipped="heuristic mode (the policy uses machine learning)")
+            continue
+        jobs += [_one(store, name, declaration, asset, mode, change.cause or event.id) for asset in assets]
+    requests = [r for r in await asyncio.gather(*jobs) if r is not None]
+    return await reply_and_publish(requests)

@@ -1,0 +1,101 @@
+"""The execute stage: a scheduled plan in, each mechanism's command out to whoever applies it.
+
+- Knob mechanisms (CPUFrequency, RAPLPowerCap, NVIDIAGPUFrequency, ...) go to the node shim of the plan's
+  node as `knob.apply` events with the extension `node` (the shim's Trigger filters on it).
+- Placement mechanisms go to the deploy function as one `deploy.requested`:
+  `ClusterPlacement` `{"placement": {component: [cluster, ...]}}` and
+  `ComponentPlacement` `{"nodes": {component: node}}`; the plan's asset is the application.
+
+The plan becomes Pending; the monitor stage marks it Success or Failed from the results, and the schedule
+stage fails it when no result comes within its timeout. A redelivered plan is dispatched again (applying a
+knob command twice is a no-op at the shim).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import ValidationError
+
+import mapemesh
+from mapemesh import events as catalogue
+from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.serving.sink import reply_and_publish
+from mapemesh.state import StateStore, from_environment, update
+
+SOURCE = "/mapemesh/execute"
+DEPLOY_MECHANISMS = ("ClusterPlacement", "ComponentPlacement")
+"""Mechanisms the deploy function carries out; every other mechanism is a node knob."""
+
+
+def _move(store: StateStore, plan_id: str, status: str, reason: str | None = None) -> str | None:
+    """Scheduled -> Pending (or Failed); return the status the plan had (None: unknown plan)."""
+    before: list[str | None] = [None]
+
+    def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+        if doc is None:
+            return None
+        before[0] = doc.get("status")
+        if doc.get("status") != "Scheduled":
+            return doc
+        return {**doc, "status": status, "updated": time.time(), **({"reason": reason} if reason else {})}
+
+    update(store, "plans", plan_id, change)
+    return before[0]
+
+
+def commands(plan: catalogue.PlanScheduled) -> list[CloudEvent]:
+    """The events that carry out a plan; ValueError for a command that cannot be carried out."""
+    out: list[CloudEvent] = []
+    placement: dict[str, list[str]] = {}
+    nodes: dict[str, str] = {}
+    deploy = False
+    for mechanism, command in plan.mechanisms.items():
+        if not isinstance(command, dict):
+            raise ValueError(f"{mechanism}: the command must be a dict, not {type(command).__name__}")
+        if mechanism == "ClusterPlacement":
+            deploy = True
+            raw = command.get("placement")
+            if not isinstance(raw, dict) or not all(isinstance(v, list) for v in raw.values()):
+                raise ValueError("ClusterPlacement: 'placement' must map each component to a list of clusters")
+            placement.update({str(k): [str(c) for c in v] for k, v in raw.items()})
+        elif mechanism == "ComponentPlacement":
+            deploy = True
+            raw = command.get("nodes")
+            if not isinstance(raw, dict):
+                raise ValueError("ComponentPlacement: 'nodes' must map each component to a node")
+            nodes.update({str(k): str(v) for k, v in raw.items()})
+        else:
+            data = catalogue.KnobApply(node=plan.asset, knob=mechanism, command=command, plan_id=plan.plan_id,
+                                       requested_by=f"policy/{plan.policy}")
+            out.append(catalogue.make_event(data, SOURCE, subject=plan.asset, extensions={"node": plan.asset}))
+    if deploy:
+        data = catalogue.DeployRequested(app_id=plan.asset, plan_id=plan.plan_id, placement=placement, nodes=nodes)
+        out.append(catalogue.make_event(data, SOURCE, subject=plan.asset))
+    return out
+
+
+@mapemesh.function
+async def execute(event: CloudEvent) -> CloudEvent | None:
+    """Dispatch a scheduled plan's commands; the plan becomes Pending."""
+    try:
+        scheduled = catalogue.parse_data(event)
+    except catalogue.UnknownEventType:
+        return None
+    except (ValidationError, ValueError) as exc:
+        raise mapemesh.PermanentError(f"{event.type} {event.id}: invalid data: {exc}") from None
+    if not isinstance(scheduled, catalogue.PlanScheduled):
+        return None
+    store = from_environment()
+    current = store.get("plans", scheduled.plan_id)
+    if current is not None and current.value.get("status") not in ("Scheduled", "Pending"):
+        return None  # finished meanwhile (failed by its timeout, say): nothing to do
+    try:
+        out = commands(scheduled)
+    except (ValueError, ValidationError) as exc:
+        _move(store, scheduled.plan_id, "Failed", f"cannot execute: {exc}")
+        return None
+    # Pending before the commands leave, so a fast result never finds the plan still Scheduled.
+    _move(store, scheduled.plan_id, "Pending")
+    return await reply_and_publish(out)

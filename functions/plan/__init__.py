@@ -1,0 +1,133 @@
+"""The plan stage: a policy's verdict in, a plan request out; a policy's plan in, a Queued plan out.
+
+- `policy.analyze.replied`: the policy's new context is saved and its verdict counted (a failure is recorded
+  with its traceback, and goes no further). A true verdict becomes a `policy.plan.requested` to the same
+  policy, with the inputs gathered afresh.
+- `policy.plan.replied`: the context is saved; a non-empty plan that names only mechanisms the policy
+  declared is stored (status Queued, with the policy, the cause and the telemetry it saw: why it exists) and
+  goes to the scheduler as `plan.proposed`. A malformed plan is recorded as the policy's failure.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from pydantic import ValidationError
+
+import mapemesh
+from mapemesh import events as catalogue
+from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.functions.analyze import mode_of, trim
+from mapemesh.policy import registry
+from mapemesh.policy.inputs import gather
+from mapemesh.policy.loader import Declaration
+from mapemesh.state import StateStore, from_environment, update
+
+SOURCE = "/mapemesh/plan"
+
+
+def _contexts(store: StateStore, policy: str, asset: str, **fields: Any) -> dict[str, Any]:
+    """Merge `fields` into the (policy, asset) document; return it."""
+    result = update(store, "policy_contexts", f"{policy}/{asset}", lambda doc: {**(doc or {}), **fields})
+    assert result is not None
+    return result.value
+
+
+def _declaration(store: StateStore, policy: str) -> Declaration | None:
+    doc = store.get("policies", policy)
+    if doc is None or doc.value.get("status") != "active":
+        return None
+    return Declaration.from_dict(doc.value.get("declaration") or {})
+
+
+def on_verdict(store: StateStore, reply: catalogue.PolicyAnalyzeReplied) -> CloudEvent | None:
+    """Record a verdict; a true one asks the policy for its plan."""
+    if reply.error is not None:
+        registry.record(store, reply.policy, asset=reply.asset, method="analyze", error=reply.error,
+                        traceback=reply.traceback)
+        return None
+    _contexts(store, reply.policy, reply.asset, context=reply.context)
+    registry.record(store, reply.policy, asset=reply.asset, method="analyze", verdict=reply.verdict)
+    declaration = _declaration(store, reply.policy)
+    if not reply.verdict or declaration is None:
+        return None
+    mode, manual = mode_of(store)
+    if manual:
+        registry.record(store, reply.policy, asset=reply.asset, method="plan", skipped="manual override")
+        return None
+    saved = store.get("policy_contexts", f"{reply.policy}/{reply.asset}")
+    inputs = gather(store, declaration, reply.asset, context=reply.context,
+                    current_plan=saved.value.get("current_plan") if saved else None)
+    data = catalogue.PolicyPlanRequested(
+        policy=reply.policy, asset=reply.asset, context=reply.context,
+        application_description=inputs["application_description"], system_description=inputs["system_description"],
+        current_plan=inputs["current_plan"], mechanisms=inputs["mechanisms"], telemetry=trim(inputs["telemetry"]),
+        mode=mode, cause=reply.cause, available_assets=inputs["available_assets"])  # type: ignore[arg-type]
+    event = catalogue.make_event(data, SOURCE, subject=reply.asset, extensions={"policy": reply.policy})
+    _contexts(store, reply.policy, reply.asset,
+              pending={"request": event.id, "cause": reply.cause, "telemetry": inputs["telemetry"]["data"]})
+    return event
+
+
+def _malformed(plan: dict[str, Any], declaration: Declaration) -> str | None:
+    undeclared = sorted(set(plan) - set(declaration.mechanisms))
+    if undeclared:
+        return (f"plan: names mechanism(s) {', '.join(undeclared)} that initialize did not declare "
+                f"(declared: {', '.join(declaration.mechanisms) or 'none'})")
+    bad = sorted(m for m, command in plan.items() if not isinstance(command, dict))
+    if bad:
+        return f"plan: the command for {', '.join(bad)} must be a dict"
+    return None
+
+
+def on_plan(store: StateStore, reply: catalogue.PolicyPlanReplied) -> CloudEvent | None:
+    """Record a plan as Queued in its cycle and propose it to the scheduler."""
+    if reply.error is not None:
+        registry.record(store, reply.policy, asset=reply.asset, method="plan", error=reply.error,
+                        traceback=reply.traceback)
+        return None
+    saved = _contexts(store, reply.policy, reply.asset, context=reply.context)
+    declaration = _declaration(store, reply.policy)
+    if not reply.plan or declaration is None:
+        return None
+    problem = _malformed(reply.plan, declaration)
+    if problem is not None:
+        registry.record(store, reply.policy, asset=reply.asset, method="plan", error=problem)
+        return None
+    pending = saved.get("pending") or {}
+    now = time.time()
+    plan_id = str(uuid.uuid4())
+    cause = reply.cause or plan_id
+    store.put("plans", plan_id, {
+        "plan_id": plan_id, "policy": reply.policy, "asset": reply.asset, "mechanisms": reply.plan,
+        "core": declaration.core, "created": now, "updated": now, "status": "Queued", "cycle": None,
+        "winner": None, "reason": None,
+        "inputs": {"cause": cause, "request": reply.request,
+                   "telemetry": pending.get("telemetry") if pending.get("request") == reply.request else None},
+    }, expected_version=0)
+    update(store, "cycles", cause, lambda doc: {**(doc or {"taken": {}, "created": now}),
+                                                "queued": [*((doc or {}).get("queued") or []), plan_id]})
+    _contexts(store, reply.policy, reply.asset, current_plan={"plan_id": plan_id, **reply.plan})
+    registry.record(store, reply.policy, asset=reply.asset, method="plan", planned=True)
+    data = catalogue.PlanProposed(plan_id=plan_id, policy=reply.policy, asset=reply.asset, mechanisms=reply.plan,
+                                  core=declaration.core, cause=cause)
+    return catalogue.make_event(data, SOURCE, subject=reply.asset)
+
+
+@mapemesh.function
+def plan(event: CloudEvent) -> CloudEvent | None:
+    """Take policy replies: verdicts become plan requests, plans become proposals."""
+    try:
+        data = catalogue.parse_data(event)
+    except catalogue.UnknownEventType:
+        return None
+    except (ValidationError, ValueError) as exc:
+        raise mapemesh.PermanentError(f"{event.type} {event.id}: invalid data: {exc}") from None
+    store = from_environment()
+    if isinstance(data, catalogue.PolicyAnalyzeReplied):
+        return on_verdict(store, data)
+    if isinstance(data, catalogue.PolicyPlanReplied):
+        return on_plan(store, data)
+    return None

@@ -1,0 +1,116 @@
+"""A policy served as a function: one MLSysOps policy file, answering the loop's analyze and plan requests.
+
+The policy stays pure: the analyze and plan stages send it everything it may ask for, in the request, and it
+answers with a reply event carrying its verdict (or plan), its new context, and, when it raised or answered
+in a malformed way, the error and traceback. A failing policy answers with the failure; it never blocks
+another policy. Each process of the function loads the file once and registers the policy's declaration in
+the state store before its first event (the policy's Service has `initial-scale: 1`, so a new revision
+registers at once and then scales to zero).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+import mapemesh
+from mapemesh import events as catalogue
+from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.policy import registry
+from mapemesh.policy.loader import Policy, PolicyError, PolicyFailure, load_policy
+from mapemesh.state import from_environment
+
+log = logging.getLogger(__name__)
+SOURCE = "/mapemesh/policies/"
+
+
+class PolicyFunction:
+    """Loads one policy file (lazily, in the function's process) and answers requests with it."""
+
+    def __init__(self, path: Path, name: str, timeout_s: float = 30.0):
+        self.path = Path(path)
+        self.name = name
+        self.timeout_s = timeout_s
+        self._policy: Policy | None = None
+        self._error: str | None = None
+
+    async def load(self) -> Policy:
+        """The initialized policy; PolicyError (remembered: the file does not change under a process)."""
+        if self._policy is not None:
+            return self._policy
+        if self._error is not None:
+            raise PolicyError(self._error)
+        try:
+            policy = load_policy(self.path, self.name)
+            policy.timeout_s = self.timeout_s
+            await policy.initialize()
+        except PolicyError as exc:
+            self._error = str(exc)
+            raise
+        self._policy = policy
+        return policy
+
+    async def register(self) -> None:
+        """Write the policy's declaration (or why it cannot run) to the registry."""
+        store = from_environment()
+        try:
+            policy = await self.load()
+        except PolicyError as exc:
+            log.error("policy %s cannot run: %s", self.name, exc)
+            registry.register_error(store, self.name, source=str(self.path), error=str(exc))
+            return
+        assert policy.declaration is not None
+        registry.register(store, self.name, source=str(self.path), shape=policy.shape,
+                          declaration=policy.declaration)
+        log.info("policy %s registered (%s shape, scope %s)", self.name, policy.shape, policy.declaration.scope)
+
+    async def handle(self, event: CloudEvent) -> CloudEvent | None:
+        """Answer an analyze or plan request for this policy; refuse anything else."""
+        try:
+            data = catalogue.parse_data(event)
+        except catalogue.UnknownEventType:
+            raise mapemesh.PermanentError(f"policy {self.name} does not take {event.type} events") from None
+        except (ValidationError, ValueError) as exc:
+            raise mapemesh.PermanentError(f"{event.type} {event.id}: invalid data: {exc}") from None
+        if not isinstance(data, catalogue.PolicyAnalyzeRequested | catalogue.PolicyPlanRequested):
+            raise mapemesh.PermanentError(f"policy {self.name} does not take {event.type} events")
+        if data.policy != self.name:
+            raise mapemesh.PermanentError(f"request for policy {data.policy!r} reached policy {self.name!r}")
+        inputs: dict[str, Any] = {
+            "context": data.context, "application_description": data.application_description,
+            "system_description": data.system_description, "current_plan": data.current_plan,
+            "mechanisms": data.mechanisms, "telemetry": data.telemetry, "ml_connector": None,
+            "available_assets": getattr(data, "available_assets", []),
+        }
+        common = {"policy": self.name, "asset": data.asset, "request": event.id, "cause": data.cause}
+        try:
+            policy = await self.load()
+        except PolicyError as exc:
+            answer: Any = PolicyFailure("initialize", str(exc), "")
+        else:
+            answer = await (policy.analyze(inputs) if isinstance(data, catalogue.PolicyAnalyzeRequested)
+                            else policy.plan(inputs))
+        reply: catalogue.EventData
+        if isinstance(data, catalogue.PolicyAnalyzeRequested):
+            if isinstance(answer, PolicyFailure):
+                reply = catalogue.PolicyAnalyzeReplied(**common, verdict=False, context=data.context,
+                                                       error=f"{answer.method}: {answer.error}",
+                                                       traceback=answer.traceback or None)
+            else:
+                reply = catalogue.PolicyAnalyzeReplied(**common, verdict=answer[0], context=answer[1])
+        elif isinstance(answer, PolicyFailure):
+            reply = catalogue.PolicyPlanReplied(**common, context=data.context,
+                                                error=f"{answer.method}: {answer.error}",
+                                                traceback=answer.traceback or None)
+        else:
+            reply = catalogue.PolicyPlanReplied(**common, plan=answer[0], context=answer[1])
+        return catalogue.make_event(reply, SOURCE + self.name, subject=data.asset, extensions={"policy": self.name})
+
+
+def policy_function(path: Path, name: str, timeout_s: float = 30.0) -> Any:
+    """The mapemesh function serving the policy file at `path` as policy `name`."""
+    served = PolicyFunction(path, name, timeout_s)
+    return mapemesh.function(served.handle, name=f"policy:{name}", on_start=served.register)
