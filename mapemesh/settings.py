@@ -69,6 +69,11 @@ class Settings:
     def event_log_file(self) -> Path:
         return self.data / "eventlog.db"
 
+    @property
+    def deployed_manifests(self) -> Path:
+        """Manifests added to a running mesh (`mapemesh policy deploy`), read next to MAPEMESH_MANIFESTS."""
+        return self.data / "manifests"
+
 
 def _convert(name: str, annotation: object, raw: str) -> Any:
     kind = str(annotation)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,14 +49,19 @@ def brokers_from(found: manifests.ManifestSet) -> tuple[dict[str, BrokerSpec], l
 
 
 class BrokerRegistry:
-    """The brokers currently declared in a manifests directory, reloaded when its files change."""
+    """The brokers currently declared in a manifests directory, reloaded when its files change.
 
-    def __init__(self, root: Path):
+    `extra` directories (such as DATA_DIR/manifests, where `mapemesh policy deploy` writes) are read too,
+    when they exist; the objects of all of them form one set.
+    """
+
+    def __init__(self, root: Path, extra: Sequence[Path] = ()):
         self.root = Path(root)
+        self.extra = tuple(Path(p) for p in extra)
         self.brokers: dict[str, BrokerSpec] = {}
         self.errors: list[str] = []
         self.found = manifests.ManifestSet()
-        self._last_good: dict[str, list[manifests.Manifest]] = {}
+        self._last_good: dict[Path, dict[str, list[manifests.Manifest]]] = {}
         """Everything the last reload read (other objects, such as Triggers, are taken from here)."""
         self._fingerprint: tuple[tuple[str, int, int], ...] | None = None
         self._listeners: list[Callable[[BrokerRegistry], None]] = []
@@ -72,11 +77,16 @@ class BrokerRegistry:
 
     def reload(self) -> bool:
         """Re-read the manifests if any file changed; return True when the set was reloaded."""
-        fp = manifests.fingerprint(self.root)
+        fp = manifests.fingerprint(self.root) + tuple(f for p in self.extra for f in manifests.fingerprint(p))
         if fp == self._fingerprint:
             return False
         self._fingerprint = fp
-        found = manifests.load(self.root, self._last_good)
+        found = manifests.load(self.root, self._last_good.setdefault(self.root, {}))
+        for path in self.extra:
+            if path.exists():
+                more = manifests.load(path, self._last_good.setdefault(path, {}))
+                found.objects += more.objects
+                found.errors += more.errors
         self.found = found
         brokers, errors = brokers_from(found)
         self.errors = found.errors + errors

@@ -52,7 +52,7 @@ class RunningBroker:
 
 async def start_broker(settings: Settings) -> RunningBroker:
     """Open the log, read the brokers, bind the ingress and record it in endpoints.json."""
-    registry = BrokerRegistry(settings.manifests)
+    registry = BrokerRegistry(settings.manifests, extra=[settings.deployed_manifests])
     if not registry.brokers:
         log.warning("no Broker manifests under %s: every POST will answer 404", settings.manifests)
     event_log = EventLog(settings.event_log_file, durability=settings.durability)  # type: ignore[arg-type]
