@@ -76,6 +76,7 @@ class PolicyRequest(EventData):
     telemetry: dict[str, Any] = Field(default_factory=dict, description="The telemetry window the policy asked for.")
     mode: ManagementMode = "heuristic"
     cause: str | None = Field(None, description="The id of the event the loop is reacting to (its cycle).")
+    available_assets: list[str] = Field(default_factory=list, description="The registered infrastructure ids.")
 
 
 class PolicyAnalyzeRequested(PolicyRequest):
@@ -94,12 +95,15 @@ class PolicyAnalyzeReplied(EventData):
     error: str | None = Field(None, description="Set when the policy raised; verdict is then false.")
     traceback: str | None = Field(None, description="The policy's traceback when it raised.")
     cause: str | None = None
+    plan: dict[str, Any] | None = Field(None, description="With a true verdict: the policy's plan, made at once "
+                                                          "from the same inputs (context is then plan's).")
+    inputs: dict[str, Any] = Field(default_factory=dict,
+                                   description="What the policy saw: the latest telemetry values (`telemetry`).")
 
 
 class PolicyPlanRequested(PolicyRequest):
     event_type: ClassVar[str] = "io.mapemesh.policy.plan.requested.v1"
     summary: ClassVar[str] = "The plan stage asks policy NAME (extension `policy`) for a plan."
-    available_assets: list[str] = Field(default_factory=list)
 
 
 class PolicyPlanReplied(EventData):
@@ -113,6 +117,7 @@ class PolicyPlanReplied(EventData):
     error: str | None = None
     traceback: str | None = None
     cause: str | None = None
+    inputs: dict[str, Any] = Field(default_factory=dict)
 
 
 class PlanProposed(EventData):

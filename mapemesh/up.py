@@ -58,6 +58,8 @@ async def start_mesh(settings: Settings) -> RunningMesh:
     h, port = runner.addresses[0][:2]
     url = f"http://{h}:{port}"
     endpoints.register(settings.data, "serving", url)
+    # The broker reaches the functions of this process directly, as the activator would, not over loopback HTTP.
+    broker.dispatcher.local[url] = host.deliver
     log.info("function host on %s (%d function(s))", url, len(host.revisions))
     return RunningMesh(broker, host, runner, url)
 

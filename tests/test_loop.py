@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from aiohttp import web
 
 from mapemesh import events as catalogue
@@ -203,7 +202,7 @@ def test_heuristic_mode_skips_machine_learning_policies_until_ml_mode(loop_facto
     loop.registered("ml-cpu")
     app = {"targets": {"application_metric": 10}}
     loop.post(catalogue.AppSubmitted(app_id="ml-app", description=app))
-    skipped = wait_for(lambda: (d := loop.store.get("policies", "ml-cpu").value).get("skipped"), timeout=20,
+    skipped = wait_for(lambda: loop.store.get("policies", "ml-cpu").value.get("skipped"), timeout=20,
                        what="the ML policy skipped in heuristic mode")
     assert "heuristic mode" in skipped["reason"]
     loop.post(catalogue.ModeChanged(mode="ml"))

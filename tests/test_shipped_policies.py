@@ -55,3 +55,101 @@ def test_cpu_frequency_reads_the_upstream_application_description():
     verdict, context = asyncio.run(policy.analyze(inputs))
     plan, _ = asyncio.run(policy.plan({**inputs, "context": context}))
     assert verdict and plan["CPUFrequency"]["frequency"] == "max"  # metric-1 must stay <= 20
+
+
+POLICIES = REPO / "functions" / "policies"
+NODES = {
+    "edge-arm": {"MLSysOpsNode": {"name": "edge-arm", "continuum_layer": "edge", "cluster_id": "edge-c",
+                                  "labels": ["node-type:rpi"],
+                                  "hardware": {"cpu": {"cores": 4, "architecture": "arm64"}, "memory": 4}}},
+    "edge-gpu": {"MLSysOpsNode": {"name": "edge-gpu", "continuum_layer": "edge", "cluster_id": "edge-c",
+                                  "hardware": {"cpu": {"cores": 8, "architecture": "amd64"}, "memory": 16,
+                                               "gpu": {"model": "k80"}}}},
+    "cloud-1": {"MLSysOpsNode": {"name": "cloud-1", "continuum_layer": "cloud", "cluster_id": "cloud-c",
+                                 "hardware": {"cpu": {"cores": 64, "architecture": "amd64"}, "memory": 256}}},
+}
+
+
+def component(name: str, **placement_and_needs) -> dict:
+    needs = placement_and_needs.pop("needs", {})
+    return {"metadata": {"name": name}, "node_placement": placement_and_needs,
+            "containers": [{"image": "x", "platform_requirements": needs}]}
+
+
+def run(path: Path, description: dict, nodes: dict | None = None) -> tuple[bool, dict, dict]:
+    policy = load_policy(path)
+    decl = asyncio.run(policy.initialize())
+    inputs = {"context": dict(decl.context), "application_description": description,
+              "system_description": {"nodes": nodes or {}, "clusters": {}}, "telemetry": {"data": {}},
+              "mechanisms": {}}
+    verdict, context = asyncio.run(policy.analyze(inputs))
+    if not verdict:
+        return False, {}, context
+    plan, context = asyncio.run(policy.plan({**inputs, "context": context}))
+    again, _ = asyncio.run(policy.analyze({**inputs, "context": context}))
+    assert not again  # nothing changed: no new plan
+    return True, plan, context
+
+
+def test_node_placement_matches_layer_labels_architecture_gpu_and_memory():
+    app = {"MLSysOpsApp": {"name": "a", "components": [
+        component("camera", continuum_layer=["edge"], labels=["node-type:rpi"]),
+        component("inference", continuum_layer=["edge"], needs={"gpu": {"model": "k80"}}),
+        component("big", needs={"cpu": {"architecture": ["amd64"]}, "memory": {"requests": "64Gi"}}),
+        component("pinned", node="edge-arm"),
+        component("nowhere", continuum_layer=["far_edge"]),
+    ]}}
+    verdict, plan, context = run(POLICIES / "node_placement" / "policy.py", app, NODES)
+    assert verdict and plan == {"ComponentPlacement": {"nodes": {
+        "camera": "edge-arm", "inference": "edge-gpu", "big": "cloud-1", "pinned": "edge-arm"}}}
+    assert "layer cloud is not one of far_edge" in context["unplaceable"]["nowhere"]["cloud-1"]
+
+
+def test_cluster_placement_prefers_the_cluster_with_most_fitting_nodes_or_the_fixed_one():
+    app = {"MLSysOpsApp": {"name": "a", "components": [component("web", needs={"cpu": {"architecture": ["amd64"]}}),
+                                                       component("iot", continuum_layer=["edge"])]}}
+    verdict, plan, _ = run(POLICIES / "cluster_placement" / "policy.py", app, NODES)
+    assert verdict and plan == {"ClusterPlacement": {"placement": {"web": ["cloud-c"], "iot": ["edge-c"]}}}
+    fixed = {"MLSysOpsApp": {**app["MLSysOpsApp"], "cluster_placement": {"cluster_id": ["x"]}}}
+    _, plan, _ = run(POLICIES / "cluster_placement" / "policy.py", fixed, NODES)
+    assert plan == {"ClusterPlacement": {"placement": {"web": ["x"], "iot": ["x"]}}}
+    verdict, _, context = run(POLICIES / "cluster_placement" / "policy.py", app, {})
+    assert not verdict and context["unplaceable"]["web"] == {"*": ["no node is registered"]}
+
+
+def test_static_placement_places_only_what_the_description_fixes():
+    app = {"MLSysOpsApp": {"name": "a", "cluster_placement": {"cluster_id": ["c1"]},
+                           "components": [component("web", node="n1"), component("db")]}}
+    verdict, plan, _ = run(POLICIES / "static_placement" / "policy.py", app)
+    assert verdict and plan == {"ComponentPlacement": {"nodes": {"web": "n1"}},
+                                "ClusterPlacement": {"placement": {"web": ["c1"], "db": ["c1"]}}}
+    verdict, _, _ = run(POLICIES / "static_placement" / "policy.py", {"MLSysOpsApp": {"components": [component("x")]}})
+    assert not verdict
+
+
+def test_placement_reads_the_upstream_descriptions():
+    ref = SHARED / "reference" / "mlsysops"
+    if not ref.exists():
+        pytest.skip(f"{ref} is not here (../shared is laid beside the checkout in CI)")
+    app = yaml.safe_load((ref / "app-description.user_provided.yaml").read_text())
+    node = yaml.safe_load((ref / "node-description.node1.yaml").read_text())
+    verdict, plan, context = run(POLICIES / "node_placement" / "policy.py", app, {"node-1": node})
+    # server-app wants an amd64 edge node (node-1 is one); client-app wants an arm64 rpi with a GPU.
+    assert verdict and plan == {"ComponentPlacement": {"nodes": {"server-app": "node-1"}}}
+    assert "architecture amd64 is not one of arm64" in context["unplaceable"]["client-app"]["node-1"]
+    _, plan, _ = run(POLICIES / "static_placement" / "policy.py", app)
+    assert plan == {"ClusterPlacement": {"placement": {"server-app": ["mls-ubiw-1"], "client-app": ["mls-ubiw-1"]}}}
+
+
+def test_every_shipped_policy_has_a_function_and_manifests():
+    from mapemesh import manifests
+    from mapemesh.policy.service import render
+
+    found = manifests.load(REPO / "knative")
+    for folder in sorted(p for p in POLICIES.iterdir() if (p / "policy.py").exists()):
+        name = folder.name.replace("_", "-")
+        assert (folder / "__init__.py").read_text().count(f'"{name}"') == 1, folder
+        rendered = render(name, f"functions/policies/{folder.name}/__init__.py")
+        assert (REPO / "knative" / f"policy-{name}.yaml").read_text() == rendered, name
+        assert any(m.kind == "Service" and m.name == f"policy-{name}" for m in found.objects)
+        assert f"policy-{name}.yaml" in (REPO / "knative" / "kustomization.yaml").read_text()

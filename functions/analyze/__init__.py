@@ -2,9 +2,10 @@
 
 Binding: an application-scope policy runs for the application that changed; a global policy runs for the
 node that changed, and for every registered node when an application, a cluster or the continuum changed
-(a global policy that plans node mechanisms runs once per node). A policy that declared telemetry metrics is
-not asked when only other metrics changed.
+(a global policy that plans node mechanisms runs once per node).
 
+A policy is asked when a metric it declared (any, when it declared none) or knowledge about the asset changed;
+not when a mechanism's state changed (the result of the loop's own command: it is in the next inputs).
 `analyze_interval` is a minimum spacing per (policy, asset), not a polling period: a change inside the
 interval is not dropped but coalesced, and one analysis runs when the interval ends, on the state as it is
 then. Management mode: in heuristic mode, policies that declared machine learning are skipped; under
@@ -38,6 +39,18 @@ WINDOW_SAMPLES = 60
 """Samples per metric sent in a request's telemetry window (the latest ones)."""
 STALE_DEFERRAL_S = 5.0
 """A deferred analysis whose process vanished is taken over after its due time plus this."""
+CACHE_S = 0.5
+"""How long a process reuses the policy registry it read (a newly registered policy is asked within this
+long; `mapemesh policy deploy` returns later than that); every telemetry event reaches this stage."""
+_cache: dict[str, tuple[float, Any]] = {}
+
+
+def _cached(key: str, read: Any) -> Any:
+    now = time.monotonic()
+    hit = _cache.get(key)
+    if hit is None or now - hit[0] > CACHE_S:
+        hit = _cache[key] = (now, read())
+    return hit[1]
 
 
 def mode_of(store: StateStore) -> tuple[str, bool]:
@@ -63,14 +76,18 @@ def bound_assets(store: StateStore, declaration: Declaration, change: catalogue.
 
 
 def relevant(declaration: Declaration, changed: list[str]) -> bool:
-    """Does the change concern the policy: a declared metric, a declared mechanism, or knowledge?"""
+    """Does the change concern the policy: a declared metric (any metric when none is declared) or knowledge?
+
+    A mechanism's new state (`mechanism:NAME`, the result of a command) is not a reason to ask: it is mostly
+    the loop's own doing, and asking would spend the policy's analyze_interval on it. The policy sees the
+    state in its inputs the next time it is asked.
+    """
     for key in changed:
         if key in KNOWLEDGE:
             return True
         if key.startswith("mechanism:"):
-            if key.removeprefix("mechanism:") in declaration.mechanisms:
-                return True
-        elif not declaration.metrics or key in declaration.metrics:
+            continue
+        if not declaration.metrics or key in declaration.metrics:
             return True
     return False
 
@@ -82,6 +99,11 @@ def _context_key(policy: str, asset: str) -> str:
 def claim(store: StateStore, policy: str, asset: str, interval_s: float, now: float | None = None) -> float | None:
     """0: analyze now (recorded); seconds: wait that long, then claim again; None: an analysis is already due."""
     now = time.time() if now is None else now
+    current = store.get("policy_contexts", _context_key(policy, asset))
+    if current is not None:  # the common case under a stream of telemetry: coalesced, nothing to write
+        last, due = float(current.value.get("last_analyzed") or 0.0), current.value.get("deferred_until")
+        if now - last < interval_s and due is not None and now <= float(due) + STALE_DEFERRAL_S:
+            return None
     verdict: list[float | None] = [None]
 
     def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -123,7 +145,7 @@ def request_for(store: StateStore, policy: str, declaration: Declaration, asset:
         policy=policy, asset=asset, context=context, application_description=inputs["application_description"],
         system_description=inputs["system_description"], current_plan=inputs["current_plan"],
         mechanisms=inputs["mechanisms"], telemetry=trim(inputs["telemetry"]), mode=mode,  # type: ignore[arg-type]
-        cause=cause)
+        cause=cause, available_assets=inputs["available_assets"])
     return catalogue.make_event(data, SOURCE, subject=asset, extensions={"policy": policy})
 
 
@@ -151,9 +173,9 @@ async def analyze(event: CloudEvent) -> CloudEvent | None:
     if not isinstance(change, catalogue.StateChanged):
         return None
     store = from_environment()
-    mode, manual = mode_of(store)
+    mode, manual = mode_of(store)  # read each time: a mode change must hold for the very next event
     jobs = []
-    for name, (declaration, _doc) in sorted(registry.active(store).items()):
+    for name, (declaration, _doc) in sorted(_cached("policies", lambda: registry.active(store)).items()):
         if not relevant(declaration, change.changed):
             continue
         assets = bound_assets(store, declaration, change)

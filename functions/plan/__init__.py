@@ -1,11 +1,13 @@
 """The plan stage: a policy's verdict in, a plan request out; a policy's plan in, a Queued plan out.
 
 - `policy.analyze.replied`: the policy's new context is saved and its verdict counted (a failure is recorded
-  with its traceback, and goes no further). A true verdict becomes a `policy.plan.requested` to the same
-  policy, with the inputs gathered afresh.
-- `policy.plan.replied`: the context is saved; a non-empty plan that names only mechanisms the policy
-  declared is stored (status Queued, with the policy, the cause and the telemetry it saw: why it exists) and
-  goes to the scheduler as `plan.proposed`. A malformed plan is recorded as the policy's failure.
+  with its traceback, and goes no further). A true verdict normally carries the policy's plan already (the
+  policy function plans at once, as MLSysOps does); one without a plan becomes a `policy.plan.requested` to
+  the same policy, with the inputs gathered afresh.
+- `policy.plan.replied` (or the plan in a verdict): the context is saved; a non-empty plan that names only
+  mechanisms the policy declared is stored (status Queued, with the policy, the cause and the telemetry it
+  saw: why it exists) and goes to the scheduler as `plan.proposed`. A malformed plan is recorded as the
+  policy's failure.
 """
 
 from __future__ import annotations
@@ -48,8 +50,12 @@ def on_verdict(store: StateStore, reply: catalogue.PolicyAnalyzeReplied) -> Clou
         registry.record(store, reply.policy, asset=reply.asset, method="analyze", error=reply.error,
                         traceback=reply.traceback)
         return None
-    _contexts(store, reply.policy, reply.asset, context=reply.context)
     registry.record(store, reply.policy, asset=reply.asset, method="analyze", verdict=reply.verdict)
+    if reply.plan is not None:
+        return on_plan(store, catalogue.PolicyPlanReplied(
+            policy=reply.policy, asset=reply.asset, request=reply.request, plan=reply.plan, context=reply.context,
+            cause=reply.cause, inputs=reply.inputs))
+    _contexts(store, reply.policy, reply.asset, context=reply.context)
     declaration = _declaration(store, reply.policy)
     if not reply.verdict or declaration is None:
         return None
@@ -65,10 +71,7 @@ def on_verdict(store: StateStore, reply: catalogue.PolicyAnalyzeReplied) -> Clou
         application_description=inputs["application_description"], system_description=inputs["system_description"],
         current_plan=inputs["current_plan"], mechanisms=inputs["mechanisms"], telemetry=trim(inputs["telemetry"]),
         mode=mode, cause=reply.cause, available_assets=inputs["available_assets"])  # type: ignore[arg-type]
-    event = catalogue.make_event(data, SOURCE, subject=reply.asset, extensions={"policy": reply.policy})
-    _contexts(store, reply.policy, reply.asset,
-              pending={"request": event.id, "cause": reply.cause, "telemetry": inputs["telemetry"]["data"]})
-    return event
+    return catalogue.make_event(data, SOURCE, subject=reply.asset, extensions={"policy": reply.policy})
 
 
 def _malformed(plan: dict[str, Any], declaration: Declaration) -> str | None:
@@ -88,7 +91,7 @@ def on_plan(store: StateStore, reply: catalogue.PolicyPlanReplied) -> CloudEvent
         registry.record(store, reply.policy, asset=reply.asset, method="plan", error=reply.error,
                         traceback=reply.traceback)
         return None
-    saved = _contexts(store, reply.policy, reply.asset, context=reply.context)
+    _contexts(store, reply.policy, reply.asset, context=reply.context)
     declaration = _declaration(store, reply.policy)
     if not reply.plan or declaration is None:
         return None
@@ -96,7 +99,6 @@ def on_plan(store: StateStore, reply: catalogue.PolicyPlanReplied) -> CloudEvent
     if problem is not None:
         registry.record(store, reply.policy, asset=reply.asset, method="plan", error=problem)
         return None
-    pending = saved.get("pending") or {}
     now = time.time()
     plan_id = str(uuid.uuid4())
     cause = reply.cause or plan_id
@@ -104,8 +106,7 @@ def on_plan(store: StateStore, reply: catalogue.PolicyPlanReplied) -> CloudEvent
         "plan_id": plan_id, "policy": reply.policy, "asset": reply.asset, "mechanisms": reply.plan,
         "core": declaration.core, "created": now, "updated": now, "status": "Queued", "cycle": None,
         "winner": None, "reason": None,
-        "inputs": {"cause": cause, "request": reply.request,
-                   "telemetry": pending.get("telemetry") if pending.get("request") == reply.request else None},
+        "inputs": {"cause": cause, "request": reply.request, "telemetry": reply.inputs.get("telemetry")},
     }, expected_version=0)
     update(store, "cycles", cause, lambda doc: {**(doc or {"taken": {}, "created": now}),
                                                 "queued": [*((doc or {}).get("queued") or []), plan_id]})

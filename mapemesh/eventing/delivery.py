@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,7 +24,7 @@ import aiohttp
 
 from mapemesh.eventing.binding import content_mode, from_http, to_binary
 from mapemesh.eventing.brokers import BrokerRegistry
-from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent
+from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent, validate
 from mapemesh.eventing.deliveryspec import is_retryable
 from mapemesh.eventing.ingress import TTL, Ingress
 from mapemesh.eventing.log import EventLog, LoggedEvent
@@ -132,6 +132,8 @@ class Dispatcher:
         self._ordered: dict[tuple[str, str], deque[tuple[LoggedEvent, _Resume]]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
+        self.local: dict[str, LocalDelivery] = {}
+        """URL prefix -> a receiver in this process (the embedded function host): no HTTP round trip to it."""
         registry.on_change(lambda _: self.reload())
         self.reload()
 
@@ -405,6 +407,9 @@ class Dispatcher:
         """POST `event` in binary mode (TTL removed, as Knative does); read a reply event if one comes."""
         assert self._session is not None, "start() the dispatcher first"
         outgoing = CloudEvent({k: v for k, v in event.attributes.items() if k != TTL}, event.data)
+        for prefix, deliver in self.local.items():
+            if url.startswith(prefix + "/"):
+                return await self._send_local(deliver, url[len(prefix):], outgoing, timeout_s, reply_expected)
         headers, body = to_binary(outgoing)
         if reply_expected:
             headers["Prefer"] = "reply"
@@ -435,6 +440,30 @@ class Dispatcher:
         if len(replies) != 1:
             return Attempt(status, payload, error="a reply must be one CloudEvent, not a batch")
         return Attempt(status, payload, reply=replies[0])
+
+
+    async def _send_local(self, deliver: LocalDelivery, path: str, event: CloudEvent, timeout_s: float,
+                          reply_expected: bool) -> Attempt:
+        """What `send` does over HTTP, handed to a receiver in this process: same statuses, same checks."""
+        try:
+            status, reply, error = await asyncio.wait_for(deliver(path, event), timeout_s)
+        except TimeoutError:
+            return Attempt(None, error="TimeoutError")
+        if not 200 <= status < 300:
+            return Attempt(status, (error or "").encode()[:MAX_REPLY_BYTES], error=f"HTTP {status}")
+        if reply is None or not reply_expected or status == 202:
+            return Attempt(status)
+        try:
+            validate(reply.attributes)
+        except MalformedEvent as exc:
+            return Attempt(status, error=f"the reply is not a valid CloudEvent: {exc}")
+        if len(reply.data or b"") > MAX_REPLY_BYTES:
+            return Attempt(status, error="reply event larger than 1 MiB")
+        return Attempt(status, reply=reply)
+
+
+LocalDelivery = Callable[[str, CloudEvent], Awaitable[tuple[int, "CloudEvent | None", "str | None"]]]
+"""A receiver in this process: (path, event) -> (HTTP status it stands for, reply, error message)."""
 
 
 async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:

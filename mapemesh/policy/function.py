@@ -1,11 +1,12 @@
 """A policy served as a function: one MLSysOps policy file, answering the loop's analyze and plan requests.
 
-The policy stays pure: the analyze and plan stages send it everything it may ask for, in the request, and it
-answers with a reply event carrying its verdict (or plan), its new context, and, when it raised or answered
-in a malformed way, the error and traceback. A failing policy answers with the failure; it never blocks
-another policy. Each process of the function loads the file once and registers the policy's declaration in
-the state store before its first event (the policy's Service has `initial-scale: 1`, so a new revision
-registers at once and then scales to zero).
+The policy stays pure: the stages send it everything it may ask for, in the request, and it answers with a
+reply event carrying its verdict (or plan), its new context, and, when it raised or answered in a malformed
+way, the error and traceback. As in MLSysOps, a true verdict is followed at once by `plan` on the same
+inputs, and the analyze reply carries the plan: one round trip instead of two. A failing policy answers
+with the failure; it never blocks another policy. Each process of the function loads the file once and
+registers the policy's declaration in the state store before its first event (the policy's Service has
+`initial-scale: 1`, so a new revision registers at once and then scales to zero).
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ class PolicyFunction:
             "mechanisms": data.mechanisms, "telemetry": data.telemetry, "ml_connector": None,
             "available_assets": getattr(data, "available_assets", []),
         }
-        common = {"policy": self.name, "asset": data.asset, "request": event.id, "cause": data.cause}
+        common = {"policy": self.name, "asset": data.asset, "request": event.id, "cause": data.cause,
+                  "inputs": {"telemetry": (data.telemetry or {}).get("data") or {}}}
         try:
             policy = await self.load()
         except PolicyError as exc:
@@ -95,10 +97,17 @@ class PolicyFunction:
                             else policy.plan(inputs))
         reply: catalogue.EventData
         if isinstance(data, catalogue.PolicyAnalyzeRequested):
+            planned: Any = None
+            if not isinstance(answer, PolicyFailure) and answer[0]:
+                # As MLSysOps does: a true verdict is followed at once by plan, on the same inputs.
+                planned = await policy.plan({**inputs, "context": answer[1]})
+                answer = planned if isinstance(planned, PolicyFailure) else answer
             if isinstance(answer, PolicyFailure):
                 reply = catalogue.PolicyAnalyzeReplied(**common, verdict=False, context=data.context,
                                                        error=f"{answer.method}: {answer.error}",
                                                        traceback=answer.traceback or None)
+            elif planned is not None:
+                reply = catalogue.PolicyAnalyzeReplied(**common, verdict=True, plan=planned[0], context=planned[1])
             else:
                 reply = catalogue.PolicyAnalyzeReplied(**common, verdict=answer[0], context=answer[1])
         elif isinstance(answer, PolicyFailure):

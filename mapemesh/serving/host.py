@@ -540,6 +540,19 @@ class LocalHost:
         return web.Response(status=200, headers=headers, body=body)
 
 
+    async def deliver(self, path: str, event: CloudEvent) -> tuple[int, CloudEvent | None, str | None]:
+        """`handle` for the broker in this process (no HTTP): (the status it would answer, reply, error)."""
+        parts = path.strip("/").split("/")
+        key = "/".join(parts) if len(parts) == 2 else ""
+        rev = self.revisions.get(key)
+        if rev is None:
+            missing = self._missing(key) if key else None
+            return (missing.status if missing is not None else 404), None, f"no Service at {path}"
+        try:
+            return 200, await rev.invoke(event), None
+        except FunctionFailed as exc:
+            return exc.status, None, str(exc)
+
     def _missing(self, key: str) -> web.Response | None:
         if key in self.revisions:
             return None
