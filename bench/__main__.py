@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import coldstart, ingress, routing
+from bench import coldstart, ingress, mape, routing
 
-BENCHMARKS = {"ingress": ingress.main, "routing": routing.main, "coldstart": coldstart.main}
+BENCHMARKS = {"ingress": ingress.main, "routing": routing.main, "coldstart": coldstart.main, "mape": mape.main}
 
 
 def main(argv: list[str] | None = None) -> int:

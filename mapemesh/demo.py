@@ -49,6 +49,8 @@ async def main() -> None:
                   f"{reply.event.data.decode() if reply.event.data else ''}")
         elif "default/monitor" in mesh.host.revisions:
             print("demo: no reply from the monitor function within 10 s; see `mapemesh status`")
+        if "default/policy-cpu-frequency" in mesh.host.revisions:
+            await _loop_demo(settings, ingress)
         print("send your own:\n"
               f"  .venv/bin/mapemesh events send --broker {ingress} --type com.example.ping "
               f"--source /me --data '{{\"hello\": 1}}'\n"
@@ -71,6 +73,52 @@ async def _reply_to(settings: Settings, event_id: str, timeout_s: float = 10.0) 
                 return logged
         await asyncio.sleep(0.1)
     return None
+
+
+DEMO_APP = {"MLSysOpsApp": {"name": "demo-app", "components": [{
+    "metadata": {"name": "web"},
+    "qos_metrics": [{"application_metric_id": "latency_ms", "target": 20, "relation": "lower_or_equal"}]}]}}
+
+
+async def _post(http: aiohttp.ClientSession, ingress: str, data: events.EventData) -> str:
+    event = events.make_event(data, source="/demo")
+    headers, body = to_binary(event)
+    async with http.post(ingress, headers=headers, data=body) as resp:
+        if resp.status != 202:
+            raise RuntimeError(f"the broker refused the demo's {event.type}: {resp.status} {await resp.text()}")
+    return event.id
+
+
+async def _loop_demo(settings: Settings, ingress: str) -> None:
+    """Register node-1, submit an app with a latency target, break it: show the loop's events and command."""
+    from mapemesh.state import open_store
+
+    store = open_store(settings.state, data=settings.data)
+    try:
+        for _ in range(100):  # the policy registers itself when its first process starts
+            if "cpu-frequency" in store.list("policies"):
+                break
+            await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession() as http:
+            await _post(http, ingress, events.InfraRegistered(infra_id="node-1", kind="node", description={
+                "MLSysOpsNode": {"name": "node-1", "continuum_layer": "edge"}}))
+            await _post(http, ingress, events.AppSubmitted(app_id="demo-app", description=DEMO_APP))
+            await asyncio.sleep(1.5)  # the CPU frequency policy's analyze_interval is 1 s per node
+            cause = await _post(http, ingress, events.TelemetryReported(
+                asset="node-1", asset_kind="node", metrics=[events.Metric(name="latency_ms", value=35.0)]))
+        print("demo: node-1 registered, demo-app submitted (latency_ms <= 20), then latency_ms = 35 reported")
+        for _ in range(100):
+            plans = [v.value for v in store.list("plans").values() if v.value["inputs"].get("cause") == cause]
+            if plans and plans[0]["status"] in ("Pending", "Success", "Failed"):
+                plan = plans[0]
+                print(f"demo: policy {plan['policy']} planned {plan['mechanisms']} for {plan['asset']} "
+                      f"(plan {plan['plan_id'][:8]}, {plan['status']}); the knob.apply event waits for node-1's "
+                      "node shim (`mapemesh policy list` shows the policies)")
+                return
+            await asyncio.sleep(0.1)
+        print("demo: no plan within 10 s; see `mapemesh policy list` and `mapemesh status`")
+    finally:
+        store.close()
 
 
 def _port_free(host: str, port: int) -> bool:
