@@ -13,7 +13,7 @@ import mapemesh
 from mapemesh import events as catalogue
 from mapemesh.functions import analyze as analyze_stage
 from mapemesh.functions import schedule as schedule_stage
-from mapemesh.functions.analyze import analyze, bound_assets, claim, relevant
+from mapemesh.functions.analyze import analyze, bound_assets, claim, release, relevant
 from mapemesh.functions.execute import commands, execute
 from mapemesh.functions.plan import plan
 from mapemesh.functions.schedule import schedule, sweep
@@ -85,15 +85,33 @@ def test_relevance_declared_metrics_knowledge_not_mechanism_results():
 
 def test_analyze_interval_spaces_and_coalesces_never_drops(store):
     assert claim(store, "p", "n1", 1.0, now=100.0) == 0.0
+    assert release(store, "p", "n1") is None  # answered; nothing came meanwhile
     assert claim(store, "p", "n1", 1.0, now=100.2) == pytest.approx(0.8)  # deferred to the interval's end
     assert claim(store, "p", "n1", 1.0, now=100.5) is None  # coalesced into the deferred one
     assert claim(store, "p", "n1", 1.0, now=101.0) == 0.0  # the deferred one runs
     assert claim(store, "p", "n2", 1.0, now=101.0) == 0.0  # per asset
     # A deferral whose process vanished is taken over once it is well overdue.
     assert claim(store, "p", "n3", 1.0, now=200.0) == 0.0
+    release(store, "p", "n3")
     assert claim(store, "p", "n3", 1.0, now=200.5) == pytest.approx(0.5)
     assert claim(store, "p", "n3", 1.0, now=200.9) is None
     assert claim(store, "p", "n3", 1.0, now=207.0) == 0.0
+
+
+def test_one_analysis_in_flight_per_policy_and_asset_and_changes_meanwhile_rerun(store):
+    assert claim(store, "p", "n1", 0.0, now=100.0) == 0.0
+    assert claim(store, "p", "n1", 0.0, now=100.1, rerun={"asset_kind": "node", "changed": ["cpu"], "cause": "e1"}) \
+        is None
+    assert claim(store, "p", "n1", 0.0, now=100.2, rerun={"asset_kind": "node", "changed": ["temp"], "cause": "e2"}) \
+        is None
+    rerun = release(store, "p", "n1")
+    data = catalogue.parse_data(rerun)
+    # The first change that came meanwhile is enough to ask again (the analysis reads the state as it is then).
+    assert rerun.get("policy") == "p" and data.asset == "n1" and data.changed == ["cpu"] and data.cause == "e1"
+    assert release(store, "p", "n1") is None
+    # An analysis whose answer never comes stops holding the others after a while.
+    assert claim(store, "p", "n9", 0.0, now=300.0) == 0.0
+    assert claim(store, "p", "n9", 0.0, now=300.0 + analyze_stage.IN_FLIGHT_STALE_S + 1) == 0.0
 
 
 def test_analyze_asks_each_bound_policy_with_all_inputs(store, monkeypatch):
@@ -168,21 +186,21 @@ def test_plan_stage_queues_valid_plans_and_records_bad_ones(store):
     verdict = catalogue.PolicyAnalyzeReplied(policy="cpu-frequency", asset="n1", request="r1", verdict=True,
                                              plan={"CPUFrequency": {"frequency": "max"}}, context={"k": 1},
                                              cause="c1", inputs={"telemetry": {"latency_ms": 50.0}})
-    proposed = catalogue.parse_data(plan(ev(verdict)))
+    proposed = catalogue.parse_data(asyncio.run(plan(ev(verdict))))
     assert isinstance(proposed, catalogue.PlanProposed) and proposed.cause == "c1"
     stored = store.get("plans", proposed.plan_id).value
     assert stored["status"] == "Queued" and stored["inputs"]["telemetry"] == {"latency_ms": 50.0}
     assert store.get("policy_contexts", "cpu-frequency/n1").value["context"] == {"k": 1}
     assert store.get("cycles", "c1").value["queued"] == [proposed.plan_id]
     bad = verdict.model_copy(update={"plan": {"RAPLPowerCap": {"limit": 1}}})
-    assert plan(ev(bad)) is None
+    assert asyncio.run(plan(ev(bad))) is None
     doc = store.get("policies", "cpu-frequency").value
     assert doc["failures"] == 1 and "did not declare" in doc["recent_failures"][0]["error"]
     not_a_dict = verdict.model_copy(update={"plan": {"CPUFrequency": "max"}})
-    assert plan(ev(not_a_dict)) is None
+    assert asyncio.run(plan(ev(not_a_dict))) is None
     assert "must be a dict" in store.get("policies", "cpu-frequency").value["recent_failures"][0]["error"]
     # A verdict without a plan (an older policy function) asks for one.
-    asked = plan(ev(verdict.model_copy(update={"plan": None})))
+    asked = asyncio.run(plan(ev(verdict.model_copy(update={"plan": None}))))
     assert asked.type == catalogue.PolicyPlanRequested.event_type and asked.get("policy") == "cpu-frequency"
 
 

@@ -8,8 +8,11 @@ A policy is asked when a metric it declared (any, when it declared none) or know
 not when a mechanism's state changed (the result of the loop's own command: it is in the next inputs).
 `analyze_interval` is a minimum spacing per (policy, asset), not a polling period: a change inside the
 interval is not dropped but coalesced, and one analysis runs when the interval ends, on the state as it is
-then. Management mode: in heuristic mode, policies that declared machine learning are skipped; under
-manual override no policy is asked; either way the policy's registry entry says so.
+then. One (policy, asset) has one analysis in flight at a time (so a policy's context and plans follow one
+another): a change that comes meanwhile is analyzed once more when the answer is in.
+
+Management mode: in heuristic mode, policies that declared machine learning are skipped; under manual
+override no policy is asked; either way the policy's registry entry says so.
 
 The request carries every input the policy may name (gathered here from the state store), so the policy
 function is pure. Several requests: the first is the reply, the others go to the sink.
@@ -21,11 +24,10 @@ import asyncio
 import time
 from typing import Any
 
-from pydantic import ValidationError
-
 import mapemesh
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.functions._stage import data_of
 from mapemesh.policy import registry
 from mapemesh.policy.inputs import gather
 from mapemesh.policy.loader import Declaration
@@ -39,6 +41,8 @@ WINDOW_SAMPLES = 60
 """Samples per metric sent in a request's telemetry window (the latest ones)."""
 STALE_DEFERRAL_S = 5.0
 """A deferred analysis whose process vanished is taken over after its due time plus this."""
+IN_FLIGHT_STALE_S = 60.0
+"""An analysis whose answer never came (its policy function kept failing) stops holding others after this."""
 CACHE_S = 0.5
 """How long a process reuses the policy registry it read (a newly registered policy is asked within this
 long; `mapemesh policy deploy` returns later than that); every telemetry event reaches this stage."""
@@ -96,24 +100,42 @@ def _context_key(policy: str, asset: str) -> str:
     return f"{policy}/{asset}"
 
 
-def claim(store: StateStore, policy: str, asset: str, interval_s: float, now: float | None = None) -> float | None:
-    """0: analyze now (recorded); seconds: wait that long, then claim again; None: an analysis is already due."""
+def claim(store: StateStore, policy: str, asset: str, interval_s: float, now: float | None = None, *,
+          rerun: dict[str, Any] | None = None) -> float | None:
+    """May (policy, asset) be analyzed now?
+
+    0: yes, and the analysis is recorded as in flight until the plan stage sees its answer; seconds: not
+    before then (the caller waits, then claims again); None: the change is coalesced, into an analysis that
+    is due already, or into one in flight, which then runs once more when it has answered (with `rerun`,
+    the first change that came meanwhile: any of them makes the policy worth asking again, and the new
+    analysis reads the state as it is then). So one (policy, asset) has one analysis at a time, on the
+    latest state, and no change is lost.
+    """
     now = time.time() if now is None else now
     current = store.get("policy_contexts", _context_key(policy, asset))
     if current is not None:  # the common case under a stream of telemetry: coalesced, nothing to write
-        last, due = float(current.value.get("last_analyzed") or 0.0), current.value.get("deferred_until")
-        if now - last < interval_s and due is not None and now <= float(due) + STALE_DEFERRAL_S:
+        doc = current.value
+        since, due = doc.get("in_flight_since"), doc.get("deferred_until")
+        if since is not None and now - float(since) < IN_FLIGHT_STALE_S and doc.get("rerun"):
+            return None
+        if since is None and due is not None and now - float(doc.get("last_analyzed") or 0.0) < interval_s \
+                and now <= float(due) + STALE_DEFERRAL_S:
             return None
     verdict: list[float | None] = [None]
 
     def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
         doc = dict(doc or {})
         last = float(doc.get("last_analyzed") or 0.0)
-        due = doc.get("deferred_until")
+        since, due = doc.get("in_flight_since"), doc.get("deferred_until")
+        if since is not None and now - float(since) < IN_FLIGHT_STALE_S:
+            verdict[0] = None
+            doc["rerun"] = doc.get("rerun") or _rerun(rerun)
+            return doc
         if now - last >= interval_s:
             verdict[0] = 0.0
-            doc["last_analyzed"] = now
+            doc.update(last_analyzed=now, in_flight_since=now)
             doc.pop("deferred_until", None)
+            doc.pop("rerun", None)
             return doc
         if due is not None and now <= float(due) + STALE_DEFERRAL_S:
             verdict[0] = None  # someone waits for the interval's end already; it will see this change too
@@ -124,6 +146,35 @@ def claim(store: StateStore, policy: str, asset: str, interval_s: float, now: fl
 
     update(store, "policy_contexts", _context_key(policy, asset), change)
     return verdict[0]
+
+
+def _rerun(change: dict[str, Any] | None) -> dict[str, Any]:
+    change = change or {}
+    return {"asset_kind": change.get("asset_kind") or "node", "changed": list(change.get("changed") or ["description"]),
+            "cause": change.get("cause")}
+
+
+def release(store: StateStore, policy: str, asset: str) -> CloudEvent | None:
+    """The analysis of (policy, asset) has answered: clear it; the change to analyze again, if one came meanwhile.
+
+    The change comes back as a `state.changed` event for this policy only (extension `policy`).
+    """
+    rerun: list[dict[str, Any] | None] = [None]
+
+    def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+        if doc is None:
+            return None
+        doc = dict(doc)
+        doc.pop("in_flight_since", None)
+        rerun[0] = doc.pop("rerun", None)
+        return doc
+
+    update(store, "policy_contexts", _context_key(policy, asset), change)
+    if not rerun[0]:
+        return None
+    data = catalogue.StateChanged(asset=asset, asset_kind=rerun[0]["asset_kind"], changed=rerun[0]["changed"],
+                                  cause=rerun[0].get("cause"))
+    return catalogue.make_event(data, SOURCE, subject=asset, extensions={"policy": policy})
 
 
 def trim(telemetry: dict[str, Any]) -> dict[str, Any]:
@@ -150,32 +201,32 @@ def request_for(store: StateStore, policy: str, declaration: Declaration, asset:
 
 
 async def _one(store: StateStore, policy: str, declaration: Declaration, asset: str, mode: str,
-               cause: str | None) -> CloudEvent | None:
-    wait = claim(store, policy, asset, declaration.analyze_interval_s)
+               change: catalogue.StateChanged, cause: str | None) -> CloudEvent | None:
+    rerun = {"asset_kind": change.asset_kind if change.asset == asset else "node", "changed": change.changed,
+             "cause": cause}
+    wait = claim(store, policy, asset, declaration.analyze_interval_s, rerun=rerun)
     if wait is None:
         return None
     if wait > 0:
         await asyncio.sleep(wait)
-        if claim(store, policy, asset, declaration.analyze_interval_s) != 0:
-            return None  # another analysis ran meanwhile
+        if claim(store, policy, asset, declaration.analyze_interval_s, rerun=rerun) != 0:
+            return None  # another analysis ran or runs meanwhile; it covers this change
     return request_for(store, policy, declaration, asset, mode, cause)
 
 
 @mapemesh.function
 async def analyze(event: CloudEvent) -> CloudEvent | None:
     """Ask every policy bound to the changed asset for a verdict."""
-    try:
-        change = catalogue.parse_data(event)
-    except catalogue.UnknownEventType:
-        return None
-    except (ValidationError, ValueError) as exc:
-        raise mapemesh.PermanentError(f"{event.type} {event.id}: invalid data: {exc}") from None
+    change = data_of(event)
     if not isinstance(change, catalogue.StateChanged):
         return None
     store = from_environment()
     mode, manual = mode_of(store)  # read each time: a mode change must hold for the very next event
     jobs = []
+    only = event.get("policy")  # a rerun for one policy (see release)
     for name, (declaration, _doc) in sorted(_cached("policies", lambda: registry.active(store)).items()):
+        if only is not None and name != only:
+            continue
         if not relevant(declaration, change.changed):
             continue
         assets = bound_assets(store, declaration, change)
@@ -188,6 +239,6 @@ async def analyze(event: CloudEvent) -> CloudEvent | None:
             registry.record(store, name, asset=change.asset, method="analyze",
                             skipped="heuristic mode (the policy uses machine learning)")
             continue
-        jobs += [_one(store, name, declaration, asset, mode, change.cause or event.id) for asset in assets]
+        jobs += [_one(store, name, declaration, asset, mode, change, change.cause or event.id) for asset in assets]
     requests = [r for r in await asyncio.gather(*jobs) if r is not None]
     return await reply_and_publish(requests)

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 import mapemesh
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.functions._stage import data_of
 from mapemesh.serving.sink import reply_and_publish
 from mapemesh.state import StateStore, from_environment, update
 
@@ -79,12 +80,7 @@ def commands(plan: catalogue.PlanScheduled) -> list[CloudEvent]:
 @mapemesh.function
 async def execute(event: CloudEvent) -> CloudEvent | None:
     """Dispatch a scheduled plan's commands; the plan becomes Pending."""
-    try:
-        scheduled = catalogue.parse_data(event)
-    except catalogue.UnknownEventType:
-        return None
-    except (ValidationError, ValueError) as exc:
-        raise mapemesh.PermanentError(f"{event.type} {event.id}: invalid data: {exc}") from None
+    scheduled = data_of(event)
     if not isinstance(scheduled, catalogue.PlanScheduled):
         return None
     store = from_environment()

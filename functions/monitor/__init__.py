@@ -11,11 +11,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pydantic import ValidationError
-
 import mapemesh
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.functions._stage import data_of
 from mapemesh.functions.execute import DEPLOY_MECHANISMS
 from mapemesh.state import StateStore, from_environment, update
 
@@ -57,12 +56,7 @@ def _plan_result(store: StateStore, plan_id: str | None, mechanism: str | None, 
 @mapemesh.function
 def monitor(event: CloudEvent) -> CloudEvent | None:
     """Record what the event reports; reply with what changed (None for events the monitor does not take)."""
-    try:
-        data = catalogue.parse_data(event)
-    except catalogue.UnknownEventType:
-        return None
-    except (ValidationError, ValueError) as exc:
-        raise mapemesh.PermanentError(f"{event.type} {event.id}: invalid data: {exc}") from None
+    data = data_of(event)
     store = from_environment()
     if isinstance(data, catalogue.TelemetryReported):
         now = time.time()

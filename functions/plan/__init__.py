@@ -8,6 +8,9 @@
   mechanisms the policy declared is stored (status Queued, with the policy, the cause and the telemetry it
   saw: why it exists) and goes to the scheduler as `plan.proposed`. A malformed plan is recorded as the
   policy's failure.
+
+Either way the analysis of (policy, asset) is then over; a change that arrived while it was in flight is
+analyzed once more now (a `state.changed` for this policy only, see `analyze.release`).
 """
 
 from __future__ import annotations
@@ -16,15 +19,15 @@ import time
 import uuid
 from typing import Any
 
-from pydantic import ValidationError
-
 import mapemesh
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
-from mapemesh.functions.analyze import mode_of, trim
+from mapemesh.functions._stage import data_of
+from mapemesh.functions.analyze import mode_of, release, trim
 from mapemesh.policy import registry
 from mapemesh.policy.inputs import gather
 from mapemesh.policy.loader import Declaration
+from mapemesh.serving.sink import reply_and_publish
 from mapemesh.state import StateStore, from_environment, update
 
 SOURCE = "/mapemesh/plan"
@@ -118,17 +121,20 @@ def on_plan(store: StateStore, reply: catalogue.PolicyPlanReplied) -> CloudEvent
 
 
 @mapemesh.function
-def plan(event: CloudEvent) -> CloudEvent | None:
+async def plan(event: CloudEvent) -> CloudEvent | None:
     """Take policy replies: verdicts become plan requests, plans become proposals."""
-    try:
-        data = catalogue.parse_data(event)
-    except catalogue.UnknownEventType:
-        return None
-    except (ValidationError, ValueError) as exc:
-        raise mapemesh.PermanentError(f"{event.type} {event.id}: invalid data: {exc}") from None
+    data = data_of(event)
     store = from_environment()
     if isinstance(data, catalogue.PolicyAnalyzeReplied):
-        return on_verdict(store, data)
-    if isinstance(data, catalogue.PolicyPlanReplied):
-        return on_plan(store, data)
-    return None
+        out = on_verdict(store, data)
+        answered = out is None or out.type != catalogue.PolicyPlanRequested.event_type
+    elif isinstance(data, catalogue.PolicyPlanReplied):
+        out, answered = on_plan(store, data), True
+    else:
+        return None
+    events = [out] if out is not None else []
+    if answered:  # the analysis is over: a change that came meanwhile is analyzed now
+        rerun = release(store, data.policy, data.asset)
+        if rerun is not None:
+            events.append(rerun)
+    return await reply_and_publish(events)

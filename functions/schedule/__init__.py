@@ -25,11 +25,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import ValidationError
-
 import mapemesh
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.functions._stage import data_of
 from mapemesh.serving.sink import reply_and_publish
 from mapemesh.state import StateStore, from_environment, update
 
@@ -223,12 +222,7 @@ def sweep(store: StateStore, now: float | None = None) -> list[Plan]:
 @mapemesh.function
 async def schedule(event: CloudEvent) -> CloudEvent | None:
     """Schedule the plans queued in the proposed plan's cycle; announce each one scheduled or discarded."""
-    try:
-        proposed = catalogue.parse_data(event)
-    except catalogue.UnknownEventType:
-        return None
-    except (ValidationError, ValueError) as exc:
-        raise mapemesh.PermanentError(f"{event.type} {event.id}: invalid data: {exc}") from None
+    proposed = data_of(event)
     if not isinstance(proposed, catalogue.PlanProposed):
         return None
     store = from_environment()
