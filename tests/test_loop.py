@@ -205,9 +205,15 @@ def test_heuristic_mode_skips_machine_learning_policies_until_ml_mode(loop_facto
     skipped = wait_for(lambda: loop.store.get("policies", "ml-cpu").value.get("skipped"), timeout=20,
                        what="the ML policy skipped in heuristic mode")
     assert "heuristic mode" in skipped["reason"]
-    loop.post(catalogue.ModeChanged(mode="ml"))
     loop.post(catalogue.TelemetryReported(asset="ml-app", asset_kind="application", metrics=[
         catalogue.Metric(name="application_metric", value=50.0)]))
+    wait_for(lambda: loop.store.latest("ml-app"), timeout=20, what="the reading stored")
+    assert not loop.store.get("policies", "ml-cpu").value.get("analyses")
+    # The mode change itself makes every application-scope policy look at every application again.
+    loop.post(catalogue.ModeChanged(mode="ml"))
     doc = wait_for(lambda: d if (d := loop.store.get("policies", "ml-cpu").value).get("analyses") else None,
                    timeout=20, what="the ML policy asked in ML mode")
     assert "skipped" not in doc and doc["last_verdict"]["verdict"] is True
+    plan = wait_for(lambda: [p.value for p in loop.store.list("plans").values()] or None, timeout=20,
+                    what="the ML policy's plan")
+    assert plan[0]["policy"] == "ml-cpu" and plan[0]["mechanisms"]["CPUFrequency"]["frequency"] == "max"

@@ -206,6 +206,7 @@ def test_plan_stage_queues_valid_plans_and_records_bad_ones(store):
 
 def _queue(store, plan_id: str, cause: str, core: bool = False, asset: str = "n1", created: float = 1.0,
            **mechanisms) -> catalogue.PlanProposed:
+    created += time.time()  # recent: older Queued plans are failed by the sweep
     store.put("plans", plan_id, {"plan_id": plan_id, "policy": f"pol-{plan_id}", "asset": asset,
                                  "mechanisms": mechanisms, "core": core, "created": created, "updated": created,
                                  "status": "Queued", "inputs": {"cause": cause}})
@@ -286,3 +287,57 @@ def test_execute_sends_knobs_to_the_node_and_placement_to_deploy(store, monkeypa
                                   mechanisms={"ClusterPlacement": {"placement": "c1"}})
     assert asyncio.run(execute(ev(bad))) is None
     assert store.get("plans", "p3").value["status"] == "Failed"
+
+
+def test_a_deferred_analysis_runs_at_the_end_of_the_interval_in_the_background(store, tmp_path, monkeypatch):
+    spaced = tmp_path / "policy-spaced.py"
+    spaced.write_text((POLICIES / "policy-power-documented.py").read_text().replace('"0s"', '"300ms"'))
+    register(store, spaced, "spaced")
+    published = []
+
+    async def fake_publish(events, timeout_s=10.0):
+        published.extend(events)
+
+    monkeypatch.setattr("mapemesh.serving.sink.publish", fake_publish)
+
+    async def scenario() -> list:
+        first = await analyze(ev(changed("n1", keys=("node_power_watts",))))
+        release(store, "spaced", "n1")  # its answer came
+        assert await analyze(ev(changed("n1", keys=("node_power_watts",)))) is None  # inside the interval
+        assert await analyze(ev(changed("n1", keys=("node_power_watts",)))) is None  # coalesced
+        await asyncio.sleep(0.6)
+        return [first]
+
+    (first,) = asyncio.run(scenario())
+    assert first is not None and len(published) == 1  # exactly one more analysis, at the interval's end
+    assert catalogue.parse_data(published[0]).asset == "n1"
+
+
+def test_a_policy_answer_that_is_not_json_is_its_failure(store, tmp_path):
+    odd = tmp_path / "policy-odd.py"
+    odd.write_text("def initialize():\n    return {'mechanisms': ['CPUFrequency'], 'scope': 'global'}\n\n\n"
+                   "def analyze(context, application_description, system_description, mechanisms, telemetry, "
+                   "ml_connector):\n    context['when'] = object()\n    return True, context\n\n\n"
+                   "def plan(context, application_description, system_description, mechanisms, telemetry, "
+                   "ml_connector):\n    return {'CPUFrequency': {'f': 1}}, context\n")
+    served = register(store, odd, "odd")
+    reply = asyncio.run(served.handle(ev(catalogue.PolicyAnalyzeRequested(policy="odd", asset="n1"))))
+    data = catalogue.parse_data(reply)
+    assert data.verdict is False and "not JSON-serializable" in data.error and data.plan is None
+
+
+def test_a_redelivered_reply_makes_one_plan(store):
+    register(store, REPO / "functions" / "policies" / "cpu_frequency" / "policy.py", "cpu-frequency")
+    reply = ev(catalogue.PolicyAnalyzeReplied(policy="cpu-frequency", asset="n1", request="r1", verdict=True,
+                                              plan={"CPUFrequency": {"frequency": "max"}}, cause="c1"))
+    first = catalogue.parse_data(asyncio.run(plan(reply)))
+    again = catalogue.parse_data(asyncio.run(plan(reply)))
+    assert first.plan_id == again.plan_id and len(store.list("plans")) == 1
+    assert store.get("policies", "cpu-frequency").value["plans"] == 1
+
+
+def test_policy_names_from_files():
+    from mapemesh.policy.scaffold import name_from_file
+
+    assert name_from_file(Path("policy-cpu_freq.py")) == "cpu-freq"
+    assert name_from_file(Path("functions/policies/hot_cpu/policy.py")) == "hot-cpu"

@@ -21,6 +21,7 @@ function is pure. Several requests: the first is the reply, the others go to the
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -31,9 +32,11 @@ from mapemesh.functions._stage import data_of
 from mapemesh.policy import registry
 from mapemesh.policy.inputs import gather
 from mapemesh.policy.loader import Declaration
+from mapemesh.serving import sink
 from mapemesh.serving.sink import reply_and_publish
 from mapemesh.state import StateStore, from_environment, update
 
+log = logging.getLogger(__name__)
 SOURCE = "/mapemesh/analyze"
 KNOWLEDGE = ("description", "removed", "deployment", "mode")
 """`changed` keys that are knowledge rather than telemetry metrics (plus `mechanism:NAME`)."""
@@ -65,15 +68,22 @@ def mode_of(store: StateStore) -> tuple[str, bool]:
 
 
 def bound_assets(store: StateStore, declaration: Declaration, change: catalogue.StateChanged) -> list[str]:
-    """The assets a policy runs for after `change`."""
-    if "removed" in change.changed:
-        return []
+    """The assets a policy runs for after `change`.
+
+    Application scope: the application that changed; every application when knowledge about a node, a
+    cluster or the continuum changed (a node registered or gone changes where components fit). Global scope:
+    the node that changed (not one that is gone); every registered node when an application, a cluster or
+    the continuum changed.
+    """
+    knowledge = any(key in KNOWLEDGE for key in change.changed)
     if declaration.scope == "application":
-        if change.asset_kind == "application" and store.get("applications", change.asset) is not None:
-            return [change.asset]
+        if change.asset_kind == "application":
+            return [change.asset] if store.get("applications", change.asset) is not None else []
+        if change.asset_kind in ("node", "cluster", "continuum") and knowledge:
+            return sorted(store.list("applications"))
         return []
     if change.asset_kind == "node":
-        return [change.asset]
+        return [] if "removed" in change.changed else [change.asset]
     if change.asset_kind in ("application", "cluster", "continuum"):
         return sorted(k for k, v in store.list("infrastructure").items() if v.value.get("kind") == "node")
     return []
@@ -183,15 +193,26 @@ def trim(telemetry: dict[str, Any]) -> dict[str, Any]:
     return {**telemetry, "window": {m: samples[-WINDOW_SAMPLES:] for m, samples in window.items()}}
 
 
+def current_plan(store: StateStore, saved: dict[str, Any]) -> dict[str, Any] | None:
+    """The policy's last plan for the asset (mechanism -> command) unless it was discarded or failed."""
+    last = saved.get("current_plan")
+    if not isinstance(last, dict):
+        return None
+    doc = store.get("plans", str(last.get("plan_id")))
+    if doc is not None and doc.value.get("status") in ("Discarded", "Failed"):
+        return None
+    return dict(last.get("mechanisms") or {})
+
+
 def request_for(store: StateStore, policy: str, declaration: Declaration, asset: str, mode: str,
                 cause: str | None) -> CloudEvent:
     """The analyze request for one (policy, asset), with its inputs gathered now."""
     doc = store.get("policy_contexts", _context_key(policy, asset))
     saved = doc.value if doc else {}
     context = saved.get("context")
-    if context is None:
-        context = dict(declaration.context)
-    inputs = gather(store, declaration, asset, context=context, current_plan=saved.get("current_plan"))
+    if context is None or saved.get("declared") != declaration.context:
+        context = dict(declaration.context)  # first time, or the policy was redeployed with a new initialize
+    inputs = gather(store, declaration, asset, context=context, current_plan=current_plan(store, saved))
     data = catalogue.PolicyAnalyzeRequested(
         policy=policy, asset=asset, context=context, application_description=inputs["application_description"],
         system_description=inputs["system_description"], current_plan=inputs["current_plan"],
@@ -200,17 +221,38 @@ def request_for(store: StateStore, policy: str, declaration: Declaration, asset:
     return catalogue.make_event(data, SOURCE, subject=asset, extensions={"policy": policy})
 
 
-async def _one(store: StateStore, policy: str, declaration: Declaration, asset: str, mode: str,
-               change: catalogue.StateChanged, cause: str | None) -> CloudEvent | None:
+_deferred: set[asyncio.Task[None]] = set()
+
+
+async def _later(store: StateStore, policy: str, declaration: Declaration, asset: str, mode: str,
+                 rerun: dict[str, Any], cause: str | None, wait: float) -> None:
+    """Claim again once the interval is over (as often as needed), then send the request to the sink."""
+    try:
+        while wait and wait > 0:
+            await asyncio.sleep(wait)
+            wait = claim(store, policy, asset, declaration.analyze_interval_s, rerun=rerun)  # type: ignore[assignment]
+        if wait == 0:
+            await sink.publish([request_for(store, policy, declaration, asset, mode, cause)])
+    except Exception:  # the deferral lapses; the next change after STALE_DEFERRAL_S claims anew
+        log.exception("deferred analysis of %s for %s failed", asset, policy)
+
+
+def _one(store: StateStore, policy: str, declaration: Declaration, asset: str, mode: str,
+         change: catalogue.StateChanged, cause: str | None) -> CloudEvent | None:
+    """The request to send now; None when there is none (coalesced, or deferred to a background task)."""
     rerun = {"asset_kind": change.asset_kind if change.asset == asset else "node", "changed": change.changed,
              "cause": cause}
     wait = claim(store, policy, asset, declaration.analyze_interval_s, rerun=rerun)
     if wait is None:
         return None
     if wait > 0:
-        await asyncio.sleep(wait)
-        if claim(store, policy, asset, declaration.analyze_interval_s, rerun=rerun) != 0:
-            return None  # another analysis ran or runs meanwhile; it covers this change
+        # The request is answered now; the analysis runs when the interval ends, from the function's process
+        # (which outlives the request: the local host's processes and functions-framework's event loop do).
+        task = asyncio.get_running_loop().create_task(
+            _later(store, policy, declaration, asset, mode, rerun, cause, wait))
+        _deferred.add(task)
+        task.add_done_callback(_deferred.discard)
+        return None
     return request_for(store, policy, declaration, asset, mode, cause)
 
 
@@ -222,7 +264,7 @@ async def analyze(event: CloudEvent) -> CloudEvent | None:
         return None
     store = from_environment()
     mode, manual = mode_of(store)  # read each time: a mode change must hold for the very next event
-    jobs = []
+    requests: list[CloudEvent | None] = []
     only = event.get("policy")  # a rerun for one policy (see release)
     for name, (declaration, _doc) in sorted(_cached("policies", lambda: registry.active(store)).items()):
         if only is not None and name != only:
@@ -239,6 +281,6 @@ async def analyze(event: CloudEvent) -> CloudEvent | None:
             registry.record(store, name, asset=change.asset, method="analyze",
                             skipped="heuristic mode (the policy uses machine learning)")
             continue
-        jobs += [_one(store, name, declaration, asset, mode, change, change.cause or event.id) for asset in assets]
-    requests = [r for r in await asyncio.gather(*jobs) if r is not None]
-    return await reply_and_publish(requests)
+        requests += [_one(store, name, declaration, asset, mode, change, change.cause or event.id)
+                     for asset in assets]
+    return await reply_and_publish([r for r in requests if r is not None])

@@ -16,6 +16,7 @@ from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.functions._stage import data_of
 from mapemesh.functions.execute import DEPLOY_MECHANISMS
+from mapemesh.functions.schedule import sweep_now_and_then
 from mapemesh.state import StateStore, from_environment, update
 
 SOURCE = "/mapemesh/monitor"
@@ -58,6 +59,7 @@ def monitor(event: CloudEvent) -> CloudEvent | None:
     """Record what the event reports; reply with what changed (None for events the monitor does not take)."""
     data = data_of(event)
     store = from_environment()
+    sweep_now_and_then(store)  # plans time out even when no new plan comes
     if isinstance(data, catalogue.TelemetryReported):
         now = time.time()
         store.append_telemetry(data.asset, [(m.name, m.value, m.time.timestamp() if m.time else now)

@@ -23,14 +23,16 @@ import mapemesh
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.functions._stage import data_of
-from mapemesh.functions.analyze import mode_of, release, trim
+from mapemesh.functions.analyze import current_plan, mode_of, release, trim
 from mapemesh.policy import registry
 from mapemesh.policy.inputs import gather
 from mapemesh.policy.loader import Declaration
 from mapemesh.serving.sink import reply_and_publish
-from mapemesh.state import StateStore, from_environment, update
+from mapemesh.state import Conflict, StateStore, from_environment, update
 
 SOURCE = "/mapemesh/plan"
+PLAN_IDS = uuid.UUID("5b0f6f55-3d55-4a4e-9d0e-6d61706c616e")
+"""Namespace of plan ids (uuid5 of the reply event's id)."""
 
 
 def _contexts(store: StateStore, policy: str, asset: str, **fields: Any) -> dict[str, Any]:
@@ -47,8 +49,8 @@ def _declaration(store: StateStore, policy: str) -> Declaration | None:
     return Declaration.from_dict(doc.value.get("declaration") or {})
 
 
-def on_verdict(store: StateStore, reply: catalogue.PolicyAnalyzeReplied) -> CloudEvent | None:
-    """Record a verdict; a true one asks the policy for its plan."""
+def on_verdict(store: StateStore, reply: catalogue.PolicyAnalyzeReplied, event_id: str) -> CloudEvent | None:
+    """Record a verdict; a true one with its plan is proposed, one without asks the policy for its plan."""
     if reply.error is not None:
         registry.record(store, reply.policy, asset=reply.asset, method="analyze", error=reply.error,
                         traceback=reply.traceback)
@@ -57,18 +59,18 @@ def on_verdict(store: StateStore, reply: catalogue.PolicyAnalyzeReplied) -> Clou
     if reply.plan is not None:
         return on_plan(store, catalogue.PolicyPlanReplied(
             policy=reply.policy, asset=reply.asset, request=reply.request, plan=reply.plan, context=reply.context,
-            cause=reply.cause, inputs=reply.inputs))
-    _contexts(store, reply.policy, reply.asset, context=reply.context)
+            cause=reply.cause, inputs=reply.inputs), event_id)
     declaration = _declaration(store, reply.policy)
-    if not reply.verdict or declaration is None:
+    if declaration is None:
+        return None
+    saved = _contexts(store, reply.policy, reply.asset, context=reply.context, declared=declaration.context)
+    if not reply.verdict:
         return None
     mode, manual = mode_of(store)
     if manual:
         registry.record(store, reply.policy, asset=reply.asset, method="plan", skipped="manual override")
         return None
-    saved = store.get("policy_contexts", f"{reply.policy}/{reply.asset}")
-    inputs = gather(store, declaration, reply.asset, context=reply.context,
-                    current_plan=saved.value.get("current_plan") if saved else None)
+    inputs = gather(store, declaration, reply.asset, context=reply.context, current_plan=current_plan(store, saved))
     data = catalogue.PolicyPlanRequested(
         policy=reply.policy, asset=reply.asset, context=reply.context,
         application_description=inputs["application_description"], system_description=inputs["system_description"],
@@ -88,33 +90,46 @@ def _malformed(plan: dict[str, Any], declaration: Declaration) -> str | None:
     return None
 
 
-def on_plan(store: StateStore, reply: catalogue.PolicyPlanReplied) -> CloudEvent | None:
-    """Record a plan as Queued in its cycle and propose it to the scheduler."""
+def on_plan(store: StateStore, reply: catalogue.PolicyPlanReplied, event_id: str) -> CloudEvent | None:
+    """Record a plan as Queued in its cycle and propose it to the scheduler.
+
+    The plan's id comes from the reply event's id, so a redelivered reply proposes the same plan again
+    instead of making a second one.
+    """
     if reply.error is not None:
         registry.record(store, reply.policy, asset=reply.asset, method="plan", error=reply.error,
                         traceback=reply.traceback)
         return None
-    _contexts(store, reply.policy, reply.asset, context=reply.context)
     declaration = _declaration(store, reply.policy)
-    if not reply.plan or declaration is None:
+    if declaration is None:
+        return None
+    _contexts(store, reply.policy, reply.asset, context=reply.context, declared=declaration.context)
+    if not reply.plan:
         return None
     problem = _malformed(reply.plan, declaration)
     if problem is not None:
         registry.record(store, reply.policy, asset=reply.asset, method="plan", error=problem)
         return None
+    if mode_of(store)[1]:
+        registry.record(store, reply.policy, asset=reply.asset, method="plan", skipped="manual override")
+        return None
     now = time.time()
-    plan_id = str(uuid.uuid4())
+    plan_id = str(uuid.uuid5(PLAN_IDS, event_id))
     cause = reply.cause or plan_id
-    store.put("plans", plan_id, {
-        "plan_id": plan_id, "policy": reply.policy, "asset": reply.asset, "mechanisms": reply.plan,
-        "core": declaration.core, "created": now, "updated": now, "status": "Queued", "cycle": None,
-        "winner": None, "reason": None,
-        "inputs": {"cause": cause, "request": reply.request, "telemetry": reply.inputs.get("telemetry")},
-    }, expected_version=0)
-    update(store, "cycles", cause, lambda doc: {**(doc or {"taken": {}, "created": now}),
-                                                "queued": [*((doc or {}).get("queued") or []), plan_id]})
-    _contexts(store, reply.policy, reply.asset, current_plan={"plan_id": plan_id, **reply.plan})
-    registry.record(store, reply.policy, asset=reply.asset, method="plan", planned=True)
+    try:
+        store.put("plans", plan_id, {
+            "plan_id": plan_id, "policy": reply.policy, "asset": reply.asset, "mechanisms": reply.plan,
+            "core": declaration.core, "created": now, "updated": now, "status": "Queued", "cycle": None,
+            "winner": None, "reason": None,
+            "inputs": {"cause": cause, "request": reply.request, "telemetry": reply.inputs.get("telemetry")},
+        }, expected_version=0)
+    except Conflict:
+        pass  # the same reply again: the plan exists; propose it again (the scheduler decides it once)
+    else:
+        update(store, "cycles", cause, lambda doc: {**(doc or {"taken": {}, "created": now}),
+                                                    "queued": [*((doc or {}).get("queued") or []), plan_id]})
+        _contexts(store, reply.policy, reply.asset, current_plan={"plan_id": plan_id, "mechanisms": reply.plan})
+        registry.record(store, reply.policy, asset=reply.asset, method="plan", planned=True)
     data = catalogue.PlanProposed(plan_id=plan_id, policy=reply.policy, asset=reply.asset, mechanisms=reply.plan,
                                   core=declaration.core, cause=cause)
     return catalogue.make_event(data, SOURCE, subject=reply.asset)
@@ -126,10 +141,10 @@ async def plan(event: CloudEvent) -> CloudEvent | None:
     data = data_of(event)
     store = from_environment()
     if isinstance(data, catalogue.PolicyAnalyzeReplied):
-        out = on_verdict(store, data)
+        out = on_verdict(store, data, event.id)
         answered = out is None or out.type != catalogue.PolicyPlanRequested.event_type
     elif isinstance(data, catalogue.PolicyPlanReplied):
-        out, answered = on_plan(store, data), True
+        out, answered = on_plan(store, data, event.id), True
     else:
         return None
     events = [out] if out is not None else []

@@ -18,7 +18,9 @@ max-scale 1), and every write is versioned, so two cycles never decide the same 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -30,7 +32,7 @@ from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.functions._stage import data_of
 from mapemesh.serving.sink import reply_and_publish
-from mapemesh.state import StateStore, from_environment, update
+from mapemesh.state import Conflict, StateStore, from_environment, update
 
 PlanStatus = Literal["Queued", "Scheduled", "Discarded", "Success", "Pending", "Failed"]
 TRANSITIONS: dict[str, tuple[str, ...]] = {
@@ -144,6 +146,7 @@ PLAN_RETENTION_S = float(os.environ.get("MAPEMESH_PLAN_RETENTION_S", "86400"))
 CYCLE_RETENTION_S = 600.0
 SWEEP_EVERY_S = 5.0
 _last_sweep = [0.0]
+log = logging.getLogger(__name__)
 
 
 def _pair(asset: str, mechanism: str) -> str:
@@ -169,54 +172,121 @@ def _cycle_number(store: StateStore, cause: str) -> int:
     return int(result.value["cycle"])
 
 
-def _save(store: StateStore, plan: Plan) -> bool:
-    """Write a decided plan; False when it was no longer Queued (someone decided it already)."""
-    written = [False]
+def _save(store: StateStore, plan: Plan) -> None:
+    """Write a decided plan's status, unless it moved on already (redelivery, or execute ran first)."""
 
     def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
         if doc is None or doc.get("status") != "Queued":
             return doc
-        written[0] = True
         return {**doc, "status": plan.status, "cycle": plan.cycle, "winner": plan.winner, "reason": plan.reason,
                 "updated": plan.updated}
 
     update(store, "plans", plan.plan_id, change)
-    return written[0]
 
 
-def _announce(plan: Plan, winners: Mapping[str, Plan]) -> CloudEvent:
+def _announce(plan: Plan, mechanism: str | None = None) -> CloudEvent:
     if plan.status == "Discarded":
-        winner = winners.get(plan.winner or "")
-        mechanism = next((m for m in plan.mechanisms if winner and m in winner.mechanisms), next(iter(plan.mechanisms)))
         data: catalogue.EventData = catalogue.PlanDiscarded(
-            plan_id=plan.plan_id, policy=plan.policy, asset=plan.asset, mechanism=mechanism,
-            winner=plan.winner or "?", reason=plan.reason or "conflict", cycle=plan.cycle or 0)
+            plan_id=plan.plan_id, policy=plan.policy, asset=plan.asset,
+            mechanism=mechanism or next(iter(plan.mechanisms)), winner=plan.winner or "?",
+            reason=plan.reason or "conflict", cycle=plan.cycle or 0)
     else:
         data = catalogue.PlanScheduled(plan_id=plan.plan_id, policy=plan.policy, asset=plan.asset,
                                        mechanisms=plan.mechanisms, cycle=plan.cycle or 0)
     return catalogue.make_event(data, SOURCE, subject=plan.asset)
 
 
+def _expire(store: StateStore, plan_id: str, status: str, reason: str, now: float) -> bool:
+    done = [False]
+
+    def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+        if doc is None or doc.get("status") != status:
+            return doc
+        done[0] = True
+        return {**doc, "status": "Failed", "reason": reason, "updated": now}
+
+    update(store, "plans", plan_id, change)
+    return done[0]
+
+
 def sweep(store: StateStore, now: float | None = None) -> list[Plan]:
-    """Fail Pending plans past the timeout; forget finished plans and cycles past their retention."""
+    """Fail plans stuck past the timeout; forget finished plans and cycles past their retention.
+
+    Pending with no result, and (should an event have been lost) Queued or Scheduled for twice as long,
+    become Failed. Run by the schedule and monitor stages every few seconds while events flow.
+    """
     now = time.time() if now is None else now
     failed = []
     for plan_id, versioned in store.list("plans").items():
         plan = Plan.from_dict(versioned.value)
-        if plan.status == "Pending" and now - plan.updated > PLAN_TIMEOUT_S:
-            def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
-                if doc is None or doc.get("status") != "Pending":
-                    return doc
-                return {**doc, "status": "Failed", "reason": f"no result within {PLAN_TIMEOUT_S:g}s", "updated": now}
-
-            update(store, "plans", plan_id, change)
-            failed.append(plan)
-        elif plan.status in ("Success", "Failed", "Discarded") and now - plan.updated > PLAN_RETENTION_S:
-            store.delete("plans", plan_id, expected_version=versioned.version)
+        age = now - plan.updated
+        if plan.status == "Pending" and age > PLAN_TIMEOUT_S:
+            if _expire(store, plan_id, "Pending", f"no result within {PLAN_TIMEOUT_S:g}s", now):
+                failed.append(plan)
+        elif plan.status in ("Queued", "Scheduled") and age > 2 * PLAN_TIMEOUT_S:
+            if _expire(store, plan_id, plan.status, f"still {plan.status} after {2 * PLAN_TIMEOUT_S:g}s", now):
+                failed.append(plan)
+        elif plan.status in ("Success", "Failed", "Discarded") and age > PLAN_RETENTION_S:
+            with contextlib.suppress(Conflict):  # it changed meanwhile: next time
+                store.delete("plans", plan_id, expected_version=versioned.version)
     for cause, versioned in store.list("cycles").items():
         if now - float(versioned.value.get("created") or 0) > CYCLE_RETENTION_S:
-            store.delete("cycles", cause, expected_version=versioned.version)
+            with contextlib.suppress(Conflict):
+                store.delete("cycles", cause, expected_version=versioned.version)
     return failed
+
+
+def sweep_now_and_then(store: StateStore) -> None:
+    """`sweep`, at most every SWEEP_EVERY_S in this process (a stage calls it on its way)."""
+    if time.time() - _last_sweep[0] > SWEEP_EVERY_S:
+        _last_sweep[0] = time.time()
+        try:
+            sweep(store)
+        except Exception:  # housekeeping must never fail the event that triggered it
+            log.exception("sweeping plans failed")
+
+
+def decide(store: StateStore, cause: str, also: str, number: int) -> list[tuple[Plan, str | None]]:
+    """Decide the plans queued in the cycle of `cause` (and `also`); return every decision of the cycle.
+
+    The decisions are made inside the versioned write of the cycle's document, so two scheduler instances
+    (a rollout, say) can never both give a mechanism away: the loser of the write decides again on the
+    winner's record. Decisions already recorded are returned as recorded (a redelivery announces them again).
+    """
+    outcome: list[tuple[Plan, str | None]] = []
+
+    def change(doc: dict[str, Any] | None) -> dict[str, Any]:
+        doc = dict(doc or {"created": time.time()})
+        doc["cycle"] = doc.get("cycle") or number
+        decided: dict[str, Any] = dict(doc.get("decided") or {})
+        held: dict[str, str] = dict(doc.get("taken") or {})
+        ids = [i for i in dict.fromkeys([*(doc.get("queued") or []), also]) if i not in decided]
+        plans = [p for p in (_plan(store, i) for i in ids) if p is not None and p.status == "Queued"]
+        winners = {i: w for i in set(held.values()) if (w := _plan(store, i)) is not None}
+        taken = {(k.partition("\x00")[0], k.partition("\x00")[2]): winners[i] for k, i in held.items() if i in winners}
+        scheduled, discarded = schedule_cycle(plans, int(doc["cycle"]), taken)
+        for plan in scheduled:
+            held.update({_pair(plan.asset, m): plan.plan_id for m in plan.mechanisms})
+        mechanism_of = {d.plan.plan_id: d.mechanism for d in discarded}
+        for plan in [*scheduled, *(d.plan for d in discarded)]:
+            decided[plan.plan_id] = {"status": plan.status, "winner": plan.winner, "reason": plan.reason,
+                                     "mechanism": mechanism_of.get(plan.plan_id), "updated": plan.updated}
+        doc.update(taken=held, decided=decided,
+                   queued=[i for i in (doc.get("queued") or []) if i not in decided])
+        outcome.clear()
+        for plan_id in ([also] if also in decided else []) + [p.plan_id for p in (*scheduled,
+                                                                                   *(d.plan for d in discarded))]:
+            plan = _plan(store, plan_id)
+            if plan is None:
+                continue
+            record = decided[plan_id]
+            plan.status, plan.winner, plan.reason = record["status"], record["winner"], record["reason"]
+            plan.cycle, plan.updated = int(doc["cycle"]), float(record["updated"])
+            outcome.append((plan, record.get("mechanism")))
+        return doc
+
+    update(store, "cycles", cause, change)
+    return list({p.plan_id: (p, m) for p, m in outcome}.values())
 
 
 @mapemesh.function
@@ -226,44 +296,9 @@ async def schedule(event: CloudEvent) -> CloudEvent | None:
     if not isinstance(proposed, catalogue.PlanProposed):
         return None
     store = from_environment()
-    if time.time() - _last_sweep[0] > SWEEP_EVERY_S:
-        _last_sweep[0] = time.time()
-        sweep(store)
+    sweep_now_and_then(store)
     cause = proposed.cause or proposed.plan_id
-    number = _cycle_number(store, cause)
-    cycle_doc = store.get("cycles", cause)
-    state = cycle_doc.value if cycle_doc else {}
-    ids = list(dict.fromkeys([*(state.get("queued") or []), proposed.plan_id]))
-    plans = [p for p in (_plan(store, i) for i in ids) if p is not None]
-    queued = [p for p in plans if p.status == "Queued"]
-    winners: dict[str, Plan] = {}
-    taken: dict[tuple[str, str], Plan] = {}
-    for key, winner_id in (state.get("taken") or {}).items():
-        winner = winners.get(winner_id) or _plan(store, winner_id)
-        if winner is not None:
-            winners[winner_id] = winner
-            asset, _, mechanism = key.partition("\x00")
-            taken[(asset, mechanism)] = winner
-    scheduled, discarded = schedule_cycle(queued, number, taken)
-    for plan in scheduled:
-        winners[plan.plan_id] = plan
-    decided = [p for p in (*scheduled, *(d.plan for d in discarded)) if _save(store, p)]
-    decided_ids = {p.plan_id for p in decided}
-
-    def record(doc: dict[str, Any] | None) -> dict[str, Any]:
-        doc = dict(doc or {"created": time.time(), "cycle": number})
-        held = dict(doc.get("taken") or {})
-        for plan in scheduled:
-            if plan.plan_id in decided_ids:
-                held.update({_pair(plan.asset, m): plan.plan_id for m in plan.mechanisms})
-        doc["taken"] = held
-        settled = decided_ids | {p.plan_id for p in plans if p.status != "Queued"}
-        doc["queued"] = [i for i in (doc.get("queued") or []) if i not in settled]
-        return doc
-
-    update(store, "cycles", cause, record)
-    # A redelivered proposal whose plan was decided before a crash is announced again (execute is idempotent).
-    again = next((p for p in plans if p.plan_id == proposed.plan_id and p.plan_id not in decided_ids
-                  and p.status in ("Scheduled", "Discarded")), None)
-    announce = [*decided, *([again] if again else [])]
-    return await reply_and_publish([_announce(p, winners) for p in announce])
+    decisions = decide(store, cause, proposed.plan_id, _cycle_number(store, cause))
+    for plan, _ in decisions:
+        _save(store, plan)
+    return await reply_and_publish([_announce(plan, mechanism) for plan, mechanism in decisions])

@@ -139,7 +139,8 @@ def deploy(ctx: click.Context, path: Path, name: str | None, data: Path | None, 
             row = httpx.get(found["serving"] + "/status", timeout=5).raise_for_status().json()["functions"].get(key) \
                 or {}
         except httpx.HTTPError as exc:
-            raise click.ClickException(f"the mesh did not answer: {exc}") from None
+            click.echo(f"policy {name} is deployed, but the mesh in {s.data} did not answer: {exc}", err=True)
+            ctx.exit(EXIT_UNREACHABLE)
         if row.get("ready") and row.get("source") == str(copy.with_name("__init__.py")):
             click.echo(f"policy {name} is running as Service {key}")
             return

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import time
 from collections import deque
@@ -445,12 +446,17 @@ class Dispatcher:
     async def _send_local(self, deliver: LocalDelivery, path: str, event: CloudEvent, timeout_s: float,
                           reply_expected: bool) -> Attempt:
         """What `send` does over HTTP, handed to a receiver in this process: same statuses, same checks."""
+        # Shielded: as over HTTP, giving up on the answer does not cancel the call; the host's own timeout
+        # still ends a stuck request (and replaces its process).
+        call = asyncio.ensure_future(deliver(path, event))
         try:
-            status, reply, error = await asyncio.wait_for(deliver(path, event), timeout_s)
+            status, reply, error = await asyncio.wait_for(asyncio.shield(call), timeout_s)
         except TimeoutError:
+            call.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
             return Attempt(None, error="TimeoutError")
         if not 200 <= status < 300:
-            return Attempt(status, (error or "").encode()[:MAX_REPLY_BYTES], error=f"HTTP {status}")
+            body = json.dumps({"error": error or f"HTTP {status}"}).encode()
+            return Attempt(status, body[:MAX_REPLY_BYTES], error=f"HTTP {status}")
         if reply is None or not reply_expected or status == 202:
             return Attempt(status)
         try:

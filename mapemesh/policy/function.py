@@ -12,6 +12,7 @@ registers the policy's declaration in the state store before its first event (th
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.policy import registry
 from mapemesh.policy.loader import Policy, PolicyError, PolicyFailure, load_policy
+from mapemesh.serving.zygote import IMPORTING
 from mapemesh.state import from_environment
 
 log = logging.getLogger(__name__)
@@ -116,10 +118,29 @@ class PolicyFunction:
                                                 traceback=answer.traceback or None)
         else:
             reply = catalogue.PolicyPlanReplied(**common, plan=answer[0], context=answer[1])
-        return catalogue.make_event(reply, SOURCE + self.name, subject=data.asset, extensions={"policy": self.name})
+        try:
+            return catalogue.make_event(reply, SOURCE + self.name, subject=data.asset,
+                                        extensions={"policy": self.name})
+        except (ValueError, TypeError) as exc:  # pydantic's serialization errors are ValueErrors
+            # A context or plan holding something JSON cannot carry (a numpy float, an object): the policy's fault.
+            failed = reply.model_copy(update={
+                "context": data.context, "plan": None if isinstance(reply, catalogue.PolicyAnalyzeReplied) else {},
+                "error": f"{type(exc).__name__}: the answer is not JSON-serializable: {exc}"[:2000],
+                **({"verdict": False} if isinstance(reply, catalogue.PolicyAnalyzeReplied) else {})})
+            return catalogue.make_event(failed, SOURCE + self.name, subject=data.asset,
+                                        extensions={"policy": self.name})
 
 
 def policy_function(path: Path, name: str, timeout_s: float = 30.0) -> Any:
-    """The mapemesh function serving the policy file at `path` as policy `name`."""
+    """The mapemesh function serving the policy file at `path` as policy `name`.
+
+    The local host registers the policy when each process starts (`on_start`). In a container on Knative
+    (`K_SERVICE` is set when functions-framework imports this, outside the local fork server) it registers
+    at import, in the background, so that a new revision registers before any request: the analyze stage
+    only asks registered policies.
+    """
     served = PolicyFunction(path, name, timeout_s)
-    return mapemesh.function(served.handle, name=f"policy:{name}", on_start=served.register)
+    entry = mapemesh.function(served.handle, name=f"policy:{name}", on_start=served.register)
+    if os.environ.get("K_SERVICE") and not os.environ.get(IMPORTING):
+        entry.__mapemesh_function__.start_soon()
+    return entry

@@ -86,16 +86,18 @@ class ScaffoldError(ValueError):
 
 
 def name_from_file(path: Path) -> str:
-    """A policy name from its file name: `policy-cpu_freq.py` -> `cpu-freq`."""
+    """A policy name from its file name: `policy-cpu_freq.py` -> `cpu-freq`; `hot_cpu/policy.py` -> `hot-cpu`."""
     stem = path.stem.removeprefix("policy-").removeprefix("policy_")
+    if stem == "policy":  # the layout `mapemesh policy new` makes: the folder names the policy
+        stem = path.resolve().parent.name
     return re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")
 
 
-def write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, content: str | bytes) -> None:
     """Write through a temporary file and a rename, so a watcher never reads half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
     os.replace(tmp, path)
 
 
@@ -135,7 +137,8 @@ def deploy_files(name: str, policy_file: Path, data: Path) -> tuple[Path, Path]:
     code = policy_file.read_bytes()
     folder = (data / "policies" / name / hashlib.sha256(code).hexdigest()[:12]).resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "policy.py").write_bytes(code)
+    if not (folder / "policy.py").exists():  # the folder is named after the content: never rewritten
+        write_atomically(folder / "policy.py", code)
     write_atomically(folder / "__init__.py", WRAPPER_TEMPLATE.format(name=name))
     manifest = data / "manifests" / f"policy-{name}.yaml"
     write_atomically(manifest, render(name, str(folder / "__init__.py")))

@@ -39,7 +39,7 @@ def objects(name: str, source: str, target: str = "policy", namespace: str = "de
          "spec": {"template": {
              "metadata": {"annotations": {"autoscaling.knative.dev/initial-scale": "1",
                                           "autoscaling.knative.dev/max-scale": "4"}},
-             "spec": {"containerConcurrency": 16, "timeoutSeconds": 60, "containers": [{
+             "spec": {"containerConcurrency": 16, "timeoutSeconds": 75, "containers": [{
                  "image": IMAGE,
                  "env": [{"name": "FUNCTION_SOURCE", "value": source},
                          {"name": "FUNCTION_TARGET", "value": target}]}]}}}},
@@ -51,7 +51,10 @@ def objects(name: str, source: str, target: str = "policy", namespace: str = "de
                       {"any": [{"exact": {"type": PolicyAnalyzeRequested.event_type}},
                                {"exact": {"type": PolicyPlanRequested.event_type}}]}]}],
                   "subscriber": {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
-                                         "name": service}}}},
+                                         "name": service}},
+                  # analyze, then plan, may take 30 s each (the policy SDK's limit): wait for both.
+                  "delivery": {"timeout": "PT70S", "retry": 3, "backoffPolicy": "exponential",
+                               "backoffDelay": "PT0.5S"}}},
     ]
 
 

@@ -16,9 +16,10 @@ import importlib.util
 import inspect
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mapemesh.eventing.binding import from_http, to_binary
 from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[CloudEvent], "CloudEvent | Awaitable[CloudEvent | None] | None"]
 Startup = Callable[[], "Awaitable[None] | None"]
+T = TypeVar("T")
 REGISTRY: dict[str, Function] = {}
 
 
@@ -62,13 +64,22 @@ class Function:
         except Exception:
             log.exception("function %s: on_start failed", self.name)
 
+    def start_soon(self) -> None:
+        """Run `on_start` now on the process's event loop, without waiting for it."""
+        asyncio.run_coroutine_threadsafe(self.start(), _process_loop())
+
     def invoke(self, event: CloudEvent) -> CloudEvent | None:
-        """Run the function to completion (an async function on its own event loop)."""
+        """Run the function to completion (from a thread that has no event loop, as functions-framework's).
+
+        Async code runs on one event loop that lives as long as the process (in a thread of its own), so
+        clients cached by a function and tasks it leaves running survive from one request to the next, as
+        they do in the local host's function processes.
+        """
         if not self._started:
-            asyncio.run(self.start())
+            _on_process_loop(self.start())
         result = self.fn(event)
         if inspect.isawaitable(result):
-            result = asyncio.run(_await(result))
+            result = _on_process_loop(_await(result))
         if result is not None and not isinstance(result, CloudEvent):
             raise TypeError(f"function {self.name} returned {type(result).__name__}; return a CloudEvent or None")
         return result
@@ -76,6 +87,25 @@ class Function:
 
 async def _await(result: Awaitable[CloudEvent | None]) -> CloudEvent | None:
     return await result
+
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def _process_loop() -> asyncio.AbstractEventLoop:
+    """The process's background event loop (started on first use)."""
+    global _loop
+    with _loop_lock:
+        if _loop is None or _loop.is_closed():
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="mapemesh-function-loop", daemon=True).start()
+        return _loop
+
+
+def _on_process_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` on the process's background event loop and wait for its result."""
+    return asyncio.run_coroutine_threadsafe(coro, _process_loop()).result()
 
 
 def function(fn: Handler | None = None, *, name: str | None = None, on_start: Startup | None = None) -> Any:

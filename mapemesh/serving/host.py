@@ -549,9 +549,10 @@ class LocalHost:
             missing = self._missing(key) if key else None
             return (missing.status if missing is not None else 404), None, f"no Service at {path}"
         try:
-            return 200, await rev.invoke(event), None
+            reply = await rev.invoke(event)
         except FunctionFailed as exc:
             return exc.status, None, str(exc)
+        return (202, None, None) if reply is None else (200, reply, None)
 
     def _missing(self, key: str) -> web.Response | None:
         if key in self.revisions:

@@ -9,7 +9,9 @@ the broker delivers the triggering event again (at least once).
 
 from __future__ import annotations
 
+import asyncio
 import os
+import weakref
 from collections.abc import Sequence
 
 import httpx
@@ -23,7 +25,8 @@ class SinkError(RuntimeError):
     """The sink is not configured or did not accept the events."""
 
 
-_client: httpx.AsyncClient | None = None
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+"""One client per event loop: its connections belong to the loop that opened them."""
 
 
 def sink_url() -> str:
@@ -41,13 +44,14 @@ async def publish(events: Sequence[CloudEvent], timeout_s: float = 10.0) -> None
     """Post `events` to the sink as one batch; SinkError unless the broker answers 202."""
     if not events:
         return
-    global _client
-    if _client is None:
-        _client = httpx.AsyncClient(timeout=timeout_s)
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        client = _clients[loop] = httpx.AsyncClient(timeout=timeout_s)
     body = orjson.dumps([e.to_structured() for e in events])
     url = sink_url()
     try:
-        response = await _client.post(url, content=body, headers={"content-type": BATCH})
+        response = await client.post(url, content=body, headers={"content-type": BATCH})
     except httpx.HTTPError as exc:
         raise SinkError(f"publishing {len(events)} event(s) to {url} failed: {exc}") from exc
     if response.status_code != 202:

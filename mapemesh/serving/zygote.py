@@ -36,6 +36,8 @@ from mapemesh.serving import wire
 from mapemesh.serving.function import Function, FunctionError, PermanentError, load
 
 log = logging.getLogger(__name__)
+IMPORTING = "MAPEMESH_ZYGOTE_IMPORT"
+"""Set while the fork server imports a function's source; never in a function process."""
 
 
 def main(control_fd: int) -> None:
@@ -118,6 +120,7 @@ def _load(request: dict[str, object]) -> Function:
     # The Service's env is in place while its source is imported (module-level reads see it); a source
     # named by several Services is imported once, with the env of the first.
     env = {str(k): str(v) for k, v in dict(request.get("env") or {}).items()}  # type: ignore[call-overload]
+    env[IMPORTING] = "1"  # import-time code can tell it runs in the fork server, not in a function process
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
