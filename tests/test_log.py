@@ -150,3 +150,31 @@ def test_closed_log_refuses_appends_and_writes(tmp_path):
         await log.close()  # closing twice is harmless
 
     run(main())
+
+
+def test_a_reply_append_is_answered_at_commit_before_the_fsync(tmp_path, monkeypatch):
+    import threading
+
+    from mapemesh.eventing import log as eventlog
+
+    release = threading.Event()
+    real_fsync = eventlog.os.fsync
+
+    def slow_fsync(fd):
+        release.wait(10)
+        real_fsync(fd)
+
+    async def scenario():
+        log = EventLog(tmp_path / "log.db")
+        try:
+            monkeypatch.setattr(eventlog.os, "fsync", slow_fsync)
+            durable = asyncio.ensure_future(log.append("default/default", [ev(1)]))
+            reply = await asyncio.wait_for(log.append("default/default", [ev(2)], durable=False), 5)
+            assert not durable.done()  # still waiting for its fsync
+            release.set()
+            assert await asyncio.wait_for(durable, 5) == [1] and reply == [2]
+        finally:
+            release.set()
+            await log.close()
+
+    run(scenario())

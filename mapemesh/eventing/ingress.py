@@ -191,7 +191,9 @@ class Ingress:
         reply.attributes[TTL] = ttl
         reply.attributes[ARRIVAL] = arrival_time()
         routes = self.router.routes(broker, [reply]) if self.router is not None else ()
-        seqs = await self.log.append(broker, [reply], routes)
+        # Delivered on as soon as it is committed: the parent's delivery is marked done only in a later
+        # transaction, so a reply lost before its fsync is made again by the parent's redelivery.
+        seqs = await self.log.append(broker, [reply], routes, durable=False)
         if self.router is not None:
             self.router.accepted(broker, [reply], seqs, routes)
         return seqs[0]

@@ -131,15 +131,16 @@ class UnstorableEvent(ValueError):
 class _Append:
     """One append request: its rows go into the next group commit; `future` gets their sequence numbers."""
 
-    __slots__ = ("count", "future", "loop", "params", "routes")
+    __slots__ = ("count", "durable", "future", "loop", "params", "routes")
 
     def __init__(self, params: list[object], count: int, routes: Sequence[Sequence[str]],
-                 loop: asyncio.AbstractEventLoop, future: asyncio.Future[list[int]]):
+                 loop: asyncio.AbstractEventLoop, future: asyncio.Future[list[int]], durable: bool = True):
         self.params = params
         self.count = count
         self.routes = routes
         self.loop = loop
         self.future = future
+        self.durable = durable
 
 
 class _Call:
@@ -213,11 +214,14 @@ class EventLog:
         return db
 
     async def append(self, broker: str, events: Sequence[CloudEvent],
-                     routes: Sequence[Sequence[str]] = ()) -> list[int]:
+                     routes: Sequence[Sequence[str]] = (), *, durable: bool = True) -> list[int]:
         """Append events atomically; return their sequence numbers once the transaction is durable.
 
         `routes[i]` names the subscriptions event i must reach: each gets a pending delivery in the same
         transaction. Without routes an event reaches nobody (it is kept for the retention time only).
+        `durable=False` answers once the transaction is committed, before the fsync that follows it: for a
+        subscriber's reply, whose parent delivery is marked done only in a later (so later fsynced)
+        transaction; lost to a power cut, the reply is made again when the parent is delivered again.
         """
         if routes and len(routes) != len(events):
             raise ValueError("routes must name the subscriptions of every event")
@@ -231,7 +235,7 @@ class EventLog:
             raise UnstorableEvent(f"the event's attributes cannot be stored: {exc}") from None
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
-        self._enqueue(_Append(params, len(events), routes, loop, future))
+        self._enqueue(_Append(params, len(events), routes, loop, future, durable))
         return await future
 
     def _enqueue(self, item: _Append | _Call) -> None:
@@ -362,10 +366,16 @@ class EventLog:
             results = appended + results
             loops = [r.loop for r in group] + loops
         by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        at_once: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        fsync = committed and self.durability == "fsync"
+        eager = {id(r.future) for r in group if not r.durable} if fsync else set()
         for loop, outcome in zip(loops, results, strict=True):
-            by_loop.setdefault(loop, []).append(outcome)
-        if committed and self.durability == "fsync":
-            self._sync_queue.put(by_loop)  # answered once the sync thread has fsynced the WAL
+            (at_once if id(outcome[0]) in eager else by_loop).setdefault(loop, []).append(outcome)
+        for loop, outcomes in at_once.items():
+            _reply(loop, outcomes)
+        if fsync:
+            if by_loop:
+                self._sync_queue.put(by_loop)  # answered once the sync thread has fsynced the WAL
             return
         for loop, outcomes in by_loop.items():
             _reply(loop, outcomes)
