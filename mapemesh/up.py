@@ -27,6 +27,8 @@ class RunningMesh:
 
     async def stop(self) -> None:
         """Stop the function processes and the fork server (waiting requests get 503), then the servers."""
+        self.broker.dispatcher.local.pop(self.serving_url, None)
+        self.broker.dispatcher.resolver.serving_url = None
         await self.host.stop()
         await self.host_runner.cleanup()
         endpoints.unregister(self.broker.settings.data, "serving", self.serving_url)
@@ -60,6 +62,7 @@ async def start_mesh(settings: Settings) -> RunningMesh:
     endpoints.register(settings.data, "serving", url)
     # The broker reaches the functions of this process directly, as the activator would, not over loopback HTTP.
     broker.dispatcher.local[url] = host.deliver
+    broker.dispatcher.resolver.serving_url = url
     log.info("function host on %s (%d function(s))", url, len(host.revisions))
     return RunningMesh(broker, host, runner, url)
 

@@ -116,7 +116,14 @@ def test_invalid_filters_are_rejected_with_the_place(filters, message):
 def test_exact_type_is_extracted_for_indexing():
     assert compile_trigger_filter({"attributes": {"type": "a"}}).exact_type == "a"
     assert compile_trigger_filter(None, [{"prefix": {"source": "/"}}, {"exact": {"type": "b"}}]).exact_type == "b"
-    assert compile_trigger_filter(None, [{"any": [{"exact": {"type": "b"}}]}]).exact_type is None
+    assert compile_trigger_filter(None, [{"any": [{"exact": {"type": "b"}}]}]).exact_type == "b"
+    assert compile_trigger_filter(None, [{"any": [{"exact": {"type": "b"}}, {"prefix": {"type": "c"}}]}]).types is None
+    nested = compile_trigger_filter(None, [{"all": [{"exact": {"policy": "p"}}, {"any": [
+        {"exact": {"type": "a"}}, {"exact": {"type": "b"}}]}]}])
+    assert nested.types == {"a", "b"} and nested.exact_type is None
+    assert compile_trigger_filter(None, [{"exact": {"type": "a"}}, {"any": [{"exact": {"type": "a"}},
+                                                                           {"exact": {"type": "b"}}]}]).types == {"a"}
+    assert compile_trigger_filter(None, [{"not": {"exact": {"type": "a"}}}]).types is None
     assert compile_trigger_filter({"attributes": {"type": ""}}).exact_type is None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -31,8 +32,12 @@ def ev(data: catalogue.EventData) -> mapemesh.CloudEvent:
     return catalogue.make_event(data, source="/test")
 
 
+def call(event: mapemesh.CloudEvent) -> mapemesh.CloudEvent | None:
+    return asyncio.run(monitor(event))
+
+
 def test_telemetry_goes_to_the_window_and_state_changes(store):
-    reply = monitor(ev(catalogue.TelemetryReported(asset="node-1", asset_kind="node", metrics=[
+    reply = call(ev(catalogue.TelemetryReported(asset="node-1", asset_kind="node", metrics=[
         catalogue.Metric(name="cpu", value=0.5), catalogue.Metric(name="temp", value=40)])))
     changed = catalogue.parse_data(reply)
     assert reply.type == "io.mapemesh.state.changed.v1" and reply.get("subject") == "node-1"
@@ -41,28 +46,28 @@ def test_telemetry_goes_to_the_window_and_state_changes(store):
 
 
 def test_descriptions_and_mode(store):
-    monitor(ev(catalogue.AppSubmitted(app_id="app-1", description={"name": "a"})))
-    monitor(ev(catalogue.InfraRegistered(infra_id="node-1", kind="node", description={"cpu": 4})))
+    call(ev(catalogue.AppSubmitted(app_id="app-1", description={"name": "a"})))
+    call(ev(catalogue.InfraRegistered(infra_id="node-1", kind="node", description={"cpu": 4})))
     assert store.get("applications", "app-1").value["description"] == {"name": "a"}
     assert store.get("infrastructure", "node-1").value == {"kind": "node", "description": {"cpu": 4}}
-    reply = monitor(ev(catalogue.InfraUnregistered(infra_id="node-1")))
+    reply = call(ev(catalogue.InfraUnregistered(infra_id="node-1")))
     assert catalogue.parse_data(reply).asset_kind == "node" and store.get("infrastructure", "node-1") is None
-    monitor(ev(catalogue.ModeChanged(mode="ml")))
+    call(ev(catalogue.ModeChanged(mode="ml")))
     assert store.get("settings", "mode").value["mode"] == "ml"
 
 
 def test_knob_results_update_mechanisms_and_plans(store):
     store.put("plans", "p1", {"plan_id": "p1", "status": "Pending",
                               "mechanisms": {"CPUFrequency": {}, "RAPLPowerCap": {}}})
-    monitor(ev(catalogue.KnobApplied(node="node-1", knob="CPUFrequency", request="r1", plan_id="p1",
+    call(ev(catalogue.KnobApplied(node="node-1", knob="CPUFrequency", request="r1", plan_id="p1",
                                      before={"max": 1}, after={"max": 2})))
     assert store.get("mechanisms", "node-1/CPUFrequency").value["state"] == {"max": 2}
     assert store.get("plans", "p1").value["status"] == "Pending"  # one mechanism still to report
-    monitor(ev(catalogue.KnobApplied(node="node-1", knob="RAPLPowerCap", request="r2", plan_id="p1",
+    call(ev(catalogue.KnobApplied(node="node-1", knob="RAPLPowerCap", request="r2", plan_id="p1",
                                      before={}, after={"limit": 10})))
     assert store.get("plans", "p1").value["status"] == "Success"
     store.put("plans", "p2", {"plan_id": "p2", "status": "Pending", "mechanisms": {"CPUFrequency": {}}})
-    monitor(ev(catalogue.KnobFailed(node="node-1", knob="CPUFrequency", request="r3", plan_id="p2",
+    call(ev(catalogue.KnobFailed(node="node-1", knob="CPUFrequency", request="r3", plan_id="p2",
                                     code="invalid", error="no such frequency")))
     plan = store.get("plans", "p2").value
     assert plan["status"] == "Failed" and "no such frequency" in plan["reason"]
@@ -72,8 +77,8 @@ def test_invalid_data_is_a_permanent_error_and_other_events_are_ignored(store):
     bad = ev(catalogue.AppRemoved(app_id="a"))
     bad.data = b'{"app_id": ""}'
     with pytest.raises(mapemesh.PermanentError):
-        monitor(bad)
-    assert monitor(mapemesh.CloudEvent({"specversion": "1.0", "id": "x", "source": "/s", "type": "other"})) is None
+        call(bad)
+    assert call(mapemesh.CloudEvent({"specversion": "1.0", "id": "x", "source": "/s", "type": "other"})) is None
 
 
 def test_in_the_mesh_from_the_project_manifests(tmp_path):

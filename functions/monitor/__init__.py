@@ -55,7 +55,7 @@ def _plan_result(store: StateStore, plan_id: str | None, mechanism: str | None, 
 
 
 @mapemesh.function
-def monitor(event: CloudEvent) -> CloudEvent | None:
+async def monitor(event: CloudEvent) -> CloudEvent | None:
     """Record what the event reports; reply with what changed (None for events the monitor does not take)."""
     data = data_of(event)
     store = from_environment()

@@ -46,10 +46,15 @@ Predicate = Callable[[Attributes], Result]
 
 @dataclass(frozen=True, slots=True)
 class Filter:
-    """A compiled trigger filter. `exact_type` is set when every matching event must have that type."""
+    """A compiled trigger filter. `types` is set when every matching event must have one of those types."""
 
     evaluate: Predicate
-    exact_type: str | None = None
+    types: frozenset[str] | None = None
+
+    @property
+    def exact_type(self) -> str | None:
+        """The one type every matching event has, when there is exactly one."""
+        return next(iter(self.types)) if self.types is not None and len(self.types) == 1 else None
 
     def matches(self, attributes: Attributes) -> bool:
         """Whether an event with these attributes is delivered."""
@@ -204,21 +209,38 @@ def compile_trigger_filter(filter_: object = None, filters: object = None) -> Fi
         raise InvalidFilter("filters: must be a list")
     if filters:  # an empty `filters` list does not override `filter` (Knative uses it only when non-empty)
         parts = [_compile_one(e, f"filters[{i}]") for i, e in enumerate(filters)]
-        return Filter(_all(parts), _exact_type_of_list(filters))
+        return Filter(_all(parts), _types_of_all(filters))
     if filter_ is not None:
         if not isinstance(filter_, dict):
             raise InvalidFilter("filter: must be a mapping with `attributes`")
         attributes = filter_.get("attributes") or {}
         predicate = _legacy(attributes)
         wanted = attributes.get("type")
-        return Filter(predicate, wanted if isinstance(wanted, str) and wanted else None)
+        return Filter(predicate, frozenset([wanted]) if isinstance(wanted, str) and wanted else None)
     return Filter(lambda attrs: Result.NONE)
 
 
-def _exact_type_of_list(filters: list[Any]) -> str | None:
-    # The list is ANDed, so a top-level exact type pins every match to that type.
+def _types_of_all(filters: list[Any]) -> frozenset[str] | None:
+    """The types a match of these ANDed filters can have (None: any): what every element allows."""
+    found: frozenset[str] | None = None
     for element in filters:
-        exact = element.get("exact") if isinstance(element, dict) else None
-        if isinstance(exact, dict) and isinstance(exact.get("type"), str):
-            return exact["type"]
+        types = _types_of(element)
+        if types is not None:
+            found = types if found is None else found & types
+    return found
+
+
+def _types_of(element: Any) -> frozenset[str] | None:
+    """The types a match of one filter expression can have (None: not known from `exact` alone)."""
+    if not isinstance(element, dict):
+        return None
+    exact = element.get("exact")
+    if isinstance(exact, dict) and isinstance(exact.get("type"), str):
+        return frozenset([exact["type"]])
+    if isinstance(element.get("all"), list):
+        return _types_of_all(element["all"])
+    if isinstance(element.get("any"), list) and element["any"]:
+        alternatives = [_types_of(e) for e in element["any"]]
+        if all(a is not None for a in alternatives):
+            return frozenset().union(*alternatives)  # type: ignore[arg-type]
     return None

@@ -9,6 +9,7 @@ an event costs the same however many triggers wait for other types.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -103,6 +104,17 @@ class Resolver:
         self.data = data
         self.broker_url = broker_url
         self.services: set[str] = set()
+        self.serving_url: str | None = None
+        """Set when the function host runs in this process (`mapemesh up`); else endpoints.json is read."""
+        self._read: tuple[float, str] = (0.0, "")
+
+    def _serving(self) -> str:
+        if self.serving_url:
+            return self.serving_url
+        now = time.monotonic()
+        if now - self._read[0] > 1.0:  # a file read per delivery is too much; a host moves rarely
+            self._read = (now, endpoints.read(self.data).get("serving", ""))
+        return self._read[1]
 
     def resolve(self, dest: Destination, namespace: str) -> str:
         """The URL to post to; LookupError with the reason when it cannot be resolved (yet)."""
@@ -116,7 +128,7 @@ class Resolver:
         else:
             if f"{ns}/{name}" not in self.services:
                 raise LookupError(f"Service {ns}/{name} is not declared in the manifests")
-            base = endpoints.read(self.data).get("serving", "")
+            base = self._serving()
             if not base:
                 raise LookupError(f"Service {ns}/{name} is declared but no function host is running "
                                   f"(no 'serving' in endpoints.json)")
@@ -135,15 +147,17 @@ class TriggerSet:
 
     @classmethod
     def build(cls, triggers: Iterable[Trigger]) -> TriggerSet:
-        """Index the ready triggers by (broker, exact type); the rest are checked one by one."""
+        """Index the ready triggers by (broker, type) where their filters pin the type; the rest are checked one
+        by one."""
         out = cls()
         for t in triggers:
             out.triggers[t.key] = t
             if not t.ready or t.filter is None:
                 continue
             out.brokers.add(t.broker)
-            if t.filter.exact_type is not None:
-                out.by_type.setdefault((t.broker, t.filter.exact_type), []).append(t)
+            if t.filter.types is not None:  # `exact` types, also under all/any: indexed by each
+                for type_ in t.filter.types:
+                    out.by_type.setdefault((t.broker, type_), []).append(t)
             else:
                 out.unindexed.setdefault(t.broker, []).append(t)
         return out
