@@ -140,7 +140,8 @@ def main(quick: bool = False) -> bool:
         kn = manifests(root, receiver.url)
         data = root / "data"
         proc = subprocess.Popen([sys.executable, "-m", "mapemesh", "--log-level", "warning", "up", "--manifests",
-                                 str(kn), "--data", str(data), "--port", "0", "--serving-port", "0"], cwd=root,
+                                 str(kn), "--data", str(data), "--port", "0", "--serving-port", "0",
+                                 "--node-shim-port", "-1"], cwd=root,
                                 env={**os.environ, "PYTHONPATH": str(REPO)})
         try:
             found = wait(lambda: _endpoints(data), what="mapemesh up")

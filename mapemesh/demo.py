@@ -12,6 +12,7 @@ from mapemesh import events
 from mapemesh.aio import run, until_stopped
 from mapemesh.eventing import log as eventlog
 from mapemesh.eventing.binding import to_binary
+from mapemesh.node_shim.daemon import RunningShim
 from mapemesh.settings import Settings
 from mapemesh.up import start_mesh
 
@@ -21,8 +22,8 @@ log = logging.getLogger("mapemesh.demo")
 async def main() -> None:
     """Start the mesh, post a telemetry event to the broker, show it in the durable log, serve until Ctrl-C."""
     settings = Settings.load()
-    for port, var in ((settings.broker_port, "MAPEMESH_BROKER_PORT"), (settings.serving_port,
-                                                                       "MAPEMESH_SERVING_PORT")):
+    for port, var in ((settings.broker_port, "MAPEMESH_BROKER_PORT"), (settings.serving_port, "MAPEMESH_SERVING_PORT"),
+                      (max(0, settings.node_shim_port), "MAPEMESH_NODE_SHIM_PORT")):
         if port and not _port_free(settings.host, port):
             raise SystemExit(f"port {port} on {settings.host} is busy: set {var} (0 picks a free one)")
     mesh = await start_mesh(settings)
@@ -50,7 +51,7 @@ async def main() -> None:
         elif "default/monitor" in mesh.host.revisions:
             print("demo: no reply from the monitor function within 10 s; see `mapemesh status`")
         if "default/policy-cpu-frequency" in mesh.host.revisions:
-            await _loop_demo(settings, ingress)
+            await _loop_demo(settings, ingress, mesh.shim)
         print("send your own:\n"
               f"  .venv/bin/mapemesh events send --broker {ingress} --type com.example.ping "
               f"--source /me --data '{{\"hello\": 1}}'\n"
@@ -89,34 +90,42 @@ async def _post(http: aiohttp.ClientSession, ingress: str, data: events.EventDat
     return event.id
 
 
-async def _loop_demo(settings: Settings, ingress: str) -> None:
-    """Register node-1, submit an app with a latency target, break it: show the loop's events and command."""
+async def _loop_demo(settings: Settings, ingress: str, shim: RunningShim | None) -> None:
+    """Submit an app with a latency target, break it on this machine's node: show the plan and the knob."""
     from mapemesh.state import open_store
 
+    node = shim.shim.node if shim is not None else "node-1"
     store = open_store(settings.state, data=settings.data)
     try:
-        for _ in range(100):  # the policy registers itself when its first process starts
-            if "cpu-frequency" in store.list("policies"):
+        for _ in range(100):  # the policy registers when its first process starts; the shim registers its node
+            if "cpu-frequency" in store.list("policies") and (shim is None or store.get("infrastructure", node)):
                 break
             await asyncio.sleep(0.1)
         async with aiohttp.ClientSession() as http:
-            await _post(http, ingress, events.InfraRegistered(infra_id="node-1", kind="node", description={
-                "MLSysOpsNode": {"name": "node-1", "continuum_layer": "edge"}}))
+            if shim is None:
+                await _post(http, ingress, events.InfraRegistered(infra_id=node, kind="node", description={
+                    "MLSysOpsNode": {"name": node, "continuum_layer": "edge"}}))
             await _post(http, ingress, events.AppSubmitted(app_id="demo-app", description=DEMO_APP))
             await asyncio.sleep(1.5)  # the CPU frequency policy's analyze_interval is 1 s per node
             cause = await _post(http, ingress, events.TelemetryReported(
-                asset="node-1", asset_kind="node", metrics=[events.Metric(name="latency_ms", value=35.0)]))
-        print("demo: node-1 registered, demo-app submitted (latency_ms <= 20), then latency_ms = 35 reported")
-        for _ in range(100):
+                asset=node, asset_kind="node", metrics=[events.Metric(name="latency_ms", value=35.0)]))
+        print(f"demo: demo-app submitted (latency_ms <= 20), then latency_ms = 35 reported for node {node}")
+        for _ in range(150):
             plans = [v.value for v in store.list("plans").values() if v.value["inputs"].get("cause") == cause]
-            if plans and plans[0]["status"] in ("Pending", "Success", "Failed"):
+            if plans and (plans[0]["status"] in ("Success", "Failed") or shim is None):
                 plan = plans[0]
+                why = f" ({plan['reason']})" if plan.get("reason") else ""
                 print(f"demo: policy {plan['policy']} planned {plan['mechanisms']} for {plan['asset']} "
-                      f"(plan {plan['plan_id'][:8]}, {plan['status']}); the knob.apply event waits for node-1's "
-                      "node shim (`mapemesh policy list` shows the policies)")
+                      f"(plan {plan['plan_id'][:8]}): {plan['status']}{why}")
+                if shim is not None:
+                    cpu0 = shim.sysfs.path("sys/devices/system/cpu/cpu0/cpufreq")
+                    print(f"demo: the node shim wrote {cpu0}/scaling_min_freq = "
+                          f"{(cpu0 / 'scaling_min_freq').read_text().strip()} kHz (cpuinfo_max_freq "
+                          f"{(cpu0 / 'cpuinfo_max_freq').read_text().strip()}); its journal: "
+                          f"{shim.shim.journal.path}")
                 return
             await asyncio.sleep(0.1)
-        print("demo: no plan within 10 s; see `mapemesh policy list` and `mapemesh status`")
+        print("demo: no plan within 15 s; see `mapemesh policy list` and `mapemesh status`")
     finally:
         store.close()
 

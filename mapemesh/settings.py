@@ -40,6 +40,15 @@ class Settings:
     """MAPEMESH_STATE: the state store, `sqlite:` (DATA_DIR/state.db), `sqlite:///PATH` or `redis://HOST:PORT/DB`."""
     log_retention_s: int = 60
     """MAPEMESH_LOG_RETENTION_S: seconds a fully handled event stays in the log before compaction."""
+    node: str = ""
+    """MAPEMESH_NODE: this machine's node name for the node shim `mapemesh up` starts (default: the hostname)."""
+    node_shim_port: int = 8082
+    """MAPEMESH_NODE_SHIM_PORT: the node shim's port under `mapemesh up` (0 picks a free one; -1: no shim)."""
+    sysfs_root: str = ""
+    """MAPEMESH_SYSFS_ROOT: the tree the node shim's knobs drive (default `/`, or a simulated tree when `/sys`
+    has no cpufreq)."""
+    telemetry_interval_s: float = 5.0
+    """MAPEMESH_TELEMETRY_INTERVAL_S: the node shim's first reporting interval (a knob afterwards)."""
 
     def __post_init__(self) -> None:
         if self.max_event_bytes < MIN_MAX_EVENT_BYTES:
@@ -52,6 +61,10 @@ class Settings:
         for name in ("broker_port", "serving_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be 0..65535, got {getattr(self, name)}")
+        if not -1 <= self.node_shim_port <= 65535:
+            raise ValueError(f"node_shim_port must be 0..65535 (or -1: no node shim), got {self.node_shim_port}")
+        if not 0.1 <= self.telemetry_interval_s <= 3600:
+            raise ValueError(f"telemetry_interval_s must be within 0.1..3600, got {self.telemetry_interval_s}")
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -82,6 +95,8 @@ def _convert(name: str, annotation: object, raw: str) -> Any:
             return int(raw)
         if kind == "Path":
             return Path(raw)
+        if kind == "float":
+            return float(raw)
     except ValueError:
         raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
     return raw

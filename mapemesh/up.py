@@ -1,15 +1,17 @@
-"""`mapemesh up`: the broker and the local function host in one process (the embedded mesh)."""
+"""`mapemesh up`: the broker, the local function host and this machine's node shim in one process."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
 from mapemesh import endpoints
 from mapemesh.aio import until_stopped
 from mapemesh.eventing.server import RunningBroker, start_broker
+from mapemesh.node_shim.daemon import RunningShim
 from mapemesh.serving.host import LocalHost
 from mapemesh.settings import Settings
 
@@ -24,9 +26,16 @@ class RunningMesh:
     host: LocalHost
     host_runner: web.AppRunner
     serving_url: str
+    shim: RunningShim | None = None
+    shim_trigger: Path | None = None
 
     async def stop(self) -> None:
-        """Stop the function processes and the fork server (waiting requests get 503), then the servers."""
+        """Stop the node shim, the function processes and the fork server (waiting requests get 503), then
+        the servers."""
+        if self.shim is not None:
+            if self.shim_trigger is not None:
+                self.shim_trigger.unlink(missing_ok=True)
+            await self.shim.stop()
         self.broker.dispatcher.local.pop(self.serving_url, None)
         self.broker.dispatcher.resolver.serving_url = None
         await self.host.stop()
@@ -64,7 +73,33 @@ async def start_mesh(settings: Settings) -> RunningMesh:
     broker.dispatcher.local[url] = host.deliver
     broker.dispatcher.resolver.serving_url = url
     log.info("function host on %s (%d function(s))", url, len(host.revisions))
-    return RunningMesh(broker, host, runner, url)
+    mesh = RunningMesh(broker, host, runner, url)
+    if settings.node_shim_port >= 0:
+        try:
+            await _start_shim(settings, mesh)
+        except BaseException:
+            await mesh.stop()
+            raise
+    return mesh
+
+
+async def _start_shim(settings: Settings, mesh: RunningMesh) -> None:
+    """This machine's node shim, on /sys, or on a simulated tree when /sys has no cpufreq (and say so)."""
+    from mapemesh.node_shim.daemon import CPUFREQ, default_node, simulated_root, start_node_shim, write_trigger
+
+    if settings.sysfs_root:
+        root = Path(settings.sysfs_root)
+    elif (Path("/") / CPUFREQ).exists():
+        root = Path("/")
+    else:
+        root = simulated_root(settings.data)
+        log.warning("/sys has no cpufreq here: the node shim drives a simulated tree in %s", root)
+    node = settings.node or default_node()
+    mesh.shim = await start_node_shim(node, settings.data, sysfs_root=root, broker=f"{mesh.broker.url}/default/default",
+                                      host=settings.host, port=settings.node_shim_port,
+                                      interval_s=settings.telemetry_interval_s)
+    mesh.shim_trigger = write_trigger(settings.deployed_manifests, node, mesh.shim.url)
+    mesh.broker.ingress.brokers.reload()  # route this node's knob commands to it now, not at the next poll
 
 
 async def serve_mesh(settings: Settings) -> None:

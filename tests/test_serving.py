@@ -60,7 +60,8 @@ class Mesh:
         return self.status()[f"default/{name}"]["pids"]
 
 
-def start_mesh(root: Path, *docs: dict, env: dict | None = None) -> Mesh:
+def start_mesh(root: Path, *docs: dict, env: dict | None = None, shim: list[str] | None = None) -> Mesh:
+    """`mapemesh up` in root; without `shim` (extra flags for this machine's node shim) no node shim runs."""
     manifests = root / "knative"
     manifests.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "knative" / "broker.yaml", manifests / "broker.yaml")
@@ -69,7 +70,8 @@ def start_mesh(root: Path, *docs: dict, env: dict | None = None) -> Mesh:
     data = root / "data"
     proc = subprocess.Popen(
         [sys.executable, "-m", "mapemesh", "--log-level", "warning", "up", "--manifests", str(manifests),
-         "--data", str(data), "--port", "0", "--serving-port", "0"],
+         "--data", str(data), "--port", "0", "--serving-port", "0",
+         *(["--node-shim-port", "0", *shim] if shim is not None else ["--node-shim-port", "-1"])],
         cwd=root, env={**os.environ, **(env or {})})
 
     def ready():

@@ -12,6 +12,7 @@ from mapemesh.cli.broker import broker
 from mapemesh.cli.cesql import cesql
 from mapemesh.cli.events import events
 from mapemesh.cli.mesh import status, up
+from mapemesh.cli.node_shim import node_shim
 from mapemesh.cli.policy import policy
 
 
@@ -35,6 +36,7 @@ cli.add_command(cesql)
 cli.add_command(up)
 cli.add_command(status)
 cli.add_command(policy)
+cli.add_command(node_shim)
 
 
 def main() -> None:

@@ -24,13 +24,20 @@ EXIT_UNREACHABLE = 3
 @click.option("--port", type=int, default=None, help="Broker port, 0 for any [env MAPEMESH_BROKER_PORT; 8080].")
 @click.option("--serving-port", type=int, default=None,
               help="Function host port, 0 for any [env MAPEMESH_SERVING_PORT; default 8081].")
+@click.option("--node-shim-port", type=int, default=None,
+              help="This machine's node shim port, 0 for any, -1 for no shim [env MAPEMESH_NODE_SHIM_PORT; 8082].")
+@click.option("--node", default=None, help="This machine's node name [env MAPEMESH_NODE; default: the hostname].")
+@click.option("--sysfs-root", default=None,
+              help="Tree the node shim drives [env MAPEMESH_SYSFS_ROOT; default /, or a simulated tree when /sys "
+                   "has no cpufreq].")
 @click.pass_context
 def up(ctx: click.Context, manifests: Path | None, data: Path | None, host: str | None, port: int | None,
-       serving_port: int | None) -> None:
-    """Run the broker and the local function host; Ctrl-C or SIGTERM stops every process it started."""
+       serving_port: int | None, node_shim_port: int | None, node: str | None, sysfs_root: str | None) -> None:
+    """Run the broker, the local function host and this machine's node shim; Ctrl-C or SIGTERM stops them."""
     from mapemesh.up import serve_mesh
 
-    s = settings(ctx, data=data, manifests=manifests, host=host, broker_port=port, serving_port=serving_port)
+    s = settings(ctx, data=data, manifests=manifests, host=host, broker_port=port, serving_port=serving_port,
+                 node_shim_port=node_shim_port, node=node, sysfs_root=sysfs_root)
     if not s.manifests.exists():
         raise click.UsageError(f"manifests directory {s.manifests} does not exist")
     run(serve_mesh(s))

@@ -1,0 +1,135 @@
+"""Putting a node shim together: the knobs this machine has, the API server, the telemetry reporter.
+
+Used by `mapemesh node-shim serve` and by `mapemesh up` (which runs one for the local machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import platform
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from mapemesh import endpoints
+from mapemesh.events.catalogue import KnobApply
+from mapemesh.node_shim.knobs.base import Knob, KnobError, Sysfs
+from mapemesh.node_shim.knobs.interval import TelemetryInterval
+from mapemesh.node_shim.server import ShimServer, token
+from mapemesh.node_shim.shim import Journal, NodeShim
+from mapemesh.node_shim.telemetry import Collector, Reporter, node_description
+
+log = logging.getLogger(__name__)
+CPUFREQ = "sys/devices/system/cpu/cpu0/cpufreq"
+POWERCAP = "sys/class/powercap"
+
+
+def build_knobs(sysfs: Sysfs, interval: TelemetryInterval, nvml: Any = None) -> dict[str, Knob]:
+    """Every knob this machine (or simulated tree) has; a missing kind of hardware is left out, and logged."""
+    from mapemesh.node_shim.knobs.cpufreq import CPUFrequency
+    from mapemesh.node_shim.knobs.nvml import NVIDIAGPUFrequency
+    from mapemesh.node_shim.knobs.rapl import RAPLPowerCap
+
+    knobs: dict[str, Knob] = {interval.name: interval}
+    for name, present, make in (("CPUFrequency", sysfs.exists(CPUFREQ), lambda: CPUFrequency(sysfs)),
+                                ("RAPLPowerCap", any(sysfs.path(POWERCAP).glob("intel-rapl:*")),
+                                 lambda: RAPLPowerCap(sysfs)),
+                                ("NVIDIAGPUFrequency", True, lambda: NVIDIAGPUFrequency(nvml))):
+        if not present:
+            log.info("no %s knob: %s has no such hardware", name, sysfs.root)
+            continue
+        try:
+            knobs[name] = make()
+        except KnobError as exc:
+            log.info("no %s knob: %s", name, exc)
+    return knobs
+
+
+def default_node() -> str:
+    """This machine's node name: its short hostname."""
+    return socket.gethostname().split(".")[0] or "localhost"
+
+
+def simulated_root(data: Path) -> Path:
+    """A simulated tree under DATA_DIR, for a machine whose /sys has no cpufreq (made once, then reused)."""
+    from mapemesh.node_shim import simulate
+
+    root = data / "simulated-sysfs"
+    if simulate.profile_of(root) is None:
+        profile = "arm" if platform.machine().lower() in ("aarch64", "arm64") else "acpi-cpufreq"
+        simulate.create(root, profile)
+    return root
+
+
+def trigger(node: str, url: str, namespace: str = "default", broker: str = "default") -> dict[str, Any]:
+    """The Trigger that brings this node's knob commands to its shim."""
+    return {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+            "metadata": {"name": f"node-shim-{node}".lower()[:63], "namespace": namespace,
+                         "labels": {"mapemesh.dev/node": node}},
+            "spec": {"broker": broker, "filters": [{"exact": {"type": KnobApply.event_type, "node": node}}],
+                     "subscriber": {"uri": url.rstrip("/") + "/"}}}
+
+
+@dataclass
+class RunningShim:
+    """A started node shim."""
+
+    shim: NodeShim
+    reporter: Reporter
+    runner: web.AppRunner
+    task: asyncio.Task[None]
+    url: str
+    data: Path
+    sysfs: Sysfs
+
+    async def stop(self) -> None:
+        """Stop reporting and serving; forget the endpoint."""
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.runner.cleanup()
+        endpoints.unregister(self.data, "node-shim", self.url)
+
+
+async def start_node_shim(node: str, data: Path, *, sysfs_root: Path | None = None, broker: str | None = None,
+                          host: str = "127.0.0.1", port: int = 0, interval_s: float = 5.0,
+                          nvml: Any = None) -> RunningShim:
+    """Start a node shim: knobs on `sysfs_root` (default `/`), API on host:port, telemetry to `broker`."""
+    sysfs = Sysfs(sysfs_root or "/")
+    interval = TelemetryInterval(interval_s)
+    knobs = build_knobs(sysfs, interval, nvml)
+    shim = NodeShim(node, knobs, Journal(data / "node-shim" / node / "journal.jsonl"))
+    proc = sysfs.path("proc") if sysfs.exists("proc/stat") else Path("/proc")
+    reporter = Reporter(node, Collector(sysfs, knobs, proc), interval, broker,
+                        node_description(node, sysfs, knobs, proc))
+    runner = web.AppRunner(ShimServer(shim, token(data), reporter).app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_host, bound_port = runner.addresses[0][:2]
+    url = f"http://{'127.0.0.1' if bound_host in ('0.0.0.0', '::') else bound_host}:{bound_port}"
+    endpoints.register(data, "node-shim", url)
+    task = asyncio.get_running_loop().create_task(reporter.run())
+    log.info("node shim for %s on %s: knobs %s, sysfs %s, telemetry every %gs to %s", node, url,
+             ", ".join(sorted(knobs)), sysfs.root, interval.seconds, broker or "(no broker)")
+    return RunningShim(shim, reporter, runner, task, url, data, sysfs)
+
+
+def write_trigger(manifests: Path, node: str, url: str) -> Path:
+    """Write the shim's Trigger where the mesh reads added manifests (DATA_DIR/manifests)."""
+    from mapemesh.policy.scaffold import write_atomically
+
+    path = manifests / f"node-shim-{node}.yaml"
+    write_atomically(path, "# The node shim of node " + node + ": its knob commands.\n"
+                     + yaml.safe_dump(trigger(node, url), sort_keys=False))
+    return path

@@ -1,0 +1,168 @@
+"""The node shim's HTTP side: the knob API (bearer token) and the CloudEvent endpoint the broker delivers to.
+
+- `GET /knobs`: every knob, `{name: {"options", "state"}}`;
+- `GET /knobs/{name}`: `{"options", "state"}`, `404` for an unknown knob;
+- `POST /knobs/{name}` (body: the command, a JSON object): `200 {"before", "after", "noop"}`; `422 {"error",
+  "options"}` for a command that does not fit (nothing written); `403` no permission; `501` not supported;
+  `500` the hardware refused (a partial change is rolled back: `"rolled_back": true`);
+- `GET /journal?limit=N`: the latest applies; `GET /metrics`: the telemetry gauges as OpenTelemetry reads them;
+- `POST /`: a `knob.apply` CloudEvent for this node (extension `node`), answered with `knob.applied` or
+  `knob.failed`;
+- `GET /healthz`: `200`.
+
+Every route but `/healthz` and the CloudEvent endpoint needs `Authorization: Bearer <token>`, the token in
+`DATA_DIR/node-shim.token` (mode 0600, made on first start): `401` without it or with a wrong one. The
+CloudEvent endpoint is what a Knative Trigger delivers to, and Triggers send no credentials: like any
+Knative subscriber it relies on the network (the shim listens on loopback by default; on a cluster a
+NetworkPolicy admits the broker only).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from mapemesh import events as catalogue
+from mapemesh.eventing.binding import from_http, to_binary
+from mapemesh.eventing.cloudevent import MalformedEvent
+from mapemesh.node_shim.knobs.base import KnobError
+from mapemesh.node_shim.shim import NodeShim
+from mapemesh.node_shim.telemetry import Reporter
+
+log = logging.getLogger(__name__)
+TOKEN_FILE = "node-shim.token"
+STATUS = {"invalid": 422, "unknown_knob": 404, "permission": 403, "unsupported": 501, "hardware": 500,
+          "timeout": 504}
+
+
+def token(data: Path) -> str:
+    """The API token in DATA_DIR/node-shim.token, made (mode 0600) when there is none."""
+    path = data / TOKEN_FILE
+    data.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        text = path.read_text().strip()
+        if not text:
+            raise RuntimeError(f"{path} is empty: delete it and a new token is made") from None
+        return text
+    with os.fdopen(fd, "w") as f:
+        value = secrets.token_urlsafe(32)
+        f.write(value + "\n")
+    return value
+
+
+def _json(status: int, doc: Any) -> web.Response:
+    return web.Response(status=status, body=json.dumps(doc, default=str).encode(), content_type="application/json")
+
+
+def _failure(exc: KnobError) -> web.Response:
+    doc: dict[str, Any] = {"error": str(exc), "code": exc.code, "rolled_back": exc.rolled_back}
+    if exc.options is not None:
+        doc["options"] = exc.options
+    return _json(STATUS.get(exc.code, 500), doc)
+
+
+class ShimServer:
+    """The aiohttp application around a NodeShim."""
+
+    def __init__(self, shim: NodeShim, api_token: str, reporter: Reporter | None = None):
+        self.shim = shim
+        self.api_token = api_token
+        self.reporter = reporter
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth], client_max_size=1024 * 1024)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/knobs", self.list_knobs)
+        app.router.add_get("/knobs/{name}", self.get_knob)
+        app.router.add_post("/knobs/{name}", self.post_knob)
+        app.router.add_get("/journal", self.journal)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_post("/", self.cloudevent)
+        return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path in ("/healthz", "/"):
+            return await handler(request)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.api_token.encode()):
+            return web.Response(status=401, content_type="application/json", headers={"WWW-Authenticate": "Bearer"},
+                                body=b'{"error": "a bearer token is required (DATA_DIR/node-shim.token)"}')
+        return await handler(request)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json(200, {"node": self.shim.node, "knobs": sorted(self.shim.knobs)})
+
+    async def list_knobs(self, request: web.Request) -> web.Response:
+        return _json(200, {name: await self.shim.describe(name) for name in sorted(self.shim.knobs)})
+
+    async def get_knob(self, request: web.Request) -> web.Response:
+        try:
+            return _json(200, await self.shim.describe(request.match_info["name"]))
+        except KnobError as exc:
+            return _failure(exc)
+
+    async def post_knob(self, request: web.Request) -> web.Response:
+        try:
+            command = json.loads(await request.read() or b"null")
+        except ValueError as exc:
+            return _json(400, {"error": f"the body is not JSON: {exc}"})
+        if not isinstance(command, dict):
+            return _json(422, {"error": "the body must be a JSON object: the knob's command"})
+        who = request.headers.get("X-Requested-By") or f"api:{request.remote}"
+        try:
+            applied = await self.shim.apply(request.match_info["name"], command, requested_by=who)
+        except KnobError as exc:
+            return _failure(exc)
+        return _json(200, {"before": applied.before, "after": applied.after, "noop": applied.noop})
+
+    async def journal(self, request: web.Request) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            return _json(400, {"error": "limit must be an integer"})
+        return _json(200, self.shim.journal.read(limit=max(1, limit)))
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return _json(200, self.reporter.gauges() if self.reporter else {})
+
+    async def cloudevent(self, request: web.Request) -> web.Response:
+        """A knob.apply from the broker: apply it and answer with knob.applied or knob.failed."""
+        try:
+            (event,) = from_http(request.headers, await request.read())
+        except (MalformedEvent, ValueError) as exc:
+            return _json(400, {"error": str(exc)})
+        if event.type != catalogue.KnobApply.event_type:
+            return web.Response(status=202)  # not ours to act on
+        try:
+            data = catalogue.parse_data(event)
+        except (ValidationError, ValueError) as exc:
+            return _json(422, {"error": f"invalid {event.type}: {exc}"})  # permanent: not retried
+        assert isinstance(data, catalogue.KnobApply)
+        if data.node != self.shim.node:
+            return _json(422, {"error": f"this is node {self.shim.node}, the command is for {data.node}"})
+        reply: catalogue.EventData
+        try:
+            applied = await self.shim.apply(data.knob, data.command, requested_by=data.requested_by,
+                                            plan_id=data.plan_id)
+        except KnobError as exc:
+            reply = catalogue.KnobFailed(node=data.node, knob=data.knob, request=event.id, plan_id=data.plan_id,
+                                         code=exc.code, error=str(exc) or type(exc).__name__,
+                                         rolled_back=exc.rolled_back)
+        else:
+            reply = catalogue.KnobApplied(node=data.node, knob=data.knob, request=event.id, plan_id=data.plan_id,
+                                          before=applied.before, after=applied.after, noop=applied.noop)
+        out = catalogue.make_event(reply, f"/mapemesh/node-shim/{self.shim.node}", subject=data.node,
+                                   extensions={"node": data.node})
+        headers, body = to_binary(out)
+        return web.Response(status=200, headers=headers, body=body)
