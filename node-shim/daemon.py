@@ -22,7 +22,7 @@ from mapemesh.events.catalogue import KnobApply
 from mapemesh.node_shim.knobs.base import Knob, KnobError, Sysfs
 from mapemesh.node_shim.knobs.interval import TelemetryInterval
 from mapemesh.node_shim.server import ShimServer, token
-from mapemesh.node_shim.shim import Journal, NodeShim
+from mapemesh.node_shim.shim import Baselines, Journal, NodeShim
 from mapemesh.node_shim.telemetry import Collector, Reporter, node_description
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,12 @@ class RunningShim:
             await self.task
         await self.runner.cleanup()
         endpoints.unregister(self.data, "node-shim", self.url)
+        for knob in self.shim.knobs.values():
+            close = getattr(knob, "close", None)  # NVML: nvmlShutdown
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+        self.reporter.provider.shutdown()
 
 
 async def start_node_shim(node: str, data: Path, *, sysfs_root: Path | None = None, broker: str | None = None,
@@ -104,7 +110,11 @@ async def start_node_shim(node: str, data: Path, *, sysfs_root: Path | None = No
     sysfs = Sysfs(sysfs_root or "/")
     interval = TelemetryInterval(interval_s)
     knobs = build_knobs(sysfs, interval, nvml)
+    Baselines(data / "node-shim" / node / "baseline.json").apply(knobs)
     shim = NodeShim(node, knobs, Journal(data / "node-shim" / node / "journal.jsonl"))
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("the node shim listens on %s: its CloudEvent endpoint takes knob commands without a token, "
+                    "as a Knative subscriber does; let only the broker reach it (a NetworkPolicy, a firewall)", host)
     proc = sysfs.path("proc") if sysfs.exists("proc/stat") else Path("/proc")
     reporter = Reporter(node, Collector(sysfs, knobs, proc), interval, broker,
                         node_description(node, sysfs, knobs, proc))

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -44,20 +45,36 @@ STATUS = {"invalid": 422, "unknown_knob": 404, "permission": 403, "unsupported":
 
 
 def token(data: Path) -> str:
-    """The API token in DATA_DIR/node-shim.token, made (mode 0600) when there is none."""
+    """The API token in DATA_DIR/node-shim.token, made (mode 0600) when there is none.
+
+    It is written to a private temporary file and linked into place, so a second shim starting at the same
+    moment reads a whole token, never an empty file. A token file others can read is made private again.
+    """
     path = data / TOKEN_FILE
     data.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        text = path.read_text().strip()
-        if not text:
-            raise RuntimeError(f"{path} is empty: delete it and a new token is made") from None
-        return text
-    with os.fdopen(fd, "w") as f:
-        value = secrets.token_urlsafe(32)
-        f.write(value + "\n")
-    return value
+    if not path.exists():
+        tmp = data / f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+        try:
+            os.link(tmp, path)  # fails when another process made one first: theirs is used
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("%s was readable by others (mode %o): made private (0600)", path, mode)
+        path.chmod(0o600)
+    text = path.read_text().strip()
+    if not text:
+        raise RuntimeError(f"{path} is empty: delete it and a new token is made")
+    return text
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _json(status: int, doc: Any) -> web.Response:
@@ -114,7 +131,7 @@ class ShimServer:
 
     async def post_knob(self, request: web.Request) -> web.Response:
         try:
-            command = json.loads(await request.read() or b"null")
+            command = json.loads(await request.read() or b"null", parse_constant=_no_constant)
         except ValueError as exc:
             return _json(400, {"error": f"the body is not JSON: {exc}"})
         if not isinstance(command, dict):

@@ -2,7 +2,8 @@
 
 Every apply is recorded in `journal.jsonl` (time, knob, command, values before and after, who asked, the
 plan, and the error for a refused or failed one). The drivers write nothing for a command already in
-effect; the shim reports such an apply as a no-op.
+effect (`changed` is then False); the shim reports such an apply as a no-op. `Baselines` keeps what a
+knob's reset goes back to (the settings found the first time the shim ran on the node) across restarts.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mapemesh.node_shim.knobs.base import Command, Knob, KnobError
+from mapemesh.node_shim.knobs.base import Command, HardwareError, InvalidCommand, Knob, KnobError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,47 @@ class Journal:
         return [json.loads(line) for line in (lines[-limit:] if limit else lines) if line.strip()]
 
 
+def _check_finite(value: Any, knob: Knob) -> None:
+    """InvalidCommand for NaN or infinity anywhere in a command (JSON parsers let them through)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidCommand(f"{value!r} is not a number a knob can take", options=knob.get_options())
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_finite(item, knob)
+    elif isinstance(value, list):
+        for item in value:
+            _check_finite(item, knob)
+
+
+class Baselines:
+    """What each knob's reset goes back to, saved the first time the shim sees the node (a restart keeps it)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def apply(self, knobs: dict[str, Knob]) -> None:
+        """Give knobs the baselines saved before; save the ones not saved yet."""
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+        except (OSError, ValueError) as exc:
+            log.error("%s is unreadable (%s): reset goes back to what the knobs found now", self.path, exc)
+            return
+        changed = False
+        for name, knob in knobs.items():
+            baseline, restore = getattr(knob, "baseline", None), getattr(knob, "restore_baseline", None)
+            if baseline is None or restore is None:
+                continue
+            if name in saved:
+                restore(saved[name])
+            else:
+                saved[name], changed = baseline(), True
+        if changed:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(saved, indent=1), encoding="utf-8")
+            os.replace(tmp, self.path)
+
+
 class NodeShim:
     """The knobs of one node."""
 
@@ -90,16 +134,25 @@ class NodeShim:
                                  "requested_by": requested_by, "plan_id": plan_id}
         try:
             knob = self.knob(name)
+            _check_finite(command, knob)
             async with self._locks[name]:
                 before = await asyncio.to_thread(knob.get_state)
                 entry["before"] = before
-                after = await asyncio.to_thread(knob.apply, command)
+                try:
+                    after = await asyncio.to_thread(knob.apply, command)
+                except KnobError:
+                    raise
+                except Exception as exc:  # a driver bug must still end as a recorded, reported failure
+                    log.exception("%s failed unexpectedly", name)
+                    raise HardwareError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
         except KnobError as exc:
             entry.update(error=str(exc), code=exc.code, rolled_back=exc.rolled_back)
             self.journal.record(entry)
-            log.warning("%s %s refused: %s", name, json.dumps(command), exc)
+            log.warning("%s %s refused: %s", name, json.dumps(command, default=str), exc)
             raise
-        applied = Applied(name, command, before, after, after == before, requested_by, plan_id, entry["at"])
+        # Not `after == before`: the state holds live readings (current frequency, energy) that always move.
+        noop = not getattr(knob, "changed", after != before)
+        applied = Applied(name, command, before, after, noop, requested_by, plan_id, entry["at"])
         self.journal.record({**entry, **asdict(applied)})
         log.info("%s %s by %s: %s", name, json.dumps(command), requested_by, "no change" if applied.noop else "applied")
         return applied

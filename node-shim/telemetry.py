@@ -18,6 +18,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,15 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from mapemesh import events as catalogue
 from mapemesh.eventing.binding import to_binary
+from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.node_shim.knobs.base import KnobError, Sysfs
 from mapemesh.node_shim.knobs.interval import TelemetryInterval
 
 log = logging.getLogger(__name__)
 BACKLOG = 120
 """Samples kept while the broker cannot be reached (older ones are dropped, and counted)."""
+REREGISTER_S = 600.0
+"""The node registers again this often."""
 CPU_ROOT = "sys/devices/system/cpu"
 
 
@@ -52,14 +56,18 @@ class Collector:
         self._energy: dict[str, tuple[float, int]] = {}
 
     def collect(self) -> list[catalogue.Metric]:
-        """One sample of every figure there is (a figure that cannot be read is left out, not faked)."""
+        """One sample of every figure there is (a figure that cannot be read is left out, not faked).
+
+        Each sample carries the time it was taken, so one sent late (the broker was away) is not taken for new.
+        """
         out: list[catalogue.Metric] = []
         for part in (self._cpu_utilization, self._load, self._memory, self._frequencies, self._rapl, self._gpus):
             try:
                 out += part()
             except (OSError, ValueError, KnobError) as exc:
                 log.debug("telemetry %s: %s", part.__name__, exc)
-        return out
+        now = datetime.now(UTC)
+        return [m.model_copy(update={"time": now}) for m in out]
 
     def _cpu_utilization(self) -> list[catalogue.Metric]:
         fields = [float(x) for x in (self.proc / "stat").read_text().splitlines()[0].split()[1:]]
@@ -90,7 +98,10 @@ class Collector:
         root = self.sysfs.path(CPU_ROOT)
         out = []
         for cpufreq in sorted(root.glob("cpu[0-9]*/cpufreq"), key=lambda p: int(p.parent.name[3:])):
-            khz = int((cpufreq / "scaling_cur_freq").read_text().strip())
+            try:  # an offline cpu answers EBUSY: the others are still reported
+                khz = int((cpufreq / "scaling_cur_freq").read_text().strip())
+            except (OSError, ValueError):
+                continue
             out.append(catalogue.Metric(name="node_cpu_core_frequency_hz", value=khz * 1000, unit="Hz",
                                         labels={"cpu": cpufreq.parent.name[3:]}))
         if out:  # the per-core samples carry labels; the mean is what policies compare against
@@ -170,7 +181,9 @@ class Reporter:
         self.interval = interval
         self.broker = broker
         self.description = description
-        self.backlog: deque[catalogue.TelemetryReported] = deque(maxlen=BACKLOG)
+        self.backlog: deque[CloudEvent] = deque(maxlen=BACKLOG)
+        """Events made once (one id each), so one resent after a lost answer is a duplicate the log can tell."""
+        self.registered_at = 0.0
         self.sent = self.dropped = 0
         self.registered = False
         self.latest: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
@@ -206,20 +219,23 @@ class Reporter:
                                         for p in metric.data.data_points]
         return out
 
-    async def _post(self, http: aiohttp.ClientSession, data: catalogue.EventData) -> bool:
+    def _event(self, data: catalogue.EventData) -> CloudEvent:
+        return catalogue.make_event(data, f"/mapemesh/node-shim/{self.node}", subject=self.node)
+
+    async def _post(self, http: aiohttp.ClientSession, event: CloudEvent) -> str:
+        """'ok', 'refused' (a 4xx: it will not get better) or 'away' (try again later)."""
         assert self.broker is not None
-        event = catalogue.make_event(data, f"/mapemesh/node-shim/{self.node}", subject=self.node)
         headers, body = to_binary(event)
         try:
             async with http.post(self.broker, data=body, headers=headers,
                                  timeout=aiohttp.ClientTimeout(total=5)) as response:
                 if response.status == 202:
-                    return True
+                    return "ok"
                 log.warning("broker refused %s: %d %s", event.type, response.status, (await response.text())[:200])
-                return response.status < 500 and response.status != 429  # a 4xx will not get better: drop it
+                return "refused" if response.status < 500 and response.status != 429 else "away"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.debug("broker %s unreachable: %s", self.broker, exc)
-            return False
+            return "away"
 
     async def tick(self, http: aiohttp.ClientSession | None) -> None:
         """One round: sample, then (with a broker) register if needed and send what is waiting."""
@@ -228,19 +244,28 @@ class Reporter:
             self.remember(metrics)
             if len(self.backlog) == self.backlog.maxlen:
                 self.dropped += 1
-            self.backlog.append(catalogue.TelemetryReported(asset=self.node, asset_kind="node", metrics=metrics))
+            self.backlog.append(self._event(catalogue.TelemetryReported(asset=self.node, asset_kind="node",
+                                                                        metrics=metrics)))
         if http is None or self.broker is None:
             return
-        if not self.registered:
-            self.registered = await self._post(http, catalogue.InfraRegistered(
-                infra_id=self.node, kind="node", description=self.description))
-            if not self.registered:
-                return
+        if not self.registered or time.monotonic() - self.registered_at > REREGISTER_S:
+            # Again now and then: a mesh that lost its state (a new Redis, say) learns the node back.
+            outcome = await self._post(http, self._event(catalogue.InfraRegistered(
+                infra_id=self.node, kind="node", description=self.description)))
+            if outcome != "ok":
+                if outcome == "refused":
+                    log.error("the broker refused node %s's registration; telemetry waits until it takes it",
+                              self.node)
+                if not self.registered:
+                    return
+            else:
+                self.registered, self.registered_at = True, time.monotonic()
         while self.backlog:
-            if not await self._post(http, self.backlog[0]):
-                return  # the broker is away: keep the samples, try again next round
+            outcome = await self._post(http, self.backlog[0])
+            if outcome == "away":
+                return  # keep the samples, try again next round
             self.backlog.popleft()
-            self.sent += 1
+            self.sent += outcome == "ok"
 
     async def run(self) -> None:
         """Report until cancelled, every `interval` seconds (read each round: it is a knob)."""
@@ -251,4 +276,7 @@ class Reporter:
                     await self.tick(http if self.broker else None)
                 except Exception:  # never let one bad round stop the reporting
                     log.exception("telemetry round failed")
-                await asyncio.sleep(max(0.0, self.interval.seconds - (time.monotonic() - started)))
+                # In slices, reading the knob each time: a shorter interval takes effect at once.
+                # (The knob is applied in a worker thread, so polling it beats an asyncio.Event here.)
+                while time.monotonic() - started < self.interval.seconds:  # noqa: ASYNC110
+                    await asyncio.sleep(min(0.5, max(0.0, self.interval.seconds - (time.monotonic() - started))))

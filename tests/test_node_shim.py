@@ -239,3 +239,49 @@ def test_the_loop_sets_a_simulated_node_to_max_frequency(tmp_path):
         store.close()
         mesh.proc.terminate()
         mesh.proc.wait(20)
+
+
+def test_not_a_number_is_refused_and_recorded_not_a_crash(shim):
+    answer = shim.http.post("/knobs/RAPLPowerCap", content=b'{"command": "set", "domain": "package", "limit_w": NaN}',
+                            headers={"content-type": "application/json"})
+    assert answer.status_code == 400  # not JSON
+    event = catalogue.make_event(catalogue.KnobApply(node="node-1", knob="RAPLPowerCap", command={
+        "command": "set", "domain": "package", "limit_w": 1.0}, requested_by="t"), "/t", extensions={"node": "node-1"})
+    headers, body = to_binary(event)
+    body = body.replace(b"1.0", b"Infinity")  # what a JSON parser lets through into the command
+    failed = httpx.post(shim.url + "/", headers=headers, content=body)
+    assert failed.status_code == 200 and failed.headers["ce-type"] == catalogue.KnobFailed.event_type
+    assert json.loads(failed.content)["code"] == "invalid"
+    assert shim.http.get("/journal").json()[-1]["code"] == "invalid"
+
+
+def test_no_op_holds_while_readings_move_and_reset_keeps_the_first_baseline(tmp_path):
+    shim = Shim(tmp_path)
+    cur = shim.root / CPU0 / "scaling_cur_freq"
+    try:
+        command = {"command": "set", "cpu": "all", "governor": "userspace", "frequency": "max"}
+        assert shim.http.post("/knobs/CPUFrequency", json=command).json()["noop"] is False
+        cur.write_text("1234567")  # the current frequency moves, as it does on a real machine
+        assert shim.http.post("/knobs/CPUFrequency", json=command).json()["noop"] is True
+    finally:
+        shim.close()
+    # A restart (up restarted, the shim crashed) must not take the shim's own setting as the baseline.
+    data = tmp_path / "data"
+    loop = asyncio.new_event_loop()
+    try:
+        again = loop.run_until_complete(start_node_shim("node-1", data, sysfs_root=shim.root))
+        knob = again.shim.knobs["CPUFrequency"]
+        knob.apply({"command": "reset"})
+        assert (shim.root / CPU0 / "scaling_governor").read_text().strip() == "schedutil"
+        loop.run_until_complete(again.stop())
+    finally:
+        loop.close()
+
+
+def test_a_readable_token_is_made_private(tmp_path):
+    from mapemesh.node_shim.server import token
+
+    (tmp_path / "node-shim.token").write_text("secret-token\n")
+    (tmp_path / "node-shim.token").chmod(0o644)
+    assert token(tmp_path) == "secret-token"
+    assert stat.S_IMODE((tmp_path / "node-shim.token").stat().st_mode) == 0o600

@@ -40,6 +40,9 @@ def up(ctx: click.Context, manifests: Path | None, data: Path | None, host: str 
                  node_shim_port=node_shim_port, node=node, sysfs_root=sysfs_root)
     if not s.manifests.exists():
         raise click.UsageError(f"manifests directory {s.manifests} does not exist")
+    if s.sysfs_root and not Path(s.sysfs_root).is_dir():
+        raise click.UsageError(f"--sysfs-root {s.sysfs_root} is not a directory (make one with "
+                               f"`mapemesh node-shim simulate --profile acpi-cpufreq DIR`)")
     run(serve_mesh(s))
 
 

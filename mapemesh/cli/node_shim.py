@@ -48,13 +48,20 @@ def serve(ctx: click.Context, node: str | None, data: Path | None, sysfs_root: P
     found = endpoints.read(s.data)
     target = broker or (found["broker"].rstrip("/") + "/default/default" if "broker" in found else None)
     name = node or s.node or default_node()
+    if "broker" in found and (s.deployed_manifests / f"node-shim-{name}.yaml").exists():
+        raise click.UsageError(f"node {name} has a node shim in this mesh already ({s.deployed_manifests}/"
+                               f"node-shim-{name}.yaml; `mapemesh up` runs one for this machine): use --node")
 
     async def main() -> None:
         running = await start_node_shim(name, s.data, sysfs_root=sysfs_root or (Path(s.sysfs_root) if s.sysfs_root
                                                                                  else None),
                                         broker=target, host=s.host, port=s.node_shim_port,
                                         interval_s=s.telemetry_interval_s)
-        trigger = write_trigger(s.deployed_manifests, name, running.url) if "broker" in found else None
+        try:
+            trigger = write_trigger(s.deployed_manifests, name, running.url) if "broker" in found else None
+        except BaseException:
+            await running.stop()
+            raise
         click.echo(f"node shim for {name} on {running.url} (knobs: {', '.join(sorted(running.shim.knobs))}; "
                    f"sysfs {running.sysfs.root}; token in {s.data / 'node-shim.token'})", err=True)
         try:

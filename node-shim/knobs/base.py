@@ -2,15 +2,20 @@
 
 A knob driver validates every command against its options before it writes anything; a change that spans
 several files goes through a `Transaction`, which puts back every file it changed when a later write
-fails. Drivers raise `KnobError` subclasses; the shim turns them into `knob.failed` events and HTTP answers.
+fails (`rolled_back` is true only when every one could be put back; one that could not is logged). Each
+driver sets `changed` after an apply: False when the command was already in effect and nothing was written.
+Drivers raise `KnobError` subclasses; the shim turns them into `knob.failed` events and HTTP answers.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+log = logging.getLogger(__name__)
 
 Code = Literal["invalid", "unsupported", "permission", "hardware", "timeout", "unknown_knob"]
 Command = dict[str, Any]
@@ -141,16 +146,16 @@ class Transaction:
             self.undo.append((relative, before))
 
     def rollback(self) -> bool:
-        """Put every written file back (newest first); True when something was undone."""
-        undone = False
+        """Put every written file back (newest first); True when every one was put back."""
+        complete = bool(self.undo)
         for relative, before in reversed(self.undo):
             try:
                 self.sysfs.write(relative, before)
-                undone = True
-            except KnobError:
-                pass  # best effort: the failure that caused the rollback is what gets reported
+            except KnobError as exc:  # the failure that caused the rollback is what gets reported; say this too
+                complete = False
+                log.error("rollback: %s could not be put back to %r: %s", self.sysfs.path(relative), before, exc)
         self.undo.clear()
-        return undone
+        return complete
 
 
 def check_keys(command: Command, allowed: set[str], options: dict[str, Any]) -> None:

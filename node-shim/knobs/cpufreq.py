@@ -95,8 +95,26 @@ class CPUFrequency:
             raise Unsupported(f"no cpufreq policy under {sysfs.path(CPU_DIR)}")
         self.driver = sysfs.read(_file(self.cpus[0], "scaling_driver"))
         self.intel_pstate = sysfs.exists(f"{PSTATE_DIR}/status") and sysfs.read(f"{PSTATE_DIR}/status") == "active"
-        # Reset returns to what the machine ran before the shim touched it, not to a guessed default.
+        # Reset returns to what the machine ran before the shim touched it, not to a guessed default (and the
+        # shim keeps that baseline across restarts: see baseline()).
         self.initial_governors = {cpu: sysfs.read(_file(cpu, "scaling_governor")) for cpu in self.cpus}
+        self.initial_no_turbo = sysfs.read_int(f"{PSTATE_DIR}/no_turbo") if self.intel_pstate else 0
+        self.changed = False
+        """Whether the last apply wrote anything (False: the command was already in effect)."""
+
+    def baseline(self) -> dict[str, Any]:
+        """What reset goes back to (saved by the shim the first time, so a restart does not forget it)."""
+        return {"governors": {str(cpu): g for cpu, g in self.initial_governors.items()},
+                "no_turbo": self.initial_no_turbo}
+
+    def restore_baseline(self, saved: dict[str, Any]) -> None:
+        """Take a baseline saved before (a cpu it does not name keeps the one found now)."""
+        for cpu in self.cpus:
+            governor = (saved.get("governors") or {}).get(str(cpu))
+            if isinstance(governor, str) and governor:
+                self.initial_governors[cpu] = governor
+        if isinstance(saved.get("no_turbo"), int):
+            self.initial_no_turbo = saved["no_turbo"]
 
     def get_options(self) -> dict[str, Any]:
         """The cpus, governors and frequencies (Hz) this machine accepts."""
@@ -145,6 +163,7 @@ class CPUFrequency:
             else:
                 self._set(tx, request)
             written = len(tx.undo)
+        self.changed = written > 0
         log.info("CPUFrequency %s on cpus %s: %d file(s) written", request.command,
                  "all" if request.every_cpu else ",".join(map(str, request.cpus)), written)
         return self.get_state()
@@ -242,7 +261,7 @@ class CPUFrequency:
         if self.intel_pstate and request.every_cpu:
             floor = self._pct_floor(list(self._limits(cpu) for cpu in self.cpus))
             _put_range(tx, f"{PSTATE_DIR}/min_perf_pct", f"{PSTATE_DIR}/max_perf_pct", floor, 100)
-            _put(tx, f"{PSTATE_DIR}/no_turbo", 0)
+            _put(tx, f"{PSTATE_DIR}/no_turbo", self.initial_no_turbo)  # as found: the BIOS may forbid turbo
 
     # Reading sysfs.
 
@@ -253,6 +272,9 @@ class CPUFrequency:
         cpus = []
         for entry in folder.iterdir():
             match = _CPU_FOLDER.fullmatch(entry.name)
+            online = entry / "online"
+            if online.exists() and online.read_text().strip() == "0":
+                continue  # an offline cpu's cpufreq files answer EBUSY: it is not this knob's until it is back
             if match and (entry / "cpufreq").is_dir():
                 cpus.append(int(match[1]))
         return sorted(cpus)

@@ -23,6 +23,7 @@ class TelemetryInterval:
         if not MIN_S <= seconds <= MAX_S:
             raise ValueError(f"telemetry interval must be within {MIN_S:g}..{MAX_S:g} s, got {seconds:g}")
         self.initial = self.seconds = float(seconds)
+        self.changed = False
 
     def get_options(self) -> dict[str, Any]:
         return {"min_s": MIN_S, "max_s": MAX_S, "commands": ["set", "reset"]}
@@ -35,7 +36,7 @@ class TelemetryInterval:
         check_keys(command, {"command", "interval"}, options)
         action = command.get("command", "set")
         if action == "reset":
-            self.seconds = self.initial
+            self.changed, self.seconds = self.seconds != self.initial, self.initial
             return self.get_state()
         if action != "set":
             raise InvalidCommand(f"command must be 'set' or 'reset', not {action!r}", options=options)
@@ -47,5 +48,5 @@ class TelemetryInterval:
                                  options=options) from None
         if not MIN_S <= seconds <= MAX_S:
             raise InvalidCommand(f"interval must be within {MIN_S:g}..{MAX_S:g} s, got {seconds:g}", options=options)
-        self.seconds = seconds
+        self.changed, self.seconds = self.seconds != seconds, seconds
         return self.get_state()

@@ -20,6 +20,7 @@ NVML is loaded from the `pynvml` module (PyPI: nvidia-ml-py). Changing clocks or
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -74,6 +75,8 @@ class NVIDIAGPUFrequency:
             if count < 1:
                 raise Unsupported("NVML is available but sees no GPU")
             self.handles = [self._call("open GPU", i, "nvmlDeviceGetHandleByIndex", i) for i in range(count)]
+            self.changed = False
+            """Whether the last apply changed anything (False: the command was already in effect)."""
         except KnobError:
             self.close()
             raise
@@ -237,6 +240,7 @@ class NVIDIAGPUFrequency:
         except KnobError as exc:
             exc.rolled_back = self._undo(undo) or exc.rolled_back
             raise
+        self.changed = bool(undo)
         return self.get_state()
 
     def _gpus(self, selector: Any, options: dict[str, Any]) -> list[int]:
@@ -286,8 +290,8 @@ class NVIDIAGPUFrequency:
                                      options=options)
         if "power_limit_w" in command:
             watts = command["power_limit_w"]
-            if isinstance(watts, bool) or not isinstance(watts, int | float):
-                raise InvalidCommand(f"power_limit_w: {watts!r} is not a number", options=options)
+            if isinstance(watts, bool) or not isinstance(watts, int | float) or not math.isfinite(watts):
+                raise InvalidCommand(f"power_limit_w: {watts!r} is not a finite number", options=options)
             bounds = self._static_info(gpu)["power_mw"]
             if bounds is None:
                 raise Unsupported(f"GPU {gpu} does not support power limits")

@@ -24,6 +24,7 @@ one transaction: when one fails, the files already written are put back.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +86,16 @@ class RAPLPowerCap:
                 if self.sysfs.exists(rel):
                     self.initial[rel] = self.sysfs.read(rel)
         self._unreadable_energy: set[str] = set()
+        self.changed = False
+        """Whether the last apply wrote anything (False: the command was already in effect)."""
+
+    def baseline(self) -> dict[str, Any]:
+        """What reset goes back to (saved by the shim the first time, so a restart does not forget it)."""
+        return dict(self.initial)
+
+    def restore_baseline(self, saved: dict[str, Any]) -> None:
+        """Take a baseline saved before, for the files it names that this machine has."""
+        self.initial.update({rel: str(value) for rel, value in saved.items() if rel in self.initial})
 
     def _discover(self) -> dict[str, _Zone]:
         base = self.sysfs.path(POWERCAP_DIR)
@@ -260,9 +271,29 @@ class RAPLPowerCap:
         # fails part-way is rolled back with the others; files that already hold the target are not touched.
         with self.sysfs.transaction() as tx:
             for rel, value in writes:
-                if self.sysfs.read(rel) != value:
+                if not _holds(rel, self.sysfs.read(rel), value):
                     tx.write(rel, value)
                     log.info("RAPL %s <- %s", rel, value)
+            self.changed = bool(tx.undo)
+
+
+POWER_UNIT_UW = 125_000
+"""RAPL stores limits in its power unit (1/8 W on most Intel parts) and reads back the rounded value."""
+
+
+def _holds(rel: str, current: str, target: str) -> bool:
+    """Whether the file already holds the target, as the hardware rounds it (so a re-apply writes nothing)."""
+    if current == target:
+        return True
+    try:
+        have, want = int(current), int(target)
+    except ValueError:
+        return False
+    if rel.endswith("_power_limit_uw"):
+        return abs(have - want) < POWER_UNIT_UW
+    if rel.endswith("_time_window_us"):
+        return abs(have - want) <= max(1, want) // 4  # the window is encoded as 2^Y * (1 + Z/4) time units
+    return False
 
 
 def _limit_uw(form: str, value: Any, options: dict[str, Any]) -> int:
@@ -277,6 +308,8 @@ def _limit_uw(form: str, value: Any, options: dict[str, Any]) -> int:
         kind = "an integer" if form == "limit_uw" else "a number"
         raise InvalidCommand(f"{form}: {value!r} is not {kind}", options=options)
     else:
+        if not math.isfinite(value):
+            raise InvalidCommand(f"{form}: {value!r} is not a finite number", options=options)
         uw = value if form == "limit_uw" else round(value * 1_000_000)
     if uw <= 0:
         raise InvalidCommand(f"{form}: {value!r} is not a positive power", options=options)
