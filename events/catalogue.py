@@ -201,10 +201,14 @@ class DeployStatus(EventData):
     summary: ClassVar[str] = "What the deploy function did with a deploy request."
     app_id: NonEmpty
     plan_id: str | None = None
-    status: Literal["Applied", "Written", "Failed"]
+    status: Literal["Applied", "Written", "Failed", "Removed"] = Field(
+        description="Applied to a cluster; Written locally (rendered, not applied: no cluster configured); Failed; "
+                    "Removed (the application's objects were deleted).")
     clusters: list[str] = Field(default_factory=list)
     objects: int = Field(0, ge=0, description="How many Kubernetes objects were applied or written.")
     message: str | None = None
+    deployed: bool | None = Field(None, description="Applied: whether every component runs on its clusters yet "
+                                                     "(Karmada's ResourceBindings, or the Deployments).")
 
 
 class AppSubmitted(EventData):

@@ -79,8 +79,14 @@ class Loop:
         wait_for(ready, timeout=30, what=f"policies {', '.join(names)} registered")
 
     def commands(self, knob: str) -> list[dict]:
-        return [json.loads(r.event.data) for r in self.shim.at("/node-1")
-                if json.loads(r.event.data)["knob"] == knob]
+        """The commands for `knob`, one per plan: delivery is at least once, so a plan's command may come twice
+        (a real shim applies it once and answers no-op the second time)."""
+        by_plan: dict[str, dict] = {}
+        for r in self.shim.at("/node-1"):
+            data = json.loads(r.event.data)
+            if data["knob"] == knob:
+                by_plan.setdefault(data.get("plan_id") or r.event.id, data)
+        return list(by_plan.values())
 
     def plan(self, plan_id: str) -> dict:
         doc = self.store.get("plans", plan_id)

@@ -89,6 +89,9 @@ async def monitor(event: CloudEvent) -> CloudEvent | None:
         return _changed(data.node, "node", [f"mechanism:{data.knob}"], event)
     if isinstance(data, catalogue.DeployStatus):
         _plan_result(store, data.plan_id, None, data.status != "Failed", data.message)
+        if data.deployed is not None:  # the deploy function's later word on whether the application runs
+            update(store, "deployments", data.app_id,
+                   lambda doc: None if doc is None else {**doc, "deployed": data.deployed, "message": data.message})
         return _changed(data.app_id, "application", ["deployment"], event)
     if isinstance(data, catalogue.ModeChanged):
         store.put("settings", "mode", {"mode": data.mode, "manual_override": data.manual_override})

@@ -14,6 +14,7 @@ from mapemesh.cli.events import events
 from mapemesh.cli.mesh import status, up
 from mapemesh.cli.node_shim import node_shim
 from mapemesh.cli.policy import policy
+from mapemesh.cli.render import render
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -37,6 +38,7 @@ cli.add_command(up)
 cli.add_command(status)
 cli.add_command(policy)
 cli.add_command(node_shim)
+cli.add_command(render)
 
 
 def main() -> None:
