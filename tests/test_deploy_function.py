@@ -192,3 +192,52 @@ def test_with_karmada_it_applies_refuses_unready_clusters_and_reports_when_runni
         store.close()
         from_environment.cache_clear()
         server.stop()
+
+
+def test_a_redeploy_deletes_what_it_no_longer_makes_and_does_not_take_over_others(tmp_path, monkeypatch):
+    """Against a stand-in API server (what is sent, not a cluster)."""
+    from .test_deploy_apply import FakeApiServer
+    from .test_deploy_clusters import CLUSTERS, _cluster
+
+    server = FakeApiServer().start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "karmada",
+        "clusters": [{"name": "k", "cluster": {"server": server.url}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "karmada", "context": {"cluster": "k", "user": "u"}}]}))
+    server.objects[CLUSTERS] = {"kind": "ClusterList", "apiVersion": "cluster.karmada.io/v1alpha1", "metadata": {},
+                                "items": [_cluster("edge-c")]}
+    monkeypatch.setenv("MAPEMESH_DATA", str(tmp_path))
+    monkeypatch.setenv("MAPEMESH_KUBECONFIG", str(kubeconfig))
+    from mapemesh.functions import deploy as deploy_module
+
+    monkeypatch.setattr(deploy_module, "_follow", lambda *a, **k: None)
+    from_environment.cache_clear()
+    store = from_environment()
+    two = {"MLSysOpsApp": {**APP["MLSysOpsApp"], "components": [
+        *APP["MLSysOpsApp"]["components"],
+        {"metadata": {"name": "db"}, "containers": [{"image": "postgres:17",
+                                                      "ports": [{"container_port": 5432, "protocol": "TCP"}]}]}]}}
+    try:
+        store.put("applications", "shop", {"description": two})
+        first = catalogue.parse_data(asyncio.run(deploy(ev(catalogue.DeployRequested(
+            app_id="shop", placement={"web": ["edge-c"], "db": ["edge-c"]})))))
+        assert first.status == "Applied"
+        store.put("applications", "shop", {"description": APP})  # db is gone from the description
+        second = catalogue.parse_data(asyncio.run(deploy(ev(catalogue.DeployRequested(
+            app_id="shop", placement={"web": ["edge-c"]})))))
+        assert second.status == "Applied"
+        deleted = {r.path for r in server.requests if r.method == "DELETE"}
+        assert "/apis/apps/v1/namespaces/default/deployments/shop-db" in deleted
+        assert "/api/v1/namespaces/default/services/db" in deleted
+        assert "/apis/apps/v1/namespaces/default/deployments/shop-web" not in deleted
+        # Another application's object of the same name is not taken over.
+        store.put("applications", "blog", {"description": {"MLSysOpsApp": {**APP["MLSysOpsApp"], "name": "blog"}}})
+        clash = catalogue.parse_data(asyncio.run(deploy(ev(catalogue.DeployRequested(
+            app_id="blog", placement={"web": ["edge-c"]})))))
+        assert clash.status == "Failed" and "belongs to application shop" in clash.message
+    finally:
+        store.close()
+        from_environment.cache_clear()
+        server.stop()

@@ -22,7 +22,9 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -59,25 +61,49 @@ def _identity(obj: dict[str, Any]) -> dict[str, Any]:
             "metadata": {"name": meta.get("name"), **({"namespace": meta["namespace"]} if "namespace" in meta else {})}}
 
 
+def _key(identity: dict[str, Any]) -> tuple[str, str, str, str]:
+    meta = identity.get("metadata") or {}
+    return identity["apiVersion"], identity["kind"], str(meta.get("namespace") or ""), str(meta.get("name"))
+
+
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def _safe(kind: str, value: str) -> str:
+    """A name that may become a folder: a DNS-1123 subdomain (no '..', no '/')."""
+    if not _NAME.fullmatch(value) or ".." in value:
+        raise ValueError(f"{kind} {value!r} is not a DNS-1123 name (lowercase letters, digits, '-', '.')")
+    return value
+
+
 def write_local(data: Path, app_id: str, per_cluster: dict[str, list[dict[str, Any]]], plan_id: str | None) -> Path:
-    """Write each cluster's objects under DATA_DIR/deployments/APP/CLUSTER/, replacing what was there, atomically."""
+    """Write each cluster's objects under DATA_DIR/deployments/APP/CLUSTER/, replacing what was there.
+
+    Written in a fresh temporary folder, then swapped in by renames; a failure leaves the old folder as it was.
+    """
     from mapemesh.functions.deploy.render import to_yaml_files
 
-    root = data / "deployments" / app_id
-    tmp = root.with_name(f".{app_id}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for cluster, objects in sorted(per_cluster.items()):
-        folder = tmp / cluster
-        folder.mkdir(parents=True)
-        for name, text in to_yaml_files(objects).items():
-            (folder / name).write_text(text, encoding="utf-8")
-    (tmp / "STATUS").write_text(json.dumps({"status": "rendered, not applied", "plan_id": plan_id,
-                                            "at": time.time(), "clusters": sorted(per_cluster)}, indent=1) + "\n")
-    old = root.with_name(f".{app_id}.{os.getpid()}.old")
-    if root.exists():
-        root.rename(old)
-    tmp.rename(root)
-    shutil.rmtree(old, ignore_errors=True)
+    base = data / "deployments"
+    base.mkdir(parents=True, exist_ok=True)
+    root = base / _safe("application id", app_id)
+    for cluster in per_cluster:
+        _safe("cluster", cluster)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{app_id}.", dir=base))
+    try:
+        for cluster, objects in sorted(per_cluster.items()):
+            folder = tmp / cluster
+            folder.mkdir()
+            for name, text in to_yaml_files(objects).items():
+                (folder / name).write_text(text, encoding="utf-8")
+        (tmp / "STATUS").write_text(json.dumps({"status": "rendered, not applied", "plan_id": plan_id,
+                                                "at": time.time(), "clusters": sorted(per_cluster)}, indent=1) + "\n")
+        old = Path(tempfile.mkdtemp(prefix=f".{app_id}.old.", dir=base))
+        if root.exists():
+            os.replace(root, old / "previous")
+        os.replace(tmp, root)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 
@@ -102,21 +128,35 @@ def _status(request: catalogue.DeployRequested | catalogue.AppRemoved, status: s
 
 
 async def on_deploy(store: StateStore, request: catalogue.DeployRequested, data_dir: Path) -> CloudEvent:
-    """Render the application with the plan's placement; apply it, or write it locally; record it."""
-    from mapemesh.functions.deploy.render import RenderError, render_app
+    """Render the application with the plan's placement; apply it, or write it locally; record it.
 
+    What an earlier deploy of the application made and this one does not (a component dropped from the
+    description, another target) is deleted afterwards, so a redeploy or a move leaves nothing behind.
+    """
+    from mapemesh.functions.deploy.render import APP_ID, RenderError, render_app
+
+    previous = store.get("deployments", request.app_id)
     app = store.get("applications", request.app_id)
     if app is None:
-        return _status(request, "Failed", message=f"application {request.app_id} is not known (submit it first)")
+        return _status(request, "Failed", message=f"application {request.app_id} is not known (submit it first, or "
+                                                  "it was removed)")
     description = app.value.get("description", app.value)
-    previous = store.get("deployments", request.app_id)
-    placement, nodes = _placement(request, previous.value if previous else None)
-    target = _target()
+    before = previous.value if previous else None
+    placement, nodes = _placement(request, before)
+    try:
+        target = _target()
+    except Exception as exc:  # a bad kubeconfig will not get better by retrying
+        return _status(request, "Failed", message=f"cannot reach the cluster: {exc}")
+    try:
+        known = await asyncio.to_thread(_clusters, store, target)
+    except Exception as exc:  # Karmada unreachable: raise, the broker delivers the request again
+        raise RuntimeError(f"cannot read the clusters: {exc}") from exc
+    arch = {c.name: c.architecture for c in known.values() if c.architecture}
     try:
         rendering = render_app(description, placement, nodes=nodes, app_id=request.app_id,
-                               karmada=target.karmada if target is not None else True)
+                               karmada=target.karmada if target is not None else True, cluster_arch=arch)
     except RenderError as exc:
-        if "cluster" not in str(exc) or target is not None:
+        if "has no clusters" not in str(exc) or target is not None:
             return _status(request, "Failed", message=f"cannot render: {exc}")
         # No cluster named anywhere and no cluster to ask: the local target takes every component.
         placement = {**{c: [LOCAL_CLUSTER] for c in _components(description)}, **placement}
@@ -124,59 +164,142 @@ async def on_deploy(store: StateStore, request: catalogue.DeployRequested, data_
             rendering = render_app(description, placement, nodes=nodes, app_id=request.app_id)
         except RenderError as again:
             return _status(request, "Failed", message=f"cannot render: {again}")
-    clusters = sorted({c for cs in placement.values() for c in cs})
-    refused = await asyncio.to_thread(_unusable, store, target, clusters)
+    clusters = sorted(rendering.per_cluster)
+    refused = _unusable(known, clusters, karmada=target is not None and target.karmada)
     if refused:
         return _status(request, "Failed", clusters=clusters, message="; ".join(refused))
+    identities = [_identity(o) for o in rendering.objects]
+    kind = "cluster" if target is not None else "local"
+    keys = {_key(i) for i in identities}
+    stale = [o for o in (before or {}).get("objects") or []
+             if _key(o) not in keys or (before or {}).get("target") != kind]
     deployed: bool | None = None
     if target is not None:
+        taken = await asyncio.to_thread(_owned_elsewhere, target, rendering.objects, request.app_id, APP_ID)
+        if taken:
+            return _status(request, "Failed", clusters=clusters, message="; ".join(taken))
+        # Recorded before applying: whatever an apply that fails half way made is still deleted on removal.
+        _record(store, request, placement, nodes, clusters, identities + stale, kind, "Applying", None, None)
         try:
             applied = await asyncio.to_thread(target.apply, rendering.objects)
-            deployed = bool((await asyncio.to_thread(target.status, rendering.objects)).get("deployed"))
-        except Exception as exc:  # ApplyError, or the API server unreachable
+        except Exception as exc:  # ApplyError, or the API server went away
             return _status(request, "Failed", clusters=clusters, message=f"apply failed: {exc}")
+        try:
+            deployed = bool((await asyncio.to_thread(target.status, rendering.objects)).get("deployed"))
+        except Exception as exc:  # the objects are applied; their status can come later
+            log.warning("status of %s: %s", request.app_id, exc)
+            deployed = False
         status, count, message = "Applied", len(applied), None
-        if not deployed:
-            _follow(target, request, rendering.objects, clusters, len(applied))
     else:
-        root = await asyncio.to_thread(write_local, data_dir, request.app_id, rendering.per_cluster, request.plan_id)
+        try:
+            root = await asyncio.to_thread(write_local, data_dir, request.app_id, rendering.per_cluster,
+                                           request.plan_id)
+        except ValueError as exc:
+            return _status(request, "Failed", clusters=clusters, message=str(exc))
         count = sum(len(objs) for objs in rendering.per_cluster.values())
         status, message = "Written", f"rendered, not applied (no cluster configured: MAPEMESH_KUBECONFIG): {root}"
-    update(store, "deployments", request.app_id, lambda doc: {
-        "app_id": request.app_id, "status": status, "placement": placement, "nodes": nodes, "clusters": clusters,
-        "objects": [_identity(o) for o in rendering.objects], "target": "cluster" if target is not None else "local",
-        "plan_id": request.plan_id, "message": message, "deployed": deployed, "at": time.time()})
+    leftover = await _remove_stale(stale, before, target, data_dir, request.app_id, kind)
+    if store.get("applications", request.app_id) is None:  # removed while this deploy ran: undo it
+        await _delete_all(identities, target, data_dir, request.app_id)
+        store.delete("deployments", request.app_id)
+        return _status(request, "Removed", clusters=clusters, message="the application was removed meanwhile")
+    _record(store, request, placement, nodes, clusters, identities + leftover, kind, status, message, deployed)
+    if target is not None and not deployed:
+        _follow(target, request, rendering.objects, clusters, count)
     return _status(request, status, clusters=clusters, objects=count, message=message, deployed=deployed)
 
 
-def _unusable(store: StateStore, target: Any, clusters: list[str]) -> list[str]:
-    """Why planned clusters cannot take the application: not ready, or tainted unschedulable.
+def _record(store: StateStore, request: catalogue.DeployRequested, placement: dict[str, list[str]],
+            nodes: dict[str, str], clusters: list[str], objects: list[dict[str, Any]], target: str, status: str,
+            message: str | None, deployed: bool | None) -> None:
+    update(store, "deployments", request.app_id, lambda doc: {
+        "app_id": request.app_id, "status": status, "placement": placement, "nodes": nodes, "clusters": clusters,
+        "objects": objects, "target": target, "plan_id": request.plan_id, "message": message, "deployed": deployed,
+        "at": time.time()})
 
-    Karmada's Cluster objects decide when there is a Karmada; else the registered infrastructure (a cluster
-    nobody registered, such as the local target, is taken as it is).
-    """
+
+async def _remove_stale(stale: list[dict[str, Any]], before: dict[str, Any] | None, target: Any, data_dir: Path,
+                        app_id: str, kind: str) -> list[dict[str, Any]]:
+    """Delete what an earlier deploy made that this one does not; return what could not be deleted."""
+    if not stale or before is None:
+        return []
+    if before.get("target") == "local":
+        if kind != "local":
+            await asyncio.to_thread(shutil.rmtree, data_dir / "deployments" / app_id, True)
+        return []
+    if target is None:
+        log.warning("%s: %d object(s) applied to a cluster earlier stay there: no cluster is configured now",
+                    app_id, len(stale))
+        return stale  # kept in the record, so a later removal with a cluster configured deletes them
+    try:
+        await asyncio.to_thread(target.delete, stale)
+    except Exception as exc:
+        log.warning("%s: deleting %d stale object(s) failed: %s", app_id, len(stale), exc)
+        return stale
+    return []
+
+
+async def _delete_all(identities: list[dict[str, Any]], target: Any, data_dir: Path, app_id: str) -> None:
+    if target is not None:
+        await asyncio.to_thread(target.delete, identities)
+    else:
+        await asyncio.to_thread(shutil.rmtree, data_dir / "deployments" / app_id, True)
+
+
+def _clusters(store: StateStore, target: Any) -> dict[str, Any]:
+    """The clusters there are: Karmada's members, or the registered ones (by name)."""
     from mapemesh.functions.deploy.clusters import from_karmada, from_registry
 
     if target is not None and target.karmada:
-        known = {c.name: c for c in from_karmada(target.client)}
-        missing = [f"cluster {c} is not a Karmada member cluster" for c in clusters if c not in known]
-    else:
-        known = {c.name: c for c in from_registry(store.list("infrastructure"))}
-        missing = []
+        return {c.name: c for c in from_karmada(target.client)}
+    return {c.name: c for c in from_registry(store.list("infrastructure"))}
+
+
+def _unusable(known: dict[str, Any], clusters: list[str], *, karmada: bool) -> list[str]:
+    """Why planned clusters cannot take the application: unknown to Karmada, not ready, or tainted unschedulable.
+
+    Without Karmada a cluster nobody registered (such as the local target) is taken as it is.
+    """
+    missing = [f"cluster {c} is not a Karmada member cluster" for c in clusters if karmada and c not in known]
     bad = [f"cluster {c} cannot take it: {known[c].reason or ('not ready' if not known[c].ready else 'unschedulable')}"
            for c in clusters if c in known and not (known[c].ready and known[c].schedulable)]
     return missing + bad
 
 
-_followers: set[asyncio.Task[None]] = set()
+def _owned_elsewhere(target: Any, objects: list[dict[str, Any]], app_id: str, label: str) -> list[str]:
+    """Objects that exist already and belong to another application (server-side apply would take them over)."""
+    from mapemesh.functions.deploy.apply import object_path, object_ref, request
+
+    out = []
+    for obj in objects:
+        code, body = request(target.client, "GET", object_path(obj), timeout=target.request_timeout)
+        if code != 200:
+            continue
+        try:
+            owner = ((json.loads(body).get("metadata") or {}).get("labels") or {}).get(label)
+        except (ValueError, AttributeError):
+            continue
+        ours = ((obj.get("metadata") or {}).get("labels") or {}).get(label, app_id)
+        if owner is not None and owner != ours:
+            out.append(f"{object_ref(obj)} belongs to application {owner}")
+    return out
+
+
+_followers: dict[str, asyncio.Task[None]] = {}
+"""One follow-up per application: a newer deploy or a removal cancels the one before."""
 
 
 def _follow(target: Any, request: catalogue.DeployRequested, objects: list[dict[str, Any]], clusters: list[str],
             count: int) -> None:
-    """Watch the applied objects until they run (or STATUS_WAIT_S passes); then publish a deploy.status."""
+    """Watch the applied objects until they are applied everywhere (or STATUS_WAIT_S passes); report it.
+
+    It runs in the function's process, which scales down when idle: a rollout slower than that is reported
+    by the next deploy instead.
+    """
 
     async def follow() -> None:
         from mapemesh.serving import sink
+        from mapemesh.serving.sink import SinkError
 
         deadline = time.monotonic() + STATUS_WAIT_S
         status: dict[str, Any] = {}
@@ -188,38 +311,55 @@ def _follow(target: Any, request: catalogue.DeployRequested, objects: list[dict[
                 log.warning("status of %s: %s", request.app_id, exc)
                 continue
             if status.get("deployed"):
-                await sink.publish([_status(request, "Applied", clusters=clusters, objects=count, deployed=True,
-                                            message="every component runs on its clusters")])
-                return
-        await sink.publish([_status(request, "Applied", clusters=clusters, objects=count, deployed=False,
-                                    message=f"not running everywhere after {STATUS_WAIT_S:g}s: "
-                                            f"{json.dumps(status.get('components') or {}, default=str)[:500]}")])
+                break
+        done = bool(status.get("deployed"))
+        message = ("applied on every planned cluster" if done else
+                   f"not applied everywhere after {STATUS_WAIT_S:g}s: "
+                   f"{json.dumps(status.get('components') or {}, default=str)[:500]}")
+        try:
+            await sink.publish([_status(request, "Applied", clusters=clusters, objects=count, deployed=done,
+                                        message=message)])
+        except SinkError as exc:  # the record stays as it was; the next deploy reports again
+            log.warning("deploy status of %s not published: %s", request.app_id, exc)
 
+    _stop_following(request.app_id)
     task = asyncio.get_running_loop().create_task(follow())
-    _followers.add(task)
-    task.add_done_callback(_followers.discard)
+    _followers[request.app_id] = task
+    task.add_done_callback(lambda t: _followers.pop(request.app_id, None) if _followers.get(request.app_id) is t
+                           else None)
+
+
+def _stop_following(app_id: str) -> None:
+    task = _followers.pop(app_id, None)
+    if task is not None:
+        task.cancel()
 
 
 def _components(description: dict[str, Any]) -> list[str]:
     app = description.get("MLSysOpsApp", description) if isinstance(description, dict) else {}
-    return [str((c.get("metadata") or {}).get("name")) for c in app.get("components") or []
-            if isinstance(c, dict) and (c.get("metadata") or {}).get("name")]
+    return [str(meta.get("name")) for c in app.get("components") or []
+            if isinstance(c, dict) and isinstance(meta := c.get("metadata"), dict) and meta.get("name")]
 
 
 async def on_removed(store: StateStore, removed: catalogue.AppRemoved, data_dir: Path) -> CloudEvent | None:
-    """Delete what was deployed for the application (policies included), or its local folder."""
+    """Delete what was deployed for the application (policies included), or its local folder.
+
+    A deploy still running for it undoes itself when it finds the application gone. A failure to reach the
+    cluster raises, so that the broker delivers the removal again.
+    """
+    _stop_following(removed.app_id)
     record = store.get("deployments", removed.app_id)
     if record is None:
         return None
     objects = record.value.get("objects") or []
     if record.value.get("target") == "cluster":
-        target = _target()
+        try:
+            target = _target()
+        except Exception as exc:
+            return _status(removed, "Failed", message=f"cannot reach the cluster to remove it: {exc}")
         if target is None:
             return _status(removed, "Failed", message="deployed to a cluster, but no cluster is configured now")
-        try:
-            await asyncio.to_thread(target.delete, objects)
-        except Exception as exc:
-            return _status(removed, "Failed", message=f"removal failed: {exc}")
+        await asyncio.to_thread(target.delete, objects)  # raises on failure: delivered again
     else:
         await asyncio.to_thread(shutil.rmtree, data_dir / "deployments" / removed.app_id, True)
     store.delete("deployments", removed.app_id)

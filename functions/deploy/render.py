@@ -303,7 +303,7 @@ def _arch_images(containers: list[Any], clusters: list[str],
 def _component(component: Any, path: str, app: str, app_label: str, namespace: str, clusters: list[str],
                node: str | None, cluster_arch: Mapping[str, str]) -> _Component:
     component = _mapping(component, path)
-    name = str((component.get("metadata") or {}).get("name") or "")
+    name = str(_mapping(component.get("metadata"), f"{path}.metadata").get("name") or "")
     if not name:
         raise RenderError(f"{path}.metadata.name: required")
     containers = _as_list(component.get("containers"))
@@ -420,7 +420,8 @@ def render_app(description: dict[str, Any], placement: dict[str, list[str]], *, 
     # Placement or node entries for components the description no longer has are ignored: a plan can outlive them.
     for i, component in enumerate(components):
         path = f"components[{i}]"
-        name = str((component.get("metadata") or {}).get("name") or "") if isinstance(component, Mapping) else ""
+        meta = component.get("metadata") if isinstance(component, Mapping) else None
+        name = str(meta.get("name") or "") if isinstance(meta, Mapping) else ""
         clusters = sorted({str(c) for c in _as_list(placement.get(name))}) or fallback
         if name and not clusters:
             raise RenderError(f"{path}: component {name!r} has no clusters: it is not in the placement plan and "

@@ -89,6 +89,23 @@ def _decide(description: dict[str, Any], infra: dict[str, dict[str, Any]]) -> tu
     return placement, nodes, notes
 
 
+def _write(out: Path, files: dict[str, str]) -> None:
+    """Write the files; files a render wrote there before (`<kind>-<name>.yaml` holding that object) are removed
+    first, so no stale object is left for `kubectl apply -f`; other files are left alone."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.yaml"):
+        try:
+            doc = yaml.safe_load(old.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue
+        meta = doc.get("metadata") if isinstance(doc, dict) else None
+        ours = isinstance(meta, dict) and old.name.startswith(f"{str(doc.get('kind')).lower()}-{meta.get('name')}")
+        if ours and old.name not in files:
+            old.unlink()
+    for name, text in files.items():
+        (out / name).write_text(text, encoding="utf-8")
+
+
 @render.command("app")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -120,18 +137,20 @@ def app(ctx: click.Context, file: Path, plan_file: Path | None, infra_files: tup
             raise click.UsageError(f"--plan {plan_file}: a mapping is expected")
         placement = (plan.get("ClusterPlacement") or {}).get("placement") or plan.get("placement") or {}
         nodes = (plan.get("ComponentPlacement") or {}).get("nodes") or plan.get("nodes") or {}
+        if not isinstance(placement, dict) or not all(isinstance(v, list) for v in placement.values()):
+            raise click.UsageError(f"--plan {plan_file}: placement must map each component to a list of clusters")
+        if not isinstance(nodes, dict):
+            raise click.UsageError(f"--plan {plan_file}: nodes must map each component to a node")
     else:
         s = settings(ctx, data=data)
         placement, nodes, notes = _decide(description, _infrastructure(infra_files, s.data, s.state))
+    for note in notes:  # first: they say why a component may have no clusters
+        click.echo(f"note: {note}", err=True)
     try:
         rendering = render_app(description, placement, nodes=nodes, karmada=not no_karmada)
     except RenderError as exc:
         raise click.UsageError(f"{file}: {exc}") from None
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in to_yaml_files(rendering.objects).items():
-        (out / name).write_text(text, encoding="utf-8")
-    for note in notes:
-        click.echo(f"note: {note}", err=True)
+    _write(out, to_yaml_files(rendering.objects))
     click.echo(f"{len(rendering.objects)} object(s) for {rendering.app} written to {out} "
                f"(clusters: {', '.join(sorted(rendering.per_cluster)) or 'none'})")
 
@@ -160,8 +179,6 @@ def mesh(ctx: click.Context, manifests: Path | None, runtimes: Path | None, out:
     if found.errors or extra.errors:
         raise click.UsageError("; ".join(found.errors + extra.errors))
     objects = [m.body for m in (*found.objects, *extra.objects) if m.kind != "Kustomization"]
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in to_yaml_files(objects).items():
-        (out / name).write_text(text, encoding="utf-8")
+    _write(out, to_yaml_files(objects))
     kinds = sorted({o["kind"] for o in objects})
     click.echo(f"{len(objects)} object(s) ({', '.join(kinds)}) written to {out}; apply with kubectl apply -f {out}")
