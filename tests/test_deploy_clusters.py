@@ -113,7 +113,10 @@ def test_a_refused_cluster_list_raises(api_server: FakeApiServer, client: kubern
 
 
 def _reference(name: str) -> dict:
-    return yaml.safe_load((SHARED / "reference" / "mlsysops" / name).read_text())
+    path = SHARED / "reference" / "mlsysops" / name
+    if not path.exists():
+        pytest.skip(f"{path} is not here (../shared is laid beside the checkout in CI)")
+    return yaml.safe_load(path.read_text())
 
 
 def test_registered_clusters_and_nodes() -> None:
