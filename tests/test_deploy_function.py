@@ -126,6 +126,17 @@ def test_render_app_and_mesh(tmp_path):
     assert "broker-default.yaml" in names and "trigger-monitor.yaml" in names and "service-monitor.yaml" in names
 
 
+def _kubeconfig(tmp_path, url: str):
+    """A kubeconfig whose current context is the stand-in API server at `url`."""
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "karmada",
+        "clusters": [{"name": "k", "cluster": {"server": url}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "karmada", "context": {"cluster": "k", "user": "u"}}]}))
+    return path
+
+
 def test_with_karmada_it_applies_refuses_unready_clusters_and_reports_when_running(tmp_path, monkeypatch):
     """Against a stand-in API server (what is sent, not a cluster): apply, a Cluster that is not ready, the
     ResourceBinding turning applied on every cluster, and removal."""
@@ -133,12 +144,7 @@ def test_with_karmada_it_applies_refuses_unready_clusters_and_reports_when_runni
     from .test_deploy_clusters import CLUSTERS, _cluster
 
     server = FakeApiServer().start()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "karmada",
-        "clusters": [{"name": "k", "cluster": {"server": server.url}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "karmada", "context": {"cluster": "k", "user": "u"}}]}))
+    kubeconfig = _kubeconfig(tmp_path, server.url)
     server.objects[CLUSTERS] = {"kind": "ClusterList", "apiVersion": "cluster.karmada.io/v1alpha1", "metadata": {},
                                 "items": [_cluster("edge-c"), _cluster("down", ready="False")]}
     monkeypatch.setenv("MAPEMESH_DATA", str(tmp_path))
@@ -200,12 +206,7 @@ def test_a_redeploy_deletes_what_it_no_longer_makes_and_does_not_take_over_other
     from .test_deploy_clusters import CLUSTERS, _cluster
 
     server = FakeApiServer().start()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "karmada",
-        "clusters": [{"name": "k", "cluster": {"server": server.url}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "karmada", "context": {"cluster": "k", "user": "u"}}]}))
+    kubeconfig = _kubeconfig(tmp_path, server.url)
     server.objects[CLUSTERS] = {"kind": "ClusterList", "apiVersion": "cluster.karmada.io/v1alpha1", "metadata": {},
                                 "items": [_cluster("edge-c")]}
     monkeypatch.setenv("MAPEMESH_DATA", str(tmp_path))
