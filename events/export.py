@@ -1,4 +1,5 @@
-"""Export the catalogue's JSON Schemas to `events/schemas/` (`make schemas`), or check they are current."""
+"""Export the catalogue's JSON Schemas (and the MLSysOps descriptions') to `events/schemas/` (`make schemas`),
+or check they are current."""
 
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ def render() -> dict[str, str]:
         files[f"{event_type}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
         index.append({"type": event_type, "dataschema": model.dataschema(), "summary": model.summary})
     files["index.json"] = json.dumps(index, indent=2) + "\n"
+    # The MLSysOps descriptions the northbound API takes, next to the events that carry them.
+    from mapemesh.descriptions import MODELS
+
+    for name, model in sorted(MODELS.items()):
+        schema = model.model_json_schema()
+        schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+                  "$id": f"https://mapemesh.dev/schemas/descriptions/{name}.json", "title": name,
+                  **{k: v for k, v in schema.items() if k != "title"}}
+        files[f"description.{name}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     return files
 
 
