@@ -242,3 +242,34 @@ def test_a_redeploy_deletes_what_it_no_longer_makes_and_does_not_take_over_other
         store.close()
         from_environment.cache_clear()
         server.stop()
+
+
+def test_two_local_writes_of_one_application_at_once_both_land_and_leave_no_temporary_folder(tmp_path):
+    """Two placement plans for one application reach the deploy function together: the second swap must wait for
+    the first (it failed with ENOTEMPTY and left a `.APP.old.*` folder before)."""
+    import threading
+
+    from mapemesh.functions.deploy import write_local
+
+    objects = {"local": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "default"},
+                          "data": {"k": "v"}}]}
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def writer(n: int) -> None:
+        start.wait()
+        for i in range(25):
+            try:
+                write_local(tmp_path, "race-app", objects, f"plan-{n}-{i}")
+            except BaseException as exc:  # collected: an assertion in a thread would be lost
+                errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    left = sorted(p.name for p in (tmp_path / "deployments").iterdir())
+    assert left == [".race-app.lock", "race-app"]
+    assert json.loads((tmp_path / "deployments" / "race-app" / "STATUS").read_text())["plan_id"].startswith("plan-")

@@ -19,6 +19,8 @@ which the monitor stage turns into the plan's status. What was deployed is recor
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -26,6 +28,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +92,7 @@ def write_local(data: Path, app_id: str, per_cluster: dict[str, list[dict[str, A
     for cluster in per_cluster:
         _safe("cluster", cluster)
     tmp = Path(tempfile.mkdtemp(prefix=f".{app_id}.", dir=base))
+    old: Path | None = None
     try:
         for cluster, objects in sorted(per_cluster.items()):
             folder = tmp / cluster
@@ -97,14 +101,27 @@ def write_local(data: Path, app_id: str, per_cluster: dict[str, list[dict[str, A
                 (folder / name).write_text(text, encoding="utf-8")
         (tmp / "STATUS").write_text(json.dumps({"status": "rendered, not applied", "plan_id": plan_id,
                                                 "at": time.time(), "clusters": sorted(per_cluster)}, indent=1) + "\n")
-        old = Path(tempfile.mkdtemp(prefix=f".{app_id}.old.", dir=base))
-        if root.exists():
-            os.replace(root, old / "previous")
-        os.replace(tmp, root)
-        shutil.rmtree(old, ignore_errors=True)
+        with _app_lock(base, app_id):  # two deploys of one application (threads or processes) swap in turn
+            old = Path(tempfile.mkdtemp(prefix=f".{app_id}.old.", dir=base))
+            if root.exists():
+                os.replace(root, old / "previous")
+            os.replace(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     return root
+
+
+@contextlib.contextmanager
+def _app_lock(base: Path, app_id: str) -> Iterator[None]:
+    """An exclusive lock on DATA_DIR/deployments/.APP.lock (flock: between threads and processes alike)."""
+    with open(base / f".{app_id}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _placement(request: catalogue.DeployRequested, previous: dict[str, Any] | None) -> tuple[dict[str, list[str]],
