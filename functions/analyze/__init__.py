@@ -38,7 +38,7 @@ from mapemesh.state import StateStore, from_environment, update
 
 log = logging.getLogger(__name__)
 SOURCE = "/mapemesh/analyze"
-KNOWLEDGE = ("description", "removed", "deployment", "mode")
+KNOWLEDGE = ("description", "removed", "deployment", "mode", "policy")
 """`changed` keys that are knowledge rather than telemetry metrics (plus `mechanism:NAME`)."""
 WINDOW_SAMPLES = 60
 """Samples per metric sent in a request's telemetry window (the latest ones)."""
@@ -265,8 +265,10 @@ async def analyze(event: CloudEvent) -> CloudEvent | None:
     store = from_environment()
     mode, manual = mode_of(store)  # read each time: a mode change must hold for the very next event
     requests: list[CloudEvent | None] = []
-    only = event.get("policy")  # a rerun for one policy (see release)
-    for name, (declaration, _doc) in sorted(_cached("policies", lambda: registry.active(store)).items()):
+    only = event.get("policy")  # a rerun for one policy (see release), or a policy just registered
+    # A policy just registered may be newer than the cached registry: read it afresh for a rerun.
+    policies = registry.active(store) if only is not None else _cached("policies", lambda: registry.active(store))
+    for name, (declaration, _doc) in sorted(policies.items()):
         if only is not None and name != only:
             continue
         if not relevant(declaration, change.changed):

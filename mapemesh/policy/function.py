@@ -66,9 +66,25 @@ class PolicyFunction:
             registry.register_error(store, self.name, source=str(self.path), error=str(exc))
             return
         assert policy.declaration is not None
-        registry.register(store, self.name, source=str(self.path), shape=policy.shape,
-                          declaration=policy.declaration)
+        news = registry.register(store, self.name, source=str(self.path), shape=policy.shape,
+                                 declaration=policy.declaration)
         log.info("policy %s registered (%s shape, scope %s)", self.name, policy.shape, policy.declaration.scope)
+        if news:
+            await self._announce()
+
+    async def _announce(self) -> None:
+        """A new (or changed) policy is asked about what is there already: a `state.changed` of the continuum
+        (`changed: [policy]`, extension `policy` = this one) makes the analyze stage run it for every
+        application or node it binds to. Without it an application submitted before the policy registered
+        would wait for its next change."""
+        from mapemesh.serving import sink
+
+        change = catalogue.StateChanged(asset="continuum", asset_kind="continuum", changed=["policy"])
+        event = catalogue.make_event(change, SOURCE + self.name, subject="continuum", extensions={"policy": self.name})
+        try:
+            await sink.publish([event])
+        except sink.SinkError as exc:  # no broker (a test, a policy served alone): the next change asks it
+            log.warning("policy %s: could not ask for the analysis of existing assets: %s", self.name, exc)
 
     async def handle(self, event: CloudEvent) -> CloudEvent | None:
         """Answer an analyze or plan request for this policy; refuse anything else."""

@@ -17,16 +17,21 @@ KEEP_FAILURES = 5
 """How many recent failures (with their tracebacks) a policy's document keeps."""
 
 
-def register(store: StateStore, name: str, *, source: str, shape: str, declaration: Declaration) -> None:
-    """Record (or refresh) a policy and its declaration; its history is kept."""
+def register(store: StateStore, name: str, *, source: str, shape: str, declaration: Declaration) -> bool:
+    """Record (or refresh) a policy and its declaration; its history is kept. Whether it is new, changed (its
+    source or declaration) or was not active before: then the assets it binds to are to be analysed again."""
+    news = [True]
 
     def change(doc: dict[str, Any] | None) -> dict[str, Any]:
+        news[0] = doc is None or doc.get("status") != "active" or doc.get("source") != source or \
+            doc.get("declaration") != declaration.as_dict()
         doc = doc or {"name": name, "analyses": 0, "verdicts": 0, "plans": 0, "failures": 0, "recent_failures": []}
         doc.update(source=source, shape=shape, declaration=declaration.as_dict(), registered=time.time(),
                    status="active", error=None)
         return doc
 
     update(store, "policies", name, change)
+    return news[0]
 
 
 def register_error(store: StateStore, name: str, *, source: str, error: str) -> None:
