@@ -141,7 +141,7 @@ def main(quick: bool = False) -> bool:
         data = root / "data"
         proc = subprocess.Popen([sys.executable, "-m", "mapemesh", "--log-level", "warning", "up", "--manifests",
                                  str(kn), "--data", str(data), "--port", "0", "--serving-port", "0",
-                                 "--node-shim-port", "-1"], cwd=root,
+                                 "--node-shim-port", "-1", "--api-port", "-1"], cwd=root,
                                 env={**os.environ, "PYTHONPATH": str(REPO)})
         try:
             found = wait(lambda: _endpoints(data), what="mapemesh up")

@@ -181,7 +181,7 @@ def main(quick: bool = False) -> bool:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         proc = subprocess.Popen([sys.executable, "-m", "mapemesh", "--log-level", "warning", "up", "--manifests",
                                  str(manifests), "--data", str(data), "--port", "0", "--serving-port", "0",
-                                 "--node-shim-port", "-1"],
+                                 "--node-shim-port", "-1", "--api-port", "-1"],
                                 cwd=root, env=env)
         load = None
         try:

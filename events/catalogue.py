@@ -216,6 +216,9 @@ class AppSubmitted(EventData):
     summary: ClassVar[str] = "An application description was submitted (northbound API or outside)."
     app_id: NonEmpty
     description: dict[str, Any] = Field(description="The MLSysOps application description (MLSysOpsApp).")
+    kind: Literal["application", "ml_model"] = Field(
+        "application", description="ml_model: an ML model's serving application (northbound `/ml/deploy_ml`); "
+                                   "it is placed and deployed like any application.")
 
 
 class AppRemoved(EventData):

@@ -215,12 +215,26 @@ MODELS: dict[str, type[BaseModel]] = {"MLSysOpsApp": Application, "MLSysOpsNode"
 """The top-level key of each description and its model."""
 
 
-class DescriptionError(ValueError):
-    """A description that does not fit its format; `problems` are `path: message` lines."""
+RELATIONS: dict[str, Any] = {
+    "lower_or_equal": lambda value, target: value <= target,
+    "lower": lambda value, target: value < target,
+    "lower_than": lambda value, target: value < target,
+    "greater_or_equal": lambda value, target: value >= target,
+    "greater": lambda value, target: value > target,
+    "greater_than": lambda value, target: value > target,
+    "equal": lambda value, target: value == target,
+}
+"""A QoS metric's relation: whether `value` meets `target`."""
 
-    def __init__(self, problems: list[str]):
+
+class DescriptionError(ValueError):
+    """A description that does not fit its format; `problems` are `path: message` lines, `errors` the same as
+    (location, message, error type), the location a tuple of keys and list indexes."""
+
+    def __init__(self, problems: list[str], errors: list[tuple[tuple[int | str, ...], str, str]] | None = None):
         super().__init__("; ".join(problems))
         self.problems = problems
+        self.errors = errors if errors is not None else [((), p, "value_error") for p in problems]
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -241,4 +255,6 @@ def load(doc: Any, kind: str | None = None) -> BaseModel:
     try:
         return MODELS[found].model_validate(doc)
     except ValidationError as exc:
-        raise DescriptionError([f"{_path(e['loc'])}: {e['msg']}" for e in exc.errors()]) from None
+        found_errors = exc.errors()
+        raise DescriptionError([f"{_path(e['loc'])}: {e['msg']}" for e in found_errors],
+                               [(tuple(e["loc"]), e["msg"], e["type"]) for e in found_errors]) from None

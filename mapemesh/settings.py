@@ -49,6 +49,8 @@ class Settings:
     has no cpufreq)."""
     telemetry_interval_s: float = 5.0
     """MAPEMESH_TELEMETRY_INTERVAL_S: the node shim's first reporting interval (a knob afterwards)."""
+    api_port: int = 8083
+    """MAPEMESH_API_PORT: the northbound API's port under `mapemesh up` (0 picks a free one; -1: no API)."""
 
     def __post_init__(self) -> None:
         if self.max_event_bytes < MIN_MAX_EVENT_BYTES:
@@ -63,6 +65,8 @@ class Settings:
                 raise ValueError(f"{name} must be 0..65535, got {getattr(self, name)}")
         if not -1 <= self.node_shim_port <= 65535:
             raise ValueError(f"node_shim_port must be 0..65535 (or -1: no node shim), got {self.node_shim_port}")
+        if not -1 <= self.api_port <= 65535:
+            raise ValueError(f"api_port must be 0..65535 (or -1: no API), got {self.api_port}")
         if not 0.1 <= self.telemetry_interval_s <= 3600:
             raise ValueError(f"telemetry_interval_s must be within 0.1..3600, got {self.telemetry_interval_s}")
 

@@ -1,4 +1,5 @@
-"""`mapemesh up`: the broker, the local function host and this machine's node shim in one process."""
+"""`mapemesh up`: the broker, the local function host, this machine's node shim and the northbound API in one
+process."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from mapemesh import endpoints
 from mapemesh.aio import until_stopped
+from mapemesh.api.server import RunningApi, start_api
 from mapemesh.eventing.server import RunningBroker, start_broker
 from mapemesh.node_shim.daemon import RunningShim
 from mapemesh.serving.host import LocalHost
@@ -28,10 +30,13 @@ class RunningMesh:
     serving_url: str
     shim: RunningShim | None = None
     shim_trigger: Path | None = None
+    api: RunningApi | None = None
 
     async def stop(self) -> None:
-        """Stop the node shim, the function processes and the fork server (waiting requests get 503), then
-        the servers."""
+        """Stop the API, the node shim, the function processes and the fork server (waiting requests get 503),
+        then the servers."""
+        if self.api is not None:
+            await self.api.stop()
         if self.shim is not None:
             if self.shim_trigger is not None:
                 self.shim_trigger.unlink(missing_ok=True)
@@ -74,13 +79,33 @@ async def start_mesh(settings: Settings) -> RunningMesh:
     broker.dispatcher.resolver.serving_url = url
     log.info("function host on %s (%d function(s))", url, len(host.revisions))
     mesh = RunningMesh(broker, host, runner, url)
-    if settings.node_shim_port >= 0:
-        try:
+    try:
+        if settings.node_shim_port >= 0:
             await _start_shim(settings, mesh)
-        except BaseException:
-            await mesh.stop()
-            raise
+        if settings.api_port >= 0:
+            mesh.api = await start_api(settings, broker.url, ping=lambda: _ping(mesh))
+    except BaseException:
+        await mesh.stop()
+        raise
     return mesh
+
+
+async def _ping(mesh: RunningMesh) -> dict[str, str]:
+    """Whether each component of the mesh answers (for the API's /manage/ping)."""
+    import httpx
+
+    out = {}
+    urls = {"broker": f"{mesh.broker.url}/healthz", "serving": f"{mesh.serving_url}/status"}
+    if mesh.shim is not None:
+        urls["node-shim"] = f"{mesh.shim.url}/healthz"
+    async with httpx.AsyncClient(timeout=5) as http:
+        for name, url in urls.items():
+            try:
+                (await http.get(url)).raise_for_status()
+                out[name] = "ok"
+            except httpx.HTTPError as exc:
+                out[name] = f"not answering: {exc}"
+    return out
 
 
 async def _start_shim(settings: Settings, mesh: RunningMesh) -> None:

@@ -19,12 +19,8 @@ NetworkPolicy admits the broker only).
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
-import os
-import secrets
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +28,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from mapemesh import events as catalogue
+from mapemesh import tokens
 from mapemesh.eventing.binding import from_http, to_binary
 from mapemesh.eventing.cloudevent import MalformedEvent
 from mapemesh.node_shim.knobs.base import KnobError
@@ -45,32 +42,8 @@ STATUS = {"invalid": 422, "unknown_knob": 404, "permission": 403, "unsupported":
 
 
 def token(data: Path) -> str:
-    """The API token in DATA_DIR/node-shim.token, made (mode 0600) when there is none.
-
-    It is written to a private temporary file and linked into place, so a second shim starting at the same
-    moment reads a whole token, never an empty file. A token file others can read is made private again.
-    """
-    path = data / TOKEN_FILE
-    data.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        tmp = data / f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
-        try:
-            os.link(tmp, path)  # fails when another process made one first: theirs is used
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        log.warning("%s was readable by others (mode %o): made private (0600)", path, mode)
-        path.chmod(0o600)
-    text = path.read_text().strip()
-    if not text:
-        raise RuntimeError(f"{path} is empty: delete it and a new token is made")
-    return text
+    """The API token in DATA_DIR/node-shim.token, made (mode 0600) when there is none (`mapemesh.tokens`)."""
+    return tokens.ensure(data, TOKEN_FILE)
 
 
 def _no_constant(name: str) -> Any:
@@ -111,8 +84,7 @@ class ShimServer:
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path in ("/healthz", "/"):
             return await handler(request)
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.api_token.encode()):
+        if not tokens.matches(request.headers.get("Authorization"), self.api_token):
             return web.Response(status=401, content_type="application/json", headers={"WWW-Authenticate": "Bearer"},
                                 body=b'{"error": "a bearer token is required (DATA_DIR/node-shim.token)"}')
         return await handler(request)

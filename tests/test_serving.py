@@ -60,8 +60,10 @@ class Mesh:
         return self.status()[f"default/{name}"]["pids"]
 
 
-def start_mesh(root: Path, *docs: dict, env: dict | None = None, shim: list[str] | None = None) -> Mesh:
-    """`mapemesh up` in root; without `shim` (extra flags for this machine's node shim) no node shim runs."""
+def start_mesh(root: Path, *docs: dict, env: dict | None = None, shim: list[str] | None = None,
+               api: bool = False) -> Mesh:
+    """`mapemesh up` in root; without `shim` (extra flags for this machine's node shim) no node shim runs, without
+    `api` no northbound API."""
     manifests = root / "knative"
     manifests.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "knative" / "broker.yaml", manifests / "broker.yaml")
@@ -71,7 +73,8 @@ def start_mesh(root: Path, *docs: dict, env: dict | None = None, shim: list[str]
     proc = subprocess.Popen(
         [sys.executable, "-m", "mapemesh", "--log-level", "warning", "up", "--manifests", str(manifests),
          "--data", str(data), "--port", "0", "--serving-port", "0",
-         *(["--node-shim-port", "0", *shim] if shim is not None else ["--node-shim-port", "-1"])],
+         *(["--node-shim-port", "0", *shim] if shim is not None else ["--node-shim-port", "-1"]),
+         "--api-port", "0" if api else "-1"],
         cwd=root, env={**os.environ, **(env or {})})
 
     def ready():
@@ -79,7 +82,7 @@ def start_mesh(root: Path, *docs: dict, env: dict | None = None, shim: list[str]
             raise AssertionError(f"mapemesh up exited with {proc.returncode}")
         try:
             found = json.loads((data / "endpoints.json").read_text())
-            return found if {"broker", "serving"} <= set(found) else None
+            return found if {"broker", "serving", *(["api"] if api else [])} <= set(found) else None
         except (OSError, ValueError):
             return None
 

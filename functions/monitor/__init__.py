@@ -66,7 +66,8 @@ async def monitor(event: CloudEvent) -> CloudEvent | None:
                                             for m in data.metrics])
         return _changed(data.asset, data.asset_kind, sorted({m.name for m in data.metrics}), event)
     if isinstance(data, catalogue.AppSubmitted):
-        store.put("applications", data.app_id, {"description": data.description, "submitted": time.time()})
+        store.put("applications", data.app_id, {"description": data.description, "kind": data.kind,
+                                                "submitted": time.time()})
         return _changed(data.app_id, "application", ["description"], event)
     if isinstance(data, catalogue.AppRemoved):
         store.delete("applications", data.app_id)

@@ -26,18 +26,22 @@ EXIT_UNREACHABLE = 3
               help="Function host port, 0 for any [env MAPEMESH_SERVING_PORT; default 8081].")
 @click.option("--node-shim-port", type=int, default=None,
               help="This machine's node shim port, 0 for any, -1 for no shim [env MAPEMESH_NODE_SHIM_PORT; 8082].")
+@click.option("--api-port", type=int, default=None,
+              help="The northbound API's port, 0 for any, -1 for no API [env MAPEMESH_API_PORT; default 8083].")
 @click.option("--node", default=None, help="This machine's node name [env MAPEMESH_NODE; default: the hostname].")
 @click.option("--sysfs-root", default=None,
               help="Tree the node shim drives [env MAPEMESH_SYSFS_ROOT; default /, or a simulated tree when /sys "
                    "has no cpufreq].")
 @click.pass_context
 def up(ctx: click.Context, manifests: Path | None, data: Path | None, host: str | None, port: int | None,
-       serving_port: int | None, node_shim_port: int | None, node: str | None, sysfs_root: str | None) -> None:
-    """Run the broker, the local function host and this machine's node shim; Ctrl-C or SIGTERM stops them."""
+       serving_port: int | None, node_shim_port: int | None, api_port: int | None, node: str | None,
+       sysfs_root: str | None) -> None:
+    """Run the broker, the local function host, this machine's node shim and the northbound API (token in
+    DATA_DIR/api.token); Ctrl-C or SIGTERM stops them."""
     from mapemesh.up import serve_mesh
 
     s = settings(ctx, data=data, manifests=manifests, host=host, broker_port=port, serving_port=serving_port,
-                 node_shim_port=node_shim_port, node=node, sysfs_root=sysfs_root)
+                 node_shim_port=node_shim_port, api_port=api_port, node=node, sysfs_root=sysfs_root)
     if not s.manifests.exists():
         raise click.UsageError(f"manifests directory {s.manifests} does not exist")
     if s.sysfs_root and not Path(s.sysfs_root).is_dir():

@@ -503,14 +503,30 @@ class EventLog:
         return self._reader().execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
 
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection to a log file (usable from any thread; the broker need not run)."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+
+
+def read_after(db: sqlite3.Connection, after: int = 0, limit: int | None = None) -> list[LoggedEvent]:
+    """The events with seq > `after` through a read-only connection, in log order (at most `limit`)."""
+    rows = db.execute("SELECT seq, broker, attrs, data, received_ns FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                      (after, -1 if limit is None else limit)).fetchall()
+    return [_decode_row(r) for r in rows]
+
+
+def last_seq(db: sqlite3.Connection) -> int:
+    """The newest position in the log (0 when it is empty)."""
+    return int(db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0)
+
+
 def read_all(path: Path) -> list[LoggedEvent]:
     """Every event in a log file, opened read-only (for tools and tests; the broker need not run)."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = open_readonly(path)
     try:
-        rows = db.execute("SELECT seq, broker, attrs, data, received_ns FROM events ORDER BY seq").fetchall()
+        return read_after(db)
     finally:
         db.close()
-    return [_decode_row(r) for r in rows]
 
 
 def _encode_attrs(event: CloudEvent) -> bytes:

@@ -40,8 +40,9 @@ def sink_url() -> str:
     raise SinkError("no sink: set K_SINK (or MAPEMESH_BROKER_URL) to the broker's URL")
 
 
-async def publish(events: Sequence[CloudEvent], timeout_s: float = 10.0) -> None:
-    """Post `events` to the sink as one batch; SinkError unless the broker answers 202."""
+async def publish(events: Sequence[CloudEvent], timeout_s: float = 10.0, url: str | None = None) -> None:
+    """Post `events` to the sink (or to the broker ingress `url`) as one batch; SinkError unless the broker
+    answers 202."""
     if not events:
         return
     loop = asyncio.get_running_loop()
@@ -49,7 +50,7 @@ async def publish(events: Sequence[CloudEvent], timeout_s: float = 10.0) -> None
     if client is None:
         client = _clients[loop] = httpx.AsyncClient(timeout=timeout_s)
     body = orjson.dumps([e.to_structured() for e in events])
-    url = sink_url()
+    url = url or sink_url()
     try:
         response = await client.post(url, content=body, headers={"content-type": BATCH})
     except httpx.HTTPError as exc:

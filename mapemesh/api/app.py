@@ -1,0 +1,464 @@
+"""The northbound API: the MLSysOps routes (`/apps`, `/ml`, `/infra`, `/manage`) over the mesh.
+
+Every action becomes a CloudEvent posted to the broker (`app.submitted`, `app.removed`, `infra.registered`,
+`infra.unregistered`, `mode.changed`); the monitor function records it and the loop takes it from there. Every
+read comes from the state store. Each route but `/healthz` and the OpenAPI document needs
+`Authorization: Bearer <token>`, the token in `DATA_DIR/api.token` (`401` without it). Bad input gets `422`
+with the field path (FastAPI's `{"detail": [{"loc": [...], "msg": ..., "type": ...}]}`), unknown ids `404`,
+an id taken by something else `409`, a broker that does not take the event `503`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import httpx
+import orjson
+import yaml
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from mapemesh import __version__, descriptions, tokens
+from mapemesh import events as catalogue
+from mapemesh.api import views
+from mapemesh.state import StateStore
+
+log = logging.getLogger(__name__)
+TOKEN_FILE = "api.token"
+SOURCE = "/mapemesh/api"
+MAX_FETCH_BYTES = 1 << 20
+"""The largest description the API fetches from a `uri`."""
+INFRA_KINDS = {"MLSysOpsNode": ("node", "name"), "MLSysOpsCluster": ("cluster", "cluster_id"),
+               "MLSysOpsContinuum": ("continuum", "continuum_id")}
+MODES = {"0": "heuristic", "1": "ml", "heuristic": "heuristic", "ml": "ml"}
+"""`PUT /manage/mode/{mode}`: MLSysOps sends 0 (heuristic) or 1 (ML)."""
+
+
+@dataclass(slots=True)
+class ApiContext:
+    """What the routes use: the state store, the token, where events go, the event log for `/events/stream`."""
+
+    store: StateStore
+    token: str
+    broker: str
+    """The broker ingress URL events are posted to (BROKER/default/default)."""
+    event_log: Path
+    ping: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    """The mesh's components and whether they answer (for `/manage/ping`)."""
+    submit_wait_s: float = 5.0
+    """How long a submission waits for the monitor to record it before answering (accepted either way)."""
+
+
+# -- request bodies ---------------------------------------------------------------------------------------------
+
+class DescriptionBody(BaseModel):
+    """An MLSysOps description, inline (`yaml`: the document, or its YAML text) or fetched from `uri`."""
+
+    model_config = ConfigDict(extra="forbid")
+    yaml: dict[str, Any] | str | None = Field(None, description="The description: a JSON object, or YAML text.")
+    uri: str | None = Field(None, description="An http(s) URL the API fetches the description (YAML or JSON) from.")
+
+
+class ModelBody(DescriptionBody):
+    """An ML model's serving application (an MLSysOpsApp description), with the model's id."""
+
+    model_uid: str | None = Field(None, min_length=1, max_length=63,
+                                  description="The model's id (default: the description's name).")
+
+
+class Accepted(BaseModel):
+    """An action the broker took: the event it became."""
+
+    status: Literal["success"] = "success"
+    message: str
+    event_id: str
+
+
+class AppAccepted(Accepted):
+    app_id: str
+    state: str = Field(description="`queued` once the mesh has recorded it; `submitted` when it had not yet.")
+
+
+class ModelAccepted(Accepted):
+    model_uid: str
+    state: str
+
+
+class InfraAccepted(Accepted):
+    infra_id: str
+    kind: str
+
+
+class ModeAccepted(Accepted):
+    mode: str
+
+
+# -- helpers ----------------------------------------------------------------------------------------------------
+
+def _invalid(loc: list[int | str], msg: str, kind: str = "value_error") -> RequestValidationError:
+    return RequestValidationError([{"loc": tuple(loc), "msg": msg, "type": kind}])
+
+
+def _not_found(what: str, ident: str) -> HTTPException:
+    return HTTPException(404, f"{what} {ident!r} is not known to the mesh")
+
+
+def _ctx(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+async def _document(body: DescriptionBody) -> tuple[Any, str]:
+    """The description the body carries (parsed), and the body field it came from."""
+    if (body.yaml is None) == (body.uri is None):
+        raise _invalid(["body"], "give exactly one of `yaml` (the description) and `uri` (where to fetch it)")
+    if body.uri is not None:
+        if not body.uri.startswith(("http://", "https://")):
+            raise _invalid(["body", "uri"], "only http:// and https:// URLs are fetched")
+        try:
+            async with httpx.AsyncClient(timeout=5, follow_redirects=True) as http, \
+                    http.stream("GET", body.uri) as response:
+                if response.status_code != 200:
+                    raise _invalid(["body", "uri"], f"fetching {body.uri} answered {response.status_code}")
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > MAX_FETCH_BYTES:
+                        raise _invalid(["body", "uri"], f"{body.uri} is larger than {MAX_FETCH_BYTES} bytes")
+                    chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            raise _invalid(["body", "uri"], f"fetching {body.uri} failed: {exc}") from None
+        text: Any = b"".join(chunks).decode("utf-8", "replace")
+        field = "uri"
+    else:
+        text, field = body.yaml, "yaml"
+    if isinstance(text, str):
+        try:
+            text = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise _invalid(["body", field], f"not YAML: {exc}") from None
+    return text, field
+
+
+def _validated(doc: Any, field: str, kind: str | None) -> Any:
+    """The description as its model; 422 with each problem's field path otherwise."""
+    try:
+        return descriptions.load(doc, kind)
+    except descriptions.DescriptionError as exc:
+        raise RequestValidationError([{"loc": ("body", field, *loc), "msg": msg, "type": kind_}
+                                      for loc, msg, kind_ in exc.errors]) from None
+
+
+async def _publish(ctx: ApiContext, data: catalogue.EventData, subject: str) -> str:
+    from mapemesh.serving import sink
+
+    event = catalogue.make_event(data, SOURCE, subject=subject)
+    try:
+        await sink.publish([event], url=ctx.broker)
+    except sink.SinkError as exc:
+        raise HTTPException(503, f"the broker did not take the event: {exc}") from None
+    return event.id
+
+
+async def _recorded(ctx: ApiContext, kind: str, key: str, present: bool) -> bool:
+    """Wait (up to ctx.submit_wait_s) until the monitor has recorded (or removed) `key`; whether it has."""
+    deadline = time.monotonic() + ctx.submit_wait_s
+    while True:
+        found = await asyncio.to_thread(ctx.store.get, kind, key)
+        if (found is not None) == present:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+
+
+_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+def _app_name(model: Any, field: str, override: tuple[str, str | None] | None = None) -> str:
+    """The application id: a DNS-1123 label (it names Kubernetes objects and labels)."""
+    import re
+
+    loc: list[int | str] = ["body", field, "MLSysOpsApp", "name"]
+    name = model.MLSysOpsApp.name
+    if override is not None and override[1] is not None:
+        loc, name = ["body", override[0]], override[1]
+    if not re.fullmatch(_NAME, name):
+        raise _invalid(loc, f"{name!r} is not a DNS-1123 label (lowercase letters, digits and '-', at most 63)")
+    return name
+
+
+# -- the app ----------------------------------------------------------------------------------------------------
+
+_bearer = HTTPBearer(auto_error=False, scheme_name="token",
+                     description="The token in DATA_DIR/api.token (made by `mapemesh up`).")
+
+
+def _authorized(request: Request,
+                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    header = f"Bearer {credentials.credentials}" if credentials is not None else None
+    if not tokens.matches(header, _ctx(request).token):
+        raise HTTPException(401, "a bearer token is required: `Authorization: Bearer <DATA_DIR/api.token>`",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+AppId = Annotated[str, PathParam(min_length=1, max_length=253, description="The application's name.")]
+ModelUid = Annotated[str, PathParam(min_length=1, max_length=253, description="The model's id.")]
+InfraId = Annotated[str, PathParam(min_length=1, max_length=253, description="A node, cluster or continuum id.")]
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    """The FastAPI application over `ctx`."""
+    app = FastAPI(title="mapemesh northbound API", version=__version__,
+                  description="MLSysOps-compatible routes for operators and external tools. Actions become "
+                              "CloudEvents into the broker; reads come from the state store.")
+    app.state.ctx = ctx
+    secured = [Depends(_authorized)]
+    apps = APIRouter(prefix="/apps", tags=["Apps"], dependencies=secured)
+    ml = APIRouter(prefix="/ml", tags=["ML-models"], dependencies=secured)
+    infra = APIRouter(prefix="/infra", tags=["Infra"], dependencies=secured)
+    manage = APIRouter(prefix="/manage", tags=["Management"], dependencies=secured)
+    stream = APIRouter(tags=["Events"], dependencies=secured)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    # -- applications and ML models (both are applications in the store; `kind` tells them apart) --
+
+    async def submit(body: DescriptionBody, kind: str, override: tuple[str, str | None] | None) -> tuple[str, str,
+                                                                                                         str]:
+        doc, field = await _document(body)
+        model = _validated(doc, field, "MLSysOpsApp")
+        ident = _app_name(model, field, override)
+        existing = await asyncio.to_thread(ctx.store.get, "applications", ident)
+        if existing is not None:
+            what = "an ML model" if existing.value.get("kind") == "ml_model" else "an application"
+            raise HTTPException(409, f"{ident!r} is {what} in the mesh already: remove it first")
+        description = model.model_dump(mode="json", exclude_none=True)
+        event_id = await _publish(ctx, catalogue.AppSubmitted(app_id=ident, description=description, kind=kind),
+                                  ident)
+        state = "queued" if await _recorded(ctx, "applications", ident, True) else "submitted"
+        return ident, event_id, state
+
+    async def entry(ident: str, kind: str) -> dict[str, Any]:
+        found = await asyncio.to_thread(ctx.store.get, "applications", ident)
+        if found is None or found.value.get("kind", "application") != kind:
+            raise _not_found("application" if kind == "application" else "ML model", ident)
+        return found.value
+
+    async def remove(ident: str, kind: str) -> str:
+        await entry(ident, kind)
+        return await _publish(ctx, catalogue.AppRemoved(app_id=ident), ident)
+
+    @apps.post("/deploy", status_code=202, response_model=AppAccepted)
+    async def deploy_app(body: DescriptionBody) -> AppAccepted:
+        """Submit an MLSysOps application description (`yaml`, or a `uri` to fetch it from)."""
+        ident, event_id, state = await submit(body, "application", None)
+        return AppAccepted(app_id=ident, state=state, event_id=event_id, message=f"application {ident} submitted")
+
+    @apps.get("/list_all/")
+    async def list_apps() -> dict[str, Any]:
+        """Every application and its state (`System_status`, as MLSysOps answers), and a row per application."""
+        found = await asyncio.to_thread(views.entries, ctx.store, "application")
+        rows = [await asyncio.to_thread(views.status, ctx.store, k, v.value) for k, v in sorted(found.items())]
+        return {"System_status": {r["app_id"]: r["status"] for r in rows}, "apps": rows}
+
+    @apps.get("/status/{app_id}")
+    async def app_status(app_id: AppId) -> dict[str, Any]:
+        """queued, planned, deploying, deployed or failed, with why."""
+        return await asyncio.to_thread(views.status, ctx.store, app_id, await entry(app_id, "application"))
+
+    async def app_details(app_id: AppId) -> dict[str, Any]:
+        return await asyncio.to_thread(views.details, ctx.store, app_id, await entry(app_id, "application"))
+
+    apps.add_api_route("/details/{app_id}", app_details, methods=["GET"], summary="Application details",
+                       description="The state, the description, where each component runs, and the newest plans.")
+    apps.add_api_route("/apps/details/{app_id}", app_details, methods=["GET"], summary="Application details (MLSysOps "
+                       "path)", description="The same as `/apps/details/{app_id}`, at the path MLSysOps uses.")
+
+    @apps.get("/performance/{app_id}")
+    async def app_performance(app_id: AppId) -> dict[str, Any]:
+        """The application's QoS metrics from telemetry (latest, mean, min, max) against their targets."""
+        return await asyncio.to_thread(views.performance, ctx.store, app_id, await entry(app_id, "application"))
+
+    @apps.delete("/remove/{app_id}", status_code=202, response_model=Accepted)
+    async def remove_app(app_id: AppId) -> Accepted:
+        """Remove the application: the deploy function deletes what it deployed."""
+        event_id = await remove(app_id, "application")
+        return Accepted(event_id=event_id, message=f"removal of application {app_id} requested")
+
+    @ml.post("/deploy_ml", status_code=202, response_model=ModelAccepted)
+    async def deploy_ml(body: ModelBody) -> ModelAccepted:
+        """Deploy an ML model's serving application (an MLSysOpsApp description), placed like any application."""
+        ident, event_id, state = await submit(body, "ml_model", ("model_uid", body.model_uid))
+        return ModelAccepted(model_uid=ident, state=state, event_id=event_id, message=f"ML model {ident} submitted")
+
+    @ml.get("/list_all/")
+    async def list_models() -> dict[str, Any]:
+        """Every ML model and its state."""
+        found = await asyncio.to_thread(views.entries, ctx.store, "ml_model")
+        rows = [await asyncio.to_thread(views.status, ctx.store, k, v.value) for k, v in sorted(found.items())]
+        return {"System_status": {r["app_id"]: r["status"] for r in rows},
+                "models": [{"model_uid": r.pop("app_id"), **r} for r in rows]}
+
+    @ml.get("/status/{model_uid}")
+    async def ml_status(model_uid: ModelUid) -> dict[str, Any]:
+        """The model's deployment state."""
+        row = await asyncio.to_thread(views.status, ctx.store, model_uid, await entry(model_uid, "ml_model"))
+        return {"model_uid": row.pop("app_id"), **row}
+
+    @ml.delete("/remove/{model_uid}", status_code=202, response_model=Accepted)
+    async def remove_ml(model_uid: ModelUid) -> Accepted:
+        """Remove the ML model's deployment."""
+        event_id = await remove(model_uid, "ml_model")
+        return Accepted(event_id=event_id, message=f"removal of ML model {model_uid} requested")
+
+    # -- infrastructure --
+
+    @infra.post("/register", status_code=202, response_model=InfraAccepted)
+    async def register_infra(body: DescriptionBody) -> InfraAccepted:
+        """Register (or update) an MLSysOps node, cluster or continuum description."""
+        doc, field = await _document(body)
+        top = next((k for k in INFRA_KINDS if isinstance(doc, dict) and k in doc), None)
+        if top is None:
+            raise _invalid(["body", field], f"an infrastructure description needs one of {', '.join(INFRA_KINDS)} "
+                                            "at the top")
+        model = _validated(doc, field, top)
+        kind, id_field = INFRA_KINDS[top]
+        ident = str(getattr(getattr(model, top), id_field))
+        description = model.model_dump(mode="json", exclude_none=True)
+        event_id = await _publish(ctx, catalogue.InfraRegistered(infra_id=ident, kind=kind,  # type: ignore[arg-type]
+                                                                 description=description), ident)
+        return InfraAccepted(infra_id=ident, kind=kind, event_id=event_id, message=f"{kind} {ident} registered")
+
+    @infra.get("/list/")
+    async def list_infra(kind: Annotated[Literal["node", "cluster", "continuum"] | None,
+                                         Query(description="Only this kind.")] = None) -> dict[str, Any]:
+        """The registered nodes, clusters and continuum (each with its description)."""
+        found = await asyncio.to_thread(ctx.store.list, "infrastructure")
+        rows = [{"infra_id": k, "kind": v.value.get("kind"), "description": v.value.get("description")}
+                for k, v in sorted(found.items()) if kind is None or v.value.get("kind") == kind]
+        return {"infrastructure": rows}
+
+    @infra.delete("/unregister/{infra_id}", status_code=202, response_model=Accepted)
+    async def unregister_infra(infra_id: InfraId) -> Accepted:
+        """Unregister a node, cluster or continuum."""
+        if await asyncio.to_thread(ctx.store.get, "infrastructure", infra_id) is None:
+            raise _not_found("infrastructure", infra_id)
+        event_id = await _publish(ctx, catalogue.InfraUnregistered(infra_id=infra_id), infra_id)
+        return Accepted(event_id=event_id, message=f"{infra_id} unregistered")
+
+    # -- management --
+
+    @manage.get("/ping")
+    async def ping() -> dict[str, Any]:
+        """Whether the mesh answers: the broker, the state store and the function host."""
+        response: dict[str, Any] = {"store": "ok"}
+        try:
+            await asyncio.to_thread(ctx.store.get, "settings", "mode")
+        except Exception as exc:
+            raise HTTPException(503, {"status": "error", "message": f"the state store does not answer: {exc}"}) \
+                from None
+        if ctx.ping is not None:
+            response.update(await ctx.ping())
+        failed = sorted(k for k, v in response.items() if v != "ok")
+        if failed:
+            raise HTTPException(503, {"status": "error", "message": f"not answering: {', '.join(failed)}",
+                                      "response": response})
+        return {"status": "success", "message": "mapemesh alive", "response": response}
+
+    @manage.get("/mode")
+    async def get_mode() -> dict[str, Any]:
+        """The management mode (heuristic or ml) and the manual override."""
+        found = await asyncio.to_thread(ctx.store.get, "settings", "mode")
+        doc = found.value if found else {}
+        return {"mode": doc.get("mode", "heuristic"), "manual_override": bool(doc.get("manual_override", False))}
+
+    @manage.put("/mode/{mode}", response_model=ModeAccepted)
+    async def set_mode(mode: Annotated[Literal["0", "1", "heuristic", "ml"],
+                                       PathParam(description="0 or heuristic; 1 or ml.")]) -> ModeAccepted:
+        """Switch the management mode: heuristic (0) or ML (1) policies."""
+        found = await asyncio.to_thread(ctx.store.get, "settings", "mode")
+        doc = found.value if found else {}
+        previous = doc.get("mode", "heuristic")
+        event_id = await _publish(ctx, catalogue.ModeChanged(mode=MODES[mode],  # type: ignore[arg-type]
+                                                             manual_override=bool(doc.get("manual_override", False)),
+                                                             previous=previous), "continuum")
+        return ModeAccepted(mode=MODES[mode], event_id=event_id, message=f"mode {MODES[mode]} sent to the mesh")
+
+    # -- the mesh's events, live --
+
+    @stream.get("/events/stream", response_class=StreamingResponse,
+                responses={200: {"content": {"text/event-stream": {}},
+                                 "description": "Server-sent events: `id` the log position, `event` the "
+                                                "CloudEvent type, `data` the structured CloudEvent (JSON)."}})
+    async def events_stream(
+            request: Request,
+            after: Annotated[int | None, Query(ge=0, description="Start after this log position (default: now; "
+                                                                 "the `Last-Event-ID` header also works).")] = None,
+            type_prefix: Annotated[str | None, Query(alias="type", max_length=200,
+                                                     description="Only event types starting with this.")] = None,
+            limit: Annotated[int | None, Query(ge=1, le=100_000, description="Stop after this many events.")] = None,
+            timeout_s: Annotated[float | None, Query(gt=0, le=86_400, description="Stop after this long.")] = None,
+    ) -> StreamingResponse:
+        """The mesh's events as they are logged (server-sent events, for live views)."""
+        last = request.headers.get("last-event-id")
+        start = after if after is not None else (int(last) if last and last.isdigit() else None)
+        return StreamingResponse(_sse(ctx.event_log, request, start, type_prefix, limit, timeout_s),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    for router in (apps, ml, infra, manage, stream):
+        app.include_router(router)
+    return app
+
+
+async def _sse(path: Path, request: Request, after: int | None, type_prefix: str | None, limit: int | None,
+               timeout_s: float | None) -> AsyncIterator[bytes]:
+    """Tail the durable event log (read-only) from `after` (None: its end) as server-sent events."""
+    from mapemesh.eventing.log import last_seq, open_readonly, read_after
+
+    def connect() -> Any:
+        return open_readonly(path) if path.exists() else None
+
+    db = await asyncio.to_thread(connect)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s if timeout_s else None
+    sent, last_beat = 0, loop.time()
+    yield b": mapemesh events\n\n"
+    try:
+        if after is None:
+            after = await asyncio.to_thread(last_seq, db) if db else 0
+        while (deadline is None or loop.time() < deadline) and (limit is None or sent < limit):
+            if db is None:
+                db = await asyncio.to_thread(connect)
+            rows = await asyncio.to_thread(read_after, db, after, 500) if db else []
+            for logged in rows:
+                after = logged.seq
+                if type_prefix and not logged.event.type.startswith(type_prefix):
+                    continue
+                payload = orjson.dumps(logged.event.to_structured())
+                yield b"id: %d\nevent: %s\ndata: %s\n\n" % (logged.seq, logged.event.type.encode(), payload)
+                sent += 1
+                if limit is not None and sent >= limit:
+                    return
+            if not rows:
+                if await request.is_disconnected():
+                    return
+                if loop.time() - last_beat > 15:
+                    last_beat = loop.time()
+                    yield b": keep-alive\n\n"
+                await asyncio.sleep(0.1)
+    finally:
+        if db is not None:
+            db.close()

@@ -1,0 +1,433 @@
+"""The northbound API's contract, route by route: success, 401, 404 and 422 (with the field path).
+
+The app runs in-process over a real SQLite store; the events it publishes go to a stand-in broker ingress (a
+real HTTP server) that records them, so each action is checked to become its CloudEvent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from mapemesh import events as catalogue
+from mapemesh.api.app import ApiContext, create_app
+from mapemesh.eventing.log import EventLog
+from mapemesh.state import open_store
+
+from .conftest import REPO, SHARED
+
+TOKEN = "secret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SAMPLES = REPO / "mapemesh" / "samples"
+
+
+class Ingress:
+    """A broker ingress stand-in: records the CloudEvents posted to it (batches or single structured events)."""
+
+    def __init__(self, status: int = 202):
+        self.events: list[dict] = []
+        self.status = status
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.events.extend(body if isinstance(body, list) else [body])
+                self.send_response(outer.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/default/default"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def of(self, kind: type[catalogue.EventData]) -> list[dict]:
+        return [e for e in self.events if e["type"] == kind.event_type]
+
+
+@pytest.fixture
+def ingress() -> Iterator[Ingress]:
+    ing = Ingress()
+    yield ing
+    ing.server.shutdown()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_store("sqlite:", data=tmp_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def client(tmp_path, store, ingress) -> Iterator[TestClient]:
+    async def ping() -> dict[str, str]:
+        return {"broker": "ok"}
+
+    ctx = ApiContext(store=store, token=TOKEN, broker=ingress.url, event_log=tmp_path / "eventlog.db", ping=ping,
+                     submit_wait_s=0)
+    with TestClient(create_app(ctx)) as c:
+        yield c
+
+
+def sample(name: str) -> dict:
+    return yaml.safe_load((SAMPLES / f"{name}.yaml").read_text())
+
+
+def add_app(store, app_id: str = "demo-app", kind: str = "application") -> None:
+    store.put("applications", app_id, {"description": sample("demo-app"), "kind": kind, "submitted": time.time()})
+
+
+def locs(response) -> list[list]:
+    assert response.status_code == 422, response.text
+    return [d["loc"] for d in response.json()["detail"]]
+
+
+ROUTES = [("POST", "/apps/deploy"), ("GET", "/apps/list_all/"), ("GET", "/apps/status/x"),
+          ("GET", "/apps/details/x"), ("GET", "/apps/apps/details/x"), ("GET", "/apps/performance/x"),
+          ("DELETE", "/apps/remove/x"), ("POST", "/ml/deploy_ml"), ("GET", "/ml/list_all/"), ("GET", "/ml/status/x"),
+          ("DELETE", "/ml/remove/x"), ("POST", "/infra/register"), ("GET", "/infra/list/"),
+          ("DELETE", "/infra/unregister/x"), ("GET", "/manage/ping"), ("GET", "/manage/mode"),
+          ("PUT", "/manage/mode/1"), ("GET", "/events/stream")]
+
+
+def test_every_route_of_the_openapi_document_is_covered_here(client):
+    spec = client.get("/openapi.json").json()
+    documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
+    covered = {(m, p.replace("/x", "/{app_id}") if p.startswith("/apps/") and p.endswith("/x") else p)
+               for m, p in ROUTES}
+    covered = {(m, p.replace("/ml/status/x", "/ml/status/{model_uid}").replace("/ml/remove/x", "/ml/remove/{model_uid}")
+                .replace("/infra/unregister/x", "/infra/unregister/{infra_id}").replace("/manage/mode/1",
+                                                                                       "/manage/mode/{mode}"))
+               for m, p in covered}
+    assert documented == covered
+    assert spec["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_every_route_needs_the_token(client, ingress, method, path):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+        r = client.request(method, path, headers=headers, json={"yaml": sample("demo-app")})
+        assert r.status_code == 401, (method, path, headers, r.text)
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert ingress.events == []  # nothing reached the broker
+
+
+def test_health_and_openapi_need_no_token(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/openapi.json").status_code == 200
+
+
+# -- applications --
+
+def test_deploy_publishes_app_submitted_with_the_validated_description(client, ingress):
+    r = client.post("/apps/deploy", json={"yaml": sample("demo-app")}, headers=AUTH)
+    assert r.status_code == 202, r.text
+    doc = r.json()
+    assert doc["app_id"] == "demo-app" and doc["state"] == "submitted"  # no monitor here to record it
+    [event] = ingress.of(catalogue.AppSubmitted)
+    assert event["id"] == doc["event_id"] and event["source"] == "/mapemesh/api" and event["subject"] == "demo-app"
+    assert event["data"]["kind"] == "application"
+    assert event["data"]["description"]["MLSysOpsApp"]["components"][0]["qos_metrics"][0]["target"] == 20
+
+
+def test_deploy_takes_yaml_text_too(client, ingress):
+    text = (SAMPLES / "demo-app.yaml").read_text()
+    assert client.post("/apps/deploy", json={"yaml": text}, headers=AUTH).status_code == 202
+    assert len(ingress.of(catalogue.AppSubmitted)) == 1
+
+
+@pytest.mark.skipif(not (SHARED / "reference").is_dir(), reason="../shared/reference is not here (upstream samples)")
+def test_deploy_takes_the_upstream_sample_application(client, ingress):
+    doc = yaml.safe_load((SHARED / "reference" / "mlsysops" / "app-description.user_provided.yaml").read_text())
+    r = client.post("/apps/deploy", json={"yaml": doc}, headers=AUTH)
+    assert r.status_code == 202, r.text
+    assert r.json()["app_id"] == "test-application"
+
+
+def test_deploy_fetches_a_uri(client, ingress, tmp_path):
+    from http.server import SimpleHTTPRequestHandler
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(SAMPLES), **kw)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        assert client.post("/apps/deploy", json={"uri": f"{base}/demo-app.yaml"}, headers=AUTH).status_code == 202
+        assert locs(client.post("/apps/deploy", json={"uri": f"{base}/missing.yaml"}, headers=AUTH)) == [["body",
+                                                                                                          "uri"]]
+    finally:
+        server.shutdown()
+    assert locs(client.post("/apps/deploy", json={"uri": "file:///etc/passwd"}, headers=AUTH)) == [["body", "uri"]]
+    assert len(ingress.of(catalogue.AppSubmitted)) == 1
+
+
+def test_deploy_refuses_bad_input_with_the_field_path_and_publishes_nothing(client, ingress):
+    bad = sample("demo-app")
+    bad["MLSysOpsApp"]["components"][0]["containers"][0]["image"] = 5
+    assert locs(client.post("/apps/deploy", json={"yaml": bad}, headers=AUTH)) == [
+        ["body", "yaml", "MLSysOpsApp", "components", 0, "containers", 0, "image"]]
+    del bad["MLSysOpsApp"]["components"]
+    assert ["body", "yaml", "MLSysOpsApp", "components"] in locs(client.post("/apps/deploy", json={"yaml": bad},
+                                                                            headers=AUTH))
+    named = sample("demo-app")
+    named["MLSysOpsApp"]["name"] = "Not_A_Label"
+    assert locs(client.post("/apps/deploy", json={"yaml": named}, headers=AUTH)) == [
+        ["body", "yaml", "MLSysOpsApp", "name"]]
+    assert locs(client.post("/apps/deploy", json={}, headers=AUTH)) == [["body"]]
+    assert locs(client.post("/apps/deploy", json={"yaml": {}, "uri": "http://x"}, headers=AUTH)) == [["body"]]
+    assert locs(client.post("/apps/deploy", json={"yaml": "a: [b"}, headers=AUTH)) == [["body", "yaml"]]
+    assert locs(client.post("/apps/deploy", json={"yaml": sample("demo-cluster")}, headers=AUTH)) == [
+        ["body", "yaml", "MLSysOpsApp"], ["body", "yaml", "MLSysOpsCluster"]]  # missing, and not expected
+    assert locs(client.post("/apps/deploy", json={"yaml": {}, "extra": 1}, headers=AUTH)) == [["body", "extra"]]
+    assert client.post("/apps/deploy", content=b"not json", headers={**AUTH, "content-type": "application/json"}
+                       ).status_code == 422
+    assert ingress.events == []
+
+
+def test_deploy_of_a_known_id_is_a_conflict(client, store, ingress):
+    add_app(store, kind="ml_model")
+    r = client.post("/apps/deploy", json={"yaml": sample("demo-app")}, headers=AUTH)
+    assert r.status_code == 409 and "ML model" in r.json()["detail"]
+    assert ingress.events == []
+
+
+def test_deploy_answers_503_when_the_broker_refuses(client, ingress):
+    ingress.status = 500
+    r = client.post("/apps/deploy", json={"yaml": sample("demo-app")}, headers=AUTH)
+    assert r.status_code == 503 and "broker" in r.json()["detail"]
+
+
+def test_status_follows_the_plans_and_the_deployment(client, store):
+    assert client.get("/apps/status/demo-app", headers=AUTH).status_code == 404
+    add_app(store)
+    assert client.get("/apps/status/demo-app", headers=AUTH).json()["status"] == "queued"
+    now = time.time()
+    store.put("plans", "p1", {"plan_id": "p1", "policy": "static-placement", "asset": "demo-app", "status": "Queued",
+                              "mechanisms": {"ClusterPlacement": {}}, "created": now, "updated": now})
+    assert client.get("/apps/status/demo-app", headers=AUTH).json()["status"] == "planned"
+    store.put("deployments", "demo-app", {"status": "Written", "target": "local", "clusters": ["demo-cluster"],
+                                          "placement": {"web": ["demo-cluster"]}, "plan_id": "p1", "at": now + 1,
+                                          "objects": [{"kind": "Deployment", "metadata": {"name": "web"}}],
+                                          "message": "rendered, not applied"})
+    doc = client.get("/apps/status/demo-app", headers=AUTH).json()
+    assert doc["status"] == "deployed" and doc["deployment"]["clusters"] == ["demo-cluster"]
+    store.put("plans", "p2", {"plan_id": "p2", "policy": "cluster-placement", "asset": "demo-app",
+                              "status": "Failed", "reason": "ClusterPlacement: cluster x is not ready",
+                              "mechanisms": {"ClusterPlacement": {}}, "created": now + 2, "updated": now + 3})
+    doc = client.get("/apps/status/demo-app", headers=AUTH).json()
+    assert doc["status"] == "failed" and "not ready" in doc["message"]
+    store.put("deployments", "demo-app", {"status": "Applied", "deployed": False, "target": "cluster",
+                                          "plan_id": "p3", "at": now + 4})
+    assert client.get("/apps/status/demo-app", headers=AUTH).json()["status"] == "deploying"
+    listed = client.get("/apps/list_all/", headers=AUTH).json()
+    assert listed["System_status"] == {"demo-app": "deploying"}
+
+
+def test_ml_models_and_applications_are_kept_apart(client, store):
+    add_app(store, "model-1", kind="ml_model")
+    assert client.get("/apps/status/model-1", headers=AUTH).status_code == 404
+    assert client.get("/apps/list_all/", headers=AUTH).json()["System_status"] == {}
+    assert client.get("/ml/status/model-1", headers=AUTH).json()["model_uid"] == "model-1"
+    assert client.get("/ml/list_all/", headers=AUTH).json()["System_status"] == {"model-1": "queued"}
+
+
+@pytest.mark.parametrize("path", ["/apps/details/{}", "/apps/apps/details/{}"])
+def test_details(client, store, path):
+    assert client.get(path.format("demo-app"), headers=AUTH).status_code == 404
+    add_app(store)
+    store.put("deployments", "demo-app", {"status": "Written", "target": "local", "clusters": ["demo-cluster"],
+                                          "placement": {"web": ["demo-cluster"]}, "nodes": {"worker": "n1"},
+                                          "objects": [{"kind": "Deployment", "metadata": {"name": "web"}}]})
+    doc = client.get(path.format("demo-app"), headers=AUTH).json()
+    assert doc["state"] == "deployed"
+    assert doc["components"] == [
+        {"name": "web", "clusters": ["demo-cluster"], "node": None, "objects": ["Deployment/web"]},
+        {"name": "worker", "clusters": [], "node": "n1", "objects": []}]
+    assert doc["description"]["MLSysOpsApp"]["name"] == "demo-app"
+    assert locs(client.get(path.format("x" * 300), headers=AUTH)) == [["path", "app_id"]]
+
+
+def test_performance_reports_telemetry_against_the_targets(client, store):
+    assert client.get("/apps/performance/demo-app", headers=AUTH).status_code == 404
+    add_app(store)
+    now = time.time()
+    store.append_telemetry("demo-app/web", [("latency_ms", 30.0, now - 2), ("latency_ms", 18.0, now - 1)])
+    store.append_telemetry("demo-app", [("requests_per_s", 120.0, now)])
+    doc = client.get("/apps/performance/demo-app", headers=AUTH).json()
+    rows = {(m["component"], m["metric"]): m for m in doc["metrics"]}
+    web = rows[("web", "latency_ms")]
+    assert (web["latest"], web["samples"], web["mean"], web["max"], web["target"], web["met"]) == (
+        18.0, 2, 24.0, 30.0, 20, True)
+    assert rows[(None, "requests_per_s")]["latest"] == 120.0
+    assert doc["qos_met"] is True
+    store.append_telemetry("demo-app/web", [("latency_ms", 25.0, now)])
+    assert client.get("/apps/performance/demo-app", headers=AUTH).json()["qos_met"] is False
+    assert locs(client.get("/apps/performance/" + "x" * 300, headers=AUTH)) == [["path", "app_id"]]
+
+
+def test_remove_publishes_app_removed(client, store, ingress):
+    assert client.delete("/apps/remove/demo-app", headers=AUTH).status_code == 404
+    add_app(store)
+    r = client.delete("/apps/remove/demo-app", headers=AUTH)
+    assert r.status_code == 202
+    [event] = ingress.of(catalogue.AppRemoved)
+    assert event["data"] == {"app_id": "demo-app"} and event["id"] == r.json()["event_id"]
+    assert locs(client.delete("/apps/remove/" + "x" * 300, headers=AUTH)) == [["path", "app_id"]]
+
+
+# -- ML models --
+
+def test_deploy_ml_publishes_an_ml_model_application(client, ingress, store):
+    r = client.post("/ml/deploy_ml", json={"yaml": sample("demo-app"), "model_uid": "model-7"}, headers=AUTH)
+    assert r.status_code == 202, r.text
+    [event] = ingress.of(catalogue.AppSubmitted)
+    assert event["data"]["app_id"] == "model-7" and event["data"]["kind"] == "ml_model"
+    assert locs(client.post("/ml/deploy_ml", json={"yaml": sample("demo-app"), "model_uid": "Bad_Id"},
+                            headers=AUTH)) == [["body", "model_uid"]]
+    assert locs(client.post("/ml/deploy_ml", json={"yaml": sample("demo-app"), "model_uid": ""},
+                            headers=AUTH)) == [["body", "model_uid"]]
+    add_app(store, "model-7", kind="ml_model")
+    assert client.post("/ml/deploy_ml", json={"yaml": sample("demo-app"), "model_uid": "model-7"},
+                       headers=AUTH).status_code == 409
+
+
+def test_ml_status_and_remove(client, store, ingress):
+    assert client.get("/ml/status/m1", headers=AUTH).status_code == 404
+    assert client.delete("/ml/remove/m1", headers=AUTH).status_code == 404
+    add_app(store, "m1", kind="ml_model")
+    assert client.get("/ml/status/m1", headers=AUTH).json()["status"] == "queued"
+    assert client.delete("/ml/remove/m1", headers=AUTH).status_code == 202
+    assert ingress.of(catalogue.AppRemoved)[0]["data"]["app_id"] == "m1"
+    assert locs(client.get("/ml/status/" + "x" * 300, headers=AUTH)) == [["path", "model_uid"]]
+    assert locs(client.delete("/ml/remove/" + "x" * 300, headers=AUTH)) == [["path", "model_uid"]]
+
+
+# -- infrastructure --
+
+@pytest.mark.parametrize(("name", "kind", "ident"), [("demo-cluster", "cluster", "demo-cluster"),
+                                                     ("demo-continuum", "continuum", "demo-continuum")])
+def test_register_publishes_infra_registered(client, ingress, name, kind, ident):
+    r = client.post("/infra/register", json={"yaml": sample(name)}, headers=AUTH)
+    assert r.status_code == 202, r.text
+    assert (r.json()["infra_id"], r.json()["kind"]) == (ident, kind)
+    [event] = ingress.of(catalogue.InfraRegistered)
+    assert (event["data"]["infra_id"], event["data"]["kind"]) == (ident, kind)
+
+
+@pytest.mark.skipif(not (SHARED / "reference").is_dir(), reason="../shared/reference is not here (upstream samples)")
+def test_register_takes_the_upstream_node_cluster_and_continuum(client, ingress):
+    for name, kind in (("node-description.node1.yaml", "node"), ("cluster-description.yaml", "cluster"),
+                       ("continuum-description.yaml", "continuum")):
+        doc = yaml.safe_load((SHARED / "reference" / "mlsysops" / name).read_text())
+        r = client.post("/infra/register", json={"yaml": doc}, headers=AUTH)
+        assert r.status_code == 202 and r.json()["kind"] == kind, r.text
+    assert len(ingress.of(catalogue.InfraRegistered)) == 3
+
+
+def test_register_refuses_bad_descriptions(client, ingress):
+    assert locs(client.post("/infra/register", json={"yaml": sample("demo-app")}, headers=AUTH)) == [["body", "yaml"]]
+    assert locs(client.post("/infra/register", json={"yaml": {"MLSysOpsNode": {"name": "n", "bogus": 1}}},
+                            headers=AUTH)) == [["body", "yaml", "MLSysOpsNode", "bogus"]]
+    assert ingress.events == []
+
+
+def test_list_and_unregister(client, store, ingress):
+    store.put("infrastructure", "n1", {"kind": "node", "description": {"MLSysOpsNode": {"name": "n1"}}})
+    store.put("infrastructure", "c1", {"kind": "cluster", "description": {"MLSysOpsCluster": {"cluster_id": "c1"}}})
+    assert [r["infra_id"] for r in client.get("/infra/list/", headers=AUTH).json()["infrastructure"]] == ["c1", "n1"]
+    assert [r["infra_id"] for r in client.get("/infra/list/?kind=node", headers=AUTH).json()["infrastructure"]] == [
+        "n1"]
+    assert locs(client.get("/infra/list/?kind=planet", headers=AUTH)) == [["query", "kind"]]
+    assert client.delete("/infra/unregister/nope", headers=AUTH).status_code == 404
+    assert client.delete("/infra/unregister/n1", headers=AUTH).status_code == 202
+    assert ingress.of(catalogue.InfraUnregistered)[0]["data"] == {"infra_id": "n1"}
+    assert locs(client.delete("/infra/unregister/" + "x" * 300, headers=AUTH)) == [["path", "infra_id"]]
+
+
+# -- management --
+
+def test_ping(client):
+    doc = client.get("/manage/ping", headers=AUTH).json()
+    assert doc["status"] == "success" and doc["response"] == {"store": "ok", "broker": "ok"}
+
+
+def test_ping_answers_503_naming_what_does_not_answer(tmp_path, store, ingress):
+    async def ping() -> dict[str, str]:
+        return {"broker": "not answering: refused"}
+
+    ctx = ApiContext(store=store, token=TOKEN, broker=ingress.url, event_log=tmp_path / "x.db", ping=ping)
+    with TestClient(create_app(ctx)) as c:
+        r = c.get("/manage/ping", headers=AUTH)
+    assert r.status_code == 503 and "broker" in r.json()["detail"]["message"]
+
+
+@pytest.mark.parametrize(("given", "mode"), [("0", "heuristic"), ("1", "ml"), ("heuristic", "heuristic"),
+                                             ("ml", "ml")])
+def test_mode_publishes_mode_changed(client, store, ingress, given, mode):
+    store.put("settings", "mode", {"mode": "ml", "manual_override": True})
+    r = client.put(f"/manage/mode/{given}", headers=AUTH)
+    assert r.status_code == 200 and r.json()["mode"] == mode
+    [event] = ingress.of(catalogue.ModeChanged)
+    assert event["data"] == {"mode": mode, "manual_override": True, "previous": "ml"}
+    assert client.get("/manage/mode", headers=AUTH).json() == {"mode": "ml", "manual_override": True}
+
+
+def test_mode_refuses_other_values(client, ingress):
+    for bad in ("2", "auto", "-1"):
+        assert locs(client.put(f"/manage/mode/{bad}", headers=AUTH)) == [["path", "mode"]]
+    assert ingress.events == []
+
+
+# -- the event stream --
+
+def _log_with(path: Path, n: int) -> list[str]:
+    async def fill() -> list[str]:
+        log = EventLog(path)
+        made = [catalogue.make_event(catalogue.AppRemoved(app_id=f"a{i}"), "/test") for i in range(n)]
+        await log.append("default/default", made)
+        await log.close()
+        return [e.id for e in made]
+
+    return asyncio.run(fill())
+
+
+def _sse(text: str) -> list[dict]:
+    out = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+        if fields:
+            out.append({"id": int(fields["id"]), "event": fields["event"], "data": json.loads(fields["data"])})
+    return out
+
+
+def test_event_stream_serves_the_log_as_server_sent_events(client, tmp_path):
+    ids = _log_with(tmp_path / "eventlog.db", 3)
+    r = client.get("/events/stream?after=0&limit=3", headers=AUTH)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    got = _sse(r.text)
+    assert [g["data"]["id"] for g in got] == ids and [g["id"] for g in got] == [1, 2, 3]
+    assert got[0]["event"] == catalogue.AppRemoved.event_type and got[0]["data"]["data"] == {"app_id": "a0"}
+    resumed = _sse(client.get("/events/stream?limit=1", headers={**AUTH, "Last-Event-ID": "2"}).text)
+    assert [g["id"] for g in resumed] == [3]
+    assert _sse(client.get("/events/stream?after=0&limit=5&type=io.mapemesh.app.submitted&timeout_s=0.3",
+                           headers=AUTH).text) == []
+    assert locs(client.get("/events/stream?limit=0", headers=AUTH)) == [["query", "limit"]]
