@@ -1,133 +1,155 @@
-"""`make run`: the local mesh on this machine, with a demo event posted through the real ingress."""
+"""`make run`: the local mesh on this machine with a demo, and a live view of the loop until Ctrl-C.
+
+1. `mapemesh up` in-process: broker, function host, this machine's node shim (a simulated cpufreq tree when
+   /sys has none) and the northbound API.
+2. Through the API, as an operator would: the demo cluster and continuum descriptions are registered (the node
+   shim registers this machine's node itself), then the demo application (`web` with `latency_ms <= 20`).
+3. The node shim streams telemetry. An outside system (this demo) reports the application's latency on this
+   node, alternating between a missed target (35 ms) and a met one (12 ms) every `MAPEMESH_DEMO_PERIOD_S`
+   seconds; the CPU-frequency policy answers with a plan for each change, and the node shim moves the node's
+   CPU frequency to its maximum and back.
+4. A live view (the API's `/events/stream`, as `mapemesh watch` shows it) prints events, plans and knob
+   changes as they happen.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
+from importlib import resources
+from typing import Any
 
-import aiohttp
+import httpx
+import orjson
+import yaml
 
-from mapemesh import events
+from mapemesh import events, tokens
 from mapemesh.aio import run, until_stopped
-from mapemesh.eventing import log as eventlog
-from mapemesh.eventing.binding import to_binary
-from mapemesh.node_shim.daemon import RunningShim
+from mapemesh.api.app import TOKEN_FILE
+from mapemesh.cli.northbound import sse_data
+from mapemesh.cli.view import LiveView
 from mapemesh.settings import Settings
-from mapemesh.up import start_mesh
+from mapemesh.up import RunningMesh, start_mesh
 
 log = logging.getLogger("mapemesh.demo")
+PERIOD_S = float(os.environ.get("MAPEMESH_DEMO_PERIOD_S", "15"))
+"""How long the demo's reported latency stays missed (then met) before it flips."""
+
+
+def sample(name: str) -> dict[str, Any]:
+    """A description shipped in mapemesh/samples/."""
+    doc: dict[str, Any] = yaml.safe_load(resources.files("mapemesh").joinpath(f"samples/{name}.yaml").read_text())
+    return doc
 
 
 async def main() -> None:
-    """Start the mesh, post a telemetry event to the broker, show it in the durable log, serve until Ctrl-C."""
     settings = Settings.load()
     for port, var in ((settings.broker_port, "MAPEMESH_BROKER_PORT"), (settings.serving_port, "MAPEMESH_SERVING_PORT"),
-                      (max(0, settings.node_shim_port), "MAPEMESH_NODE_SHIM_PORT")):
+                      (max(0, settings.node_shim_port), "MAPEMESH_NODE_SHIM_PORT"),
+                      (max(0, settings.api_port), "MAPEMESH_API_PORT")):
         if port and not _port_free(settings.host, port):
             raise SystemExit(f"port {port} on {settings.host} is busy: set {var} (0 picks a free one)")
+    if settings.api_port < 0:
+        raise SystemExit("the demo drives the mesh through its API: MAPEMESH_API_PORT must not be -1")
     mesh = await start_mesh(settings)
-    broker = mesh.broker
-    ingress = f"{broker.url}/default/default"
+    tasks: list[asyncio.Task[None]] = []
     try:
-        sample = events.TelemetryReported(asset="node-1", asset_kind="node", metrics=[
-            events.Metric(name="node_cpu_frequency_hz", value=2.4e9, unit="Hz", labels={"cpu": "0"})])
-        event = events.make_event(sample, source="/demo/node-shim/node-1", subject="node-1")
-        headers, body = to_binary(event)
-        async with aiohttp.ClientSession() as http, http.post(ingress, headers=headers, data=body) as resp:
-            status = resp.status
-        stored = [e for e in await asyncio.to_thread(eventlog.read_all, settings.event_log_file)
-                  if e.event.id == event.id]
-        print(f"\nmapemesh broker ingress: {ingress}")
-        print(f"function host: {mesh.serving_url} ({len(mesh.host.revisions)} function(s) from "
-              f"{settings.manifests})")
-        print(f"demo: posted {event.type} id={event.id} -> HTTP {status}; "
-              f"in the durable log at seq {stored[0].seq if stored else '(missing!)'} "
-              f"({settings.event_log_file})")
-        reply = await _reply_to(settings, event.id)
-        if reply is not None:
-            print(f"demo: the monitor function answered with {reply.event.type} (seq {reply.seq}): "
-                  f"{reply.event.data.decode() if reply.event.data else ''}")
-        elif "default/monitor" in mesh.host.revisions:
-            print("demo: no reply from the monitor function within 10 s; see `mapemesh status`")
-        if "default/policy-cpu-frequency" in mesh.host.revisions:
-            await _loop_demo(settings, ingress, mesh.shim)
-        print("send your own:\n"
-              f"  .venv/bin/mapemesh events send --broker {ingress} --type com.example.ping "
-              f"--source /me --data '{{\"hello\": 1}}'\n"
-              f"  curl -i {ingress} -H 'ce-specversion: 1.0' -H 'ce-id: 1' -H 'ce-source: /me' "
-              f"-H 'ce-type: com.example.ping' -H 'content-type: application/json' -d '{{}}'\n"
-              "Ctrl-C stops the mesh.", flush=True)
+        assert mesh.api is not None
+        token = tokens.read(settings.data, TOKEN_FILE)
+        node = mesh.shim.shim.node if mesh.shim is not None else None
+        ingress = f"{mesh.broker.url}/default/default"
+        print(f"\nmapemesh is up: broker {ingress}\n  northbound API {mesh.api.url} (token in "
+              f"{settings.data / TOKEN_FILE}; OpenAPI at {mesh.api.url}/docs)\n  function host {mesh.serving_url} "
+              f"({len(mesh.host.revisions)} functions from {settings.manifests})\n"
+              f"  node shim {mesh.shim.url + ' for node ' + node if mesh.shim else '(none)'}\n", flush=True)
+        tasks.append(asyncio.create_task(_live_view(mesh.api.url, token or "")))
+        await asyncio.sleep(0.3)  # the view is following before the demo acts
+        async with httpx.AsyncClient(base_url=mesh.api.url, headers={"Authorization": f"Bearer {token}"},
+                                     timeout=30) as api:
+            await _operator(settings, api, node)
+        if node is not None and "default/policy-cpu-frequency" in mesh.host.revisions:
+            tasks.append(asyncio.create_task(_latency(mesh, ingress, node)))
+        print("\nTry, in another terminal (the mesh's data directory is "
+              f"{settings.data}):\n  .venv/bin/mapemesh apps list\n  .venv/bin/mapemesh apps details demo-app\n"
+              "  .venv/bin/mapemesh apps performance demo-app\n  .venv/bin/mapemesh watch --all\n"
+              "Ctrl-C stops the mesh.\n", flush=True)
         await until_stopped()
     finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
         await mesh.stop()
 
 
-async def _reply_to(settings: Settings, event_id: str, timeout_s: float = 10.0) -> eventlog.LoggedEvent | None:
-    """The state-changed event the monitor published for `event_id`, once it is in the log."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        for logged in await asyncio.to_thread(eventlog.read_all, settings.event_log_file):
-            if logged.event.type == "io.mapemesh.state.changed.v1" and logged.event.data and \
-                    event_id.encode() in logged.event.data:
-                return logged
-        await asyncio.sleep(0.1)
-    return None
-
-
-DEMO_APP = {"MLSysOpsApp": {"name": "demo-app", "components": [{
-    "metadata": {"name": "web"},
-    "qos_metrics": [{"application_metric_id": "latency_ms", "target": 20, "relation": "lower_or_equal"}]}]}}
-
-
-async def _post(http: aiohttp.ClientSession, ingress: str, data: events.EventData) -> str:
-    event = events.make_event(data, source="/demo")
-    headers, body = to_binary(event)
-    async with http.post(ingress, headers=headers, data=body) as resp:
-        if resp.status != 202:
-            raise RuntimeError(f"the broker refused the demo's {event.type}: {resp.status} {await resp.text()}")
-    return event.id
-
-
-async def _loop_demo(settings: Settings, ingress: str, shim: RunningShim | None) -> None:
-    """Submit an app with a latency target, break it on this machine's node: show the plan and the knob."""
+async def _operator(settings: Settings, api: httpx.AsyncClient, node: str | None) -> None:
+    """Register the demo cluster and continuum, then submit the demo application, through the API."""
     from mapemesh.state import open_store
 
-    node = shim.shim.node if shim is not None else "node-1"
-    store = open_store(settings.state, data=settings.data)
+    cluster = sample("demo-cluster")
+    if node is not None:
+        cluster["MLSysOpsCluster"]["nodes"] = [node]
+    for doc in (cluster, sample("demo-continuum")):
+        (await api.post("/infra/register", json={"yaml": doc})).raise_for_status()
+    # Policies register when their functions first start: the application goes in once its placement policy
+    # and the CPU-frequency policy are there.
+    store = await asyncio.to_thread(open_store, settings.state, settings.data)
     try:
-        for _ in range(100):  # the policy registers when its first process starts; the shim registers its node
-            if "cpu-frequency" in store.list("policies") and (shim is None or store.get("infrastructure", node)):
+        for _ in range(100):
+            if {"static-placement", "cpu-frequency"} <= set(await asyncio.to_thread(store.list, "policies")):
                 break
             await asyncio.sleep(0.1)
-        async with aiohttp.ClientSession() as http:
-            if shim is None:
-                await _post(http, ingress, events.InfraRegistered(infra_id=node, kind="node", description={
-                    "MLSysOpsNode": {"name": node, "continuum_layer": "edge"}}))
-            await _post(http, ingress, events.AppSubmitted(app_id="demo-app", description=DEMO_APP))
-            await asyncio.sleep(1.5)  # the CPU frequency policy's analyze_interval is 1 s per node
-            cause = await _post(http, ingress, events.TelemetryReported(
-                asset=node, asset_kind="node", metrics=[events.Metric(name="latency_ms", value=35.0)]))
-        print(f"demo: demo-app submitted (latency_ms <= 20), then latency_ms = 35 reported for node {node}")
-        for _ in range(150):
-            plans = [v.value for v in store.list("plans").values() if v.value["inputs"].get("cause") == cause]
-            if plans and (plans[0]["status"] in ("Success", "Failed") or shim is None):
-                plan = plans[0]
-                why = f" ({plan['reason']})" if plan.get("reason") else ""
-                print(f"demo: policy {plan['policy']} planned {plan['mechanisms']} for {plan['asset']} "
-                      f"(plan {plan['plan_id'][:8]}): {plan['status']}{why}")
-                if shim is not None:
-                    cpu0 = shim.sysfs.path("sys/devices/system/cpu/cpu0/cpufreq")
-                    print(f"demo: the node shim wrote {cpu0}/scaling_min_freq = "
-                          f"{(cpu0 / 'scaling_min_freq').read_text().strip()} kHz (cpuinfo_max_freq "
-                          f"{(cpu0 / 'cpuinfo_max_freq').read_text().strip()}); its journal: "
-                          f"{shim.shim.journal.path}")
-                return
-            await asyncio.sleep(0.1)
-        print("demo: no plan within 15 s; see `mapemesh policy list` and `mapemesh status`")
     finally:
         store.close()
+    answer = await api.post("/apps/deploy", json={"yaml": sample("demo-app")})
+    if answer.status_code == 409:
+        print("demo: demo-app is in the mesh already (from an earlier run): kept as it is", flush=True)
+    else:
+        answer.raise_for_status()
+
+
+async def _latency(mesh: RunningMesh, ingress: str, node: str) -> None:
+    """Report the demo application's latency on this node: missed (35 ms), then met (12 ms), and again."""
+    from mapemesh.eventing.binding import to_binary
+
+    values = (35.0, 12.0)
+    turn = 0
+    async with httpx.AsyncClient(timeout=10) as http:
+        while True:
+            value = values[turn % 2]
+            event = events.make_event(events.TelemetryReported(asset=node, asset_kind="node", metrics=[
+                events.Metric(name="latency_ms", value=value, unit="ms")]), source="/demo/load", subject=node)
+            headers, body = to_binary(event)
+            try:
+                (await http.post(ingress, headers=headers, content=body)).raise_for_status()
+                print(f"demo: demo-app's latency on {node} is now {value:g} ms (target <= 20 ms: "
+                      f"{'missed' if value > 20 else 'met'})", flush=True)
+            except httpx.HTTPError as exc:
+                print(f"demo: the broker did not take the latency report: {exc}", flush=True)
+            turn += 1
+            await asyncio.sleep(PERIOD_S)
+
+
+async def _live_view(url: str, token: str) -> None:
+    """Print the mesh's events as `mapemesh watch` does, from the API's event stream."""
+    view = LiveView()
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as http, \
+            http.stream("GET", f"{url}/events/stream", params={"after": 0},
+                        headers={"Authorization": f"Bearer {token}"}) as response:
+        lines: list[str] = []
+        async for raw in response.aiter_lines():
+            lines.append(raw)
+            if raw != "":
+                continue
+            for payload in sse_data(lines):
+                line = view.line(orjson.loads(payload))
+                if line is not None:
+                    print(line, flush=True)
+            lines = []
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -141,5 +163,7 @@ def _port_free(host: str, port: int) -> bool:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MAPEMESH_LOG_LEVEL", "warning")  # the function processes: warnings and errors only
+    logging.getLogger("mapemesh.up").setLevel(logging.INFO)
     run(main())

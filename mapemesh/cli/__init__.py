@@ -13,6 +13,7 @@ from mapemesh.cli.cesql import cesql
 from mapemesh.cli.events import events
 from mapemesh.cli.mesh import status, up
 from mapemesh.cli.node_shim import node_shim
+from mapemesh.cli.northbound import apps, infra, manage, ml, watch
 from mapemesh.cli.policy import policy
 from mapemesh.cli.render import render
 
@@ -39,6 +40,11 @@ cli.add_command(status)
 cli.add_command(policy)
 cli.add_command(node_shim)
 cli.add_command(render)
+cli.add_command(apps)
+cli.add_command(ml)
+cli.add_command(infra)
+cli.add_command(manage)
+cli.add_command(watch)
 
 
 def main() -> None:

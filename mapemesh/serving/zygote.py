@@ -209,4 +209,5 @@ async def serve(fn: Function, sock: socket.socket, concurrency: int) -> None:
 if __name__ == "__main__":
     logging.basicConfig(level=os.environ.get("MAPEMESH_LOG_LEVEL", "info").upper(),
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request to the broker is noise
     main(int(sys.argv[1]))

@@ -1,0 +1,55 @@
+"""`make run` as a new user sees it: the demo starts the mesh, registers the demo infrastructure and application
+through the API, and its live view shows a policy's knob change on this machine's (simulated) node."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from .conftest import REPO
+
+
+def test_the_demo_shows_a_knob_change_made_by_a_policy_then_stops_on_ctrl_c(tmp_path):
+    sysfs = tmp_path / "sysfs"
+    subprocess.run([sys.executable, "-m", "mapemesh", "node-shim", "simulate", "--profile", "intel_pstate",
+                    str(sysfs)], check=True, capture_output=True)
+    env = {**os.environ, "MAPEMESH_DATA": str(tmp_path / "data"), "MAPEMESH_BROKER_PORT": "0",
+           "MAPEMESH_SERVING_PORT": "0", "MAPEMESH_NODE_SHIM_PORT": "0", "MAPEMESH_API_PORT": "0",
+           "MAPEMESH_SYSFS_ROOT": str(sysfs), "MAPEMESH_NODE": "demo-node", "MAPEMESH_DEMO_PERIOD_S": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "mapemesh.demo"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    wanted = {
+        "submitted": lambda line: "application demo-app submitted" in line,
+        "missed": lambda line: "latency on demo-node is now 35 ms" in line,
+        "to max": lambda line: "knob" in line and "demo-node CPUFrequency" in line and "-> " in line,
+        "deployed": lambda line: "deploy" in line and "demo-app: Written demo-cluster" in line,
+    }
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and not all(any(f(li) for li in list(lines)) for f in wanted.values()):
+            assert proc.poll() is None, "".join(lines)[-4000:]
+            time.sleep(0.2)
+        missing = [name for name, f in wanted.items() if not any(f(li) for li in list(lines))]
+        assert missing == [], "".join(lines)[-4000:]
+        # The node shim's journal: the policy moved the node to its maximum frequency after the missed target,
+        # through intel_pstate's performance limits.
+        journal = tmp_path / "data" / "node-shim" / "demo-node" / "journal.jsonl"
+        applied = [json.loads(line) for line in journal.read_text().splitlines()]
+        to_max = [a for a in applied if a["requested_by"] == "policy/cpu-frequency"
+                  and a["command"].get("frequency") == "max" and not a.get("error")]
+        assert to_max, applied
+        assert to_max[0]["after"]["intel_pstate"]["min_perf_pct"] == 100
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+        reader.join(5)
+    assert code == 0, "".join(lines)[-3000:]
+    assert "Traceback" not in "".join(lines)
