@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from aiohttp import web
 
 from mapemesh import events as catalogue
 from mapemesh.eventing.binding import to_binary
+from mapemesh.eventing.log import read_after
 from mapemesh.policy import service
 from mapemesh.state import open_store
 
@@ -72,11 +74,26 @@ class Loop:
         return event.id
 
     def registered(self, *names: str) -> None:
+        """Wait until the policies are registered and the analyses their registration asked for are over (a
+        test's own event then starts its own cycle)."""
         def ready():
             docs = self.store.list("policies")
             return all(n in docs and docs[n].value["status"] == "active" for n in names)
 
         wait_for(ready, timeout=30, what=f"policies {', '.join(names)} registered")
+        log = self.mesh.data / "eventlog.db"
+
+        def settled():
+            db = sqlite3.connect(f"file:{log}?mode=ro", uri=True)
+            try:
+                announced = {e.event.source for e in read_after(db)
+                             if e.event.type == catalogue.StateChanged.event_type}
+                pending = db.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'").fetchone()[0]
+            finally:
+                db.close()
+            return all(f"/mapemesh/policies/{n}" in announced for n in names) and pending == 0
+
+        wait_for(settled, timeout=30, what=f"the analyses asked for by {', '.join(names)}")
 
     def commands(self, knob: str) -> list[dict]:
         """The commands for `knob`, one per plan: delivery is at least once, so a plan's command may come twice

@@ -9,6 +9,7 @@ import click
 
 from mapemesh import __version__
 from mapemesh.cli.broker import broker
+from mapemesh.cli.build import build
 from mapemesh.cli.cesql import cesql
 from mapemesh.cli.events import events
 from mapemesh.cli.mesh import status, up
@@ -45,6 +46,7 @@ cli.add_command(ml)
 cli.add_command(infra)
 cli.add_command(manage)
 cli.add_command(watch)
+cli.add_command(build)
 
 
 def main() -> None:

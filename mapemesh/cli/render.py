@@ -160,13 +160,19 @@ def app(ctx: click.Context, file: Path, plan_file: Path | None, infra_files: tup
               help="mapemesh's manifests [env MAPEMESH_MANIFESTS; default knative].")
 @click.option("--runtimes", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="RuntimeClass manifests to add [default: the ones mapemesh ships in runtimes/, if any].")
+@click.option("--available", default=None, metavar="RUNTIME,...",
+              help="The runtimes the cluster has (of runc, urunc, kata-fc, kata-qemu): each Service gets the first "
+                   "of its preferences there (policies: urunc, kata-fc, kata-qemu, runc) [default: all].")
+@click.option("--monitor", type=click.Choice(["qemu", "firecracker"]), default="qemu", show_default=True,
+              help="urunc's monitor on the cluster (the vAccel RPC address of accelerated functions).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Where to write.")
 @click.pass_context
-def mesh(ctx: click.Context, manifests: Path | None, runtimes: Path | None, out: Path) -> None:
-    """Render mapemesh's own manifests for a cluster (Broker, Triggers, Services, RuntimeClasses), one file per
-    object.
+def mesh(ctx: click.Context, manifests: Path | None, runtimes: Path | None, available: str | None, monitor: str,
+         out: Path) -> None:
+    """Render mapemesh's own manifests for a cluster (Broker, Triggers, Services, RuntimeClasses, Knative's
+    feature flags), one file per object; each Service on the runtime chosen for it.
 
-    Exit status: 0 written, 2 a manifest cannot be read.
+    Exit status: 0 written, 2 a manifest cannot be read or a runtime is unknown.
     """
     from mapemesh import manifests as loader
     from mapemesh.functions.deploy.render import to_yaml_files
@@ -178,7 +184,17 @@ def mesh(ctx: click.Context, manifests: Path | None, runtimes: Path | None, out:
     extra = loader.load(runtimes or Path(shipped.__file__).parent)
     if found.errors or extra.errors:
         raise click.UsageError("; ".join(found.errors + extra.errors))
-    objects = [m.body for m in (*found.objects, *extra.objects) if m.kind != "Kustomization"]
+    from mapemesh.runtimes import choice
+
+    have = [r.strip() for r in available.split(",") if r.strip()] if available is not None else None
+    objects = []
+    try:
+        for m in (*found.objects, *extra.objects):
+            if m.kind == "Kustomization" or (m.kind == "RuntimeClass" and have is not None and m.name not in have):
+                continue
+            objects.append(choice.for_cluster(m.body, have, monitor=monitor) if m.kind == "Service" else m.body)
+    except choice.RuntimeChoiceError as exc:
+        raise click.UsageError(str(exc)) from None
     _write(out, to_yaml_files(objects))
     kinds = sorted({o["kind"] for o in objects})
     click.echo(f"{len(objects)} object(s) ({', '.join(kinds)}) written to {out}; apply with kubectl apply -f {out}")

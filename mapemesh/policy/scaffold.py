@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from mapemesh.policy.service import check_name, render
+from mapemesh.runtimes.build import bunnyfile_for
 
 POLICY_TEMPLATE = '''"""{title} policy, in the MLSysOps policy format (initialize, analyze, plan).
 
@@ -55,32 +56,6 @@ from mapemesh.policy.function import policy_function
 policy = policy_function(Path(__file__).with_name("policy.py"), "{name}")
 '''
 
-BUNNYFILE_TEMPLATE = '''#syntax=harbor.nbfc.io/nubificus/bunny:latest
-version: v0.1
-
-# Policy {name} as a Linux single-application kernel for urunc: the function image's root filesystem,
-# a prebuilt urunc Linux kernel, and functions-framework serving the policy function.
-platforms:
-  framework: linux
-  monitor: qemu
-  architecture: x86
-
-rootfs:
-  from: mapemesh/functions:0.1.0
-  type: block
-
-kernel:
-  from: harbor.nbfc.io/nubificus/urunc/linux-kernel-qemu:latest
-  path: /kernel
-
-envs:
-  - FUNCTION_SOURCE={source}
-  - FUNCTION_TARGET=policy
-
-cmd: ["functions-framework", "--source", "{source}", "--target", "policy", "--signature-type", "http"]
-'''
-
-
 class ScaffoldError(ValueError):
     """Files that cannot be written (they exist already, say)."""
 
@@ -112,7 +87,7 @@ def new_policy(name: str, root: Path) -> list[Path]:
                                                      path=f"functions/policies/{package}/policy.py"),
         folder / "__init__.py": WRAPPER_TEMPLATE.format(name=name),
         root / "knative" / f"policy-{name}.yaml": render(name, source),
-        root / "bunnyfiles" / f"policy-{name}.bunnyfile": BUNNYFILE_TEMPLATE.format(name=name, source=source),
+        root / "bunnyfiles" / f"policy-{name}.bunnyfile": bunnyfile_for(f"policy-{name}", source, "policy"),
     }
     existing = [str(p) for p in files if p.exists()]
     if existing:

@@ -2,7 +2,9 @@
 
 One Service per policy (`policy-NAME`), labelled `mapemesh.dev/policy: NAME`, starting with one instance
 (`initial-scale: 1`, so a new revision registers the policy's declaration at once) and scaling to zero;
-its Trigger takes the analyze and plan requests whose extension `policy` is NAME.
+its Trigger takes the analyze and plan requests whose extension `policy` is NAME. The Service runs on the
+runtime `mapemesh.runtimes.choice` picks for policies (urunc, with the image bunny builds from
+`bunnyfiles/policy-NAME.bunnyfile`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import yaml
 from mapemesh.events.catalogue import PolicyAnalyzeRequested, PolicyPlanRequested
 
 NAME = re.compile(r"^[a-z]([-a-z0-9]{0,40}[a-z0-9])?$")
-IMAGE = "mapemesh/functions:0.1.0"
 
 
 class InvalidPolicyName(ValueError):
@@ -31,16 +32,19 @@ def check_name(name: str) -> str:
 
 def objects(name: str, source: str, target: str = "policy", namespace: str = "default") -> list[dict[str, object]]:
     """The Service and Trigger for policy `name`, whose function is `target` in the file `source`."""
+    from mapemesh.runtimes import choice
+
     check_name(name)
     service = f"policy-{name}"
+    runtime = choice.choose("policy")
     return [
         {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
          "metadata": {"name": service, "namespace": namespace, "labels": {"mapemesh.dev/policy": name}},
          "spec": {"template": {
              "metadata": {"annotations": {"autoscaling.knative.dev/initial-scale": "1",
                                           "autoscaling.knative.dev/max-scale": "4"}},
-             "spec": {"containerConcurrency": 16, "timeoutSeconds": 75, "containers": [{
-                 "image": IMAGE,
+             "spec": {"runtimeClassName": runtime, "containerConcurrency": 16, "timeoutSeconds": 75, "containers": [{
+                 "image": choice.unikernel_image(service) if runtime == "urunc" else choice.FUNCTION_IMAGE,
                  "env": [{"name": "FUNCTION_SOURCE", "value": source},
                          {"name": "FUNCTION_TARGET", "value": target}]}]}}}},
         {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
