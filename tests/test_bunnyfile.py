@@ -17,7 +17,7 @@ from mapemesh.runtimes import build, bunnyfile, choice
 
 from .conftest import REPO, SHARED
 
-GOLDEN = REPO / "tests" / "golden" / "build"
+GOLDEN = REPO / "tests" / "golden" / "packaging"
 BUNNY_SAMPLES = SHARED / "reference" / "bunny"
 
 VALID = """\
