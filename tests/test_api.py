@@ -431,3 +431,95 @@ def test_event_stream_serves_the_log_as_server_sent_events(client, tmp_path):
     assert _sse(client.get("/events/stream?after=0&limit=5&type=io.mapemesh.app.submitted&timeout_s=0.3",
                            headers=AUTH).text) == []
     assert locs(client.get("/events/stream?limit=0", headers=AUTH)) == [["query", "limit"]]
+
+
+# -- what an independent review found --
+
+def test_input_that_once_gave_a_5xx_gets_a_422(client, ingress):
+    deep = "[" * 5000 + "]" * 5000
+    assert locs(client.post("/apps/deploy", json={"yaml": deep}, headers=AUTH)) == [["body", "yaml"]]
+    nan = sample("demo-app")
+    nan["MLSysOpsApp"]["components"][0]["qos_metrics"][0]["target"] = ".nan"
+    text = yaml.safe_dump(nan).replace("'.nan'", ".nan")
+    assert locs(client.post("/apps/deploy", json={"yaml": text}, headers=AUTH)) == [
+        ["body", "yaml", "MLSysOpsApp", "components", 0, "qos_metrics", 0, "target"]]
+    assert locs(client.get("/events/stream?after=99999999999999999999", headers=AUTH)) == [["query", "after"]]
+    assert client.get("/events/stream?limit=1&timeout_s=0.2", headers={**AUTH, "Last-Event-ID": b"\xb2"}
+                      ).status_code == 200
+    assert ingress.events == []
+
+
+def test_last_event_id_wins_over_after(client, tmp_path):
+    _log_with(tmp_path / "eventlog.db", 3)
+    got = _sse(client.get("/events/stream?after=0&limit=1", headers={**AUTH, "Last-Event-ID": "2"}).text)
+    assert [g["id"] for g in got] == [3]
+
+
+def test_a_name_on_its_way_is_taken_and_reported_as_submitted(client, ingress):
+    assert client.post("/apps/deploy", json={"yaml": sample("demo-app")}, headers=AUTH).json()["state"] == \
+        "submitted"
+    again = client.post("/ml/deploy_ml", json={"yaml": sample("demo-app")}, headers=AUTH)
+    assert again.status_code == 409
+    assert client.get("/apps/status/demo-app", headers=AUTH).json()["status"] == "submitted"
+    assert client.get("/ml/status/demo-app", headers=AUTH).status_code == 404
+    assert len(ingress.of(catalogue.AppSubmitted)) == 1
+
+
+def test_concurrent_submissions_of_one_name_one_wins(client, ingress):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def submit(path: str) -> int:
+        return client.post(path, json={"yaml": sample("demo-app")}, headers=AUTH).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        codes = sorted(pool.map(submit, ["/apps/deploy", "/ml/deploy_ml", "/apps/deploy", "/ml/deploy_ml"]))
+    assert codes == [202, 409, 409, 409]
+    assert len(ingress.of(catalogue.AppSubmitted)) == 1
+
+
+def test_plans_of_an_earlier_application_of_the_same_name_do_not_count(client, store):
+    now = time.time()
+    store.put("plans", "old", {"plan_id": "old", "policy": "static-placement", "asset": "demo-app",
+                               "status": "Failed", "reason": "long ago", "mechanisms": {"ClusterPlacement": {}},
+                               "created": now - 100, "updated": now - 99})
+    add_app(store)
+    assert client.get("/apps/status/demo-app", headers=AUTH).json()["status"] == "queued"
+    assert client.get("/apps/details/demo-app", headers=AUTH).json()["plans"] == []
+
+
+def test_infrastructure_ids_must_fit_in_a_url(client, ingress):
+    r = client.post("/infra/register", json={"yaml": {"MLSysOpsNode": {"name": "a/b"}}}, headers=AUTH)
+    assert locs(r) == [["body", "yaml", "MLSysOpsNode", "name"]]
+    assert client.post("/infra/register", json={"yaml": {"MLSysOpsNode": {"name": "edge-1.lab"}}},
+                       headers=AUTH).status_code == 202
+
+
+def test_open_streams_end_when_the_api_stops(tmp_path, store, ingress):
+    from mapemesh.api.app import _sse
+
+    ctx = ApiContext(store=store, token=TOKEN, broker=ingress.url, event_log=tmp_path / "eventlog.db")
+
+    class Request:
+        async def is_disconnected(self) -> bool:
+            return False
+
+    async def run() -> list[bytes]:
+        stream = _sse(ctx, Request(), None, None, None, None)  # type: ignore[arg-type]
+        first = await stream.__anext__()
+        ctx.closing.set()
+        rest = [chunk async for chunk in stream]
+        return [first, *rest]
+
+    chunks = asyncio.run(asyncio.wait_for(run(), 5))
+    assert chunks == [b": mapemesh events\n\n"]
+
+
+def test_details_match_the_rendered_object_names(client, store):
+    add_app(store)
+    store.put("deployments", "demo-app", {"status": "Written", "target": "local", "placement": {},
+                                          "objects": [{"kind": "Deployment", "metadata": {"name": "demo-app-web"}},
+                                                      {"kind": "Service", "metadata": {"name": "web"}},
+                                                      {"kind": "Deployment",
+                                                       "metadata": {"name": "demo-app-worker"}}]})
+    comps = {c["name"]: c["objects"] for c in client.get("/apps/details/demo-app", headers=AUTH).json()["components"]}
+    assert comps == {"web": ["Deployment/demo-app-web", "Service/web"], "worker": ["Deployment/demo-app-worker"]}

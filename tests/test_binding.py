@@ -94,3 +94,15 @@ def test_validate_accepts_the_spec_examples():
     validate(base(time="2018-04-05T17:31:00Z", dataschema="https://example.com/s.json",
                   datacontenttype="application/json; charset=utf-8", subject="x", flag=False, n=-(2**31)))
     validate(base(specversion="0.3", schemaurl="/relative", datacontentencoding="base64"))
+
+
+@pytest.mark.parametrize("value", ["com.x\n\ndata: forged", "a\rb", "tab\there", "nul\x00", "c1\x85"])
+def test_string_attributes_with_control_characters_are_refused(value):
+    """The CloudEvents type system forbids U+0000-U+001F and U+007F-U+009F in strings; a percent-encoded
+    newline in a binary header would otherwise forge lines in server-sent event streams."""
+    with pytest.raises(MalformedEvent) as caught:
+        validate({"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "ext": value})
+    assert caught.value.attribute == "ext" and "control characters" in caught.value.reason
+    headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "com.x%0A%0Adata: forged"}
+    with pytest.raises(MalformedEvent):
+        from_http(headers, b"")

@@ -53,3 +53,22 @@ def test_the_demo_shows_a_knob_change_made_by_a_policy_then_stops_on_ctrl_c(tmp_
         reader.join(5)
     assert code == 0, "".join(lines)[-3000:]
     assert "Traceback" not in "".join(lines)
+
+    # Again, on the same data: the application is kept, and the view shows this run's events only.
+    again = subprocess.Popen([sys.executable, "-m", "mapemesh.demo"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    second: list[str] = []
+    reader = threading.Thread(target=lambda: second.extend(iter(again.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("kept as it is" in li for li in list(second)):
+            assert again.poll() is None, "".join(second)[-4000:]
+            time.sleep(0.2)
+        time.sleep(1)
+    finally:
+        again.send_signal(signal.SIGINT)
+        assert again.wait(30) == 0, "".join(second)[-3000:]
+        reader.join(5)
+    assert any("kept as it is" in li for li in second), "".join(second)[-3000:]
+    assert not any("application demo-app submitted" in li for li in second)  # the first run's event

@@ -127,6 +127,10 @@ def test_bad_input_exits_2_with_the_field_path_and_unknown_ids_4(mesh, tmp_path)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
     (tmp_path / "notyaml.yaml").write_text("a: [b")
     assert cli(mesh, "apps", "deploy", str(tmp_path / "notyaml.yaml")).returncode == 2
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00a")
+    binary = cli(mesh, "apps", "deploy", str(tmp_path / "binary.yaml"))
+    assert binary.returncode == 2 and "not UTF-8" in binary.stderr
+    assert cli(mesh, "watch", "--type", "x" * 300, "--limit", "1").returncode == 2
     for args in (("apps", "status", "nope"), ("apps", "details", "nope"), ("apps", "performance", "nope"),
                  ("apps", "remove", "nope"), ("ml", "status", "nope"), ("ml", "remove", "nope")):
         r = cli(mesh, *args)
@@ -179,6 +183,10 @@ def test_the_upstream_sample_application_is_deployed_then_removed(mesh):
     assert r.returncode == 0 and "removed" in r.stdout, r.stderr
     wait_for(lambda: not folder.exists(), timeout=30, what="the deployed objects to be removed")
     assert cli(mesh, "apps", "status", "test-application").returncode == 4
+    # The same name again is a new application: the placement policies place it afresh.
+    again = cli(mesh, "apps", "deploy", str(UPSTREAM_APP), "--wait", "--timeout", "60")
+    assert again.returncode == 0 and "test-application: deployed" in again.stdout, again.stdout + again.stderr
+    assert cli(mesh, "apps", "remove", "test-application", "--wait").returncode == 0
 
 
 # -- properties: the OpenAPI document, run against the live API -------------------------------------------------

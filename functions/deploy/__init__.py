@@ -390,8 +390,14 @@ async def deploy(event: CloudEvent) -> CloudEvent | None:
     data = data_of(event)
     store = from_environment()
     data_dir = Path(os.environ.get("MAPEMESH_DATA", ".mapemesh"))
-    if isinstance(data, catalogue.DeployRequested):
-        return await on_deploy(store, data, data_dir)
-    if isinstance(data, catalogue.AppRemoved):
-        return await on_removed(store, data, data_dir)
+    if isinstance(data, catalogue.DeployRequested | catalogue.AppRemoved):
+        # One application's deploys and removal take turns: each reads what the one before recorded (two
+        # placement plans at once, a node plan and a cluster plan, would otherwise both start from nothing).
+        async with _app_locks.setdefault(data.app_id, asyncio.Lock()):
+            if isinstance(data, catalogue.DeployRequested):
+                return await on_deploy(store, data, data_dir)
+            return await on_removed(store, data, data_dir)
     return None
+
+
+_app_locks: dict[str, asyncio.Lock] = {}

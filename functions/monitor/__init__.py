@@ -8,6 +8,7 @@ plan reported back, Failed as soon as one failed); a mode change is recorded. Ea
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -18,6 +19,8 @@ from mapemesh.functions._stage import data_of
 from mapemesh.functions.execute import DEPLOY_MECHANISMS
 from mapemesh.functions.schedule import sweep_now_and_then
 from mapemesh.state import StateStore, from_environment, update
+
+log = logging.getLogger(__name__)
 
 SOURCE = "/mapemesh/monitor"
 
@@ -54,6 +57,14 @@ def _plan_result(store: StateStore, plan_id: str | None, mechanism: str | None, 
     update(store, "plans", plan_id, change)
 
 
+def _forget_contexts(store: StateStore, asset: str) -> None:
+    """Drop every policy's context about an asset that is gone: an application submitted again under the same
+    name is a new one, and the policies must see it so (a placement policy remembers what it placed)."""
+    for key in store.list("policy_contexts"):
+        if key.split("/", 1)[-1] == asset:
+            store.delete("policy_contexts", key)
+
+
 @mapemesh.function
 async def monitor(event: CloudEvent) -> CloudEvent | None:
     """Record what the event reports; reply with what changed (None for events the monitor does not take)."""
@@ -66,11 +77,17 @@ async def monitor(event: CloudEvent) -> CloudEvent | None:
                                             for m in data.metrics])
         return _changed(data.asset, data.asset_kind, sorted({m.name for m in data.metrics}), event)
     if isinstance(data, catalogue.AppSubmitted):
+        existing = store.get("applications", data.app_id)
+        if existing is not None and existing.value.get("kind", "application") != data.kind:
+            log.warning("%s %s not recorded: the name is taken by %s %s", data.kind, data.app_id,
+                        existing.value.get("kind", "application"), data.app_id)
+            return None  # an application and an ML model never overwrite each other
         store.put("applications", data.app_id, {"description": data.description, "kind": data.kind,
                                                 "submitted": time.time()})
         return _changed(data.app_id, "application", ["description"], event)
     if isinstance(data, catalogue.AppRemoved):
         store.delete("applications", data.app_id)
+        _forget_contexts(store, data.app_id)
         return _changed(data.app_id, "application", ["removed"], event)
     if isinstance(data, catalogue.InfraRegistered):
         store.put("infrastructure", data.infra_id, {"kind": data.kind, "description": data.description})
@@ -78,6 +95,7 @@ async def monitor(event: CloudEvent) -> CloudEvent | None:
     if isinstance(data, catalogue.InfraUnregistered):
         previous = store.get("infrastructure", data.infra_id)
         store.delete("infrastructure", data.infra_id)
+        _forget_contexts(store, data.infra_id)
         kind = str(previous.value.get("kind", "node")) if previous else "node"
         return _changed(data.infra_id, kind, ["removed"], event)
     if isinstance(data, catalogue.KnobApplied):

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,7 +25,7 @@ import yaml
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,6 +41,10 @@ MAX_FETCH_BYTES = 1 << 20
 """The largest description the API fetches from a `uri`."""
 INFRA_KINDS = {"MLSysOpsNode": ("node", "name"), "MLSysOpsCluster": ("cluster", "cluster_id"),
                "MLSysOpsContinuum": ("continuum", "continuum_id")}
+PENDING_S = 120.0
+"""How long a submission the monitor has not recorded yet is reported as `submitted` (then it is forgotten)."""
+_ID = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,251}[A-Za-z0-9])?$"
+"""Infrastructure ids: letters, digits, '-', '_', '.' (they appear in URLs and in the state store's keys)."""
 MODES = {"0": "heuristic", "1": "ml", "heuristic": "heuristic", "ml": "ml"}
 """`PUT /manage/mode/{mode}`: MLSysOps sends 0 (heuristic) or 1 (ML)."""
 
@@ -57,6 +62,11 @@ class ApiContext:
     """The mesh's components and whether they answer (for `/manage/ping`)."""
     submit_wait_s: float = 5.0
     """How long a submission waits for the monitor to record it before answering (accepted either way)."""
+    pending: dict[str, tuple[str, float]] = field(default_factory=dict)
+    """Submissions the broker took and the monitor has not recorded yet: id -> (kind, when)."""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the API stops: open event streams end."""
 
 
 # -- request bodies ---------------------------------------------------------------------------------------------
@@ -139,15 +149,17 @@ async def _document(body: DescriptionBody) -> tuple[Any, str]:
         except httpx.HTTPError as exc:
             raise _invalid(["body", "uri"], f"fetching {body.uri} failed: {exc}") from None
         text: Any = b"".join(chunks).decode("utf-8", "replace")
-        field = "uri"
+        where = "uri"
     else:
-        text, field = body.yaml, "yaml"
+        text, where = body.yaml, "yaml"
     if isinstance(text, str):
         try:
             text = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise _invalid(["body", field], f"not YAML: {exc}") from None
-    return text, field
+            raise _invalid(["body", where], f"not YAML: {exc}") from None
+        except RecursionError:
+            raise _invalid(["body", where], "the document is nested too deeply") from None
+    return text, where
 
 
 def _validated(doc: Any, field: str, kind: str | None) -> Any:
@@ -182,13 +194,18 @@ async def _recorded(ctx: ApiContext, kind: str, key: str, present: bool) -> bool
         await asyncio.sleep(0.05)
 
 
+def _expire(ctx: ApiContext) -> None:
+    """Forget submissions older than PENDING_S that the monitor never recorded."""
+    now = time.time()
+    for ident in [k for k, (_kind, at) in ctx.pending.items() if now - at > PENDING_S]:
+        del ctx.pending[ident]
+
+
 _NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 
 def _app_name(model: Any, field: str, override: tuple[str, str | None] | None = None) -> str:
     """The application id: a DNS-1123 label (it names Kubernetes objects and labels)."""
-    import re
-
     loc: list[int | str] = ["body", field, "MLSysOpsApp", "name"]
     name = model.MLSysOpsApp.name
     if override is not None and override[1] is not None:
@@ -223,6 +240,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
                   description="MLSysOps-compatible routes for operators and external tools. Actions become "
                               "CloudEvents into the broker; reads come from the state store.")
     app.state.ctx = ctx
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        return JSONResponse({"detail": [{"loc": ["body"], "msg": "the document is nested too deeply",
+                                         "type": "value_error"}]}, status_code=422)
+
     secured = [Depends(_authorized)]
     apps = APIRouter(prefix="/apps", tags=["Apps"], dependencies=secured)
     ml = APIRouter(prefix="/ml", tags=["ML-models"], dependencies=secured)
@@ -238,24 +261,42 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     async def submit(body: DescriptionBody, kind: str, override: tuple[str, str | None] | None) -> tuple[str, str,
                                                                                                          str]:
-        doc, field = await _document(body)
-        model = _validated(doc, field, "MLSysOpsApp")
-        ident = _app_name(model, field, override)
-        existing = await asyncio.to_thread(ctx.store.get, "applications", ident)
-        if existing is not None:
-            what = "an ML model" if existing.value.get("kind") == "ml_model" else "an application"
-            raise HTTPException(409, f"{ident!r} is {what} in the mesh already: remove it first")
+        doc, where = await _document(body)
+        model = _validated(doc, where, "MLSysOpsApp")
+        ident = _app_name(model, where, override)
         description = model.model_dump(mode="json", exclude_none=True)
-        event_id = await _publish(ctx, catalogue.AppSubmitted(app_id=ident, description=description, kind=kind),
-                                  ident)
-        state = "queued" if await _recorded(ctx, "applications", ident, True) else "submitted"
-        return ident, event_id, state
+        async with ctx.lock:  # one submission of a name at a time: the second one sees the first
+            _expire(ctx)
+            existing = await asyncio.to_thread(ctx.store.get, "applications", ident)
+            taken = existing.value.get("kind", "application") if existing is not None else \
+                ctx.pending.get(ident, (None, 0.0))[0]
+            if taken is not None:
+                what = "an ML model" if taken == "ml_model" else "an application"
+                raise HTTPException(409, f"{ident!r} is {what} in the mesh already: remove it first")
+            event_id = await _publish(ctx, catalogue.AppSubmitted(app_id=ident, description=description, kind=kind),
+                                      ident)
+            ctx.pending[ident] = (kind, time.time())
+        recorded = await _recorded(ctx, "applications", ident, True)
+        if recorded:
+            ctx.pending.pop(ident, None)
+        return ident, event_id, "queued" if recorded else "submitted"
 
     async def entry(ident: str, kind: str) -> dict[str, Any]:
         found = await asyncio.to_thread(ctx.store.get, "applications", ident)
         if found is None or found.value.get("kind", "application") != kind:
             raise _not_found("application" if kind == "application" else "ML model", ident)
         return found.value
+
+    async def status_of(ident: str, kind: str) -> dict[str, Any]:
+        """The state of an application or model; `submitted` while the monitor has not recorded it yet."""
+        _expire(ctx)
+        found = await asyncio.to_thread(ctx.store.get, "applications", ident)
+        if found is None and ctx.pending.get(ident, (None, 0.0))[0] == kind:
+            return {"app_id": ident, "kind": kind, "submitted": ctx.pending[ident][1], "status": "submitted",
+                    "message": "the broker took it; the monitor has not recorded it yet"}
+        if found is not None:
+            ctx.pending.pop(ident, None)
+        return await asyncio.to_thread(views.status, ctx.store, ident, await entry(ident, kind))
 
     async def remove(ident: str, kind: str) -> str:
         await entry(ident, kind)
@@ -276,8 +317,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @apps.get("/status/{app_id}")
     async def app_status(app_id: AppId) -> dict[str, Any]:
-        """queued, planned, deploying, deployed or failed, with why."""
-        return await asyncio.to_thread(views.status, ctx.store, app_id, await entry(app_id, "application"))
+        """submitted, queued, planned, deploying, deployed or failed, with why."""
+        return await status_of(app_id, "application")
 
     async def app_details(app_id: AppId) -> dict[str, Any]:
         return await asyncio.to_thread(views.details, ctx.store, app_id, await entry(app_id, "application"))
@@ -315,7 +356,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @ml.get("/status/{model_uid}")
     async def ml_status(model_uid: ModelUid) -> dict[str, Any]:
         """The model's deployment state."""
-        row = await asyncio.to_thread(views.status, ctx.store, model_uid, await entry(model_uid, "ml_model"))
+        row = await status_of(model_uid, "ml_model")
         return {"model_uid": row.pop("app_id"), **row}
 
     @ml.delete("/remove/{model_uid}", status_code=202, response_model=Accepted)
@@ -329,14 +370,17 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @infra.post("/register", status_code=202, response_model=InfraAccepted)
     async def register_infra(body: DescriptionBody) -> InfraAccepted:
         """Register (or update) an MLSysOps node, cluster or continuum description."""
-        doc, field = await _document(body)
+        doc, where = await _document(body)
         top = next((k for k in INFRA_KINDS if isinstance(doc, dict) and k in doc), None)
         if top is None:
-            raise _invalid(["body", field], f"an infrastructure description needs one of {', '.join(INFRA_KINDS)} "
+            raise _invalid(["body", where], f"an infrastructure description needs one of {', '.join(INFRA_KINDS)} "
                                             "at the top")
-        model = _validated(doc, field, top)
+        model = _validated(doc, where, top)
         kind, id_field = INFRA_KINDS[top]
         ident = str(getattr(getattr(model, top), id_field))
+        if not re.fullmatch(_ID, ident):
+            raise _invalid(["body", where, top, id_field], f"{ident!r} cannot be an id: letters, digits, '-', '_' "
+                                                           "and '.', starting and ending with a letter or digit")
         description = model.model_dump(mode="json", exclude_none=True)
         event_id = await _publish(ctx, catalogue.InfraRegistered(infra_id=ident, kind=kind,  # type: ignore[arg-type]
                                                                  description=description), ident)
@@ -405,17 +449,19 @@ def create_app(ctx: ApiContext) -> FastAPI:
                                                 "CloudEvent type, `data` the structured CloudEvent (JSON)."}})
     async def events_stream(
             request: Request,
-            after: Annotated[int | None, Query(ge=0, description="Start after this log position (default: now; "
-                                                                 "the `Last-Event-ID` header also works).")] = None,
+            after: Annotated[int | None, Query(ge=0, le=2**62, description="Start after this log position "
+                                                                          "(default: now; a `Last-Event-ID` header "
+                                                                          "wins).")] = None,
             type_prefix: Annotated[str | None, Query(alias="type", max_length=200,
                                                      description="Only event types starting with this.")] = None,
             limit: Annotated[int | None, Query(ge=1, le=100_000, description="Stop after this many events.")] = None,
             timeout_s: Annotated[float | None, Query(gt=0, le=86_400, description="Stop after this long.")] = None,
     ) -> StreamingResponse:
         """The mesh's events as they are logged (server-sent events, for live views)."""
-        last = request.headers.get("last-event-id")
-        start = after if after is not None else (int(last) if last and last.isdigit() else None)
-        return StreamingResponse(_sse(ctx.event_log, request, start, type_prefix, limit, timeout_s),
+        # A reconnecting EventSource sends Last-Event-ID: it wins over the URL's `after`, so it resumes.
+        last = (request.headers.get("last-event-id") or "").strip()
+        start = int(last) if last.isascii() and last.isdigit() and len(last) <= 18 else after
+        return StreamingResponse(_sse(ctx, request, start, type_prefix, limit, timeout_s),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     for router in (apps, ml, infra, manage, stream):
@@ -423,9 +469,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
     return app
 
 
-async def _sse(path: Path, request: Request, after: int | None, type_prefix: str | None, limit: int | None,
+async def _sse(ctx: ApiContext, request: Request, after: int | None, type_prefix: str | None, limit: int | None,
                timeout_s: float | None) -> AsyncIterator[bytes]:
-    """Tail the durable event log (read-only) from `after` (None: its end) as server-sent events."""
+    """Tail the durable event log (read-only) from `after` (None: its end) as server-sent events, until the
+    client goes, `limit` or `timeout_s` is reached, or the API stops."""
+    path = ctx.event_log
     from mapemesh.eventing.log import last_seq, open_readonly, read_after
 
     def connect() -> Any:
@@ -439,7 +487,8 @@ async def _sse(path: Path, request: Request, after: int | None, type_prefix: str
     try:
         if after is None:
             after = await asyncio.to_thread(last_seq, db) if db else 0
-        while (deadline is None or loop.time() < deadline) and (limit is None or sent < limit):
+        while (deadline is None or loop.time() < deadline) and (limit is None or sent < limit) \
+                and not ctx.closing.is_set():
             if db is None:
                 db = await asyncio.to_thread(connect)
             rows = await asyncio.to_thread(read_after, db, after, 500) if db else []
@@ -447,8 +496,9 @@ async def _sse(path: Path, request: Request, after: int | None, type_prefix: str
                 after = logged.seq
                 if type_prefix and not logged.event.type.startswith(type_prefix):
                     continue
-                payload = orjson.dumps(logged.event.to_structured())
-                yield b"id: %d\nevent: %s\ndata: %s\n\n" % (logged.seq, logged.event.type.encode(), payload)
+                payload = orjson.dumps(logged.event.to_structured())  # JSON: no raw line breaks in it
+                kind = logged.event.type.replace("\r", " ").replace("\n", " ")  # the ingress refuses them anyway
+                yield b"id: %d\nevent: %s\ndata: %s\n\n" % (logged.seq, kind.encode(), payload)
                 sent += 1
                 if limit is not None and sent >= limit:
                     return

@@ -35,10 +35,13 @@ class RunningApi:
     task: asyncio.Task[None]
     store: StateStore
     settings: Settings
+    ctx: ApiContext
 
     async def stop(self) -> None:
-        """Stop taking requests, end open event streams (within 2 s), forget the endpoint."""
+        """End open event streams, stop taking requests, forget the endpoint."""
         endpoints.unregister(self.settings.data, "api", self.url)
+        self.ctx.closing.set()
+        await asyncio.sleep(0.2)  # the streams see it within their 0.1 s poll and end their responses
         self.server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.task, 10)
@@ -79,4 +82,4 @@ async def start_api(settings: Settings, broker_url: str, ping: Any = None) -> Ru
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     endpoints.register(settings.data, "api", url)
     log.info("northbound API on %s (token in %s)", url, settings.data / TOKEN_FILE)
-    return RunningApi(url, server, task, store, settings)
+    return RunningApi(url, server, task, store, settings, ctx)

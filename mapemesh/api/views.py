@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from typing import Any
 
 from mapemesh.descriptions import RELATIONS
+from mapemesh.functions.deploy.render import dns_name
 from mapemesh.state import StateStore, Versioned
 
 PLACEMENT_MECHANISMS = ("ClusterPlacement", "ComponentPlacement")
@@ -24,9 +26,11 @@ def entries(store: StateStore, kind: str) -> dict[str, Versioned]:
     return {k: v for k, v in store.list("applications").items() if v.value.get("kind", "application") == kind}
 
 
-def placement_plans(store: StateStore, app_id: str) -> list[dict[str, Any]]:
-    """The application's plans, newest first."""
-    plans = [p.value for p in store.list("plans").values() if p.value.get("asset") == app_id]
+def placement_plans(store: StateStore, app_id: str, since: float | None = None) -> list[dict[str, Any]]:
+    """The application's plans made since it was submitted (not an earlier application's of that name), newest
+    first."""
+    plans = [p.value for p in store.list("plans").values()
+             if p.value.get("asset") == app_id and (since is None or (p.value.get("created") or 0) >= since)]
     return sorted(plans, key=lambda p: p.get("created") or 0, reverse=True)
 
 
@@ -41,7 +45,7 @@ def status(store: StateStore, app_id: str, app: dict[str, Any]) -> dict[str, Any
     """
     record = store.get("deployments", app_id)
     deployment = record.value if record else None
-    placing = [p for p in placement_plans(store, app_id)
+    placing = [p for p in placement_plans(store, app_id, app.get("submitted"))
                if any(m in PLACEMENT_MECHANISMS for m in p.get("mechanisms") or {})]
     newest = placing[0] if placing else None
     out: dict[str, Any] = {"app_id": app_id, "kind": app.get("kind", "application"),
@@ -76,7 +80,9 @@ def details(store: StateStore, app_id: str, app: dict[str, Any]) -> dict[str, An
     out_components = []
     for component in components(app.get("description") or {}):
         name = str(component["metadata"].get("name"))
-        mine = [o for o in objects if str((o.get("metadata") or {}).get("name", "")).startswith(name)]
+        own = {dns_name(app_id, name), dns_name(name)}  # the workload and the component's Service
+        mine = [o for o in objects if (n := str((o.get("metadata") or {}).get("name", ""))) in own
+                or n.startswith(dns_name(app_id, name) + "-")]
         out_components.append({
             "name": name,
             "clusters": (deployment.get("placement") or {}).get(name, []),
@@ -84,7 +90,7 @@ def details(store: StateStore, app_id: str, app: dict[str, Any]) -> dict[str, An
             "objects": [f"{o.get('kind')}/{(o.get('metadata') or {}).get('name')}" for o in mine],
         })
     plans = [{k: p.get(k) for k in ("plan_id", "policy", "status", "reason", "mechanisms", "created", "updated")}
-             for p in placement_plans(store, app_id)[:20]]
+             for p in placement_plans(store, app_id, app.get("submitted"))[:20]]
     return {**state, "state": state["status"], "description": app.get("description"), "components": out_components,
             "plans": plans}
 
@@ -121,8 +127,10 @@ def performance(store: StateStore, app_id: str, app: dict[str, Any], now: float 
             if qos is not None:
                 relation = str(qos.get("relation", "lower_or_equal"))
                 check = RELATIONS.get(relation)
-                row.update(target=qos.get("target"), relation=relation,
-                           met=None if not values or check is None else bool(check(values[-1], float(qos["target"]))))
+                target = qos.get("target")
+                usable = isinstance(target, int | float) and not isinstance(target, bool) and math.isfinite(target)
+                row.update(target=target, relation=relation,
+                           met=bool(check(values[-1], float(target))) if values and check and usable else None)
             metrics.append(row)
     verdicts = [m["met"] for m in metrics if m.get("met") is not None]
     return {"app_id": app_id, "metrics": metrics, "qos_met": all(verdicts) if verdicts else None}

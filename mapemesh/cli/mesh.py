@@ -47,7 +47,12 @@ def up(ctx: click.Context, manifests: Path | None, data: Path | None, host: str 
     if s.sysfs_root and not Path(s.sysfs_root).is_dir():
         raise click.UsageError(f"--sysfs-root {s.sysfs_root} is not a directory (make one with "
                                f"`mapemesh node-shim simulate --profile acpi-cpufreq DIR`)")
-    run(serve_mesh(s))
+    try:
+        run(serve_mesh(s))
+    except OSError as exc:  # a port in use, most often: say which, not a traceback
+        raise click.ClickException(f"cannot start the mesh: {exc} (ports: broker {s.broker_port}, function host "
+                                   f"{s.serving_port}, node shim {s.node_shim_port}, API {s.api_port}; 0 picks a "
+                                   "free one)") from None
 
 
 @click.command()

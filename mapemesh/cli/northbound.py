@@ -109,6 +109,8 @@ def _source_body(source: str) -> dict[str, Any]:
         text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     except OSError as exc:
         _fail(f"cannot read {source}: {exc.strerror or exc}", EXIT_USAGE)
+    except UnicodeDecodeError as exc:
+        _fail(f"{source} is not UTF-8 text: {exc}", EXIT_USAGE)
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -401,12 +403,18 @@ def watch(ctx: click.Context, everything: bool, type_prefix: str | None, after: 
                           timeout=httpx.Timeout(10, read=None)) as response:
             if response.status_code != 200:
                 response.read()
-                _fail(f"the API answered {response.status_code}: {response.text}", EXIT_REFUSED)
+                _fail(f"the API answered {response.status_code}: {response.text}",
+                      EXIT_USAGE if response.status_code == 422 else EXIT_REFUSED)
             for payload in sse_data(response.iter_lines()):
+                try:
+                    event = json.loads(payload)
+                except ValueError:
+                    click.echo(f"(an event that is not JSON, skipped: {payload[:80]!r})", err=True)
+                    continue
                 if output == "json":
                     click.echo(payload)
                     continue
-                line = view.line(json.loads(payload))
+                line = view.line(event)
                 if line is not None:
                     click.echo(line)
     except httpx.HTTPError as exc:

@@ -133,6 +133,9 @@ def check_name(name: str) -> None:
         _GOOD_NAMES.add(name)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def validate(attributes: dict[str, Attr], *, names_checked: bool = False) -> None:
     """Check context attributes against the CloudEvents spec; raise MalformedEvent naming the first bad one.
 
@@ -154,6 +157,9 @@ def validate(attributes: dict[str, Attr], *, names_checked: bool = False) -> Non
             check_name(name)
         kind = type(value)
         if kind is str:
+            if _CONTROL.search(value):  # type: ignore[arg-type]
+                raise MalformedEvent(name, "string attributes must not contain control characters "
+                                           "(U+0000-U+001F, U+007F-U+009F; CloudEvents type system)")
             rule = _STRING_RULES.get(name)
             if rule is not None:
                 rule(name, value, version)  # type: ignore[arg-type]
