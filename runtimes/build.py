@@ -10,7 +10,8 @@ Two images per function, both built by a container engine with BuildKit:
    whose init runs functions-framework for this one function.
 
 `render` writes both build files, the source tree, the annotations bunny will set, and the commands; building
-needs a container engine with BuildKit (docker, podman or nerdctl), which `engine()` looks for.
+needs a container engine with BuildKit (docker or nerdctl; podman's buildah does not take bunny's `#syntax`
+frontend), which `engine()` looks for.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ APP_DIR = "/app"
 SOURCES = ("pyproject.toml", "constraints.txt", "README.md", "mapemesh", "events", "functions", "runtimes",
            "node-shim")
 """What of the project goes into the function image."""
-ENGINES = ("docker", "podman", "nerdctl")
+ENGINES = ("docker", "nerdctl")
+"""Engines whose BuildKit takes a `#syntax=` frontend (podman's buildah does not)."""
 
 CONTAINERFILE = f"""# The function image: mapemesh and its functions, served by functions-framework; every function uses
 # it. FUNCTION_SOURCE and FUNCTION_TARGET (the Knative Service's env, or the bunnyfile's cmd) choose the function.
@@ -133,7 +135,7 @@ def engine() -> tuple[str | None, str]:
 
 
 def commands(name: str, builder: str = "docker") -> list[list[str]]:
-    """The build commands, run in the rendered folder, as `builder` (docker, podman or nerdctl) takes them."""
+    """The build commands, run in the rendered folder, as `builder` (docker or nerdctl) takes them."""
     return [[builder, "build", "-f", "Containerfile", "-t", FUNCTION_IMAGE, "context"],
             [builder, "build", "-f", "bunnyfile", "-t", unikernel_image(name), "."]]
 
@@ -152,7 +154,7 @@ def render(root: Path, name: str, out: Path, monitor: str | None = None) -> dict
         text = shipped.read_text(encoding="utf-8")
     else:
         text = bunnyfile_for(name, fn.source, fn.target, monitor)
-    problems = bunnyfile.check_text(text, str(shipped))
+    problems = bunnyfile.check_text(text, str(shipped) if monitor is None else f"(the bunnyfile made for {monitor})")
     if problems:
         raise BuildError("; ".join(str(p) for p in problems))
     doc = yaml.safe_load(text)
@@ -175,7 +177,8 @@ def render(root: Path, name: str, out: Path, monitor: str | None = None) -> dict
     steps = commands(name)
     (out / "BUILD").write_text(
         "# Run in this folder: the function image, then the unikernel image with bunny (BuildKit fetches bunny as\n"
-        "# the frontend the bunnyfile's #syntax line names). podman or nerdctl take the same commands.\n"
+        "# the frontend the bunnyfile's #syntax line names). nerdctl takes the same commands; podman cannot\n"
+        "# (buildah does not take #syntax frontends).\n"
         + "".join(" ".join(step) + "\n" for step in steps), encoding="utf-8")
     return {"function": name, "out": str(out), "monitor": doc["platforms"]["monitor"], "image": unikernel_image(name),
             "annotations": annotations, "commands": [" ".join(s) for s in steps]}

@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 
 SYNTAX = "#syntax=harbor.nbfc.io/nubificus/bunny:latest"
-VERSION = (0, 1, 0)
-"""The newest bunnyfile version bunny takes (v0.1)."""
+VERSION = (0, 1, 0, 1)
+"""The newest bunnyfile version bunny takes (v0.1), as `parse_version` gives it."""
 SUPPORTED_PAIRS: dict[str, tuple[str, ...]] = {
     "hvt": ("rumprun", "mirage"),
     "spt": ("rumprun", "mirage"),
@@ -59,19 +59,30 @@ class Lines:
 
     def __init__(self, text: str):
         self.lines: dict[tuple[Any, ...], int] = {}
+        self.scalars: dict[tuple[Any, ...], str] = {}
+        self.duplicates: list[tuple[tuple[Any, ...], int]] = []
+        self._seen: set[int] = set()
         try:
-            node = yaml.compose(text)
+            node = next(iter(yaml.compose_all(text)), None)
         except yaml.YAMLError:
             node = None
         if node is not None:
             self._walk(node, ())
 
     def _walk(self, node: yaml.Node, path: tuple[Any, ...]) -> None:
-        self.lines[path] = node.start_mark.line + 1
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.ScalarNode):
+            self.scalars[path] = str(node.value)
+        if id(node) in self._seen:  # an alias: walked once (a recursive one would never end, a bomb would blow up)
+            return
+        self._seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
+            names: set[str] = set()
             for key, value in node.value:
                 name = key.value if isinstance(key, yaml.ScalarNode) else str(key)
-                self.lines[(*path, name)] = key.start_mark.line + 1
+                if name in names:
+                    self.duplicates.append(((*path, name), key.start_mark.line + 1))
+                names.add(name)
                 self._walk(value, (*path, name))
                 self.lines[(*path, name)] = key.start_mark.line + 1  # the key's line, not its value's
         elif isinstance(node, yaml.SequenceNode):
@@ -88,11 +99,14 @@ class Lines:
 
 
 def parse_version(value: Any) -> tuple[int, ...] | None:
-    """A bunnyfile version as numbers (go-version style: an optional `v`, up to three dotted numbers)."""
-    match = re.fullmatch(r"v?(\d+)(?:\.(\d+))?(?:\.(\d+))?", str(value).strip())
+    """A bunnyfile version for comparing, go-version style: an optional `v`, dotted numbers (missing ones are 0),
+    an optional `-pre.release` (before the release itself) and `+metadata` (ignored)."""
+    match = re.fullmatch(r"v?(\d+(?:\.\d+)*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?", str(value).strip())
     if match is None:
         return None
-    return tuple(int(g) if g is not None else 0 for g in match.groups())
+    numbers = [int(n) for n in match.group(1).split(".")]
+    numbers += [0] * (3 - len(numbers))
+    return (*numbers, 0 if match.group(2) else 1)  # a pre-release sorts before its release
 
 
 def _text(value: Any) -> str:
@@ -108,20 +122,28 @@ def check_text(text: str, name: str = "bunnyfile") -> list[Problem]:
         out.append(Problem(name, ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path)
                            .replace(".[", "[") or "(document)", lines.of(*path), message))
 
-    if len([line for line in text.splitlines() if line.strip()]) <= 1:
+    if len(text.splitlines()) <= 1:
         return [Problem(name, "(document)", 1, "Invalid format of file")]
     try:
-        doc = yaml.safe_load(text)
+        doc = next(iter(yaml.safe_load_all(text)), None)  # bunny reads the first document
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         return [Problem(name, "(document)", mark.line + 1 if mark else 0, f"not YAML: {exc}")]
+    except RecursionError:
+        return [Problem(name, "(document)", 0, "not YAML bunny can read: it is nested too deeply")]
     if not isinstance(doc, dict):
         return [Problem(name, "(document)", 1, "a bunnyfile is a YAML mapping (version, platforms, kernel, ...)")]
+    if not text.startswith("#syntax="):
+        out.append(Problem(name, "#syntax", 1, f"the first line must be {SYNTAX} (docker and nerdctl build the "
+                                               "file as a Dockerfile otherwise)"))
+    for path, line in lines.duplicates:
+        out.append(Problem(name, ".".join(map(str, path)), line, f"mapping key {path[-1]!r} already defined"))
 
     version = doc.get("version")
     if version in (None, ""):
         problem("The version field is necessary", "version")
     else:
+        version = lines.scalars.get(("version",), version)  # as written: YAML reads 0.10 as the float 0.1
         parsed = parse_version(version)
         if parsed is None:
             problem(f"Could not parse version in user bunnyfile {version}", "version")
@@ -133,10 +155,15 @@ def check_text(text: str, name: str = "bunnyfile") -> list[Problem]:
         problem("platforms must be a mapping (framework, version, monitor, architecture)", "platforms")
         platforms = {}
     platforms = platforms or {}
+    mistyped = {key for key in ("framework", "version", "monitor", "architecture")
+                if isinstance(platforms.get(key), dict | list)}
+    for key in sorted(mistyped):
+        problem(f"platforms.{key} must be a string", "platforms", key)
+    platforms = {k: v for k, v in platforms.items() if k not in mistyped}
     framework, monitor = _text(platforms.get("framework")), _text(platforms.get("monitor"))
-    if not framework:
+    if not framework and "framework" not in mistyped:
         problem("The framework field of platforms is necessary", "platforms", "framework")
-    if not monitor:
+    if not monitor and "monitor" not in mistyped:
         problem("The monitor field of platforms is necessary", "platforms", "monitor")
     if framework and monitor:
         if monitor not in SUPPORTED_PAIRS:
@@ -190,20 +217,16 @@ def _check_rootfs(rootfs: dict[str, Any], problem: Any) -> None:
         problem("include must be a list of `src:dst` entries or {from, source, destination} mappings",
                 "rootfs", "include")
         return
-    if source != "scratch":
+    if include and source != "scratch":
         problem("Adding files to an existing rootfs is not yet supported (include needs from: scratch)",
                 "rootfs", "include")
     for i, entry in enumerate(include):
         if isinstance(entry, str):
-            parts = entry.split(":")
-            if not parts[0]:
+            if not entry.split(":")[0]:
                 problem("Invalid syntax in rootf's include. An entry can not have its first part empty",
                         "rootfs", "include", i)
-            elif len(parts) > 2:
-                problem("Invalid format of the file list to copy (an entry is src or src:dst)", "rootfs",
-                        "include", i)
         elif isinstance(entry, dict):
-            unknown = sorted(set(entry) - {"from", "source", "destination"})
+            unknown = sorted(str(k) for k in set(entry) - {"from", "source", "destination"})
             if unknown:
                 problem(f"unknown key(s) {', '.join(unknown)} (an include mapping has from, source, destination)",
                         "rootfs", "include", i)
@@ -247,31 +270,38 @@ def rootfs_type(doc: dict[str, Any]) -> str:
 def annotations(doc: dict[str, Any]) -> dict[str, str]:
     """The urunc annotations bunny sets on the image it builds from this (valid) bunnyfile.
 
-    As bunny's `SetAnnotations`: the kernel is copied into the image at /.boot/kernel unless it is in the rootfs
-    image already (then `binary` is its path there), a rootfs file at /.boot/rootfs; `cmdline` is `cmd` joined
-    by spaces; `mountRootfs` is "true" for a raw
-    rootfs (the container's own root filesystem becomes the guest's); a block rootfs is mounted at / (/data
-    for rumprun).
+    As bunny's `SetAnnotations` and its choice of base image: when the rootfs is an image (or a raw rootfs
+    made from scratch) that image is the base, and a kernel from elsewhere is copied in at /.boot/kernel; a
+    local kernel is always copied there; otherwise the kernel's image is the base and `binary` is its
+    `kernel.path`. A rootfs bunny makes or copies (from scratch, or a local file) is at /.boot/rootfs; one in a
+    rootfs image stays at its `path`. `cmdline` is `cmd` joined by spaces (or the older `cmdline`);
+    `mountRootfs` is "true" for a raw rootfs (the container's own root filesystem becomes the guest's); a block
+    rootfs is mounted at / (/data for rumprun).
     """
     platforms = doc["platforms"]
     kernel = doc["kernel"]
-    cmd = list(doc.get("cmd") or []) or _text(doc.get("cmdline")).split(" ")
     rootfs = doc.get("rootfs") or {}
-    in_rootfs = bool(rootfs) and _text(kernel["from"]) == _text(rootfs.get("from")) and kernel["from"] != "local"
+    source = _text(rootfs.get("from")) or "scratch"
+    kind = rootfs_type(doc)
+    image_base = source not in ("scratch", "local") or (kind == "raw" and source == "scratch" and bool(rootfs))
+    copied_kernel = _text(kernel["from"]) == "local" or image_base
     out = {
         "com.urunc.unikernel.unikernelType": _text(platforms["framework"]),
-        "com.urunc.unikernel.cmdline": " ".join(cmd),
+        # bunny takes the older `cmdline` string, split at spaces, when there is no `cmd`.
+        "com.urunc.unikernel.cmdline": " ".join(str(c) for c in doc.get("cmd") or []) or _text(doc.get("cmdline")),
         "com.urunc.unikernel.hypervisor": _text(platforms["monitor"]),
-        "com.urunc.unikernel.binary": _text(kernel["path"]) if in_rootfs else "/.boot/kernel",
+        "com.urunc.unikernel.binary": "/.boot/kernel" if copied_kernel else _text(kernel["path"]),
         "com.urunc.unikernel.mountRootfs": "false",
     }
     if platforms.get("version"):
         out["com.urunc.unikernel.unikernelVersion"] = _text(platforms["version"])
-    kind = rootfs_type(doc)
-    rootfs_path = "/.boot/rootfs"
-    if kind == "initrd":
+    path = _text(rootfs.get("path"))
+    made = source == "scratch" and bool(rootfs.get("include"))
+    rootfs_path = path if source not in ("scratch", "local") and path else "/.boot/rootfs"
+    has_file = made or bool(path)
+    if kind == "initrd" and has_file:
         out["com.urunc.unikernel.initrd"] = rootfs_path
-    elif kind == "block":
+    elif kind == "block" and has_file:
         out["com.urunc.unikernel.block"] = rootfs_path
         out["com.urunc.unikernel.blkMntPoint"] = "/data" if platforms["framework"] == "rumprun" else "/"
     elif kind == "raw":

@@ -100,8 +100,9 @@ def apply(service: dict[str, Any], runtime: str, *, monitor: str = "qemu") -> di
     template = out.setdefault("spec", {}).setdefault("template", {})
     pod = template.setdefault("spec", {})
     pod["runtimeClassName"] = runtime
-    for container in pod.get("containers") or []:
-        container["image"] = unikernel_image(name) if runtime == "urunc" else FUNCTION_IMAGE
+    for container in pod.get("containers") or []:  # the function's container, not sidecars
+        if any(e.get("name") == "FUNCTION_SOURCE" for e in container.get("env") or []):
+            container["image"] = unikernel_image(name) if runtime == "urunc" else FUNCTION_IMAGE
     annotations = template.setdefault("metadata", {}).setdefault("annotations", {})
     for key in [k for k in annotations if k.startswith("com.urunc.unikernel.")]:
         del annotations[key]
@@ -110,7 +111,16 @@ def apply(service: dict[str, Any], runtime: str, *, monitor: str = "qemu") -> di
     return out
 
 
+def is_function(service: dict[str, Any]) -> bool:
+    """Whether a Knative Service serves a mapemesh function (its container names FUNCTION_SOURCE)."""
+    containers = (((service.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    return any(e.get("name") == "FUNCTION_SOURCE" for c in containers for e in c.get("env") or [])
+
+
 def for_cluster(service: dict[str, Any], available: tuple[str, ...] | list[str] | set[str] | None = None,
                 *, monitor: str = "qemu") -> dict[str, Any]:
-    """The Service as a cluster with these runtimes runs it."""
+    """The Service as a cluster with these runtimes runs it (other Services than mapemesh's functions as they
+    are)."""
+    if not is_function(service):
+        return service
     return apply(service, choose(kind_of(service), available), monitor=monitor)

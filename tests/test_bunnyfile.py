@@ -75,9 +75,11 @@ def test_bunnys_own_samples_pass(name):
 # -- each rule, refusing and accepting --
 
 @pytest.mark.parametrize(("version", "ok"), [("v0.1", True), ("0.1", True), ("0.0.9", True), ("v0.1.0", True),
+                                             ("0.1.0-beta", True), ("0.1.0.0", True), ("0.10", False),
                                              ("v0.2", False), ("0.2.0", False), ("v1", False), ("latest", False)])
 def test_version_is_at_most_v0_1(version, ok):
-    found = problems(edited(version=version))
+    text = edited(version="VERSION").replace("VERSION", version)  # as written: 0.10 is not 0.1
+    found = problems(text)
     assert (found == []) is ok
     if not ok:
         [(field, line, message)] = found
@@ -138,19 +140,36 @@ def test_include_entries_are_src_dst_or_mappings():
                                                                 "destination": "/nginx"}]}
     assert problems(edited(rootfs=ok)) == []
     bad = {"from": "scratch", "include": [":/conf", "a:b:c", {"source": "x"}, {"destination": "y"}, 5,
-                                          {"source": "x", "destination": "y", "dest": "z"}]}
+                                          {"source": "x", "destination": "y", "dest": "z", 1: "w"}]}
     found = problems(edited(rootfs=bad))
     fields = [f for f, _l, _m in found]
-    assert fields == ["rootfs.include[0]", "rootfs.include[1]", "rootfs.include[2].destination",
-                      "rootfs.include[3].source", "rootfs.include[4]", "rootfs.include[5]"]
-    assert "first part empty" in found[0][2] and "destination is empty" in found[2][2]
-    assert "source is empty" in found[3][2] and "invalid Include file format" in found[4][2]
-    assert len({line for _f, line, _m in found}) == 6  # each entry on its own line
+    assert fields == ["rootfs.include[0]", "rootfs.include[2].destination", "rootfs.include[3].source",
+                      "rootfs.include[4]", "rootfs.include[5]"]  # a:b:c is taken, as bunny takes it
+    assert "first part empty" in found[0][2] and "destination is empty" in found[1][2]
+    assert "source is empty" in found[2][2] and "invalid Include file format" in found[3][2]
+    assert "1, dest" in found[4][2]
+    assert len({line for _f, line, _m in found}) == 5  # each entry on its own line
+    assert problems(edited(rootfs={"from": "img:1", "type": "raw", "include": []})) == []  # empty: nothing added
 
 
 def test_a_rootfs_type_must_be_known():
     [(field, _line, message)] = problems(edited(rootfs={"from": "img:1", "type": "squashfs"}))
     assert field == "rootfs.type" and "squashfs" in message
+
+
+def test_odd_yaml_is_a_problem_not_a_crash():
+    assert problems(VALID + "x: &a [*a]\n") == []  # a recursive alias (unknown keys are bunny's to ignore)
+    bomb = VALID + "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(8))
+    assert problems(bomb) == []
+    [(field, line, message)] = problems(VALID.replace("version: v0.1", "version: v0.9\nversion: v0.1"))
+    assert (field, line, message) == ("version", 3, "mapping key 'version' already defined")
+    assert problems(VALID + "---\nversion: v9\n") == []  # bunny reads the first document
+    [(field, line, _message)] = problems(VALID.replace("#syntax=harbor.nbfc.io/nubificus/bunny:latest\n", ""))
+    assert (field, line) == ("#syntax", 1)
+    [(field, _line, message)] = problems(VALID.replace("framework: unikraft", "framework: [unikraft]"))
+    assert field == "platforms.framework" and message == "platforms.framework must be a string"
 
 
 def test_documents_that_are_not_bunnyfiles():
@@ -189,8 +208,9 @@ def test_an_unknown_monitor_is_named():
 
 def test_annotations_follow_the_rootfs_type():
     initrd = bunnyfile.annotations(yaml.safe_load(VALID))  # unikraft's default rootfs type is initrd
+    # The kernel's image is the base (the rootfs is made from scratch): the kernel stays at its path.
     assert initrd == {"com.urunc.unikernel.unikernelType": "unikraft", "com.urunc.unikernel.cmdline": "/chttp",
-                      "com.urunc.unikernel.hypervisor": "qemu", "com.urunc.unikernel.binary": "/.boot/kernel",
+                      "com.urunc.unikernel.hypervisor": "qemu", "com.urunc.unikernel.binary": "/unikraft/bin/kernel",
                       "com.urunc.unikernel.mountRootfs": "false", "com.urunc.unikernel.unikernelVersion": "0.18.0",
                       "com.urunc.unikernel.initrd": "/.boot/rootfs"}
     raw = bunnyfile.annotations(yaml.safe_load(edited(platforms__framework="rumprun", platforms__monitor="hvt",
@@ -199,8 +219,17 @@ def test_annotations_follow_the_rootfs_type():
     block = bunnyfile.annotations(yaml.safe_load(edited(platforms__framework="rumprun", platforms__monitor="hvt",
                                                         rootfs={"from": "img:1", "path": "/r.ext2",
                                                                 "type": "block"})))
-    assert (block["com.urunc.unikernel.block"], block["com.urunc.unikernel.blkMntPoint"]) == ("/.boot/rootfs",
-                                                                                             "/data")
+    # The rootfs image is the base: the kernel is copied in, the block file stays at its path in the image.
+    assert (block["com.urunc.unikernel.block"], block["com.urunc.unikernel.blkMntPoint"]) == ("/r.ext2", "/data")
+    assert block["com.urunc.unikernel.binary"] == "/.boot/kernel"
+    local = bunnyfile.annotations(yaml.safe_load(edited(rootfs={"from": "local", "path": "initramfs.cpio",
+                                                                "type": "initrd"}, kernel={"from": "local",
+                                                                                           "path": "kernel"})))
+    assert (local["com.urunc.unikernel.initrd"], local["com.urunc.unikernel.binary"]) == ("/.boot/rootfs",
+                                                                                         "/.boot/kernel")
+    bare = bunnyfile.annotations(yaml.safe_load(edited(rootfs={"type": "initrd"}, cmd=None, cmdline="/app -v")))
+    assert "com.urunc.unikernel.initrd" not in bare  # nothing to put in it
+    assert bare["com.urunc.unikernel.cmdline"] == "/app -v"
     none = bunnyfile.annotations(yaml.safe_load(edited(rootfs=None)))
     assert not any(k.endswith(("initrd", "block")) for k in none) and none["com.urunc.unikernel.mountRootfs"] == \
         "false"
@@ -256,6 +285,19 @@ def test_core_functions_run_on_the_default_runtime_and_policies_on_urunc_then_ka
         choice.choose("core", ["urunc"])
 
 
+def test_services_that_are_not_mapemesh_functions_are_left_as_they_are():
+    hello = {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": "hello"},
+             "spec": {"template": {"spec": {"runtimeClassName": "kata-qemu",
+                                            "containers": [{"image": "ghcr.io/example/hello:1"}]}}}}
+    assert choice.for_cluster(hello, ["runc"]) == hello
+    fn = _service("policy-x", {"mapemesh.dev/policy": "x"})
+    fn["spec"]["template"]["spec"]["containers"] = [
+        {"image": "x", "env": [{"name": "FUNCTION_SOURCE", "value": "f.py"}]}, {"image": "sidecar:1"}]
+    out = choice.for_cluster(fn, ["runc", "kata-fc"])
+    assert [c["image"] for c in out["spec"]["template"]["spec"]["containers"]] == [choice.FUNCTION_IMAGE,
+                                                                                  "sidecar:1"]
+
+
 def test_kind_of_a_service():
     assert choice.kind_of({"metadata": {"name": "analyze"}}) == "core"
     assert choice.kind_of({"metadata": {"name": "policy-x", "labels": {"mapemesh.dev/policy": "x"}}}) == "policy"
@@ -266,7 +308,8 @@ def test_kind_of_a_service():
 def _service(name: str, labels: dict | None = None) -> dict:
     return {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
             "metadata": {"name": name, "labels": labels or {}},
-            "spec": {"template": {"spec": {"containers": [{"image": "x"}]}}}}
+            "spec": {"template": {"spec": {"containers": [
+                {"image": "x", "env": [{"name": "FUNCTION_SOURCE", "value": "f.py"}]}]}}}}
 
 
 @pytest.mark.parametrize(("monitor", "address"), [("qemu", "vsock://2:2048"),

@@ -80,7 +80,7 @@ def render(function: str, out: Path, monitor: str | None, project: Path, run_bui
     if not run_build:
         return
     if found is None:
-        click.echo(f"Error: --build needs a container engine that answers (docker, podman or nerdctl): {why}",
+        click.echo(f"Error: --build needs a container engine that answers (docker or nerdctl with BuildKit): {why}",
                    err=True)
         sys.exit(EXIT_NO_ENGINE)
     for step in builder.commands(function, found):

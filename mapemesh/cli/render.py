@@ -161,8 +161,9 @@ def app(ctx: click.Context, file: Path, plan_file: Path | None, infra_files: tup
 @click.option("--runtimes", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="RuntimeClass manifests to add [default: the ones mapemesh ships in runtimes/, if any].")
 @click.option("--available", default=None, metavar="RUNTIME,...",
-              help="The runtimes the cluster has (of runc, urunc, kata-fc, kata-qemu): each Service gets the first "
-                   "of its preferences there (policies: urunc, kata-fc, kata-qemu, runc) [default: all].")
+              help="The runtimes the cluster has (of runc, urunc, kata-fc, kata-qemu; runc for the core stages): "
+                   "each function's Service gets the first of its preferences there (policies: urunc, kata-fc, "
+                   "kata-qemu, runc) [default: all].")
 @click.option("--monitor", type=click.Choice(["qemu", "firecracker"]), default="qemu", show_default=True,
               help="urunc's monitor on the cluster (the vAccel RPC address of accelerated functions).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Where to write.")
