@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from .conftest import REPO
+from .conftest import REPO, wait_for
 
 
 def test_the_demo_shows_a_knob_change_made_by_a_policy_then_stops_on_ctrl_c(tmp_path):
@@ -42,11 +42,14 @@ def test_the_demo_shows_a_knob_change_made_by_a_policy_then_stops_on_ctrl_c(tmp_
         # The node shim's journal: the policy moved the node to its maximum frequency after the missed target,
         # through intel_pstate's performance limits.
         journal = tmp_path / "data" / "node-shim" / "demo-node" / "journal.jsonl"
-        applied = [json.loads(line) for line in journal.read_text().splitlines()]
-        to_max = [a for a in applied if a["requested_by"] == "policy/cpu-frequency"
-                  and a["command"].get("frequency") == "max" and not a.get("error")]
-        assert to_max, applied
-        assert to_max[0]["after"]["intel_pstate"]["min_perf_pct"] == 100
+
+        def to_max() -> list[dict]:
+            applied = [json.loads(line) for line in journal.read_text().splitlines()]
+            return [a for a in applied if a["requested_by"] == "policy/cpu-frequency"
+                    and a["command"].get("frequency") == "max" and not a.get("error")]
+
+        found = wait_for(to_max, timeout=30, what="the policy's max-frequency command in the shim's journal")
+        assert found[0]["after"]["intel_pstate"]["min_perf_pct"] == 100
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(30)
