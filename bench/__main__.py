@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import coldstart, ingress, mape, routing
+from bench import accel, coldstart, ingress, mape, routing
 
-BENCHMARKS = {"ingress": ingress.main, "routing": routing.main, "coldstart": coldstart.main, "mape": mape.main}
+BENCHMARKS = {"ingress": ingress.main, "routing": routing.main, "coldstart": coldstart.main, "mape": mape.main,
+              "accel": accel.main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -249,6 +249,25 @@ class ModeChanged(EventData):
     previous: ManagementMode | None = None
 
 
+class AccelRequested(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.accel.requested.v1"
+    summary: ClassVar[str] = "Invoke accelerated function NAME (extension `function`) on an input."
+    input: dict[str, Any] = Field(default_factory=dict, description="What the function takes (its own format).")
+
+
+class AccelReplied(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.accel.replied.v1"
+    summary: ClassVar[str] = "An accelerated function's answer, with the vAccel backend, plugin and device used."
+    function: NonEmpty
+    request: NonEmpty = Field(description="The id of the request event this answers.")
+    result: dict[str, Any] = Field(default_factory=dict)
+    backend: str = Field(description="`vaccel` (vAccel's own library) or `mapemesh-local` (mapemesh's backends).")
+    plugin: str = Field(description="The plugin choice the call ran under: cpu, gpu or remote.")
+    device: str = Field(description="Where it ran: cpu, cuda, ...")
+    latency_ms: float = Field(ge=0)
+    error: str | None = None
+
+
 CATALOGUE: dict[str, type[EventData]] = {
     model.event_type: model
     for model in (
@@ -259,5 +278,6 @@ CATALOGUE: dict[str, type[EventData]] = {
         DeployRequested, DeployStatus,
         AppSubmitted, AppRemoved, InfraRegistered, InfraUnregistered,
         ModeChanged,
+        AccelRequested, AccelReplied,
     )
 }

@@ -6,7 +6,8 @@ a description that does not fit gets a `DescriptionError` naming the field path 
 (sensors, network resources, power, most platform requirements) are kept as given; the parts mapemesh acts
 on (placement, containers, ports, env, QoS metrics, hardware) are checked. mapemesh's own additions are marked
 as such (`replicas`, `function`, `runtime_class_name`, `replica_scheduling`, `image_per_architecture`,
-`mechanisms`). JSON Schemas are exported with the event schemas (`make schemas`).
+`mechanisms`, `mechanism_options`, `mechanism_states`). JSON Schemas are exported with the event schemas
+(`make schemas`).
 """
 
 from __future__ import annotations
@@ -180,6 +181,10 @@ class Node(_Strict):
     permitted_actions: list[str] | None = None
     power: dict[str, Any] | None = None
     mechanisms: list[str] | None = Field(None, description="mapemesh: the knobs the node shim offers.")
+    mechanism_options: dict[str, Any] | None = Field(
+        None, description="mapemesh: each knob's options (what a policy may ask of it), as its node shim gives them.")
+    mechanism_states: dict[str, Any] | None = Field(
+        None, description="mapemesh: each knob's state when the node shim registered the node.")
 
 
 class NodeDescription(_Strict):

@@ -3,6 +3,7 @@ process."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from mapemesh.aio import until_stopped
 from mapemesh.api.server import RunningApi, start_api
 from mapemesh.eventing.server import RunningBroker, start_broker
 from mapemesh.node_shim.daemon import RunningShim
+from mapemesh.runtimes.vaccel import CHOICES_FILE
 from mapemesh.serving.host import LocalHost
 from mapemesh.settings import Settings
 
@@ -59,6 +61,7 @@ async def start_mesh(settings: Settings) -> RunningMesh:
             "MAPEMESH_DATA": str(settings.data.resolve()), "MAPEMESH_STATE": settings.state,
             "MAPEMESH_BROKER_URL": broker.url,
             "K_SINK": f"{broker.url}/default/default"})
+        host.vaccel_file = settings.data / CHOICES_FILE  # the vAccelPlugin knob's choices, followed
         await host.start()
         runner = web.AppRunner(host.app(), access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()
@@ -120,10 +123,17 @@ async def _start_shim(settings: Settings, mesh: RunningMesh) -> None:
         root = simulated_root(settings.data)
         log.warning("/sys has no cpufreq here: the node shim drives a simulated tree in %s", root)
     node = settings.node or default_node()
+    loop = asyncio.get_running_loop()
     mesh.shim = await start_node_shim(node, settings.data, sysfs_root=root, broker=f"{mesh.broker.url}/default/default",
                                       host=settings.host, port=settings.node_shim_port,
-                                      interval_s=settings.telemetry_interval_s)
+                                      interval_s=settings.telemetry_interval_s,
+                                      accel_functions=mesh.host.accel_functions,
+                                      # The knob applies in a worker thread; the host's processes are the loop's.
+                                      on_vaccel_change=lambda: loop.call_soon_threadsafe(mesh.host.apply_vaccel))
     mesh.shim_trigger = write_trigger(settings.deployed_manifests, node, mesh.shim.url)
+    shim = mesh.shim
+    # New or removed accelerated functions change the vAccelPlugin knob's options: tell the loop.
+    mesh.broker.ingress.brokers.on_change(lambda _: shim.reporter.reregister())
     mesh.broker.ingress.brokers.reload()  # route this node's knob commands to it now, not at the next poll
 
 

@@ -105,11 +105,21 @@ class RunningShim:
 
 async def start_node_shim(node: str, data: Path, *, sysfs_root: Path | None = None, broker: str | None = None,
                           host: str = "127.0.0.1", port: int = 0, interval_s: float = 5.0,
-                          nvml: Any = None) -> RunningShim:
-    """Start a node shim: knobs on `sysfs_root` (default `/`), API on host:port, telemetry to `broker`."""
+                          nvml: Any = None, accel_functions: Any = None, on_vaccel_change: Any = None) -> RunningShim:
+    """Start a node shim: knobs on `sysfs_root` (default `/`), API on host:port, telemetry to `broker`.
+
+    `accel_functions` (a callable: name -> {priority, service}) lists the accelerated functions this node runs
+    for the vAccelPlugin knob, and `on_vaccel_change` tells their host at once when a plugin choice changes
+    (without it the host finds the change in DATA_DIR/vaccel-plugins.json within a second).
+    """
+    from mapemesh.node_shim.knobs.vaccel import VAccelPlugin
+    from mapemesh.runtimes.vaccel import CHOICES_FILE
+
     sysfs = Sysfs(sysfs_root or "/")
     interval = TelemetryInterval(interval_s)
     knobs = build_knobs(sysfs, interval, nvml)
+    knobs["vAccelPlugin"] = VAccelPlugin(data / CHOICES_FILE, functions=accel_functions, on_change=on_vaccel_change,
+                                         gpu_present=lambda: "NVIDIAGPUFrequency" in knobs)
     Baselines(data / "node-shim" / node / "baseline.json").apply(knobs)
     shim = NodeShim(node, knobs, Journal(data / "node-shim" / node / "journal.jsonl"))
     if host not in ("127.0.0.1", "::1", "localhost"):
@@ -117,7 +127,7 @@ async def start_node_shim(node: str, data: Path, *, sysfs_root: Path | None = No
                     "as a Knative subscriber does; let only the broker reach it (a NetworkPolicy, a firewall)", host)
     proc = sysfs.path("proc") if sysfs.exists("proc/stat") else Path("/proc")
     reporter = Reporter(node, Collector(sysfs, knobs, proc), interval, broker,
-                        node_description(node, sysfs, knobs, proc))
+                        lambda: node_description(node, sysfs, knobs, proc))
     runner = web.AppRunner(ShimServer(shim, token(data), reporter).app(), access_log=None, handle_signals=False)
     await runner.setup()
     try:

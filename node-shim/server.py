@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -109,10 +110,16 @@ class ShimServer:
         if not isinstance(command, dict):
             return _json(422, {"error": "the body must be a JSON object: the knob's command"})
         who = request.headers.get("X-Requested-By") or f"api:{request.remote}"
+        name = request.match_info["name"]
         try:
-            applied = await self.shim.apply(request.match_info["name"], command, requested_by=who)
+            applied = await self.shim.apply(name, command, requested_by=who)
         except KnobError as exc:
             return _failure(exc)
+        if self.reporter is not None and not applied.noop:
+            # The loop learns of a change made beside it (its state of the mechanism stays true).
+            await self.reporter.announce(catalogue.KnobApplied(
+                node=self.shim.node, knob=name, request=f"api-{uuid.uuid4()}", before=applied.before,
+                after=applied.after, noop=False))
         return _json(200, {"before": applied.before, "after": applied.after, "noop": applied.noop})
 
     async def journal(self, request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ import platform
 import re
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -163,7 +163,20 @@ def node_description(node: str, sysfs: Sysfs, knobs: dict[str, Any], proc: Path 
         "environment": {"os": platform.system().lower(), "node_type": "native"},
         "permitted_actions": sorted(actions[k] for k in knobs if k in actions),
         "mechanisms": sorted(knobs),
+        "mechanism_options": {name: _json_safe(knob.get_options) for name, knob in sorted(knobs.items())},
+        "mechanism_states": {name: _json_safe(knob.get_state) for name, knob in sorted(knobs.items())},
     }}
+
+
+def _json_safe(read: Any) -> Any:
+    """What a knob says of itself, as JSON (None when it cannot say: a driver error, say)."""
+    import json
+
+    try:
+        return json.loads(json.dumps(read(), default=str))
+    except Exception as exc:  # a description must still go out
+        log.warning("a knob's options or state could not be read for the node description: %s", exc)
+        return None
 
 
 def _architecture() -> str:
@@ -175,17 +188,20 @@ class Reporter:
     """Sends telemetry every interval; registers the node first; buffers while the broker is away."""
 
     def __init__(self, node: str, collector: Collector, interval: TelemetryInterval, broker: str | None,
-                 description: dict[str, Any]):
+                 description: dict[str, Any] | Callable[[], dict[str, Any]]):
         self.node = node
         self.collector = collector
         self.interval = interval
         self.broker = broker
         self.description = description
+        """The node description, or how to make it (then made afresh at each registration)."""
         self.backlog: deque[CloudEvent] = deque(maxlen=BACKLOG)
         """Events made once (one id each), so one resent after a lost answer is a duplicate the log can tell."""
         self.registered_at = 0.0
         self.sent = self.dropped = 0
         self.registered = False
+        self.stale = False
+        """Set by `reregister`: what the description says has changed (an accelerated function came, say)."""
         self.latest: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self.provider = MeterProvider(metric_readers=[reader := InMemoryMetricReader()])
         self.reader = reader
@@ -222,6 +238,20 @@ class Reporter:
     def _event(self, data: catalogue.EventData) -> CloudEvent:
         return catalogue.make_event(data, f"/mapemesh/node-shim/{self.node}", subject=self.node)
 
+    def reregister(self) -> None:
+        """Register the node again at the next round (its knobs' options changed)."""
+        self.stale = True
+
+    async def announce(self, data: catalogue.EventData) -> None:
+        """Send one event now (a knob applied through the shim's own API, say), or with the next telemetry when
+        the broker is away."""
+        event = self._event(data)
+        if self.broker is None:
+            return
+        async with aiohttp.ClientSession() as http:
+            if await self._post(http, event) == "away":
+                self.backlog.append(event)
+
     async def _post(self, http: aiohttp.ClientSession, event: CloudEvent) -> str:
         """'ok', 'refused' (a 4xx: it will not get better) or 'away' (try again later)."""
         assert self.broker is not None
@@ -248,10 +278,12 @@ class Reporter:
                                                                         metrics=metrics)))
         if http is None or self.broker is None:
             return
-        if not self.registered or time.monotonic() - self.registered_at > REREGISTER_S:
+        if not self.registered or self.stale or time.monotonic() - self.registered_at > REREGISTER_S:
             # Again now and then: a mesh that lost its state (a new Redis, say) learns the node back.
+            self.stale = False
+            description = self.description() if callable(self.description) else self.description
             outcome = await self._post(http, self._event(catalogue.InfraRegistered(
-                infra_id=self.node, kind="node", description=self.description)))
+                infra_id=self.node, kind="node", description=description)))
             if outcome != "ok":
                 if outcome == "refused":
                     log.error("the broker refused node %s's registration; telemetry waits until it takes it",

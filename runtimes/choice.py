@@ -32,6 +32,10 @@ PREFERENCE: dict[str, tuple[str, ...]] = {
 }
 FUNCTION_IMAGE = f"mapemesh/functions:{__version__}"
 VACCEL_PORT = 2048
+AGENT_PORTS = {"cpu": 2048, "gpu": 2049, "remote": 2050}
+"""A urunc guest reaches vAccel over vsock, through a vAccel RPC agent on its host: a node runs one agent per
+plugin choice on these ports (the CPU plugin's, the GPU plugin's, and one with the RPC plugin that forwards to
+a remote agent), so a function's plugin choice is the agent its RPCAddress names."""
 VACCEL_SOCKET_DIR = "/run/vaccel"
 LABEL_POLICY = "mapemesh.dev/policy"
 LABEL_ACCEL = "mapemesh.dev/accel"
@@ -87,7 +91,8 @@ def vaccel_rpc_address(monitor: str, port: int = VACCEL_PORT, socket_dir: str = 
 
 
 def vaccel_annotations(monitor: str, port: int = VACCEL_PORT) -> dict[str, str]:
-    """urunc's vAccel annotations for a function on `monitor`."""
+    """urunc's vAccel annotations for a function on `monitor` (the agent on `port`: the CPU plugin's by
+    default)."""
     return {"com.urunc.unikernel.vAccel": "vsock", "com.urunc.unikernel.RPCAddress": vaccel_rpc_address(monitor, port)}
 
 
@@ -108,6 +113,38 @@ def apply(service: dict[str, Any], runtime: str, *, monitor: str = "qemu") -> di
         del annotations[key]
     if runtime == "urunc" and kind_of(out) == "accel":
         annotations.update(vaccel_annotations(monitor))
+    return out
+
+
+def with_plugin(service: dict[str, Any], plugin: str, rpc_address: str | None = None, *,
+                monitor: str = "qemu") -> dict[str, Any]:
+    """A copy of an accelerated function's Service using vAccel `plugin` (the vAccelPlugin knob's choice on a
+    cluster). On runc or kata: the function container's env (`mapemesh.runtimes.vaccel.plugin_env`). On urunc:
+    the guest uses vAccel's RPC plugin, and the vAccel annotations name the host agent for the choice
+    (`AGENT_PORTS`, over vsock for `monitor`)."""
+    from mapemesh.runtimes import vaccel
+
+    env = vaccel.plugin_env(plugin, rpc_address)
+    out = copy.deepcopy(service)
+    template = out.setdefault("spec", {}).setdefault("template", {})
+    pod = template.setdefault("spec", {})
+    urunc = pod.get("runtimeClassName") == "urunc"
+    if urunc:
+        # In the guest vAccel is always the RPC plugin; urunc sets VACCEL_RPC_ADDRESS from the annotation, which
+        # names the host agent serving the choice (AGENT_PORTS). The agent forwards `remote` to rpc_address.
+        env = {vaccel.PLUGIN_ENV: plugin, "VACCEL_PLUGINS": vaccel.VACCEL_PLUGIN_LIBRARIES["remote"]}
+    for container in pod.get("containers") or []:
+        if not any(e.get("name") == "FUNCTION_SOURCE" for e in container.get("env") or []):
+            continue
+        kept = [e for e in container.get("env") or [] if e.get("name") not in set(env) | {"VACCEL_RPC_ADDRESS"}]
+        container["env"] = kept + [{"name": k, "value": v} for k, v in sorted(env.items())]
+    if urunc:
+        annotations = template.setdefault("metadata", {}).setdefault("annotations", {})
+        annotations.update(vaccel_annotations(monitor, AGENT_PORTS[plugin]))
+        if plugin == "remote":
+            annotations["mapemesh.dev/vaccel-remote"] = str(rpc_address)  # where the host's remote agent forwards
+        else:
+            annotations.pop("mapemesh.dev/vaccel-remote", None)
     return out
 
 

@@ -238,11 +238,10 @@ def test_annotations_follow_the_rootfs_type():
 # -- every function: a valid bunnyfile, a Service on the chosen runtime --
 
 def _function_packages() -> list[str]:
-    core = [p.name for p in (REPO / "functions").iterdir() if (p / "__init__.py").exists() and p.name != "policies"
-            and not p.name.startswith("_")]
+    core = [p.name for p in (REPO / "functions").iterdir() if (p / "__init__.py").exists()
+            and p.name not in ("policies", "accel") and not p.name.startswith("_")]
     policies = [p.name for p in (REPO / "functions" / "policies").iterdir() if (p / "policy.py").exists()]
-    accel = [p.name for p in (REPO / "functions" / "accel").iterdir() if (p / "__init__.py").exists()] \
-        if (REPO / "functions" / "accel").is_dir() else []
+    accel = [p.name for p in (REPO / "functions" / "accel").iterdir() if (p / "__init__.py").exists()]
     return sorted(core) + [f"policy-{p.replace('_', '-')}" for p in sorted(policies)] + \
         [f"accel-{p.replace('_', '-')}" for p in sorted(accel)]
 

@@ -16,7 +16,7 @@ LOOP_TYPES = {
     "telemetry.reported", "state.changed", "policy.analyze.requested", "policy.analyze.replied",
     "policy.plan.requested", "policy.plan.replied", "plan.proposed", "plan.scheduled", "plan.discarded",
     "knob.apply", "knob.applied", "knob.failed", "deploy.requested", "deploy.status", "app.submitted",
-    "app.removed", "infra.registered", "infra.unregistered", "mode.changed",
+    "app.removed", "infra.registered", "infra.unregistered", "mode.changed", "accel.requested", "accel.replied",
 }
 
 

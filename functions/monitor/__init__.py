@@ -57,6 +57,20 @@ def _plan_result(store: StateStore, plan_id: str | None, mechanism: str | None, 
     update(store, "plans", plan_id, change)
 
 
+def _record_mechanisms(store: StateStore, node: str, description: dict[str, Any]) -> None:
+    """A node's knobs as its shim registered them: each one's options, and its state then (policies get both as
+    `mechanisms[NAME]`)."""
+    doc = description.get("MLSysOpsNode") if isinstance(description, dict) else None
+    options = (doc or {}).get("mechanism_options") or {}
+    states = (doc or {}).get("mechanism_states") or {}
+    for name, opts in options.items():
+        # The state only where the loop has none yet: a knob.applied it recorded since is newer than this.
+        update(store, "mechanisms", f"{node}/{name}", lambda current, o=opts, n=name: {
+            **(current or {}), "options": o,
+            **({"state": states[n]} if states.get(n) is not None and "state" not in (current or {}) else {}),
+            "updated": time.time()})
+
+
 def _forget_contexts(store: StateStore, asset: str) -> None:
     """Drop every policy's context about an asset that is gone: an application submitted again under the same
     name is a new one, and the policies must see it so (a placement policy remembers what it placed)."""
@@ -91,6 +105,8 @@ async def monitor(event: CloudEvent) -> CloudEvent | None:
         return _changed(data.app_id, "application", ["removed"], event)
     if isinstance(data, catalogue.InfraRegistered):
         store.put("infrastructure", data.infra_id, {"kind": data.kind, "description": data.description})
+        if data.kind == "node":
+            _record_mechanisms(store, data.infra_id, data.description)
         return _changed(data.infra_id, data.kind, ["description"], event)
     if isinstance(data, catalogue.InfraUnregistered):
         previous = store.get("infrastructure", data.infra_id)

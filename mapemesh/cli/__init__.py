@@ -12,6 +12,7 @@ from mapemesh.cli.broker import broker
 from mapemesh.cli.build import build
 from mapemesh.cli.cesql import cesql
 from mapemesh.cli.events import events
+from mapemesh.cli.function import function
 from mapemesh.cli.mesh import status, up
 from mapemesh.cli.node_shim import node_shim
 from mapemesh.cli.northbound import apps, infra, manage, ml, watch
@@ -47,6 +48,7 @@ cli.add_command(infra)
 cli.add_command(manage)
 cli.add_command(watch)
 cli.add_command(build)
+cli.add_command(function)
 
 
 def main() -> None:

@@ -171,7 +171,8 @@ def app(ctx: click.Context, file: Path, plan_file: Path | None, infra_files: tup
 def mesh(ctx: click.Context, manifests: Path | None, runtimes: Path | None, available: str | None, monitor: str,
          out: Path) -> None:
     """Render mapemesh's own manifests for a cluster (Broker, Triggers, Services, RuntimeClasses, Knative's
-    feature flags), one file per object; each Service on the runtime chosen for it.
+    feature flags), one file per object; each Service on the runtime chosen for it, and each accelerated
+    function with the vAccel plugin the vAccelPlugin knob chose (DATA_DIR/vaccel-plugins.json), if it did.
 
     Exit status: 0 written, 2 a manifest cannot be read or a runtime is unknown.
     """
@@ -185,16 +186,22 @@ def mesh(ctx: click.Context, manifests: Path | None, runtimes: Path | None, avai
     extra = loader.load(runtimes or Path(shipped.__file__).parent)
     if found.errors or extra.errors:
         raise click.UsageError("; ".join(found.errors + extra.errors))
-    from mapemesh.runtimes import choice
+    from mapemesh.runtimes import choice, vaccel
 
     have = [r.strip() for r in available.split(",") if r.strip()] if available is not None else None
+    plugins = vaccel.read_choices(s.data / vaccel.CHOICES_FILE)  # the vAccelPlugin knob's, where it ran
     objects = []
     try:
         for m in (*found.objects, *extra.objects):
             if m.kind == "Kustomization" or (m.kind == "RuntimeClass" and have is not None and m.name not in have):
                 continue
-            objects.append(choice.for_cluster(m.body, have, monitor=monitor) if m.kind == "Service" else m.body)
-    except choice.RuntimeChoiceError as exc:
+            body = choice.for_cluster(m.body, have, monitor=monitor) if m.kind == "Service" else m.body
+            accel_name = ((body.get("metadata") or {}).get("labels") or {}).get(vaccel.ACCEL_LABEL)
+            if m.kind == "Service" and accel_name in plugins:
+                body = choice.with_plugin(body, plugins[accel_name]["plugin"], plugins[accel_name].get("rpc_address"),
+                                          monitor=monitor)
+            objects.append(body)
+    except (choice.RuntimeChoiceError, vaccel.VaccelError) as exc:
         raise click.UsageError(str(exc)) from None
     _write(out, to_yaml_files(objects))
     kinds = sorted({o["kind"] for o in objects})

@@ -94,12 +94,17 @@ def new_policy(name: str, root: Path) -> list[Path]:
         raise ScaffoldError(f"policy {name} exists already: {', '.join(existing)}")
     for path, text in files.items():
         write_atomically(path, text)
+    add_resource(root, f"policy-{name}.yaml")
+    return list(files)
+
+
+def add_resource(root: Path, manifest: str) -> None:
+    """List `manifest` in the project's knative/kustomization.yaml (its comments and order kept)."""
     kustomization = root / "knative" / "kustomization.yaml"
     if kustomization.exists():
         text = kustomization.read_text(encoding="utf-8")
-        if f"policy-{name}.yaml" not in text:
-            write_atomically(kustomization, text.rstrip("\n") + f"\n  - policy-{name}.yaml\n")
-    return list(files)
+        if f"- {manifest}" not in text:
+            write_atomically(kustomization, text.rstrip("\n") + f"\n  - {manifest}\n")
 
 
 def deploy_files(name: str, policy_file: Path, data: Path) -> tuple[Path, Path]:

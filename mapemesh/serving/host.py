@@ -216,8 +216,11 @@ class Revision:
         self.spec = spec
         # What Knative gives every container (K_SERVICE, ...) over the platform's settings and the
         # Service's own env, as a cluster would.
-        self.env = {**(platform_env or {}), **spec.env, "K_SERVICE": spec.name, "K_CONFIGURATION": spec.name,
-                    "K_REVISION": f"{spec.name}-local"}
+        self.base_env = {**(platform_env or {}), **spec.env, "K_SERVICE": spec.name,
+                         "K_CONFIGURATION": spec.name, "K_REVISION": f"{spec.name}-local"}
+        self.env = dict(self.base_env)
+        self.overrides: dict[str, str] = {}
+        """Env set from outside the manifest (the vAccelPlugin knob's plugin choice), over the Service's."""
         self.queue_limit = queue_limit
         self.zygote = zygote
         self.base = base
@@ -278,6 +281,24 @@ class Revision:
         attrs = header.get("attrs")
         return None if attrs is None else CloudEvent(attrs, data or None)
 
+    def set_overrides(self, overrides: dict[str, str]) -> bool:
+        """Run the function with `overrides` over its env from now on: the processes it has take no new requests
+        and stop once their requests are answered; new ones start with the new env. No request fails for it.
+        Whether anything changed."""
+        if overrides == self.overrides:
+            return False
+        self.overrides = dict(overrides)
+        self.env = {**self.base_env, **self.overrides}
+        for inst in list(self.instances):
+            inst.draining = True
+            self._retire_if_drained(inst, "was replaced for a new environment")
+        log.info("%s: processes restart with %s", self.spec.key, ", ".join(f"{k}={v}" for k, v in overrides.items())
+                 or "the Service's own environment")
+        self.dispatch()
+        if not self.queue and self.spec.min_scale:
+            self.scale()
+        return True
+
     def _timed_out(self, waiting: Waiting) -> None:
         if waiting in self.queue:
             self.queue.remove(waiting)
@@ -292,10 +313,10 @@ class Revision:
                 self.dispatch()
                 return
 
-    def _retire_if_drained(self, inst: Instance) -> None:
+    def _retire_if_drained(self, inst: Instance, reason: str = "was replaced after a timeout") -> None:
         if inst.draining and not inst.in_flight:
             self._remove(inst)
-            inst.kill("was replaced after a timeout")
+            inst.kill(reason)
 
     def dispatch(self) -> None:
         """Hand queued requests to processes with room; start processes when all are full."""
@@ -325,11 +346,16 @@ class Revision:
         self.starting += 1
         if cold:
             self.cold_starts += 1
-        self._background(self._spawn())
+        try:
+            self._background(self._spawn())
+        except BaseException:  # no event loop here: nothing will start, so count nothing
+            self.starting -= 1
+            raise
 
     async def _spawn(self) -> None:
+        env = self.env
         try:
-            pid, sock = await self.zygote.spawn(self.spec, self.base, self.env)
+            pid, sock = await self.zygote.spawn(self.spec, self.base, env)
         except FunctionFailed as exc:
             self.starting -= 1
             if isinstance(exc, ImportFailed):
@@ -354,6 +380,9 @@ class Revision:
             return
         inst.reader_task = asyncio.get_running_loop().create_task(self._read(inst, reader))
         self.instances.append(inst)
+        if env is not self.env:  # the environment changed while it started: it serves nothing, and goes
+            inst.draining = True
+            self._retire_if_drained(inst, "was started with an environment since replaced")
         log.info("%s: process %d started (%d running)", self.spec.key, pid, len(self.instances))
         self.dispatch()
 
@@ -462,6 +491,10 @@ class LocalHost:
         self.revisions: dict[str, Revision] = {}
         self.invalid: dict[str, str] = {}
         self._scaler: asyncio.Task[None] | None = None
+        self.vaccel_file: Path | None = None
+        """DATA_DIR/vaccel-plugins.json: each accelerated function's vAccel plugin (the vAccelPlugin knob's)."""
+        self._vaccel_seen: tuple[int, int, int] | None = None
+        self._accel: dict[str, dict[str, Any]] = {}
         registry.on_change(lambda _: self.reload())
 
     def reload(self) -> None:
@@ -476,7 +509,58 @@ class LocalHost:
             if key not in self.revisions:
                 rev = self.revisions[key] = Revision(spec, self.zygote, self.base, self.queue_limit,
                                                      self.platform_env)
+                try:
+                    rev.set_overrides(self._vaccel_env(spec))
+                except Exception:  # run it with its own env rather than not at all
+                    log.exception("%s: its vAccel plugin choice could not be applied", key)
                 rev._background(rev.prepare())  # cancelled with the revision if it is replaced first
+        self._index_accel()
+
+    def _vaccel_env(self, spec: ServiceSpec) -> dict[str, str]:
+        """The env an accelerated function gets for its vAccel plugin choice (none until the knob sets one)."""
+        from mapemesh.runtimes import vaccel
+
+        name = spec.labels.get(vaccel.ACCEL_LABEL)
+        if name is None or self.vaccel_file is None:
+            return {}
+        choice = vaccel.read_choices(self.vaccel_file).get(name)
+        return vaccel.plugin_env(choice["plugin"], choice.get("rpc_address")) if choice else {}
+
+    def accel_functions(self) -> dict[str, dict[str, Any]]:
+        """The accelerated functions this host runs: name -> {service, priority} (safe from any thread: a copy
+        made when the manifests were last read)."""
+        return dict(self._accel)
+
+    def _index_accel(self) -> None:
+        from mapemesh.runtimes import vaccel
+
+        self._accel = {name: {"service": key, "priority": rev.spec.priority}
+                       for key, rev in self.revisions.items()
+                       if (name := rev.spec.labels.get(vaccel.ACCEL_LABEL))}
+
+    def apply_vaccel(self, force: bool = False) -> list[str]:
+        """Restart the accelerated functions whose vAccel plugin changed (DATA_DIR/vaccel-plugins.json); the
+        Services restarted. Runs on the host's event loop (from another thread: `loop.call_soon_threadsafe`)."""
+        if self.vaccel_file is None:
+            return []
+        try:
+            stat = self.vaccel_file.stat()
+            seen: tuple[int, int, int] | None = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            seen = None
+        if seen == self._vaccel_seen and not force:
+            return []
+        restarted, failed = [], False
+        for key, rev in list(self.revisions.items()):
+            try:
+                if rev.set_overrides(self._vaccel_env(rev.spec)):
+                    restarted.append(key)
+            except Exception:  # one function's bad choice must not keep the others from theirs
+                failed = True
+                log.exception("%s: its vAccel plugin choice could not be applied", key)
+        if not failed:
+            self._vaccel_seen = seen  # else the next poll tries again
+        return restarted
 
     async def start(self) -> None:
         """Create the revisions and begin scaling."""
@@ -486,6 +570,10 @@ class LocalHost:
     async def _scale_forever(self) -> None:
         while True:
             await asyncio.sleep(SCALE_EVERY_S)
+            try:
+                self.apply_vaccel()
+            except Exception:
+                log.exception("applying the vAccel plugin choices failed")
             for rev in list(self.revisions.values()):
                 try:
                     rev.scale()

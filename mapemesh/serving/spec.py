@@ -41,6 +41,10 @@ class ServiceSpec:
     image: str | None
     origin: str = field(compare=False)
     """Where the manifest is (moving it in its file does not make a new revision)."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """The Service's labels (`mapemesh.dev/accel: NAME` marks an accelerated function)."""
+    priority: str = "normal"
+    """The Service's `mapemesh.dev/priority` annotation (low, normal, high): whom a policy moves first."""
 
     @property
     def key(self) -> str:
@@ -112,7 +116,10 @@ def parse_service(m: manifests.Manifest) -> ServiceSpec:
         window_s=window,
         retention_s=_duration(annotations, "scale-to-zero-pod-retention-period", 0.0),
         container_concurrency=cc, timeout_s=float(timeout),
-        runtime_class=tspec.get("runtimeClassName"), image=containers[0].get("image"), origin=m.origin)
+        runtime_class=tspec.get("runtimeClassName"), image=containers[0].get("image"), origin=m.origin,
+        labels={str(k): str(v) for k, v in ((m.body.get("metadata") or {}).get("labels") or {}).items()},
+        priority=str(((m.body.get("metadata") or {}).get("annotations") or {}).get("mapemesh.dev/priority",
+                                                                                    "normal")))
 
 
 def services_from(found: manifests.ManifestSet) -> tuple[dict[str, ServiceSpec], dict[str, str]]:

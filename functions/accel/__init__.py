@@ -1,0 +1,1 @@
+"""Accelerated functions: FaaS users' functions that call accelerated operations through vAccel."""
