@@ -15,11 +15,14 @@ BUSY_PCT = 80.0
 CALM_PCT = 50.0
 _UTIL = re.compile(r"^gpu(\d+)_utilization_pct$")
 _POWER = re.compile(r"^gpu(\d+)_power_w$")
+GPUS = 8
+"""The GPUs of a node it watches (gpu0 ... gpu7): it is asked only when their figures change."""
 
 
 def initialize():
+    metrics = [f"gpu{i}_{m}" for i in range(GPUS) for m in ("utilization_pct", "power_w", "power_limit_w")]
     return {
-        "telemetry": {"metrics": [], "system_scraper_interval": "5s"},
+        "telemetry": {"metrics": metrics, "system_scraper_interval": "5s"},
         "mechanisms": ["vAccelPlugin"],
         "packages": [],
         "configuration": {"analyze_interval": "2s"},
