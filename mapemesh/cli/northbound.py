@@ -150,6 +150,14 @@ def _status_line(doc: dict[str, Any], key: str = "app_id") -> str:
     return f"{doc.get(key)}: {doc.get('status')}{where}{why}"
 
 
+def _wait_deployed(api: Api, path: str, key: str, timeout_s: float, output: str) -> None:
+    """Follow a submission until it is deployed or failed; show it; exit 1 unless deployed."""
+    doc = api.wait(path, lambda d: d.get("status") in ("deployed", "failed"), timeout_s)
+    _show(output, doc, lambda d: _status_line(d, key))
+    if doc.get("status") != "deployed":
+        sys.exit(EXIT_REFUSED)
+
+
 # -- apps -------------------------------------------------------------------------------------------------------
 
 @click.group()
@@ -171,11 +179,7 @@ def apps_deploy(ctx: click.Context, source: str, wait: bool, timeout_s: float, d
     api = _api(ctx, data, output)
     doc = api.call("POST", "/apps/deploy", body)
     if wait:
-        doc = api.wait(f"/apps/status/{doc['app_id']}", lambda d: d.get("status") in ("deployed", "failed"),
-                       timeout_s)
-        _show(output, doc, _status_line)
-        if doc.get("status") != "deployed":
-            sys.exit(EXIT_REFUSED)
+        _wait_deployed(api, f"/apps/status/{doc['app_id']}", "app_id", timeout_s, output)
         return
     _show(output, doc, lambda d: f"{d['app_id']}: {d['state']} (event {d['event_id']}); follow it with "
                                  f"`mapemesh apps status {d['app_id']}`")
@@ -271,11 +275,7 @@ def ml_deploy(ctx: click.Context, source: str, model_uid: str | None, wait: bool
     api = _api(ctx, data, output)
     doc = api.call("POST", "/ml/deploy_ml", body)
     if wait:
-        doc = api.wait(f"/ml/status/{doc['model_uid']}", lambda d: d.get("status") in ("deployed", "failed"),
-                       timeout_s)
-        _show(output, doc, lambda d: _status_line(d, "model_uid"))
-        if doc.get("status") != "deployed":
-            sys.exit(EXIT_REFUSED)
+        _wait_deployed(api, f"/ml/status/{doc['model_uid']}", "model_uid", timeout_s, output)
         return
     _show(output, doc, lambda d: f"{d['model_uid']}: {d['state']} (event {d['event_id']})")
 

@@ -29,6 +29,13 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _ADDRESS = re.compile(r"^(tcp://[^\s/:]+:\d{1,5}|unix:///\S+|vsock://\d+:\d{1,5})$")
 
 
+def _valid_address(address: Any) -> bool:
+    """A vAccel RPC address: tcp://HOST:PORT, unix:///PATH or vsock://CID:PORT, the port within 1..65535."""
+    if not isinstance(address, str) or not _ADDRESS.fullmatch(address):
+        return False
+    return address.startswith("unix://") or 1 <= int(address.rsplit(":", 1)[1]) <= 65535
+
+
 class VAccelPlugin:
     """Per-function vAccel plugin choices, in a file the local host follows."""
 
@@ -106,8 +113,7 @@ class VAccelPlugin:
                                  options=options)
         address = choice.get("rpc_address")
         if plugin == "remote":
-            if not isinstance(address, str) or not _ADDRESS.fullmatch(address) or \
-                    not 1 <= int(address.rsplit(":", 1)[-1] if not address.startswith("unix") else 1) <= 65535:
+            if not _valid_address(address):
                 raise InvalidCommand(f"{name}: the remote plugin needs rpc_address tcp://HOST:PORT, unix:///PATH "
                                      f"or vsock://CID:PORT, not {address!r}", options=options)
             return {"plugin": plugin, "rpc_address": address}
