@@ -312,7 +312,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def list_apps() -> dict[str, Any]:
         """Every application and its state (`System_status`, as MLSysOps answers), and a row per application."""
         found = await asyncio.to_thread(views.entries, ctx.store, "application")
-        rows = [await asyncio.to_thread(views.status, ctx.store, k, v.value) for k, v in sorted(found.items())]
+        rows = await asyncio.to_thread(views.statuses, ctx.store, found)
         return {"System_status": {r["app_id"]: r["status"] for r in rows}, "apps": rows}
 
     @apps.get("/status/{app_id}")
@@ -349,7 +349,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def list_models() -> dict[str, Any]:
         """Every ML model and its state."""
         found = await asyncio.to_thread(views.entries, ctx.store, "ml_model")
-        rows = [await asyncio.to_thread(views.status, ctx.store, k, v.value) for k, v in sorted(found.items())]
+        rows = await asyncio.to_thread(views.statuses, ctx.store, found)
         return {"System_status": {r["app_id"]: r["status"] for r in rows},
                 "models": [{"model_uid": r.pop("app_id"), **r} for r in rows]}
 

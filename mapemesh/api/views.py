@@ -26,15 +26,24 @@ def entries(store: StateStore, kind: str) -> dict[str, Versioned]:
     return {k: v for k, v in store.list("applications").items() if v.value.get("kind", "application") == kind}
 
 
-def placement_plans(store: StateStore, app_id: str, since: float | None = None) -> list[dict[str, Any]]:
+def placement_plans(store: StateStore, app_id: str, since: float | None = None,
+                    every: dict[str, Versioned] | None = None) -> list[dict[str, Any]]:
     """The application's plans made since it was submitted (not an earlier application's of that name), newest
-    first."""
-    plans = [p.value for p in store.list("plans").values()
+    first (from `every` plan, when the caller has listed them already)."""
+    listed = store.list("plans") if every is None else every
+    plans = [p.value for p in listed.values()
              if p.value.get("asset") == app_id and (since is None or (p.value.get("created") or 0) >= since)]
     return sorted(plans, key=lambda p: p.get("created") or 0, reverse=True)
 
 
-def status(store: StateStore, app_id: str, app: dict[str, Any]) -> dict[str, Any]:
+def statuses(store: StateStore, apps: dict[str, Versioned]) -> list[dict[str, Any]]:
+    """`status` of each application, the plans listed once for all of them."""
+    plans = store.list("plans")
+    return [status(store, k, v.value, plans) for k, v in sorted(apps.items())]
+
+
+def status(store: StateStore, app_id: str, app: dict[str, Any],
+           plans: dict[str, Versioned] | None = None) -> dict[str, Any]:
     """The application's state: queued, planned, deploying, deployed or failed, and why.
 
     - queued: recorded, no placement plan yet;
@@ -45,7 +54,7 @@ def status(store: StateStore, app_id: str, app: dict[str, Any]) -> dict[str, Any
     """
     record = store.get("deployments", app_id)
     deployment = record.value if record else None
-    placing = [p for p in placement_plans(store, app_id, app.get("submitted"))
+    placing = [p for p in placement_plans(store, app_id, app.get("submitted"), plans)
                if any(m in PLACEMENT_MECHANISMS for m in p.get("mechanisms") or {})]
     newest = placing[0] if placing else None
     out: dict[str, Any] = {"app_id": app_id, "kind": app.get("kind", "application"),
