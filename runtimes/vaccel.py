@@ -373,7 +373,8 @@ class Session:
         return [Tensor.from_torch(o) for o in outputs[:nr_out_tensors]]
 
     def classify(self, image: bytes) -> tuple[str, str]:
-        """vAccel's image classification: (tag, image name). The local backend runs the model registered with
+        """vAccel's image classification: (tag, name of the image the plugin wrote, if any). The local backend
+        writes no image (the name is empty) and runs the model registered with
         the session that carries a `labels` file beside it (`<model>.labels`, one label per class)."""
         started = time.perf_counter()
         if self._real is not None:
@@ -394,7 +395,7 @@ class Session:
             scores = model(pixels.reshape(1, -1).to(device))
         tag = labels[int(scores.argmax())]
         self._served("classify", device, started)
-        return tag, "image"
+        return tag, ""
 
     def _model(self, resource: Resource) -> tuple[Any, str]:
         if resource.type is not ResourceType.MODEL:
