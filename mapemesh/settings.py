@@ -51,6 +51,10 @@ class Settings:
     """MAPEMESH_TELEMETRY_INTERVAL_S: the node shim's first reporting interval (a knob afterwards)."""
     api_port: int = 8083
     """MAPEMESH_API_PORT: the northbound API's port under `mapemesh up` (0 picks a free one; -1: no API)."""
+    accept_batch: bool = False
+    """MAPEMESH_ACCEPT_BATCH: also take `application/cloudevents-batch+json` requests at the ingress, a mapemesh-only
+    extension; off by default because Knative's broker ingress takes one event per request and answers 400 to a
+    batch."""
 
     def __post_init__(self) -> None:
         if self.max_event_bytes < MIN_MAX_EVENT_BYTES:
@@ -92,8 +96,15 @@ class Settings:
         return self.data / "manifests"
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _convert(name: str, annotation: object, raw: str) -> Any:
     kind = str(annotation)
+    if kind == "bool":
+        if raw.strip().lower() in _TRUE + _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a boolean (1/0, true/false, yes/no, on/off)")
     try:
         if kind == "int":
             return int(raw)

@@ -208,3 +208,9 @@ def test_invocations_are_reported_as_telemetry(mesh):
     assert {"accel_invocations", "accel_errors", "accel_latency_ms_mean", "accel_latency_ms_max"} <= names
     assert all(set(m["labels"]) == {"plugin", "device"} for m in metrics)
     assert sum(m["value"] for m in metrics if m["name"] == "accel_invocations") >= 5
+
+
+def test_no_component_posted_a_batch(mesh):
+    # Last in the module: everything above ran through this broker, which takes one event per request (Knative).
+    health = httpx.get(mesh.urls["broker"] + "/healthz", timeout=10).json()
+    assert health["accept_batch"] is False and health["batches_refused"] == 0

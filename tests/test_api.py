@@ -20,6 +20,8 @@ from fastapi.testclient import TestClient
 
 from mapemesh import events as catalogue
 from mapemesh.api.app import ApiContext, create_app
+from mapemesh.eventing.binding import content_mode, from_http
+from mapemesh.eventing.cloudevent import MalformedEvent
 from mapemesh.eventing.log import EventLog
 from mapemesh.state import open_store
 
@@ -31,7 +33,8 @@ SAMPLES = REPO / "mapemesh" / "samples"
 
 
 class Ingress:
-    """A broker ingress stand-in: records the CloudEvents posted to it (batches or single structured events)."""
+    """A broker ingress stand-in with Knative's contract: one event per request (binary or structured), 400 to
+    anything else, a batch included; records each accepted event in the CloudEvents JSON format."""
 
     def __init__(self, status: int = 202):
         self.events: list[dict] = []
@@ -40,9 +43,19 @@ class Ingress:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.events.extend(body if isinstance(body, list) else [body])
-                self.send_response(outer.status)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status = outer.status
+                if content_mode(self.headers.get("Content-Type")) == "batch":
+                    status = 400
+                else:
+                    try:
+                        [event] = from_http(dict(self.headers.items()), body)
+                    except MalformedEvent:
+                        status = 400
+                    else:
+                        if status == 202:
+                            outer.events.append(event.to_structured())
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 
+import httpx
+
 from .conftest import REPO, wait_for
 
 
@@ -50,6 +52,10 @@ def test_the_demo_shows_a_knob_change_made_by_a_policy_then_stops_on_ctrl_c(tmp_
 
         found = wait_for(to_max, timeout=30, what="the policy's max-frequency command in the shim's journal")
         assert found[0]["after"]["intel_pstate"]["min_perf_pct"] == 100
+        # `make run` is Knative's one-event contract end to end: the broker refused no batch.
+        broker = json.loads((tmp_path / "data" / "endpoints.json").read_text())["broker"]
+        health = httpx.get(broker + "/healthz", timeout=10).json()
+        assert health["accept_batch"] is False and health["batches_refused"] == 0
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(30)

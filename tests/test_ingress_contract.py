@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import signal
 import socket
 import uuid
 from urllib.parse import urlsplit
@@ -11,6 +13,8 @@ import httpx
 import pytest
 
 from mapemesh.eventing.log import read_all
+
+from .conftest import REPO, start_broker
 
 
 def binary_headers(**attrs: str) -> dict[str, str]:
@@ -211,23 +215,50 @@ def test_options_is_200(shared_broker):
     assert r.headers["webhook-allowed-origin"] == "example.com"
 
 
-def test_batch_is_all_or_nothing(shared_broker):
+@pytest.fixture(scope="module")
+def batch_broker(tmp_path_factory):
+    """A broker with mapemesh's batch extension switched on (`--accept-batch`)."""
+    root = tmp_path_factory.mktemp("batch-broker")
+    shutil.copytree(REPO / "knative", root / "knative")
+    b = start_broker(root / "data", root / "knative", "--accept-batch")
+    yield b
+    b.stop(signal.SIGKILL)
+
+
+def test_a_batch_is_refused_by_default_as_knative_refuses_it(shared_broker):
+    # knative/eventing pkg/broker/ingress/ingress_handler.go: binding.ToEvent fails on a batch message -> 400.
+    docs = [structured(data={"i": i}) for i in range(2)]
+    r = post_structured(shared_broker.ingress, docs, batch=True)
+    assert r.status_code == 400 and "one event per request" in r.json()["reason"]
+    assert not any(stored(shared_broker, d["id"]) for d in docs)
+    assert httpx.get(shared_broker.url + "/healthz").json()["batches_refused"] >= 1
+
+
+def test_a_batch_is_accepted_with_the_extension_on(batch_broker):
+    docs = [structured(data={"i": i}) for i in range(2)]
+    assert post_structured(batch_broker.ingress, docs, batch=True).status_code == 202
+    assert all(len(stored(batch_broker, d["id"])) == 1 for d in docs)
+    health = httpx.get(batch_broker.url + "/healthz").json()
+    assert health["accept_batch"] is True and health["batches_refused"] == 0
+
+
+def test_batch_is_all_or_nothing(batch_broker):
     good = [structured(data={"i": i}) for i in range(3)]
-    r = post_structured(shared_broker.ingress, good, batch=True)
+    r = post_structured(batch_broker.ingress, good, batch=True)
     assert r.status_code == 202
     for doc in good:
-        assert len(stored(shared_broker, doc["id"])) == 1
-    seqs = [stored(shared_broker, d["id"])[0].seq for d in good]
+        assert len(stored(batch_broker, doc["id"])) == 1
+    seqs = [stored(batch_broker, d["id"])[0].seq for d in good]
     assert seqs == sorted(seqs) and seqs[-1] - seqs[0] == 2
 
     mixed = [structured(data={"i": 0}), structured(type=...), structured(data={"i": 2})]
-    r = post_structured(shared_broker.ingress, mixed, batch=True)
+    r = post_structured(batch_broker.ingress, mixed, batch=True)
     assert r.status_code == 400
     assert r.json()["index"] == 1 and r.json()["attribute"] == "type"
     for doc in mixed:
-        assert not stored(shared_broker, doc["id"])
+        assert not stored(batch_broker, doc["id"])
 
 
-def test_batch_must_be_an_array(shared_broker):
-    r = post_structured(shared_broker.ingress, structured(), batch=True)
+def test_batch_must_be_an_array(batch_broker):
+    r = post_structured(batch_broker.ingress, structured(), batch=True)
     assert r.status_code == 400 and "array" in r.json()["reason"]

@@ -110,10 +110,12 @@ class Loop:
         return doc.value if doc else {}
 
     def close(self) -> None:
+        refused = self.mesh.batches_refused() if self.mesh.proc.poll() is None else 0
         self.mesh.proc.terminate()
         self.mesh.proc.wait(20)
         self.store.close()
         self.shim.close()
+        assert refused == 0, f"a mapemesh component posted {refused} batch request(s); Knative's ingress refuses them"
 
 
 @pytest.fixture

@@ -225,3 +225,11 @@ def test_no_generated_request_makes_the_api_fail_with_a_5xx(mesh):
     assert len(calls) >= operations * 10  # the run did make its requests
     assert {200, 404, 422} <= set(calls)  # and they reached the routes, not only the validation
     assert httpx.get(f"{mesh.api}/manage/ping", headers=mesh.auth, timeout=10).status_code == 200
+
+
+def test_no_component_posted_a_batch(mesh):
+    # Last in the module: the API, the functions and the node shim above all posted to this broker, which takes
+    # one event per request as Knative's ingress does.
+    broker = json.loads((mesh.data / "endpoints.json").read_text())["broker"]
+    health = httpx.get(broker + "/healthz", timeout=10).json()
+    assert health["accept_batch"] is False and health["batches_refused"] == 0

@@ -59,6 +59,10 @@ class Mesh:
     def pids(self, name: str) -> list[int]:
         return self.status()[f"default/{name}"]["pids"]
 
+    def batches_refused(self) -> int:
+        """Batch requests the broker refused (Knative's contract: a mapemesh component never sends one)."""
+        return httpx.get(self.broker + "/healthz", timeout=10).json()["batches_refused"]
+
 
 def start_mesh(root: Path, *docs: dict, env: dict | None = None, shim: list[str] | None = None,
                api: bool = False) -> Mesh:

@@ -31,14 +31,19 @@ def broker() -> None:
                    "[env MAPEMESH_DURABILITY; default fsync].")
 @click.option("--log-retention", "log_retention_s", type=int, default=None, metavar="SECONDS",
               help="How long handled events stay in the log [env MAPEMESH_LOG_RETENTION_S; default 60].")
+@click.option("--accept-batch/--no-accept-batch", default=None,
+              help="Also take application/cloudevents-batch+json requests, a mapemesh-only extension (Knative's "
+                   "ingress answers 400 to them) [env MAPEMESH_ACCEPT_BATCH; default off].")
 @click.pass_context
 def serve(ctx: click.Context, manifests: Path | None, data: Path | None, host: str | None, port: int | None,
-          max_event_bytes: int | None, durability: str | None, log_retention_s: int | None) -> None:
+          max_event_bytes: int | None, durability: str | None, log_retention_s: int | None,
+          accept_batch: bool | None) -> None:
     """Serve the broker ingress: POST /NAMESPACE/BROKER accepts CloudEvents into the durable log."""
     from mapemesh.eventing.server import serve_broker
 
     s = settings(ctx, data=data, manifests=manifests, host=host, broker_port=port,
-                 max_event_bytes=max_event_bytes, durability=durability, log_retention_s=log_retention_s)
+                 max_event_bytes=max_event_bytes, durability=durability, log_retention_s=log_retention_s,
+                 accept_batch=accept_batch)
     if not s.manifests.exists():
         raise click.UsageError(f"manifests directory {s.manifests} does not exist")
     run(serve_broker(s))

@@ -32,16 +32,20 @@ EXIT_UNREACHABLE = 3
 @click.option("--sysfs-root", default=None,
               help="Tree the node shim drives [env MAPEMESH_SYSFS_ROOT; default /, or a simulated tree when /sys "
                    "has no cpufreq].")
+@click.option("--accept-batch/--no-accept-batch", default=None,
+              help="Also take application/cloudevents-batch+json requests, a mapemesh-only extension (Knative's "
+                   "ingress answers 400 to them) [env MAPEMESH_ACCEPT_BATCH; default off].")
 @click.pass_context
 def up(ctx: click.Context, manifests: Path | None, data: Path | None, host: str | None, port: int | None,
        serving_port: int | None, node_shim_port: int | None, api_port: int | None, node: str | None,
-       sysfs_root: str | None) -> None:
+       sysfs_root: str | None, accept_batch: bool | None) -> None:
     """Run the broker, the local function host, this machine's node shim and the northbound API (token in
     DATA_DIR/api.token); Ctrl-C or SIGTERM stops them."""
     from mapemesh.up import serve_mesh
 
     s = settings(ctx, data=data, manifests=manifests, host=host, broker_port=port, serving_port=serving_port,
-                 node_shim_port=node_shim_port, api_port=api_port, node=node, sysfs_root=sysfs_root)
+                 node_shim_port=node_shim_port, api_port=api_port, node=node, sysfs_root=sysfs_root,
+                 accept_batch=accept_batch)
     if not s.manifests.exists():
         raise click.UsageError(f"manifests directory {s.manifests} does not exist")
     if s.sysfs_root and not Path(s.sysfs_root).is_dir():

@@ -1,9 +1,16 @@
 """The broker ingress: the Knative broker HTTP contract on one machine.
 
+One event per request, binary or structured mode, as Knative's ingress reads it (`binding.ToEvent` in
+knative/eventing `pkg/broker/ingress/ingress_handler.go`: anything else is a 400). A JSON array of events
+(`application/cloudevents-batch+json`) is a mapemesh-only extension, taken only with `accept_batch`
+(`--accept-batch`, `MAPEMESH_ACCEPT_BATCH=1`).
+
 | request                                   | answer                                                  |
 |-------------------------------------------|---------------------------------------------------------|
-| `POST /{ns}/{broker}` valid event(s)      | 202, once every event is in the durable log             |
-| malformed event                           | 400, JSON body naming the attribute (and batch index)   |
+| `POST /{ns}/{broker}` one valid event     | 202, once the event is in the durable log               |
+| a batch, `accept_batch` off (the default) | 400, as from Knative (JSON body says why)               |
+| a batch, `accept_batch` on                | 202 once every event is stored; 400 names the index     |
+| malformed event                           | 400, JSON body naming the attribute                     |
 | unknown broker or path                    | 404                                                     |
 | `OPTIONS`                                 | 200 with `Allow: POST, OPTIONS`                         |
 | any other method                          | 405 with `Allow: POST, OPTIONS`                         |
@@ -25,7 +32,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from mapemesh.eventing.binding import from_http
+from mapemesh.eventing.binding import BATCH, content_mode, from_http
 from mapemesh.eventing.brokers import BrokerRegistry
 from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent
 from mapemesh.eventing.log import EventLog, UnstorableEvent
@@ -97,13 +104,16 @@ class Ingress:
     """Accepts events for the declared brokers and appends them to the durable log."""
 
     def __init__(self, brokers: BrokerRegistry, event_log: EventLog,
-                 max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES):
+                 max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, accept_batch: bool = False):
         if max_event_bytes < MIN_MAX_EVENT_BYTES:
             raise ValueError(f"max event size must be at least {MIN_MAX_EVENT_BYTES} bytes "
                              f"(got {max_event_bytes})")
         self.brokers = brokers
         self.log = event_log
         self.max_event_bytes = max_event_bytes
+        self.accept_batch = accept_batch
+        self.batches_refused = 0
+        """Batch requests answered 400 because the extension is off (a mapemesh component must never send one)."""
         self.router: Router | None = None
         """Chooses each event's subscriptions before it is stored, and delivers once it is (the dispatcher)."""
 
@@ -131,6 +141,7 @@ class Ingress:
     async def _healthz(self, request: web.BaseRequest) -> web.Response:
         return web.json_response({"status": "ok", "brokers": sorted(self.brokers.brokers),
                                   "manifest_errors": self.brokers.errors,
+                                  "accept_batch": self.accept_batch, "batches_refused": self.batches_refused,
                                   "log": {"appended": self.log.appended, "commits": self.log.commits,
                                           "fsyncs": self.log.syncs}})
 
@@ -157,6 +168,14 @@ class Ingress:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"body exceeds the limit of {self.max_event_bytes} bytes")
+        if not self.accept_batch and content_mode(request.headers.get("Content-Type")) == "batch":
+            self.batches_refused += 1
+            log.warning("refused a %s request to %s: one event per request (Knative's broker contract)", BATCH,
+                        broker.key)
+            reason = (f"{BATCH} is not accepted: a Knative broker ingress takes one event per request (binary or "
+                      "structured mode); the batch extension is mapemesh-only, on with --accept-batch")
+            return web.Response(status=400, content_type="application/json",
+                                body=json.dumps({"error": "one event per request", "reason": reason}).encode())
         try:
             events = from_http(request.headers, body)
             for i, event in enumerate(events):

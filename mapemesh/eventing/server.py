@@ -56,7 +56,7 @@ async def start_broker(settings: Settings) -> RunningBroker:
     if not registry.brokers:
         log.warning("no Broker manifests under %s: every POST will answer 404", settings.manifests)
     event_log = EventLog(settings.event_log_file, durability=settings.durability)  # type: ignore[arg-type]
-    ingress = Ingress(registry, event_log, settings.max_event_bytes)
+    ingress = Ingress(registry, event_log, settings.max_event_bytes, accept_batch=settings.accept_batch)
     metrics = BrokerMetrics()
     resolver = Resolver(settings.data, broker_url="")
     dispatcher = Dispatcher(event_log, ingress, registry, resolver, metrics)
@@ -75,8 +75,9 @@ async def start_broker(settings: Settings) -> RunningBroker:
     endpoints.register(settings.data, "broker", url)
     tasks = [asyncio.create_task(registry.watch()),
              asyncio.create_task(_compact_forever(event_log, settings.log_retention_s))]
-    log.info("broker ingress on %s (brokers: %s; log %s, durability %s)", url,
-             ", ".join(sorted(registry.brokers)) or "none", settings.event_log_file, settings.durability)
+    log.info("broker ingress on %s (brokers: %s; log %s, durability %s%s)", url,
+             ", ".join(sorted(registry.brokers)) or "none", settings.event_log_file, settings.durability,
+             "; batch extension on" if settings.accept_batch else "")
     return RunningBroker(url, ingress, event_log, dispatcher, metrics, runner, tasks, settings)
 
 

@@ -2,9 +2,20 @@
 
 A function answers one event with at most one reply. A stage that has several events to send (the analyze
 stage asking three policies, say) returns the first as its reply and publishes the others to its sink: the
-broker named by `K_SINK` (what a Knative SinkBinding injects; the local host sets it to its broker). The
-events are posted as one batch, so they are stored all or none; a failure raises, the function fails, and
-the broker delivers the triggering event again (at least once).
+address in `K_SINK` (what a Knative SinkBinding or ContainerSource injects; the local host sets it to its
+broker), else the broker named by `MAPEMESH_BROKER_URL`.
+
+| what                        | how                                                                        |
+|-----------------------------|----------------------------------------------------------------------------|
+| one event                   | one POST in binary mode: Knative's broker ingress reads one event per      |
+|                             | request and answers 400 to a batch                                         |
+| several events              | one POST each, concurrently, over the kept-alive connections of one client |
+| 2xx                         | accepted                                                                   |
+| 429, 503, 5xx, no answer    | tried again (ATTEMPTS in all, honouring Retry-After up to RETRY_AFTER_MAX) |
+| anything else, or no luck   | SinkError: the function fails and the broker delivers its event again      |
+
+So delivery is at least once: after a partial failure the events that were accepted are posted again with the
+triggering event's redelivery, and the stages that receive them are idempotent.
 """
 
 from __future__ import annotations
@@ -15,10 +26,13 @@ import weakref
 from collections.abc import Sequence
 
 import httpx
-import orjson
 
-from mapemesh.eventing.binding import BATCH
+from mapemesh.eventing.binding import to_binary
 from mapemesh.eventing.cloudevent import CloudEvent
+
+ATTEMPTS = 3
+BACKOFF_S = 0.05
+RETRY_AFTER_MAX_S = 2.0
 
 
 class SinkError(RuntimeError):
@@ -40,23 +54,57 @@ def sink_url() -> str:
     raise SinkError("no sink: set K_SINK (or MAPEMESH_BROKER_URL) to the broker's URL")
 
 
-async def publish(events: Sequence[CloudEvent], timeout_s: float = 10.0, url: str | None = None) -> None:
-    """Post `events` to the sink (or to the broker ingress `url`) as one batch; SinkError unless the broker
-    answers 202."""
-    if not events:
-        return
+def _client(timeout_s: float) -> httpx.AsyncClient:
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None:
         client = _clients[loop] = httpx.AsyncClient(timeout=timeout_s)
-    body = orjson.dumps([e.to_structured() for e in events])
+    return client
+
+
+async def publish(events: Sequence[CloudEvent], timeout_s: float = 10.0, url: str | None = None) -> None:
+    """Post each of `events` to the sink (or to the broker ingress `url`) in a request of its own, all at once;
+    SinkError unless every one was accepted."""
+    if not events:
+        return
     url = url or sink_url()
+    client = _client(timeout_s)
+    if len(events) == 1:
+        await _post(client, url, events[0])
+        return
+    results = await asyncio.gather(*(_post(client, url, e) for e in events), return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise SinkError(f"{len(failed)} of {len(events)} event(s) not accepted: {failed[0]}")
+
+
+async def _post(client: httpx.AsyncClient, url: str, event: CloudEvent) -> None:
+    headers, body = to_binary(event)
+    problem = ""
+    for attempt in range(1, ATTEMPTS + 1):
+        wait = BACKOFF_S * 2 ** (attempt - 1)
+        try:
+            response = await client.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        else:
+            if 200 <= response.status_code < 300:
+                return
+            problem = f"{response.status_code} {response.text[:200]}"
+            if response.status_code not in (429,) and response.status_code < 500:
+                break  # the event itself was refused: sending it again changes nothing
+            wait = max(wait, min(_retry_after(response.headers.get("Retry-After")), RETRY_AFTER_MAX_S))
+        if attempt < ATTEMPTS:
+            await asyncio.sleep(wait)
+    raise SinkError(f"publishing event {event.id} ({event.type}) to {url}: {problem}")
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds from a Retry-After header given in seconds (0 when absent or a date: the backoff applies)."""
     try:
-        response = await client.post(url, content=body, headers={"content-type": BATCH})
-    except httpx.HTTPError as exc:
-        raise SinkError(f"publishing {len(events)} event(s) to {url} failed: {exc}") from exc
-    if response.status_code != 202:
-        raise SinkError(f"publishing {len(events)} event(s) to {url}: {response.status_code} {response.text[:200]}")
+        return max(0.0, float(value)) if value else 0.0
+    except ValueError:
+        return 0.0
 
 
 async def reply_and_publish(events: Sequence[CloudEvent]) -> CloudEvent | None:

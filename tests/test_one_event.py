@@ -1,0 +1,98 @@
+"""Knative's one-event contract: no mapemesh code path sends a batch, and extra events go one per request.
+
+Knative's broker ingress (knative/eventing `pkg/broker/ingress/ingress_handler.go`) turns each request into one
+event with the CloudEvents SDK's `binding.ToEvent` and answers 400 when that fails, which it does for
+`application/cloudevents-batch+json`. The embedded broker refuses batches the same way unless `--accept-batch`
+is given, and the suite runs with it off; this module also checks the sources, so a batch sent on a path the
+live tests do not take is caught too.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import uuid
+
+import httpx
+import pytest
+
+from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.eventing.log import read_all
+from mapemesh.serving import sink
+
+from .conftest import REPO
+
+SOURCES = ("mapemesh", "functions", "runtimes", "node-shim", "events", "bench")
+ALLOWED = {"mapemesh/eventing/binding.py", "mapemesh/eventing/ingress.py"}
+"""The decoder of the extension and the ingress that refuses it unless asked: the only places that may name it."""
+
+
+def _is_batch_use(node: ast.AST) -> bool:
+    """A value that could become the Content-Type of a batch: the media type as a string of its own (not a word in
+    a help text), or binding's BATCH constant."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value.strip().lower().startswith("application/cloudevents-batch")
+    return (isinstance(node, ast.Name) and node.id == "BATCH") or (isinstance(node, ast.Attribute)
+                                                                     and node.attr == "BATCH")
+
+
+def batch_uses(root=REPO) -> list[str]:
+    """`path:line` of every use of the batch content type outside the decoder and the ingress."""
+    found = []
+    for folder in SOURCES:
+        for path in sorted((root / folder).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if rel in ALLOWED:
+                continue
+            lines = path.read_text(encoding="utf-8").splitlines()
+            for node in ast.walk(ast.parse("\n".join(lines))):
+                if _is_batch_use(node) or (isinstance(node, ast.alias) and node.name == "BATCH"):
+                    found.append(f"{rel}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    return found
+
+
+def test_no_mapemesh_code_names_the_batch_content_type():
+    assert batch_uses() == [], "a mapemesh component must post one event per request (Knative's broker contract)"
+
+
+def test_the_source_check_catches_a_planted_batch_post(tmp_path):
+    for folder in SOURCES:
+        (tmp_path / folder).mkdir()
+    (tmp_path / "functions" / "bad.py").write_text(
+        'HEADERS = {"content-type": "application/cloudevents-batch+json"}\n')
+    assert batch_uses(tmp_path) == ['functions/bad.py:1: HEADERS = {"content-type": '
+                                    '"application/cloudevents-batch+json"}']
+
+
+def _event(i: int) -> CloudEvent:
+    return CloudEvent({"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/test", "type": "com.example.extra",
+                       "subject": f"s{i}", "datacontenttype": "application/json"}, f'{{"i": {i}}}'.encode())
+
+
+def test_extra_events_are_posted_one_per_request_to_a_knative_strict_broker(broker):
+    events = [_event(i) for i in range(5)]
+    asyncio.run(sink.publish(events, url=broker.ingress))
+    stored = {e.event.id: e.event for e in read_all(broker.log_file)}
+    for event in events:
+        got = stored[event.id]
+        assert (got.get("subject"), got.data) == (event.get("subject"), event.data)
+    health = httpx.get(broker.url + "/healthz").json()
+    assert health["accept_batch"] is False and health["batches_refused"] == 0
+
+
+def test_k_sink_is_where_extra_events_go(monkeypatch):
+    monkeypatch.setenv("K_SINK", "http://sink.example/ns/b")
+    monkeypatch.setenv("MAPEMESH_BROKER_URL", "http://broker.example")
+    assert sink.sink_url() == "http://sink.example/ns/b"
+    monkeypatch.delenv("K_SINK")
+    assert sink.sink_url() == "http://broker.example/default/default"
+    monkeypatch.delenv("MAPEMESH_BROKER_URL")
+    with pytest.raises(sink.SinkError, match="K_SINK"):
+        sink.sink_url()
+
+
+def test_a_refused_event_fails_the_publish_and_names_it(broker):
+    bad = _event(0)
+    bad.attributes["knativebrokerttl"] = 0  # the ingress refuses an exhausted TTL with 400: not retried
+    with pytest.raises(sink.SinkError, match=bad.id):
+        asyncio.run(sink.publish([_event(1), bad], url=broker.ingress))
