@@ -8,8 +8,8 @@ _ISO_DURATION = re.compile(
     r"P(?:(?P<weeks>\d+(?:\.\d+)?)W)?(?:(?P<days>\d+(?:\.\d+)?)D)?"
     r"(?:T(?:(?P<hours>\d+(?:\.\d+)?)H)?(?:(?P<minutes>\d+(?:\.\d+)?)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?")
 _SECONDS = {"weeks": 604800, "days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
-_GO = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_GO_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_GO = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_SCALE = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class InvalidDuration(ValueError):
@@ -27,8 +27,11 @@ def parse_iso(text: object, field: str) -> float:
 
 
 def parse_go(text: str) -> float:
-    """Seconds in a Go duration such as `60s`, `1m30s`, `500ms`."""
-    parts = _GO.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
+    """Seconds in a Go duration (`time.ParseDuration`) such as `60s`, `1m30s`, `500ms`, `-1.5h` or `0`."""
+    sign, body = (-1.0, text[1:]) if text[:1] == "-" else (1.0, text[1:] if text[:1] == "+" else text)
+    if body == "0":
+        return 0.0
+    parts = _GO.findall(body)
+    if not parts or "".join(n + u for n, u in parts) != body:
         raise InvalidDuration(f"{text!r} is not a duration (e.g. 60s, 1m30s, 500ms)")
-    return sum(float(n) * _GO_SCALE[u] for n, u in parts)
+    return sign * sum(float(n) * _GO_SCALE[u] for n, u in parts)

@@ -1,8 +1,10 @@
 """Kubernetes manifests read from a directory: the one source of truth for brokers, triggers and services.
 
-The embedded mesh runs exactly the objects that `kubectl apply -k knative/` would create. This module
-loads every YAML document under a directory, keeps the ones it knows, and reports the others' problems
-without crashing: an object that cannot be used is listed with the reason, never silently dropped.
+The embedded mesh runs exactly the objects that `kubectl apply -k DIR` would create: a directory with a
+kustomization is rendered (`mapemesh.kustomize`), so an overlay's patches and the files it does not list are
+not objects; a directory without one (DATA_DIR/manifests, where `mapemesh policy deploy` writes) is read whole,
+as `kubectl apply -f DIR -R` would read it. The loader keeps the objects it knows and reports the others'
+problems without crashing: an object that cannot be used is listed with the reason, never silently dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mapemesh import kustomize
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,8 @@ class ManifestSet:
 
     objects: list[Manifest] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    inputs: list[Path] = field(default_factory=list)
+    """The files read (for a kustomization: the ones it reaches, wherever they are)."""
 
     def of(self, api_version: str, kind: str) -> list[Manifest]:
         """The objects of one kind."""
@@ -63,7 +69,7 @@ def _yaml_files(root: Path) -> Iterator[Path]:
 
 
 def load(root: Path, last_good: dict[str, list[Manifest]] | None = None) -> ManifestSet:
-    """Read every Kubernetes object under `root` (a directory or one file).
+    """Read the Kubernetes objects of `root`: a kustomization's rendering, or every YAML file under it.
 
     With `last_good` (a cache kept by the caller between loads), a file that cannot be read keeps the
     objects it held the last time it could: a half-saved edit or a typo does not delete its objects.
@@ -72,29 +78,70 @@ def load(root: Path, last_good: dict[str, list[Manifest]] | None = None) -> Mani
     if not root.exists():
         result.errors.append(f"{root}: no such file or directory")
         return result
+    cache = last_good if last_good is not None else {}
     seen: set[str] = set()
-    for path in _yaml_files(root):
-        seen.add(str(path))
-        try:
-            docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            kept = (last_good or {}).get(str(path))
-            result.errors.append(f"{path}: cannot read YAML: {exc}"
-                                 + ("; keeping its last good version" if kept else ""))
-            result.objects.extend(kept or ())
-            continue
-        start = len(result.objects)
-        _collect(path, docs, result)
-        if last_good is not None:
-            last_good[str(path)] = result.objects[start:]
+    if root.is_dir() and kustomize.kustomization_file(root) is not None:
+        _render(root, cache, seen, result)
+    else:
+        for path in _yaml_files(root):
+            seen.add(str(path))
+            result.inputs.append(path)
+            docs = _read(path, cache, result)
+            if docs is None:
+                continue
+            start = len(result.objects)
+            _collect(path, docs, result)
+            cache[str(path)] = result.objects[start:]
     if last_good is not None:
         for gone in set(last_good) - seen:
             del last_good[gone]
     return result
 
 
-def _collect(path: Path, docs: list[object], result: ManifestSet) -> None:
-    for index, doc in enumerate(docs):
+def _read(path: Path, cache: dict[str, list[Manifest]], result: ManifestSet) -> list[object] | None:
+    """A file's YAML documents, or None after recording the error (and keeping its last good objects)."""
+    try:
+        return list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        kept = cache.get(str(path))
+        result.errors.append(f"{path}: cannot read YAML: {exc}" + ("; keeping its last good version" if kept else ""))
+        result.objects.extend(kept or ())
+        return None
+
+
+def _render(root: Path, cache: dict[str, list[Manifest]], seen: set[str], result: ManifestSet) -> None:
+    """The objects `kubectl kustomize root` gives. A kustomization that cannot be rendered is an error and gives
+    no objects, as on a cluster; only a file that cannot be read (a half-saved edit) keeps the last rendering."""
+    unreadable: list[Path] = []
+
+    def reader(path: Path) -> list[object]:
+        try:
+            return list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            unreadable.append(path)
+            raise kustomize.KustomizeError(f"{path}: cannot read YAML: {exc}") from None
+
+    key = f"{root}#kustomize"
+    seen.add(key)
+    try:
+        rendered = kustomize.render(root, reader, result.inputs)
+    except kustomize.KustomizeError as exc:
+        kept = cache.get(key) if unreadable else None
+        result.errors.append(f"{root}: {exc}" + ("; keeping the last good rendering" if kept else ""))
+        result.objects.extend(kept or ())
+        return
+    for obj, origin in rendered.objects:
+        path, _, index = origin.rpartition("#")
+        _collect(Path(path), [obj], result, int(index or 0))
+    cache[key] = list(result.objects)
+    read = {p.resolve() for p in rendered.inputs}
+    for stray in sorted(p for p in root.glob("*.y*ml") if p.resolve() not in read):
+        log.warning("%s is not in %s's kustomization: not applied (kubectl apply -k skips it too); list it under "
+                    "resources", stray, root)
+
+
+def _collect(path: Path, docs: list[object], result: ManifestSet, first: int = 0) -> None:
+    for index, doc in enumerate(docs, first):
         origin = f"{path}#{index}"
         if doc is None:
             continue
@@ -114,13 +161,16 @@ def _collect(path: Path, docs: list[object], result: ManifestSet) -> None:
                                        doc, origin))
 
 
-def fingerprint(root: Path) -> tuple[tuple[str, int, int], ...]:
-    """A cheap summary of the YAML files under `root` that changes when any of them changes."""
+def fingerprint(root: Path, inputs: list[Path] | None = None) -> tuple[tuple[str, int, int], ...]:
+    """A cheap summary that changes when the manifests change: of `inputs` (the files the last load read) when
+    given, else of every YAML file under `root`."""
     out = []
-    for path in _yaml_files(root) if root.exists() else ():
+    paths = inputs if inputs is not None else (_yaml_files(root) if root.exists() else ())
+    for path in paths:
         try:
             st = path.stat()
         except OSError:
+            out.append((str(path), -1, -1))
             continue
         out.append((str(path), st.st_mtime_ns, st.st_size))
     return tuple(out)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -89,12 +90,36 @@ def start_broker(data: Path, manifests: Path, *extra: str) -> BrokerProcess:
     return BrokerProcess(proc, data, manifests, str(url))
 
 
+def copy_knative(root: Path, drop: str | None = None) -> Path:
+    """A copy of the project's knative/ bundle (and the runtimes/ its kustomization includes) under `root`, laid
+    out as in the repository; `drop` is a glob of manifests to leave out, of the kustomization too."""
+    target = root / "knative"
+    shutil.copytree(REPO / "knative", target, ignore=shutil.ignore_patterns("overlays", "platform"))
+    shutil.copytree(REPO / "runtimes", root / "runtimes", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    if drop is not None:
+        gone = [path.name for path in target.glob(drop)]
+        for name in gone:
+            (target / name).unlink()
+        kustomization = yaml.safe_load((target / "kustomization.yaml").read_text())
+        kustomization["resources"] = [r for r in kustomization["resources"] if r not in gone]
+        (target / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    return target
+
+
+def add_resources(manifests: Path, *names: str) -> None:
+    """List `names` in the kustomization of `manifests`, if it has one (kubectl apply -k reads only what it lists)."""
+    path = manifests / "kustomization.yaml"
+    if not path.exists():
+        return
+    kustomization = yaml.safe_load(path.read_text())
+    kustomization["resources"] += [n for n in names if n not in kustomization["resources"]]
+    path.write_text(yaml.safe_dump(kustomization, sort_keys=False))
+
+
 @pytest.fixture
 def manifests_dir(tmp_path: Path) -> Path:
     """A copy of the project's knative/ manifests."""
-    target = tmp_path / "knative"
-    shutil.copytree(REPO / "knative", target)
-    return target
+    return copy_knative(tmp_path)
 
 
 @pytest.fixture
@@ -122,7 +147,7 @@ def broker(broker_factory: Callable[..., BrokerProcess]) -> BrokerProcess:
 def shared_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
     """One broker for a whole test module (for tests that only post and read)."""
     root = tmp_path_factory.mktemp("shared-broker")
-    shutil.copytree(REPO / "knative", root / "knative")
+    copy_knative(root)
     b = start_broker(root / "data", root / "knative")
     yield b
     b.stop(signal.SIGKILL)

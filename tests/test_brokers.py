@@ -7,7 +7,7 @@ import httpx
 from mapemesh import manifests
 from mapemesh.eventing.brokers import BrokerRegistry
 
-from .conftest import wait_for
+from .conftest import add_resources, wait_for
 
 BROKER = """apiVersion: eventing.knative.dev/v1
 kind: Broker
@@ -51,10 +51,14 @@ def test_running_broker_picks_up_new_and_removed_brokers(broker):
     assert httpx.post(url, headers=headers).status_code == 404
     extra = broker.manifests / "edge.yaml"
     extra.write_text(BROKER.format(name="edge", ns="site-1"))
+    kustomization = broker.manifests / "kustomization.yaml"
+    listed = kustomization.read_text()
+    add_resources(broker.manifests, "edge.yaml")  # kubectl apply -k applies what the kustomization lists
     wait_for(lambda: httpx.post(url, headers=headers).status_code == 202, what="the new broker")
     extra.write_text("this: [is broken\n")  # a half-saved or mistyped file keeps its last good objects
     wait_for(lambda: "cannot read YAML" in json_stats(broker), what="the broken file to be noticed")
     assert httpx.post(url, headers=headers).status_code == 202
+    kustomization.write_text(listed)
     extra.unlink()
     wait_for(lambda: httpx.post(url, headers=headers).status_code == 404, what="the broker to go away")
     assert httpx.post(broker.ingress, headers=headers).status_code == 202

@@ -18,7 +18,7 @@ from aiohttp import web
 from mapemesh import endpoints
 from mapemesh.eventing.log import read_all
 
-from .conftest import BrokerProcess, wait_for
+from .conftest import BrokerProcess, add_resources, wait_for
 from .subscriber import Subscriber
 
 
@@ -48,6 +48,7 @@ def trigger(name: str, uri: str, *, filters=None, filter_=None, delivery=None, a
 
 def write(manifests: Path, name: str, *docs: dict) -> None:
     (manifests / f"{name}.yaml").write_text(yaml.safe_dump_all(docs))
+    add_resources(manifests, f"{name}.yaml")
 
 
 def post(broker: BrokerProcess, type_: str = "com.example.t", **ext: str) -> str:
@@ -256,13 +257,13 @@ def test_trigger_reload_and_not_ready_triggers(broker_factory, manifests_dir, su
 
 def test_ref_subscriber_resolves_to_the_function_host(broker_factory, manifests_dir, sub):
     write(manifests_dir, "svc", {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
-                                 "metadata": {"name": "monitor", "namespace": "default"}, "spec": {}},
-          trigger("to-svc", "", ref={"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "monitor"},
+                                 "metadata": {"name": "probe", "namespace": "default"}, "spec": {}},
+          trigger("to-svc", "", ref={"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "probe"},
                   delivery={"retry": 20, "backoffDelay": "PT0.05S", "backoffPolicy": "linear"}))
     broker = broker_factory()
     event_id = post(broker)  # no function host yet: retried until one appears
     endpoints.register(broker.data, "serving", sub.url)
-    wait_for(lambda: sub.ids("/default/monitor") == [event_id], what="delivery to the Service")
+    wait_for(lambda: sub.ids("/default/probe") == [event_id], what="delivery to the Service")
 
 
 def test_events_survive_a_broker_crash_and_reach_the_subscriber(broker_factory, manifests_dir, sub):

@@ -17,7 +17,7 @@ from mapemesh.eventing.binding import to_binary
 from mapemesh.functions.deploy import deploy
 from mapemesh.state import from_environment, open_store
 
-from .conftest import REPO, wait_for
+from .conftest import REPO, copy_knative, wait_for
 
 APP = {"MLSysOpsApp": {"name": "shop", "cluster_placement": {"cluster_id": ["edge-c"]}, "components": [
     {"metadata": {"name": "web"}, "node_placement": {"node": "node-1"},
@@ -65,7 +65,7 @@ def test_the_loop_places_and_writes_an_application(tmp_path):
     from .test_serving import start_mesh
 
     root = tmp_path / "project"
-    shutil.copytree(REPO / "knative", root / "knative")
+    copy_knative(root)
     shutil.copytree(REPO / "functions", root / "functions", ignore=shutil.ignore_patterns("__pycache__"))
     mesh = start_mesh(root, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "unused"}})
     store = open_store("sqlite:", data=mesh.data)

@@ -4,7 +4,6 @@ back from the log, and recovery from its own failures without losing or reorderi
 from __future__ import annotations
 
 import asyncio
-import shutil
 
 import pytest
 import yaml
@@ -18,7 +17,7 @@ from mapemesh.eventing.log import EventLog
 from mapemesh.eventing.stats import BrokerMetrics
 from mapemesh.eventing.triggers import Resolver
 
-from .conftest import REPO
+from .conftest import add_resources, copy_knative
 from .subscriber import Subscriber
 
 
@@ -50,8 +49,8 @@ class FastClock:
 
 
 def setup(tmp_path, sub: Subscriber, path: str, **spec) -> tuple:
-    manifests = tmp_path / "knative"
-    shutil.copytree(REPO / "knative", manifests)
+    manifests = copy_knative(tmp_path)
+    add_resources(manifests, "t.yaml")
     meta = {"name": "t", "namespace": "default", **spec.pop("meta", {})}
     (manifests / "t.yaml").write_text(yaml.safe_dump({
         "apiVersion": "eventing.knative.dev/v1", "kind": "Trigger", "metadata": meta,

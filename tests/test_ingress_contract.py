@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import socket
 import uuid
@@ -14,7 +13,7 @@ import pytest
 
 from mapemesh.eventing.log import read_all
 
-from .conftest import REPO, start_broker
+from .conftest import copy_knative, start_broker
 
 
 def binary_headers(**attrs: str) -> dict[str, str]:
@@ -219,7 +218,7 @@ def test_options_is_200(shared_broker):
 def batch_broker(tmp_path_factory):
     """A broker with mapemesh's batch extension switched on (`--accept-batch`)."""
     root = tmp_path_factory.mktemp("batch-broker")
-    shutil.copytree(REPO / "knative", root / "knative")
+    copy_knative(root)
     b = start_broker(root / "data", root / "knative", "--accept-batch")
     yield b
     b.stop(signal.SIGKILL)

@@ -19,7 +19,7 @@ from mapemesh.eventing.log import read_after
 from mapemesh.policy import service
 from mapemesh.state import open_store
 
-from .conftest import REPO, wait_for
+from .conftest import REPO, copy_knative, wait_for
 from .subscriber import Received, Subscriber
 from .test_serving import start_mesh
 
@@ -44,11 +44,8 @@ def shim_reply(rec: Received) -> web.Response:
 class Loop:
     def __init__(self, tmp_path: Path, extra_policies: dict[str, Path] | None = None, shipped: bool = True):
         root = tmp_path / "project"
-        shutil.copytree(REPO / "knative", root / "knative")
+        copy_knative(root, drop=None if shipped else "policy-*.yaml")
         shutil.copytree(REPO / "functions", root / "functions", ignore=shutil.ignore_patterns("__pycache__"))
-        if not shipped:
-            for path in (root / "knative").glob("policy-*.yaml"):
-                path.unlink()
         self.shim = Subscriber()
         self.shim.handlers["/node-1"] = shim_reply
         docs = [{"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",

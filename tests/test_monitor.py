@@ -14,7 +14,7 @@ from mapemesh.eventing.log import read_all
 from mapemesh.functions.monitor import monitor
 from mapemesh.state import from_environment
 
-from .conftest import REPO, wait_for
+from .conftest import REPO, copy_knative, wait_for
 from .test_serving import start_mesh
 
 
@@ -85,7 +85,7 @@ def test_in_the_mesh_from_the_project_manifests(tmp_path):
     import shutil
 
     root = tmp_path / "project"
-    shutil.copytree(REPO / "knative", root / "knative")
+    copy_knative(root)
     shutil.copytree(REPO / "functions", root / "functions", ignore=shutil.ignore_patterns("__pycache__"))
     mesh = start_mesh(root, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "unused"}})
     try:

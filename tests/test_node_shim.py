@@ -24,7 +24,7 @@ from mapemesh.node_shim.daemon import start_node_shim
 from mapemesh.node_shim.knobs.base import Sysfs
 from mapemesh.node_shim.telemetry import Collector
 
-from .conftest import REPO, wait_for
+from .conftest import REPO, copy_knative, wait_for
 
 CPU0 = "sys/devices/system/cpu/cpu0/cpufreq"
 
@@ -207,10 +207,8 @@ def test_the_loop_sets_a_simulated_node_to_max_frequency(tmp_path):
     from .test_serving import start_mesh
 
     root = tmp_path / "project"
-    shutil.copytree(REPO / "knative", root / "knative")
+    copy_knative(root, drop="policy-*-placement.yaml")
     shutil.copytree(REPO / "functions", root / "functions", ignore=shutil.ignore_patterns("__pycache__"))
-    for path in (root / "knative").glob("policy-*-placement.yaml"):
-        path.unlink()
     sysfs = tmp_path / "sysfs"
     simulate.create(sysfs, "acpi-cpufreq")
     mesh = start_mesh(root, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "unused"}},

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from .conftest import REPO, wait_for
+from .conftest import REPO, add_resources, wait_for
 from .subscriber import Subscriber
 
 FNS = Path(__file__).resolve().parent / "fns"
@@ -72,6 +72,7 @@ def start_mesh(root: Path, *docs: dict, env: dict | None = None, shim: list[str]
     manifests.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "knative" / "broker.yaml", manifests / "broker.yaml")
     (manifests / "app.yaml").write_text(yaml.safe_dump_all(docs))
+    add_resources(manifests, "app.yaml")
     shutil.copytree(FNS, root / "fns", dirs_exist_ok=True)
     data = root / "data"
     proc = subprocess.Popen(

@@ -191,10 +191,15 @@ def mesh(ctx: click.Context, manifests: Path | None, runtimes: Path | None, avai
     have = [r.strip() for r in available.split(",") if r.strip()] if available is not None else None
     plugins = vaccel.read_choices(s.data / vaccel.CHOICES_FILE)  # the vAccelPlugin knob's, where it ran
     objects = []
+    seen: set[tuple[str, str, str, str]] = set()
     try:
         for m in (*found.objects, *extra.objects):
             if m.kind == "Kustomization" or (m.kind == "RuntimeClass" and have is not None and m.name not in have):
                 continue
+            key = (m.api_version, m.kind, m.namespace, m.name)
+            if key in seen:  # the manifests' kustomization includes runtimes/ already
+                continue
+            seen.add(key)
             body = choice.for_cluster(m.body, have, monitor=monitor) if m.kind == "Service" else m.body
             accel_name = ((body.get("metadata") or {}).get("labels") or {}).get(vaccel.ACCEL_LABEL)
             if m.kind == "Service" and accel_name in plugins:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mapemesh import manifests
+from mapemesh import kustomize, manifests
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,19 @@ class BrokerRegistry:
         self._last_good: dict[Path, dict[str, list[manifests.Manifest]]] = {}
         """Everything the last reload read (other objects, such as Triggers, are taken from here)."""
         self._fingerprint: tuple[tuple[str, int, int], ...] | None = None
+        self._inputs: dict[Path, list[Path]] = {}
+        """The files each directory's last load read, watched for changes (a new file in a plain directory too)."""
         self._listeners: list[Callable[[BrokerRegistry], None]] = []
         self.reload()
+
+    def _summary(self) -> tuple[tuple[str, int, int], ...]:
+        out: tuple[tuple[str, int, int], ...] = ()
+        for path in (self.root, *self.extra):
+            read = self._inputs.get(path)
+            # A plain directory is walked (a file added to it counts); a kustomization's inputs are stat'ed.
+            plain = read is None or not path.is_dir() or kustomize.kustomization_file(path) is None
+            out += manifests.fingerprint(path, None if plain else read)
+        return out
 
     def get(self, namespace: str, name: str) -> BrokerSpec | None:
         """The broker at `/{namespace}/{name}`, or None."""
@@ -77,16 +88,19 @@ class BrokerRegistry:
 
     def reload(self) -> bool:
         """Re-read the manifests if any file changed; return True when the set was reloaded."""
-        fp = manifests.fingerprint(self.root) + tuple(f for p in self.extra for f in manifests.fingerprint(p))
+        fp = self._summary()
         if fp == self._fingerprint:
             return False
-        self._fingerprint = fp
         found = manifests.load(self.root, self._last_good.setdefault(self.root, {}))
+        inputs = {self.root: found.inputs}
         for path in self.extra:
             if path.exists():
                 more = manifests.load(path, self._last_good.setdefault(path, {}))
+                inputs[path] = more.inputs
                 found.objects += more.objects
                 found.errors += more.errors
+        self._inputs = inputs
+        self._fingerprint = self._summary()  # of what this load read (a kustomization reaches files elsewhere)
         self.found = found
         brokers, errors = brokers_from(found)
         self.errors = found.errors + errors
