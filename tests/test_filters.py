@@ -96,9 +96,15 @@ def test_filters_override_filter():
     assert not passes({"attributes": {"subject": "node-1"}}, [{"exact": {"subject": "node-2"}}])
 
 
+def test_an_element_with_no_dialect_filters_nothing_out_as_in_knative():
+    # Knative's webhook admits `{}` (it checks for more than one dialect, not for none) and it matches every event.
+    assert passes(filters=[{}]) and passes(filters=[{}, {"exact": {"subject": "node-1"}}])
+    assert not passes(filters=[{}, {"exact": {"subject": "node-2"}}])
+
+
 @pytest.mark.parametrize(("filters", "message"), [
-    ([{"exact": {"type": "a"}, "prefix": {"type": "b"}}], "exactly one dialect"),
-    ([{}], "exactly one dialect"),
+    # knative/eventing trigger_validation.go ValidateOneOf: at most one dialect per element.
+    ([{"exact": {"type": "a"}, "prefix": {"type": "b"}}], "multiple dialects found, filters can have only one"),
     ([{"regex": {"type": "a.*"}}], "unknown dialect"),
     ([{"exact": {"type": ""}}], "can't be empty"),
     ([{"prefix": {}}], "non-empty map"),

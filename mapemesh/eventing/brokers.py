@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mapemesh import kustomize, manifests
+from mapemesh.eventing.deliveryspec import DeliverySpec, InvalidDelivery
+from mapemesh.eventing.features import EventingFeatures
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,8 @@ class BrokerSpec:
 def brokers_from(found: manifests.ManifestSet) -> tuple[dict[str, BrokerSpec], list[str]]:
     """The brokers among the manifests, keyed "namespace/name", and the reasons others were rejected."""
     brokers: dict[str, BrokerSpec] = {}
-    errors: list[str] = []
+    features = EventingFeatures.from_objects(m.body for m in found.objects)
+    errors: list[str] = [f"config-features (knative-eventing): {e}" for e in features.errors]
     for m in found.of(manifests.EVENTING_V1, "Broker"):
         spec = m.body.get("spec") or {}
         if not isinstance(spec, dict):
@@ -40,6 +43,11 @@ def brokers_from(found: manifests.ManifestSet) -> tuple[dict[str, BrokerSpec], l
         delivery = spec.get("delivery") or {}
         if not isinstance(delivery, dict):
             errors.append(f"{m.origin}: Broker {m.key}: spec.delivery must be a mapping")
+            continue
+        try:
+            DeliverySpec.parse(delivery, "spec.delivery", features)
+        except InvalidDelivery as exc:  # Knative's webhook refuses such a Broker: it is not served
+            errors.append(f"{m.origin}: Broker {m.key}: {exc}")
             continue
         if m.key in brokers:
             errors.append(f"{m.origin}: Broker {m.key} is declared twice (first in {brokers[m.key].origin})")

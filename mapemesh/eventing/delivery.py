@@ -72,6 +72,8 @@ class Attempt:
     body: bytes = b""
     reply: CloudEvent | None = None
     error: str | None = None
+    retry_after: str | None = None
+    """The answer's Retry-After header (honoured on 429 and 503 when the delivery sets retryAfterMax)."""
 
     @property
     def ok(self) -> bool:
@@ -345,7 +347,8 @@ class Dispatcher:
                 self.metrics.latency(key, self.clock.time() - logged.received_ns / 1e9)
                 return
             if is_retryable(last.status) and attempts <= spec.retry:
-                not_before_ns = int((self.clock.time() + spec.backoff(attempts)) * 1e9)
+                now = self.clock.time()
+                not_before_ns = int((now + spec.wait(attempts, last.status, last.retry_after, now)) * 1e9)
                 await self.log.record_attempt(key, seq, "pending", status=last.status, error=last.error,
                                               not_before_ns=not_before_ns)
                 self.metrics.count(key, "retried")
@@ -422,7 +425,8 @@ class Dispatcher:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return Attempt(None, error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         if not 200 <= status < 300:
-            return Attempt(status, payload[:MAX_REPLY_BYTES], error=f"HTTP {status}")
+            return Attempt(status, payload[:MAX_REPLY_BYTES], error=f"HTTP {status}",
+                           retry_after=resp_headers.get("Retry-After"))
         if not reply_expected or status == 202:  # 202 answers are never replies (Knative data plane)
             return Attempt(status, payload)
         is_event = "ce-specversion" in resp_headers or content_mode(resp_headers.get("Content-Type")) != "binary"
@@ -450,13 +454,14 @@ class Dispatcher:
         # still ends a stuck request (and replaces its process).
         call = asyncio.ensure_future(deliver(path, event))
         try:
-            status, reply, error = await asyncio.wait_for(asyncio.shield(call), timeout_s)
+            answer = await asyncio.wait_for(asyncio.shield(call), timeout_s)
         except TimeoutError:
             call.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
             return Attempt(None, error="TimeoutError")
+        status, reply, error = answer.status, answer.reply, answer.error
         if not 200 <= status < 300:
             body = json.dumps({"error": error or f"HTTP {status}"}).encode()
-            return Attempt(status, body[:MAX_REPLY_BYTES], error=f"HTTP {status}")
+            return Attempt(status, body[:MAX_REPLY_BYTES], error=f"HTTP {status}", retry_after=answer.retry_after)
         if reply is None or not reply_expected or status == 202:
             return Attempt(status)
         try:
@@ -468,8 +473,19 @@ class Dispatcher:
         return Attempt(status, reply=reply)
 
 
-LocalDelivery = Callable[[str, CloudEvent], Awaitable[tuple[int, "CloudEvent | None", "str | None"]]]
-"""A receiver in this process: (path, event) -> (HTTP status it stands for, reply, error message)."""
+@dataclass(frozen=True, slots=True)
+class LocalAnswer:
+    """What a receiver in this process answered: the HTTP status it stands for, the reply, the error message and
+    the Retry-After it asks for."""
+
+    status: int
+    reply: CloudEvent | None = None
+    error: str | None = None
+    retry_after: str | None = None
+
+
+LocalDelivery = Callable[[str, CloudEvent], Awaitable[LocalAnswer]]
+"""A receiver in this process: (path, event) -> its answer."""
 
 
 async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -159,9 +159,11 @@ def _compile_one(element: object, where: str) -> Predicate:
     unknown = [k for k in dialects if k not in DIALECTS]
     if unknown:
         raise InvalidFilter(f"{where}: unknown dialect {unknown[0]!r} (known: {', '.join(DIALECTS)})")
-    if len(dialects) != 1:
-        raise InvalidFilter(f"{where}: exactly one dialect per filter, got {len(dialects)}"
-                            + (f" ({', '.join(dialects)})" if dialects else ""))
+    if not dialects:  # Knative admits an element with no dialect; it filters nothing out
+        return lambda attrs: Result.NONE
+    if len(dialects) > 1:  # knative/eventing pkg/apis/eventing/v1/trigger_validation.go, ValidateOneOf
+        raise InvalidFilter(f"{where}: multiple dialects found, filters can have only one dialect set "
+                            f"({', '.join(dialects)})")
     dialect = dialects[0]
     spec = element[dialect]
     here = f"{where}.{dialect}"

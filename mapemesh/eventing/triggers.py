@@ -19,11 +19,16 @@ from mapemesh import endpoints, manifests
 from mapemesh.eventing.brokers import BrokerSpec, brokers_from
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.eventing.deliveryspec import DeliverySpec, Destination, InvalidDelivery, effective
+from mapemesh.eventing.features import EventingFeatures
 from mapemesh.eventing.filters import Filter, InvalidFilter, compile_trigger_filter
 
 log = logging.getLogger(__name__)
 
-ORDER_ANNOTATION = "mapemesh.io/delivery-order"
+ORDER_ANNOTATIONS = ("kafka.eventing.knative.dev/delivery.order", "mapemesh.dev/delivery-order",
+                     "mapemesh.io/delivery-order")
+"""Where a Trigger asks for ordered delivery: Knative's Kafka broker's key (so a Trigger written for it behaves the
+same here), mapemesh's own, and mapemesh's former key (kept as an alias). Values `ordered` or `unordered`, in
+any case, as the Kafka broker reads them (eventing-kafka-broker `control-plane/pkg/reconciler/trigger`)."""
 SERVING_V1 = "serving.knative.dev/v1"
 
 
@@ -51,20 +56,33 @@ class Trigger:
         return self.reason is None
 
 
-def parse_trigger(m: manifests.Manifest, brokers: dict[str, BrokerSpec]) -> Trigger:
-    """A Trigger from its manifest; problems make it not ready instead of raising."""
+def delivery_order(annotations: object) -> str:
+    """'ordered' or 'unordered' from a Trigger's annotations; ValueError when they say something else, or disagree."""
+    found = {key: str(annotations[key]).strip().lower() for key in ORDER_ANNOTATIONS
+             if isinstance(annotations, dict) and annotations.get(key) is not None}
+    for key, value in found.items():
+        if value not in ("ordered", "unordered"):
+            raise ValueError(f'invalid annotation {key} value: {found[key]}. Allowed values [ "ordered" | '
+                             '"unordered" ]')
+    if len(set(found.values())) > 1:
+        raise ValueError(f"annotations {' and '.join(found)} disagree on the delivery order")
+    return next(iter(found.values()), "unordered")
+
+
+def parse_trigger(m: manifests.Manifest, brokers: dict[str, BrokerSpec],
+                  features: EventingFeatures | None = None) -> Trigger:
+    """A Trigger from its manifest, under the cluster's eventing `features`; problems make it not ready instead of
+    raising."""
     spec = m.body.get("spec")
     annotations = (m.body.get("metadata") or {}).get("annotations") or {}
-    order = annotations.get(ORDER_ANNOTATION, "unordered") if isinstance(annotations, dict) else "unordered"
     broker_key = f"{m.namespace}/{spec.get('broker')}" if isinstance(spec, dict) else f"{m.namespace}/?"
-    partial = Trigger(m.namespace, m.name, broker_key, None, None, DeliverySpec(), order == "ordered", m.origin)
+    partial = Trigger(m.namespace, m.name, broker_key, None, None, DeliverySpec(), False, m.origin)
     try:
+        order = delivery_order(annotations)
         if not isinstance(spec, dict):
             raise ValueError("spec must be a mapping")
         if not isinstance(spec.get("broker"), str) or not spec["broker"]:
             raise ValueError("spec.broker is required")
-        if order not in ("ordered", "unordered"):
-            raise ValueError(f"annotation {ORDER_ANNOTATION} must be 'ordered' or 'unordered', not {order!r}")
         if "subscriber" not in spec:
             raise ValueError("spec.subscriber is required")
         subscriber = Destination.parse(spec["subscriber"], "spec.subscriber")
@@ -73,7 +91,7 @@ def parse_trigger(m: manifests.Manifest, brokers: dict[str, BrokerSpec]) -> Trig
         broker = brokers.get(broker_key)
         if broker is None:
             raise ValueError(f"broker {broker_key} is not declared")
-        delivery = DeliverySpec.parse(effective(spec.get("delivery"), broker.delivery), "spec.delivery")
+        delivery = DeliverySpec.parse(effective(spec.get("delivery"), broker.delivery), "spec.delivery", features)
         if delivery.dead_letter_sink is not None:
             _check_destination(delivery.dead_letter_sink, "spec.delivery.deadLetterSink")
     except (ValueError, InvalidFilter, InvalidDelivery) as exc:
@@ -178,11 +196,12 @@ class TriggerSet:
 def load_triggers(found: manifests.ManifestSet) -> tuple[list[Trigger], set[str]]:
     """The Triggers among the manifests, and the Knative Services declared there ("ns/name")."""
     brokers, _ = brokers_from(found)
+    features = EventingFeatures.from_objects(m.body for m in found.objects)
     triggers: dict[str, Trigger] = {}
     services = {m.key for m in found.of(SERVING_V1, "Service")}
     for m in found.of(manifests.EVENTING_V1, "Trigger"):
         try:
-            t = parse_trigger(m, brokers)
+            t = parse_trigger(m, brokers, features)
         except Exception as exc:  # a manifest shape nobody foresaw: the trigger is not ready, the broker runs
             log.exception("trigger %s in %s", m.key, m.origin)
             t = Trigger(m.namespace, m.name, "?", None, None, DeliverySpec(), False, m.origin,

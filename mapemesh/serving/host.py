@@ -42,6 +42,7 @@ from aiohttp import web
 from mapemesh.eventing.binding import from_http, to_binary
 from mapemesh.eventing.brokers import BrokerRegistry
 from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent
+from mapemesh.eventing.delivery import LocalAnswer
 from mapemesh.serving import wire
 from mapemesh.serving.spec import ServiceSpec, services_from
 
@@ -628,19 +629,19 @@ class LocalHost:
         return web.Response(status=200, headers=headers, body=body)
 
 
-    async def deliver(self, path: str, event: CloudEvent) -> tuple[int, CloudEvent | None, str | None]:
-        """`handle` for the broker in this process (no HTTP): (the status it would answer, reply, error)."""
+    async def deliver(self, path: str, event: CloudEvent) -> LocalAnswer:
+        """`handle` for the broker in this process (no HTTP): what it would answer."""
         parts = path.strip("/").split("/")
         key = "/".join(parts) if len(parts) == 2 else ""
         rev = self.revisions.get(key)
         if rev is None:
             missing = self._missing(key) if key else None
-            return (missing.status if missing is not None else 404), None, f"no Service at {path}"
+            return LocalAnswer(missing.status if missing is not None else 404, error=f"no Service at {path}")
         try:
             reply = await rev.invoke(event)
         except FunctionFailed as exc:
-            return exc.status, None, str(exc)
-        return (202, None, None) if reply is None else (200, reply, None)
+            return LocalAnswer(exc.status, error=str(exc), retry_after="1" if exc.status == 429 else None)
+        return LocalAnswer(202) if reply is None else LocalAnswer(200, reply)
 
     def _missing(self, key: str) -> web.Response | None:
         if key in self.revisions:

@@ -1,0 +1,55 @@
+"""Knative Eventing's feature flags (`config-features` in `knative-eventing`), read from the manifests.
+
+A cluster's webhook checks Brokers and Triggers against these flags; the embedded broker reads the same
+ConfigMap from the manifests it runs (the bundle ships one) and applies the same rules, Knative's stock values
+where a flag is not set (knative/eventing `pkg/apis/feature/features.go`, `newDefaults`).
+
+| flag                  | stock    | what it gates here                                                 |
+|-----------------------|----------|--------------------------------------------------------------------|
+| `delivery-retryafter` | disabled | `retryAfterMax` in a delivery spec (else: "must not set the field")|
+| `delivery-timeout`    | enabled  | `timeout` in a delivery spec                                       |
+| `new-trigger-filters` | enabled  | a Trigger's `filters`                                              |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+NAMESPACE = "knative-eventing"
+STOCK = {"delivery-retryafter": "disabled", "delivery-timeout": "enabled", "new-trigger-filters": "enabled"}
+VALUES = ("enabled", "disabled", "allowed")
+
+
+@dataclass(frozen=True, slots=True)
+class EventingFeatures:
+    """The flags in force; `errors` lists values Knative would not parse (those flags keep their stock value)."""
+
+    flags: Mapping[str, str] = field(default_factory=dict)
+    errors: tuple[str, ...] = ()
+
+    def enabled(self, flag: str) -> bool:
+        """Whether `flag` admits what it gates ("enabled" or "allowed")."""
+        return self.flags.get(flag, STOCK.get(flag, "disabled")) in ("enabled", "allowed")
+
+    @classmethod
+    def from_objects(cls, objects: Iterable[Mapping[str, Any]]) -> EventingFeatures:
+        """The flags of the `config-features` ConfigMap of `knative-eventing` among `objects` (kubectl apply merges
+        its keys into the stock ones)."""
+        flags: dict[str, str] = {}
+        errors: list[str] = []
+        for obj in objects:
+            meta = obj.get("metadata") or {}
+            if obj.get("kind") != "ConfigMap" or meta.get("name") != "config-features" \
+                    or meta.get("namespace") != NAMESPACE:
+                continue
+            for key, value in (obj.get("data") or {}).items():
+                if str(key).startswith("_"):
+                    continue
+                text = str(value).strip().lower()
+                if text not in VALUES:
+                    errors.append(f"cannot parse the feature flag '{key}' = '{value}'")
+                    continue
+                flags[str(key)] = text
+        return cls(flags, tuple(errors))
