@@ -53,8 +53,9 @@ class Replies(Receiver):
 def manifests(root: Path, receiver: str) -> Path:
     kn = root / "knative"
     kn.mkdir()
-    shutil.copy(REPO / "knative" / "broker.yaml", kn / "broker.yaml")
-    service, trigger = yaml.safe_load_all((REPO / "knative" / "accel-digits.yaml").read_text())
+    for name in ("broker.yaml", "config-features-eventing.yaml"):  # the Broker's retryAfterMax needs the flag
+        shutil.copy(REPO / "knative" / "base" / name, kn / name)
+    service, trigger = yaml.safe_load_all((REPO / "knative" / "base" / "accel-digits.yaml").read_text())
     service["spec"]["template"]["metadata"]["annotations"]["autoscaling.knative.dev/min-scale"] = "1"
     replies = {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
                "metadata": {"name": "bench-replies", "namespace": "default"},

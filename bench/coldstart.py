@@ -69,7 +69,8 @@ class Receiver:
 def manifests(root: Path, receiver: str) -> Path:
     out = root / "knative"
     out.mkdir()
-    shutil.copy(REPO / "knative" / "broker.yaml", out / "broker.yaml")
+    for name in ("broker.yaml", "config-features-eventing.yaml"):  # the Broker's retryAfterMax needs the flag
+        shutil.copy(REPO / "knative" / "base" / name, out / name)
     shutil.copytree(REPO / "bench" / "fns", root / "fns")
     docs = []
     for name, notes in (("cold", {"autoscaling.knative.dev/initial-scale": "0",

@@ -57,7 +57,8 @@ def start_mapemesh(data: Path) -> tuple[subprocess.Popen[bytes], str]:
     # The broker alone: the project's Triggers would route the benchmark's telemetry to functions.
     manifests = data / "knative"
     manifests.mkdir()
-    shutil.copy(REPO / "knative" / "broker.yaml", manifests / "broker.yaml")
+    for name in ("broker.yaml", "config-features-eventing.yaml"):  # the Broker's retryAfterMax needs the flag
+        shutil.copy(REPO / "knative" / "base" / name, manifests / name)
     proc = subprocess.Popen([sys.executable, "-m", "mapemesh", "--log-level", "warning", "broker", "serve",
                              "--data", str(data), "--manifests", str(manifests), "--port", "0"],
                             cwd=REPO)

@@ -67,8 +67,9 @@ class Shim(Receiver):
 
 
 def project(root: Path, receiver: str) -> Path:
-    out = root / "knative"
-    shutil.copytree(REPO / "knative", out)
+    out = root / "knative"  # the bundle as laid out here: knative/base includes ../../runtimes
+    shutil.copytree(REPO / "knative", out, ignore=shutil.ignore_patterns("overlays", "platform"))
+    shutil.copytree(REPO / "runtimes", root / "runtimes", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     shutil.copytree(REPO / "functions", root / "functions", ignore=shutil.ignore_patterns("__pycache__"))
     docs = [{"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
              "metadata": {"name": f"shim-bench-{i}", "namespace": "default"},
@@ -80,6 +81,9 @@ def project(root: Path, receiver: str) -> Path:
                  "spec": {"broker": "default", "filters": [{"exact": {"type": "io.mapemesh.bench.hop"}}],
                           "subscriber": {"uri": f"{receiver}/hop"}}})
     (out / "bench-shims.yaml").write_text(yaml.safe_dump_all(docs))
+    kustomization = yaml.safe_load((out / "kustomization.yaml").read_text())
+    kustomization["resources"].append("bench-shims.yaml")  # kubectl apply -k applies only what is listed
+    (out / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
     return out
 
 

@@ -57,6 +57,13 @@ class ManifestSet:
         return [m for m in self.objects if m.api_version == api_version and m.kind == kind]
 
 
+def project_folder(root: Path) -> Path:
+    """Where a project's own Services and Triggers go: `knative/base` in a bundle laid out as mapemesh's (overlays
+    beside the base), else `knative`."""
+    base = root / "knative" / "base"
+    return base if base.is_dir() else root / "knative"
+
+
 def _yaml_files(root: Path) -> Iterator[Path]:
     if root.is_file():
         yield root

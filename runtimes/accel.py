@@ -124,6 +124,7 @@ def render(name: str, source: str, target: str, **kw: Any) -> str:
 
 def new_function(name: str, root: Path, *, priority: str = "normal") -> list[Path]:
     """Scaffold accelerated function `name` in the project at `root`: its package, manifests and bunnyfile."""
+    from mapemesh.manifests import project_folder
     from mapemesh.policy.scaffold import add_resource, write_atomically
     from mapemesh.runtimes.build import bunnyfile_for
 
@@ -133,7 +134,7 @@ def new_function(name: str, root: Path, *, priority: str = "normal") -> list[Pat
     files = {
         root / "functions" / "accel" / package / "__init__.py":
             TEMPLATE.format(name=name, title=name.replace("-", " "), target=package),
-        root / "knative" / f"accel-{name}.yaml": render(name, source, package, priority=priority),
+        project_folder(root) / f"accel-{name}.yaml": render(name, source, package, priority=priority),
         root / "bunnyfiles" / f"accel-{name}.bunnyfile": bunnyfile_for(f"accel-{name}", source, package),
     }
     existing = [str(p) for p in files if p.exists()]

@@ -103,9 +103,11 @@ class Function:
 
 
 def functions(root: Path) -> dict[str, Function]:
-    """Every function the project's `knative/` runs, by Service name."""
+    """Every function the project's `knative/` runs (its base, in a bundle with overlays), by Service name."""
+    from mapemesh.manifests import project_folder
+
     out: dict[str, Function] = {}
-    for path in sorted((root / "knative").glob("*.yaml")):
+    for path in sorted(project_folder(root).glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
             if not isinstance(doc, dict) or doc.get("kind") != "Service":
                 continue

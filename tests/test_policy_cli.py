@@ -50,7 +50,7 @@ def test_deploy_adds_a_policy_to_a_running_mesh_and_list_shows_it(tmp_path):
     mesh = start_mesh(root, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "unused"}})
     try:
         for name in ("monitor", "analyze", "plan", "schedule", "execute"):
-            shutil.copy(REPO / "knative" / f"{name}.yaml", root / "knative" / f"{name}.yaml")
+            shutil.copy(REPO / "knative" / "base" / f"{name}.yaml", root / "knative" / f"{name}.yaml")
         bad = mapemesh("policy", "deploy", str(tmp_path / "nope.py"), data=mesh.data)
         assert bad.returncode == 2
         broken_file = tmp_path / "policy-nonsense.py"

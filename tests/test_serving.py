@@ -70,7 +70,8 @@ def start_mesh(root: Path, *docs: dict, env: dict | None = None, shim: list[str]
     `api` no northbound API."""
     manifests = root / "knative"
     manifests.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "knative" / "broker.yaml", manifests / "broker.yaml")
+    for name in ("broker.yaml", "config-features-eventing.yaml"):  # the Broker's retryAfterMax needs the flag
+        shutil.copy(REPO / "knative" / "base" / name, manifests / name)
     (manifests / "app.yaml").write_text(yaml.safe_dump_all(docs))
     add_resources(manifests, "app.yaml")
     shutil.copytree(FNS, root / "fns", dirs_exist_ok=True)

@@ -150,6 +150,6 @@ def test_every_shipped_policy_has_a_function_and_manifests():
         name = folder.name.replace("_", "-")
         assert (folder / "__init__.py").read_text().count(f'"{name}"') == 1, folder
         rendered = render(name, f"functions/policies/{folder.name}/__init__.py")
-        assert (REPO / "knative" / f"policy-{name}.yaml").read_text() == rendered, name
+        assert (REPO / "knative" / "base" / f"policy-{name}.yaml").read_text() == rendered, name
         assert any(m.kind == "Service" and m.name == f"policy-{name}" for m in found.objects)
-        assert f"policy-{name}.yaml" in (REPO / "knative" / "kustomization.yaml").read_text()
+        assert f"policy-{name}.yaml" in (REPO / "knative" / "base" / "kustomization.yaml").read_text()

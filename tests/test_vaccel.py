@@ -400,7 +400,7 @@ def test_the_shipped_example_is_what_the_scaffold_renders():
 
     from mapemesh.runtimes import accel
 
-    shipped = list(yaml.safe_load_all((REPO / "knative" / "accel-digits.yaml").read_text()))
+    shipped = list(yaml.safe_load_all((REPO / "knative" / "base" / "accel-digits.yaml").read_text()))
     assert shipped == accel.objects("digits", "functions/accel/digits/__init__.py", "digits", priority="low")
 
 
@@ -415,7 +415,7 @@ def test_on_a_cluster_the_choice_renders_the_service(tmp_path):
     def address(svc: dict) -> str:
         return svc["spec"]["template"]["metadata"]["annotations"]["com.urunc.unikernel.RPCAddress"]
 
-    service, _ = yaml.safe_load_all((REPO / "knative" / "accel-digits.yaml").read_text())
+    service, _ = yaml.safe_load_all((REPO / "knative" / "base" / "accel-digits.yaml").read_text())
     assert address(service) == "vsock://2:2048"  # the CPU plugin's agent, until a choice says otherwise
     gpu = choice.with_plugin(service, "gpu")  # on urunc: the guest speaks RPC to the host agent for the choice
     assert env_of(gpu)["MAPEMESH_VACCEL_PLUGIN"] == "gpu" and env_of(gpu)["FUNCTION_TARGET"] == "digits"

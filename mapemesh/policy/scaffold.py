@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+from mapemesh.manifests import project_folder
 from mapemesh.policy.service import check_name, render
 from mapemesh.runtimes.build import bunnyfile_for
 
@@ -86,7 +87,7 @@ def new_policy(name: str, root: Path) -> list[Path]:
         folder / "policy.py": POLICY_TEMPLATE.format(title=name.replace("-", " ").capitalize(),
                                                      path=f"functions/policies/{package}/policy.py"),
         folder / "__init__.py": WRAPPER_TEMPLATE.format(name=name),
-        root / "knative" / f"policy-{name}.yaml": render(name, source),
+        project_folder(root) / f"policy-{name}.yaml": render(name, source),
         root / "bunnyfiles" / f"policy-{name}.bunnyfile": bunnyfile_for(f"policy-{name}", source, "policy"),
     }
     existing = [str(p) for p in files if p.exists()]
@@ -99,8 +100,9 @@ def new_policy(name: str, root: Path) -> list[Path]:
 
 
 def add_resource(root: Path, manifest: str) -> None:
-    """List `manifest` in the project's knative/kustomization.yaml (its comments and order kept)."""
-    kustomization = root / "knative" / "kustomization.yaml"
+    """List `manifest` in the kustomization of the project's manifests (knative/base or knative; its comments and
+    order kept)."""
+    kustomization = project_folder(root) / "kustomization.yaml"
     if kustomization.exists():
         text = kustomization.read_text(encoding="utf-8")
         if f"- {manifest}" not in text:
