@@ -51,6 +51,11 @@ class Settings:
     """MAPEMESH_TELEMETRY_INTERVAL_S: the node shim's first reporting interval (a knob afterwards)."""
     api_port: int = 8083
     """MAPEMESH_API_PORT: the northbound API's port under `mapemesh up` (0 picks a free one; -1: no API)."""
+    api_url: str = ""
+    """MAPEMESH_API_URL: the northbound API the CLI talks to (a cluster's, through `kubectl port-forward`, say);
+    default: the API of the mesh recorded in DATA_DIR."""
+    api_token: str = ""
+    """MAPEMESH_API_TOKEN: the bearer token for MAPEMESH_API_URL (default: DATA_DIR/api.token)."""
     accept_batch: bool = False
     """MAPEMESH_ACCEPT_BATCH: also take `application/cloudevents-batch+json` requests at the ingress, a mapemesh-only
     extension; off by default because Knative's broker ingress takes one event per request and answers 400 to a

@@ -86,7 +86,7 @@ async def start_mesh(settings: Settings) -> RunningMesh:
         if settings.node_shim_port >= 0:
             await _start_shim(settings, mesh)
         if settings.api_port >= 0:
-            mesh.api = await start_api(settings, broker.url, ping=lambda: _ping(mesh))
+            mesh.api = await start_api(settings, f"{broker.url}/default/default", ping=lambda: _ping(mesh))
     except BaseException:
         await mesh.stop()
         raise

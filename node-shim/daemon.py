@@ -56,13 +56,14 @@ def default_node() -> str:
     return socket.gethostname().split(".")[0] or "localhost"
 
 
-def simulated_root(data: Path) -> Path:
-    """A simulated tree under DATA_DIR, for a machine whose /sys has no cpufreq (made once, then reused)."""
+def simulated_root(data: Path, profile: str | None = None) -> Path:
+    """A simulated tree under DATA_DIR (made once, then reused), for a machine whose /sys has no cpufreq or whose
+    own knobs must not be touched; `profile` defaults to this machine's kind."""
     from mapemesh.node_shim import simulate
 
     root = data / "simulated-sysfs"
     if simulate.profile_of(root) is None:
-        profile = "arm" if platform.machine().lower() in ("aarch64", "arm64") else "acpi-cpufreq"
+        profile = profile or ("arm" if platform.machine().lower() in ("aarch64", "arm64") else "acpi-cpufreq")
         simulate.create(root, profile)
     return root
 
@@ -143,6 +144,53 @@ async def start_node_shim(node: str, data: Path, *, sysfs_root: Path | None = No
     log.info("node shim for %s on %s: knobs %s, sysfs %s, telemetry every %gs to %s", node, url,
              ", ".join(sorted(knobs)), sysfs.root, interval.seconds, broker or "(no broker)")
     return RunningShim(shim, reporter, runner, task, url, data, sysfs)
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    """The shim's own pod, from the downward API (env POD_NAME, POD_NAMESPACE, POD_UID, POD_IP)."""
+
+    name: str
+    namespace: str
+    uid: str
+    ip: str
+
+    @classmethod
+    def from_environment(cls, environ: dict[str, str]) -> Pod:
+        """The pod the environment describes; ValueError naming what is missing."""
+        missing = [k for k in ("POD_NAME", "POD_NAMESPACE", "POD_UID", "POD_IP") if not environ.get(k)]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} not set: a pod passes them with the downward API (fieldRef "
+                             "metadata.name, metadata.namespace, metadata.uid, status.podIP)")
+        return cls(environ["POD_NAME"], environ["POD_NAMESPACE"], environ["POD_UID"], environ["POD_IP"])
+
+
+def pod_trigger(node: str, pod: Pod, port: int) -> dict[str, Any]:
+    """The shim's Trigger on a cluster: its node's knob commands to this pod's address, owned by the pod, so
+    Kubernetes removes it with the pod and a new pod on the node applies its own."""
+    host = f"[{pod.ip}]" if ":" in pod.ip else pod.ip
+    doc = trigger(node, f"http://{host}:{port}/", namespace=pod.namespace)
+    doc["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": pod.name, "uid": pod.uid}]
+    return doc
+
+
+async def register_on_cluster(node: str, port: int, environ: dict[str, str], kubeconfig: str) -> Any:
+    """Apply the shim's Trigger to the cluster (server-side apply); returns a coroutine function that deletes it."""
+    from mapemesh import kube
+
+    doc = pod_trigger(node, Pod.from_environment(environ), port)
+    client = kube.KubeClient(await asyncio.to_thread(kube.api_client, kubeconfig), field_manager="mapemesh-node-shim")
+    await asyncio.to_thread(client.apply, [doc])
+    log.info("knob commands for %s reach this pod through Trigger %s/%s", node, doc["metadata"]["namespace"],
+             doc["metadata"]["name"])
+
+    async def unregister() -> None:
+        try:
+            await asyncio.to_thread(client.delete, [doc])
+        except kube.ApplyError as exc:  # the pod's deletion removes it anyway (owner reference)
+            log.warning("could not delete Trigger %s: %s", doc["metadata"]["name"], exc)
+
+    return unregister
 
 
 def write_trigger(manifests: Path, node: str, url: str) -> Path:

@@ -259,7 +259,7 @@ class Reporter:
         try:
             async with http.post(self.broker, data=body, headers=headers,
                                  timeout=aiohttp.ClientTimeout(total=5)) as response:
-                if response.status == 202:
+                if 200 <= response.status < 300:  # a broker answers 202; another K_SINK may answer 200
                     return "ok"
                 log.warning("broker refused %s: %d %s", event.type, response.status, (await response.text())[:200])
                 return "refused" if response.status < 500 and response.status != 429 else "away"

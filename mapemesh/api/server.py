@@ -48,13 +48,14 @@ class RunningApi:
         self.store.close()
 
 
-async def start_api(settings: Settings, broker_url: str, ping: Any = None) -> RunningApi:
-    """Serve the API on settings.host:api_port (0: a free port); record it in endpoints.json as `api`."""
+async def start_api(settings: Settings, ingress_url: str, ping: Any = None) -> RunningApi:
+    """Serve the API on settings.host:api_port (0: a free port), posting actions to the broker ingress at
+    `ingress_url`; record it in endpoints.json as `api`."""
     from mapemesh.state import open_store
 
     store = open_store(settings.state, data=settings.data)
     token = tokens.ensure(settings.data, TOKEN_FILE)
-    ctx = ApiContext(store=store, token=token, broker=f"{broker_url}/default/default",
+    ctx = ApiContext(store=store, token=token, broker=ingress_url,
                      event_log=settings.event_log_file, ping=ping)
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

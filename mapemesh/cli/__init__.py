@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from mapemesh import __version__
+from mapemesh.cli.api import api
 from mapemesh.cli.broker import broker
 from mapemesh.cli.build import build
 from mapemesh.cli.cesql import cesql
@@ -34,6 +35,7 @@ def cli(ctx: click.Context, data: Path | None, log_level: str) -> None:
     ctx.obj = {"data": data}
 
 
+cli.add_command(api)
 cli.add_command(broker)
 cli.add_command(events)
 cli.add_command(cesql)

@@ -36,22 +36,31 @@ def _fail(message: str, code: int, doc: Any = None, output: str = "human") -> No
 
 
 class Api:
-    """A client of the running mesh's API, found through its data directory."""
+    """A client of the mesh's API: MAPEMESH_API_URL (and MAPEMESH_API_TOKEN) when set, else the API recorded in
+    the data directory."""
 
-    def __init__(self, data: Path, output: str):
+    def __init__(self, data: Path, output: str, url: str = "", token: str = ""):
         self.output = output
+        if url:
+            self.url = url.rstrip("/")
+            if not token:
+                _fail("MAPEMESH_API_URL is set but MAPEMESH_API_TOKEN is not: give the API's bearer token",
+                      EXIT_USAGE)
+            self.headers = {"Authorization": f"Bearer {token}"}
+            return
         try:
             found = endpoints.read(data)
         except ValueError as exc:
             _fail(str(exc), EXIT_UNREACHABLE)
         if "api" not in found:
             _fail(f"no running mesh with an API recorded in {data / endpoints.FILE} (start one with `mapemesh up`, "
-                  "or point --data / MAPEMESH_DATA at its data directory)", EXIT_UNREACHABLE)
+                  "point --data / MAPEMESH_DATA at its data directory, or set MAPEMESH_API_URL and "
+                  "MAPEMESH_API_TOKEN)", EXIT_UNREACHABLE)
         self.url = found["api"]
-        token = tokens.read(data, TOKEN_FILE)
-        if token is None:
+        found_token = token or tokens.read(data, TOKEN_FILE)
+        if found_token is None:
             _fail(f"{data / TOKEN_FILE} is missing: the mesh makes it when it starts", EXIT_UNREACHABLE)
-        self.headers = {"Authorization": f"Bearer {token}"}
+        self.headers = {"Authorization": f"Bearer {found_token}"}
 
     def call(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
         """The API's JSON answer; exits with the status's exit code (and the API's words) otherwise."""
@@ -130,7 +139,8 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _api(ctx: click.Context, data: Path | None, output: str) -> Api:
-    return Api(settings(ctx, data=data).data, output)
+    s = settings(ctx, data=data)
+    return Api(s.data, output, s.api_url, s.api_token)
 
 
 def _show(output: str, doc: Any, human: Callable[[Any], str]) -> None:
