@@ -33,7 +33,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import mapemesh
 from mapemesh.functions.accel import invocation
 from mapemesh.runtimes import vaccel
 
@@ -72,8 +71,7 @@ def compute(data: dict) -> dict:
     return {{"values": out.data, **_session.last}}
 
 
-{target} = mapemesh.function(invocation.handler(NAME, compute), name=f"accel:{{NAME}}",
-                         on_start=invocation.reporter(NAME))
+{target} = invocation.function(NAME, compute)
 '''
 
 

@@ -48,7 +48,7 @@ WORKDIR {APP_DIR}
 COPY . {APP_DIR}
 RUN pip install --no-cache-dir -c constraints.txt '.[ff]'
 ENV PORT=8080
-CMD exec functions-framework --source "$FUNCTION_SOURCE" --target "$FUNCTION_TARGET" --signature-type http
+CMD ["python", "-m", "mapemesh.serving.entry"]
 """
 
 BUNNYFILE = """#syntax=harbor.nbfc.io/nubificus/bunny:latest
@@ -79,9 +79,10 @@ class BuildError(ValueError):
 
 
 def function_command(source: str, target: str) -> list[str]:
-    """What the guest runs: urunit, then functions-framework serving `target` from `source`."""
-    return ["/urunit", "/usr/local/bin/functions-framework", "--source", f"{APP_DIR}/{source}", "--target", target,
-            "--signature-type", "http"]
+    """What the guest runs: urunit, then functions-framework serving `target` from `source` through mapemesh's
+    adapter (`mapemesh.serving.entry`: the function's reply becomes the HTTP answer)."""
+    return ["/urunit", "/usr/local/bin/python", "-m", "mapemesh.serving.entry", "--source", f"{APP_DIR}/{source}",
+            "--target", target]
 
 
 def bunnyfile_for(name: str, source: str, target: str, monitor: str = "qemu") -> str:

@@ -73,12 +73,14 @@ def test_knob_results_update_mechanisms_and_plans(store):
     assert plan["status"] == "Failed" and "no such frequency" in plan["reason"]
 
 
-def test_invalid_data_is_a_permanent_error_and_other_events_are_ignored(store):
+def test_invalid_data_and_events_it_does_not_take_are_permanent_errors(store):
     bad = ev(catalogue.AppRemoved(app_id="a"))
     bad.data = b'{"app_id": ""}'
-    with pytest.raises(mapemesh.PermanentError):
+    with pytest.raises(mapemesh.PermanentError, match="invalid data"):
         call(bad)
-    assert call(mapemesh.CloudEvent({"specversion": "1.0", "id": "x", "source": "/s", "type": "other"})) is None
+    # Its Trigger sends only the types it has handlers for; anything else is a mistake to see, not to drop.
+    with pytest.raises(mapemesh.PermanentError, match="not other"):
+        call(mapemesh.CloudEvent({"specversion": "1.0", "id": "x", "source": "/s", "type": "other"}))
 
 
 def test_in_the_mesh_from_the_project_manifests(tmp_path):

@@ -268,9 +268,10 @@ def free_port() -> int:
 def test_functions_framework_serves_the_same_callable(tmp_path):
     pytest.importorskip("functions_framework")
     port = free_port()
-    exe = Path(sys.executable).parent / "functions-framework"
-    proc = subprocess.Popen([str(exe), "--source", str(FNS / "echo.py"), "--target", "echo",
-                             "--signature-type", "http", "--port", str(port), "--host", "127.0.0.1"],
+    # The image's entry: functions-framework serving mapemesh's adapter, which runs FUNCTION_SOURCE's target.
+    proc = subprocess.Popen([sys.executable, "-m", "mapemesh.serving.entry", "--port", str(port), "--host",
+                             "127.0.0.1"],
+                            env={**os.environ, "FUNCTION_SOURCE": str(FNS / "echo.py"), "FUNCTION_TARGET": "echo"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/"
@@ -287,6 +288,8 @@ def test_functions_framework_serves_the_same_callable(tmp_path):
         assert r.status_code == 200 and r.headers["ce-id"] == "re-ff1" and r.content == b"via ff"
         r = httpx.post(url, headers={**headers, "ce-type": "quiet"})
         assert r.status_code == 202 and r.content == b""  # never a bare "OK"
+        r = httpx.post(url, headers={**headers, "ce-type": "busy"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "3"  # TemporaryError(2.5 s), rounded up
         r = httpx.post(url, content=b"not an event")
         assert r.status_code == 400
     finally:

@@ -21,8 +21,7 @@ from opentelemetry import metrics
 
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
-from mapemesh.functions._stage import data_of
-from mapemesh.serving.function import PermanentError
+from mapemesh.serving.handlers import Stage
 
 log = logging.getLogger(__name__)
 SOURCE = "/mapemesh/accel/"
@@ -63,15 +62,12 @@ class Stats:
 STATS: dict[str, Stats] = {}
 
 
-def handler(name: str, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[CloudEvent], Any]:
-    """The function `name`: each request's data through `fn` (a dict in, the result dict out)."""
+def function(name: str, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Stage:
+    """The accelerated function `name`: each request's data through `fn` (a dict in, the result dict out), its
+    invocations reported while a process runs."""
     stats = STATS.setdefault(name, Stats())
 
-    async def handle(event: CloudEvent) -> CloudEvent | None:
-        request = data_of(event)
-        if not isinstance(request, catalogue.AccelRequested):
-            raise PermanentError(f"accelerated function {name} takes {catalogue.AccelRequested.event_type}, "
-                                 f"not {event.type}")
+    def handle(request: catalogue.AccelRequested, *, event: CloudEvent) -> CloudEvent:
         started = time.perf_counter()
         result: dict[str, Any] = {}
         error = None
@@ -93,8 +89,8 @@ def handler(name: str, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Callab
                                        plugin=plugin, device=device, latency_ms=latency, error=error)
         return catalogue.make_event(reply, SOURCE + name, subject=name, extensions={"function": name})
 
-    handle.__name__ = name
-    return handle
+    return Stage(f"accel:{name}", SOURCE + name, {catalogue.AccelRequested.event_type: handle},
+                 on_start=reporter(name))
 
 
 def reporter(name: str) -> Callable[[], Any]:

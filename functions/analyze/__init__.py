@@ -28,13 +28,11 @@ from typing import Any
 import mapemesh
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
-from mapemesh.functions._stage import data_of
 from mapemesh.policy import registry
 from mapemesh.policy.inputs import gather
 from mapemesh.policy.loader import Declaration
 from mapemesh.serving import sink
-from mapemesh.serving.sink import reply_and_publish
-from mapemesh.state import StateStore, from_environment, update
+from mapemesh.state import StateStore, update
 
 log = logging.getLogger(__name__)
 SOURCE = "/mapemesh/analyze"
@@ -256,13 +254,9 @@ def _one(store: StateStore, policy: str, declaration: Declaration, asset: str, m
     return request_for(store, policy, declaration, asset, mode, cause)
 
 
-@mapemesh.function
-async def analyze(event: CloudEvent) -> CloudEvent | None:
+@mapemesh.on(catalogue.StateChanged)
+def changed(change: catalogue.StateChanged, *, event: CloudEvent, store: StateStore) -> list[CloudEvent]:
     """Ask every policy bound to the changed asset for a verdict."""
-    change = data_of(event)
-    if not isinstance(change, catalogue.StateChanged):
-        return None
-    store = from_environment()
     mode, manual = mode_of(store)  # read each time: a mode change must hold for the very next event
     requests: list[CloudEvent | None] = []
     only = event.get("policy")  # a rerun for one policy (see release), or a policy just registered
@@ -285,4 +279,8 @@ async def analyze(event: CloudEvent) -> CloudEvent | None:
             continue
         requests += [_one(store, name, declaration, asset, mode, change, change.cause or event.id)
                      for asset in assets]
-    return await reply_and_publish([r for r in requests if r is not None])
+    return [r for r in requests if r is not None]
+
+
+analyze = mapemesh.stage(__name__, source=SOURCE)
+"""Several requests: the first is the reply, the others go to the sink."""

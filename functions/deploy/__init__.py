@@ -35,8 +35,7 @@ from typing import Any
 import mapemesh
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
-from mapemesh.functions._stage import data_of
-from mapemesh.state import StateStore, from_environment, update
+from mapemesh.state import StateStore, update
 
 log = logging.getLogger(__name__)
 SOURCE = "/mapemesh/deploy"
@@ -384,20 +383,28 @@ async def on_removed(store: StateStore, removed: catalogue.AppRemoved, data_dir:
                    message="removed")
 
 
-@mapemesh.function
-async def deploy(event: CloudEvent) -> CloudEvent | None:
-    """Carry out a placement (deploy.requested) or a removal (app.removed)."""
-    data = data_of(event)
-    store = from_environment()
-    data_dir = Path(os.environ.get("MAPEMESH_DATA", ".mapemesh"))
-    if isinstance(data, catalogue.DeployRequested | catalogue.AppRemoved):
-        # One application's deploys and removal take turns: each reads what the one before recorded (two
-        # placement plans at once, a node plan and a cluster plan, would otherwise both start from nothing).
-        async with _app_locks.setdefault(data.app_id, asyncio.Lock()):
-            if isinstance(data, catalogue.DeployRequested):
-                return await on_deploy(store, data, data_dir)
-            return await on_removed(store, data, data_dir)
-    return None
+def _data_dir() -> Path:
+    return Path(os.environ.get("MAPEMESH_DATA", ".mapemesh"))
+
+
+@mapemesh.on(catalogue.DeployRequested)
+async def requested(request: catalogue.DeployRequested, *, store: StateStore) -> CloudEvent:
+    """Carry out a placement."""
+    # One application's deploys and removal take turns: each reads what the one before recorded (two placement
+    # plans at once, a node plan and a cluster plan, would otherwise both start from nothing).
+    async with _app_locks.setdefault(request.app_id, asyncio.Lock()):
+        return await on_deploy(store, request, _data_dir())
+
+
+@mapemesh.on(catalogue.AppRemoved)
+async def removed(removed: catalogue.AppRemoved, *, store: StateStore) -> CloudEvent | None:
+    """Remove what an application's deploys made."""
+    async with _app_locks.setdefault(removed.app_id, asyncio.Lock()):
+        return await on_removed(store, removed, _data_dir())
 
 
 _app_locks: dict[str, asyncio.Lock] = {}
+
+
+deploy = mapemesh.stage(__name__, source=SOURCE)
+"""Carry out placements (deploy.requested) and removals (app.removed)."""

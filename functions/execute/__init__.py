@@ -21,9 +21,7 @@ from pydantic import ValidationError
 import mapemesh
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
-from mapemesh.functions._stage import data_of
-from mapemesh.serving.sink import reply_and_publish
-from mapemesh.state import StateStore, from_environment, update
+from mapemesh.state import StateStore, update
 
 SOURCE = "/mapemesh/execute"
 DEPLOY_MECHANISMS = ("ClusterPlacement", "ComponentPlacement")
@@ -77,13 +75,9 @@ def commands(plan: catalogue.PlanScheduled) -> list[CloudEvent]:
     return out
 
 
-@mapemesh.function
-async def execute(event: CloudEvent) -> CloudEvent | None:
+@mapemesh.on(catalogue.PlanScheduled)
+def scheduled(scheduled: catalogue.PlanScheduled, *, store: StateStore) -> list[CloudEvent] | None:
     """Dispatch a scheduled plan's commands; the plan becomes Pending."""
-    scheduled = data_of(event)
-    if not isinstance(scheduled, catalogue.PlanScheduled):
-        return None
-    store = from_environment()
     current = store.get("plans", scheduled.plan_id)
     if current is not None and current.value.get("status") not in ("Scheduled", "Pending"):
         return None  # finished meanwhile (failed by its timeout, say): nothing to do
@@ -94,4 +88,8 @@ async def execute(event: CloudEvent) -> CloudEvent | None:
         return None
     # Pending before the commands leave, so a fast result never finds the plan still Scheduled.
     _move(store, scheduled.plan_id, "Pending")
-    return await reply_and_publish(out)
+    return out
+
+
+execute = mapemesh.stage(__name__, source=SOURCE)
+"""Knob commands to the plan's node (extension `node`), placements to the deploy function."""

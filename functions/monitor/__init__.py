@@ -13,21 +13,21 @@ import time
 from typing import Any
 
 import mapemesh
+from mapemesh import Reply
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
-from mapemesh.functions._stage import data_of
 from mapemesh.functions.execute import DEPLOY_MECHANISMS
 from mapemesh.functions.schedule import sweep_now_and_then
-from mapemesh.state import StateStore, from_environment, update
+from mapemesh.state import StateStore, update
 
 log = logging.getLogger(__name__)
 
 SOURCE = "/mapemesh/monitor"
 
 
-def _changed(asset: str, kind: str, changed: list[str], cause: CloudEvent) -> CloudEvent:
+def _changed(asset: str, kind: str, changed: list[str], cause: CloudEvent) -> Reply:
     data = catalogue.StateChanged(asset=asset, asset_kind=kind, changed=changed, cause=cause.id)  # type: ignore[arg-type]
-    return catalogue.make_event(data, SOURCE, subject=asset)
+    return Reply(data, subject=asset)
 
 
 def _plan_result(store: StateStore, plan_id: str | None, mechanism: str | None, ok: bool,
@@ -79,56 +79,87 @@ def _forget_contexts(store: StateStore, asset: str) -> None:
             store.delete("policy_contexts", key)
 
 
-@mapemesh.function
-async def monitor(event: CloudEvent) -> CloudEvent | None:
-    """Record what the event reports; reply with what changed (None for events the monitor does not take)."""
-    data = data_of(event)
-    store = from_environment()
-    sweep_now_and_then(store)  # plans time out even when no new plan comes
-    if isinstance(data, catalogue.TelemetryReported):
-        now = time.time()
-        store.append_telemetry(data.asset, [(m.name, m.value, m.time.timestamp() if m.time else now)
-                                            for m in data.metrics])
-        return _changed(data.asset, data.asset_kind, sorted({m.name for m in data.metrics}), event)
-    if isinstance(data, catalogue.AppSubmitted):
-        existing = store.get("applications", data.app_id)
-        if existing is not None and existing.value.get("kind", "application") != data.kind:
-            log.warning("%s %s not recorded: the name is taken by %s %s", data.kind, data.app_id,
-                        existing.value.get("kind", "application"), data.app_id)
-            return None  # an application and an ML model never overwrite each other
-        store.put("applications", data.app_id, {"description": data.description, "kind": data.kind,
-                                                "submitted": time.time()})
-        return _changed(data.app_id, "application", ["description"], event)
-    if isinstance(data, catalogue.AppRemoved):
-        store.delete("applications", data.app_id)
-        _forget_contexts(store, data.app_id)
-        return _changed(data.app_id, "application", ["removed"], event)
-    if isinstance(data, catalogue.InfraRegistered):
-        store.put("infrastructure", data.infra_id, {"kind": data.kind, "description": data.description})
-        if data.kind == "node":
-            _record_mechanisms(store, data.infra_id, data.description)
-        return _changed(data.infra_id, data.kind, ["description"], event)
-    if isinstance(data, catalogue.InfraUnregistered):
-        previous = store.get("infrastructure", data.infra_id)
-        store.delete("infrastructure", data.infra_id)
-        _forget_contexts(store, data.infra_id)
-        kind = str(previous.value.get("kind", "node")) if previous else "node"
-        return _changed(data.infra_id, kind, ["removed"], event)
-    if isinstance(data, catalogue.KnobApplied):
-        update(store, "mechanisms", f"{data.node}/{data.knob}",
-               lambda doc: {**(doc or {}), "state": data.after, "updated": time.time()})
-        _plan_result(store, data.plan_id, data.knob, True, None)
-        return _changed(data.node, "node", [f"mechanism:{data.knob}"], event)
-    if isinstance(data, catalogue.KnobFailed):
-        _plan_result(store, data.plan_id, data.knob, False, f"{data.code}: {data.error}")
-        return _changed(data.node, "node", [f"mechanism:{data.knob}"], event)
-    if isinstance(data, catalogue.DeployStatus):
-        _plan_result(store, data.plan_id, None, data.status != "Failed", data.message)
-        if data.deployed is not None:  # the deploy function's later word on whether the application runs
-            update(store, "deployments", data.app_id,
-                   lambda doc: None if doc is None else {**doc, "deployed": data.deployed, "message": data.message})
-        return _changed(data.app_id, "application", ["deployment"], event)
-    if isinstance(data, catalogue.ModeChanged):
-        store.put("settings", "mode", {"mode": data.mode, "manual_override": data.manual_override})
-        return _changed("continuum", "continuum", ["mode"], event)
-    return None  # other loop events are not the monitor's
+@mapemesh.on(catalogue.TelemetryReported)
+def telemetry(data: catalogue.TelemetryReported, *, event: CloudEvent, store: StateStore) -> Reply:
+    """Samples into the asset's window."""
+    now = time.time()
+    store.append_telemetry(data.asset, [(m.name, m.value, m.time.timestamp() if m.time else now)
+                                        for m in data.metrics])
+    return _changed(data.asset, data.asset_kind, sorted({m.name for m in data.metrics}), event)
+
+
+@mapemesh.on(catalogue.AppSubmitted)
+def submitted(data: catalogue.AppSubmitted, *, event: CloudEvent, store: StateStore) -> Reply | None:
+    """An application (or ML model) recorded, unless the name is the other kind's."""
+    existing = store.get("applications", data.app_id)
+    if existing is not None and existing.value.get("kind", "application") != data.kind:
+        log.warning("%s %s not recorded: the name is taken by %s %s", data.kind, data.app_id,
+                    existing.value.get("kind", "application"), data.app_id)
+        return None  # an application and an ML model never overwrite each other
+    store.put("applications", data.app_id, {"description": data.description, "kind": data.kind,
+                                            "submitted": time.time()})
+    return _changed(data.app_id, "application", ["description"], event)
+
+
+@mapemesh.on(catalogue.AppRemoved)
+def removed(data: catalogue.AppRemoved, *, event: CloudEvent, store: StateStore) -> Reply:
+    """An application forgotten, with its policy contexts."""
+    store.delete("applications", data.app_id)
+    _forget_contexts(store, data.app_id)
+    return _changed(data.app_id, "application", ["removed"], event)
+
+
+@mapemesh.on(catalogue.InfraRegistered)
+def registered(data: catalogue.InfraRegistered, *, event: CloudEvent, store: StateStore) -> Reply:
+    """A node, cluster or continuum recorded (a node's mechanisms too)."""
+    store.put("infrastructure", data.infra_id, {"kind": data.kind, "description": data.description})
+    if data.kind == "node":
+        _record_mechanisms(store, data.infra_id, data.description)
+    return _changed(data.infra_id, data.kind, ["description"], event)
+
+
+@mapemesh.on(catalogue.InfraUnregistered)
+def unregistered(data: catalogue.InfraUnregistered, *, event: CloudEvent, store: StateStore) -> Reply:
+    """Infrastructure forgotten, with its policy contexts."""
+    previous = store.get("infrastructure", data.infra_id)
+    store.delete("infrastructure", data.infra_id)
+    _forget_contexts(store, data.infra_id)
+    kind = str(previous.value.get("kind", "node")) if previous else "node"
+    return _changed(data.infra_id, kind, ["removed"], event)
+
+
+@mapemesh.on(catalogue.KnobApplied)
+def applied(data: catalogue.KnobApplied, *, event: CloudEvent, store: StateStore) -> Reply:
+    """A mechanism's new state, and its plan's result."""
+    update(store, "mechanisms", f"{data.node}/{data.knob}",
+           lambda doc: {**(doc or {}), "state": data.after, "updated": time.time()})
+    _plan_result(store, data.plan_id, data.knob, True, None)
+    return _changed(data.node, "node", [f"mechanism:{data.knob}"], event)
+
+
+@mapemesh.on(catalogue.KnobFailed)
+def failed(data: catalogue.KnobFailed, *, event: CloudEvent, store: StateStore) -> Reply:
+    """A mechanism's failure: its plan failed."""
+    _plan_result(store, data.plan_id, data.knob, False, f"{data.code}: {data.error}")
+    return _changed(data.node, "node", [f"mechanism:{data.knob}"], event)
+
+
+@mapemesh.on(catalogue.DeployStatus)
+def deployed(data: catalogue.DeployStatus, *, event: CloudEvent, store: StateStore) -> Reply:
+    """The deploy function's word on a placement: the plan's result, and whether the application runs."""
+    _plan_result(store, data.plan_id, None, data.status != "Failed", data.message)
+    if data.deployed is not None:  # the deploy function's later word on whether the application runs
+        update(store, "deployments", data.app_id,
+               lambda doc: None if doc is None else {**doc, "deployed": data.deployed, "message": data.message})
+    return _changed(data.app_id, "application", ["deployment"], event)
+
+
+@mapemesh.on(catalogue.ModeChanged)
+def mode(data: catalogue.ModeChanged, *, event: CloudEvent, store: StateStore) -> Reply:
+    """The management mode and manual override."""
+    store.put("settings", "mode", {"mode": data.mode, "manual_override": data.manual_override})
+    return _changed("continuum", "continuum", ["mode"], event)
+
+
+monitor = mapemesh.stage(__name__, source=SOURCE, before=sweep_now_and_then)  # plans time out with no new plan
+"""Record what each event reports; reply with what changed."""

@@ -22,13 +22,11 @@ from typing import Any
 import mapemesh
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
-from mapemesh.functions._stage import data_of
 from mapemesh.functions.analyze import current_plan, mode_of, release, trim
 from mapemesh.policy import registry
 from mapemesh.policy.inputs import gather
 from mapemesh.policy.loader import Declaration
-from mapemesh.serving.sink import reply_and_publish
-from mapemesh.state import Conflict, StateStore, from_environment, update
+from mapemesh.state import Conflict, StateStore, update
 
 SOURCE = "/mapemesh/plan"
 PLAN_IDS = uuid.UUID("5b0f6f55-3d55-4a4e-9d0e-6d61706c616e")
@@ -135,21 +133,28 @@ def on_plan(store: StateStore, reply: catalogue.PolicyPlanReplied, event_id: str
     return catalogue.make_event(data, SOURCE, subject=reply.asset)
 
 
-@mapemesh.function
-async def plan(event: CloudEvent) -> CloudEvent | None:
-    """Take policy replies: verdicts become plan requests, plans become proposals."""
-    data = data_of(event)
-    store = from_environment()
-    if isinstance(data, catalogue.PolicyAnalyzeReplied):
-        out = on_verdict(store, data, event.id)
-        answered = out is None or out.type != catalogue.PolicyPlanRequested.event_type
-    elif isinstance(data, catalogue.PolicyPlanReplied):
-        out, answered = on_plan(store, data, event.id), True
-    else:
-        return None
+def _over(store: StateStore, reply: catalogue.PolicyAnalyzeReplied | catalogue.PolicyPlanReplied,
+          out: CloudEvent | None) -> list[CloudEvent]:
+    """`out`, and the rerun of the analysis a change asked for meanwhile, once the analysis is over."""
     events = [out] if out is not None else []
-    if answered:  # the analysis is over: a change that came meanwhile is analyzed now
-        rerun = release(store, data.policy, data.asset)
-        if rerun is not None:
-            events.append(rerun)
-    return await reply_and_publish(events)
+    rerun = release(store, reply.policy, reply.asset)
+    return [*events, rerun] if rerun is not None else events
+
+
+@mapemesh.on(catalogue.PolicyAnalyzeReplied)
+def verdict(reply: catalogue.PolicyAnalyzeReplied, *, event: CloudEvent, store: StateStore) -> list[CloudEvent]:
+    """A verdict: a plan request, a proposal (a true verdict with its plan), or nothing."""
+    out = on_verdict(store, reply, event.id)
+    if out is not None and out.type == catalogue.PolicyPlanRequested.event_type:
+        return [out]  # the analysis goes on: the policy's plan is still to come
+    return _over(store, reply, out)
+
+
+@mapemesh.on(catalogue.PolicyPlanReplied)
+def planned(reply: catalogue.PolicyPlanReplied, *, event: CloudEvent, store: StateStore) -> list[CloudEvent]:
+    """A plan: a proposal to the scheduler."""
+    return _over(store, reply, on_plan(store, reply, event.id))
+
+
+plan = mapemesh.stage(__name__, source=SOURCE)
+"""Take policy replies: verdicts become plan requests, plans become proposals."""

@@ -30,9 +30,7 @@ from typing import Any, Literal
 import mapemesh
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
-from mapemesh.functions._stage import data_of
-from mapemesh.serving.sink import reply_and_publish
-from mapemesh.state import Conflict, StateStore, from_environment, update
+from mapemesh.state import Conflict, StateStore, update
 
 PlanStatus = Literal["Queued", "Scheduled", "Discarded", "Success", "Pending", "Failed"]
 TRANSITIONS: dict[str, tuple[str, ...]] = {
@@ -289,16 +287,15 @@ def decide(store: StateStore, cause: str, also: str, number: int) -> list[tuple[
     return list({p.plan_id: (p, m) for p, m in outcome}.values())
 
 
-@mapemesh.function
-async def schedule(event: CloudEvent) -> CloudEvent | None:
+@mapemesh.on(catalogue.PlanProposed)
+def proposed(proposed: catalogue.PlanProposed, *, store: StateStore) -> list[CloudEvent]:
     """Schedule the plans queued in the proposed plan's cycle; announce each one scheduled or discarded."""
-    proposed = data_of(event)
-    if not isinstance(proposed, catalogue.PlanProposed):
-        return None
-    store = from_environment()
-    sweep_now_and_then(store)
     cause = proposed.cause or proposed.plan_id
     decisions = decide(store, cause, proposed.plan_id, _cycle_number(store, cause))
     for plan, _ in decisions:
         _save(store, plan)
-    return await reply_and_publish([_announce(plan, mechanism) for plan, mechanism in decisions])
+    return [_announce(plan, mechanism) for plan, mechanism in decisions]
+
+
+schedule = mapemesh.stage(__name__, source=SOURCE, before=sweep_now_and_then)
+"""FIFO, one plan per mechanism of an asset in a cycle; plans time out while events flow."""

@@ -23,6 +23,7 @@ from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.policy import registry
 from mapemesh.policy.loader import Policy, PolicyError, PolicyFailure, load_policy
+from mapemesh.serving.handlers import Stage
 from mapemesh.serving.zygote import IMPORTING
 from mapemesh.state import from_environment
 
@@ -87,7 +88,7 @@ class PolicyFunction:
             log.warning("policy %s: could not ask for the analysis of existing assets: %s", self.name, exc)
 
     async def handle(self, event: CloudEvent) -> CloudEvent | None:
-        """Answer an analyze or plan request for this policy; refuse anything else."""
+        """Answer an analyze or plan request for this policy; refuse anything else (what `stage` does)."""
         try:
             data = catalogue.parse_data(event)
         except catalogue.UnknownEventType:
@@ -96,6 +97,17 @@ class PolicyFunction:
             raise mapemesh.PermanentError(f"{event.type} {event.id}: invalid data: {exc}") from None
         if not isinstance(data, catalogue.PolicyAnalyzeRequested | catalogue.PolicyPlanRequested):
             raise mapemesh.PermanentError(f"policy {self.name} does not take {event.type} events")
+        return await self.answer(data, event=event)
+
+    def stage(self) -> Stage:
+        """The function serving this policy: a typed handler for each of its two requests."""
+        takes = (catalogue.PolicyAnalyzeRequested, catalogue.PolicyPlanRequested)
+        handlers = {t.event_type: self.answer for t in takes}
+        return Stage(f"policy:{self.name}", SOURCE + self.name, handlers, on_start=self.register)
+
+    async def answer(self, data: catalogue.PolicyAnalyzeRequested | catalogue.PolicyPlanRequested, *,
+                     event: CloudEvent) -> CloudEvent:
+        """The policy's answer to one analyze or plan request (refused when it is for another policy)."""
         if data.policy != self.name:
             raise mapemesh.PermanentError(f"request for policy {data.policy!r} reached policy {self.name!r}")
         inputs: dict[str, Any] = {
@@ -147,7 +159,7 @@ class PolicyFunction:
                                         extensions={"policy": self.name})
 
 
-def policy_function(path: Path, name: str, timeout_s: float = 30.0) -> Any:
+def policy_function(path: Path, name: str, timeout_s: float = 30.0) -> Stage:
     """The mapemesh function serving the policy file at `path` as policy `name`.
 
     The local host registers the policy when each process starts (`on_start`). In a container on Knative
@@ -155,8 +167,7 @@ def policy_function(path: Path, name: str, timeout_s: float = 30.0) -> Any:
     at import, in the background, so that a new revision registers before any request: the analyze stage
     only asks registered policies.
     """
-    served = PolicyFunction(path, name, timeout_s)
-    entry = mapemesh.function(served.handle, name=f"policy:{name}", on_start=served.register)
+    served = PolicyFunction(path, name, timeout_s).stage()
     if os.environ.get("K_SERVICE") and not os.environ.get(IMPORTING):
-        entry.__mapemesh_function__.start_soon()
-    return entry
+        served.start_soon()
+    return served

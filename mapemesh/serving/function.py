@@ -1,16 +1,21 @@
-"""The function contract: a callable that takes a CloudEvent and returns a reply CloudEvent or None.
+"""The function contract, and the one path every invocation takes.
 
-`@mapemesh.function` registers it. The decorated function is still a plain function: called with a
-CloudEvent it runs the user's code (mapemesh's local host), and called with a Flask request it is a
-functions-framework `http` function that answers with the reply event in binary mode, or `202` without a
-body when there is none. So one Service manifest (container env `FUNCTION_SOURCE`, `FUNCTION_TARGET`)
-serves both places: `functions-framework --source $FUNCTION_SOURCE --target $FUNCTION_TARGET --signature-type http`.
+A function is what Python users already write for functions-framework: a callable that takes the CloudEvents
+SDK's event (`cloudevents.http.CloudEvent`: `event["type"]`, `event.data`, `event.get_attributes()`) and
+returns `None`, an SDK event, or mapemesh's own `CloudEvent` (what `mapemesh.events.make_event` makes); sync or
+async. It needs no decorator (`@functions_framework.cloud_event` is fine too); `@mapemesh.function` adds a name
+and an `on_start` hook. mapemesh's stages use typed handlers instead (`mapemesh.serving.handlers`).
+
+Both kinds are `Invocable`: `call(event)` runs one event, with mapemesh's event in and out (converted to and from
+the SDK's at the edge, `mapemesh.eventing.sdk`), and raises `PermanentError` / `TemporaryError` as the function
+did. The local host's function processes (`zygote.serve`), the functions-framework adapter (`entry.serve`) and
+the tests all go through it, so one file gives the same answers everywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import concurrent.futures
 import importlib
 import importlib.util
 import inspect
@@ -19,34 +24,39 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from mapemesh.eventing.binding import from_http, to_binary
 from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent
+from mapemesh.eventing.sdk import AnySdkEvent, from_sdk, to_sdk
+from mapemesh.serving.errors import FunctionError, PermanentError, TemporaryError
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[CloudEvent], "CloudEvent | Awaitable[CloudEvent | None] | None"]
 Startup = Callable[[], "Awaitable[None] | None"]
 T = TypeVar("T")
-REGISTRY: dict[str, Function] = {}
+__all__ = ["Function", "FunctionError", "Invocable", "PermanentError", "TemporaryError", "function", "load"]
 
 
-class FunctionError(Exception):
-    """The function's source or target cannot be loaded."""
+@runtime_checkable
+class Invocable(Protocol):
+    """What the local host, the functions-framework adapter and the tests run."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Run the function's start hook once per process (errors are logged, not raised)."""
+        ...
+
+    async def call(self, event: CloudEvent, executor: concurrent.futures.Executor | None = None) -> CloudEvent | None:
+        """The reply to `event` (None: no reply); extra events are published before it returns."""
+        ...
 
 
-class PermanentError(Exception):
-    """Raised by a function for input it can never handle: the event is not retried (HTTP 422)."""
+class Startable:
+    """An `on_start` hook run once per process."""
 
-
-class Function:
-    """A registered function and how to run it."""
-
-    def __init__(self, fn: Handler, name: str, on_start: Startup | None = None):
-        self.fn = fn
+    def __init__(self, name: str, on_start: Startup | None):
         self.name = name
-        self.is_async = inspect.iscoroutinefunction(fn)
         self.on_start = on_start
         """Run once in each new process before its first event (a policy registers itself, say)."""
         self._started = False
@@ -69,24 +79,69 @@ class Function:
         asyncio.run_coroutine_threadsafe(self.start(), _process_loop())
 
     def invoke(self, event: CloudEvent) -> CloudEvent | None:
-        """Run the function to completion (from a thread that has no event loop, as functions-framework's).
+        """`call` from a thread that has no event loop (functions-framework's).
 
-        Async code runs on one event loop that lives as long as the process (in a thread of its own), so
-        clients cached by a function and tasks it leaves running survive from one request to the next, as
-        they do in the local host's function processes.
+        Async code runs on one event loop that lives as long as the process (in a thread of its own), so clients
+        cached by a function and tasks it leaves running survive from one request to the next, as they do in the
+        local host's function processes.
         """
+        return _on_process_loop(self._start_and_call(event))
+
+    async def _start_and_call(self, event: CloudEvent) -> CloudEvent | None:
+        await self.start()
+        return await self.call(event)  # type: ignore[attr-defined]
+
+
+class Function(Startable):
+    """A function written for the ecosystem: the SDK's CloudEvent in, an event or None out."""
+
+    def __init__(self, fn: Callable[..., Any], name: str, on_start: Startup | None = None):
+        super().__init__(name, on_start)
+        self.fn = fn
+        self.is_async = inspect.iscoroutinefunction(fn) or (
+            not inspect.isfunction(fn) and inspect.iscoroutinefunction(type(fn).__call__))  # an async callable object
+
+    async def call(self, event: CloudEvent, executor: concurrent.futures.Executor | None = None) -> CloudEvent | None:
+        """Run the function on the SDK's form of `event`; its answer back in mapemesh's form."""
+        sdk_event = to_sdk(event)
+        if self.is_async:
+            result = await self.fn(sdk_event)
+        elif executor is not None:
+            result = await asyncio.get_running_loop().run_in_executor(executor, self.fn, sdk_event)
+        else:
+            result = self.fn(sdk_event)
+        if inspect.isawaitable(result):  # a sync wrapper around a coroutine function (a decorator's, say)
+            result = await result
+        return reply_of(self.name, result)
+
+    def invoke(self, event: CloudEvent) -> CloudEvent | None:
+        """`call` from functions-framework's thread: a sync function runs in that thread (so requests run side by
+        side, as under functions-framework alone), an async one on the process's loop."""
         if not self._started:
             _on_process_loop(self.start())
-        result = self.fn(event)
+        if self.is_async:
+            return _on_process_loop(self.call(event))
+        result = self.fn(to_sdk(event))
         if inspect.isawaitable(result):
-            result = _on_process_loop(_await(result))
-        if result is not None and not isinstance(result, CloudEvent):
-            raise TypeError(f"function {self.name} returned {type(result).__name__}; return a CloudEvent or None")
-        return result
+            result = _on_process_loop(_awaited(result))
+        return reply_of(self.name, result)
 
 
-async def _await(result: Awaitable[CloudEvent | None]) -> CloudEvent | None:
+async def _awaited(result: Awaitable[T]) -> T:
     return await result
+
+
+def reply_of(name: str, result: object) -> CloudEvent | None:
+    """A function's return value as the reply event; TypeError naming what came back otherwise."""
+    if result is None or isinstance(result, CloudEvent):
+        return result
+    if isinstance(result, AnySdkEvent):
+        try:
+            return from_sdk(result)
+        except MalformedEvent as exc:
+            raise TypeError(f"function {name} returned an event that is not a valid CloudEvent: {exc}") from None
+    raise TypeError(f"function {name} returned {type(result).__name__}; return a CloudEvent "
+                    "(cloudevents.http.CloudEvent or mapemesh's) or None")
 
 
 _loop: asyncio.AbstractEventLoop | None = None
@@ -108,39 +163,28 @@ def _on_process_loop(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run_coroutine_threadsafe(coro, _process_loop()).result()
 
 
-def function(fn: Handler | None = None, *, name: str | None = None, on_start: Startup | None = None) -> Any:
-    """Register `fn` as a mapemesh function (usable as `@function` or `@function(name=..., on_start=...)`).
+def function(fn: Callable[..., Any] | None = None, *, name: str | None = None,
+             on_start: Startup | None = None) -> Any:
+    """Mark `fn` as a mapemesh function with a name and an `on_start` hook (`@function` or
+    `@function(name=..., on_start=...)`); `fn` itself is returned unchanged, still a plain function."""
 
-    The result is a plain Python function (functions-framework insists on one): called with a CloudEvent
-    it runs `fn`; called with a Flask request it answers as a functions-framework http function.
-    """
+    def mark(f: Callable[..., Any]) -> Callable[..., Any]:
+        f.__mapemesh_function__ = Function(f, name or f.__name__, on_start)  # type: ignore[attr-defined]
+        return f
 
-    def register(f: Handler) -> Callable[[Any], Any]:
-        registered = Function(f, name or f.__name__, on_start)
-        REGISTRY[registered.name] = registered
-
-        @functools.wraps(f)
-        def entry(arg: Any) -> Any:
-            if isinstance(arg, CloudEvent):
-                return f(arg)
-            return _serve_flask_request(registered, arg)
-
-        entry.__mapemesh_function__ = registered  # type: ignore[attr-defined]
-        return entry
-
-    return register(fn) if fn is not None else register
+    return mark(fn) if fn is not None else mark
 
 
-def load(source: str, target: str, base: Path | None = None) -> Function:
+def load(source: str, target: str, base: Path | None = None) -> Invocable:
     """Import FUNCTION_SOURCE (a .py file, relative to `base`, or a module name) and return FUNCTION_TARGET."""
     path = Path(source)
     if not path.is_absolute() and base is not None and (base / path).exists():
         path = base / path
+    module_name = f"mapemesh_fn_{abs(hash(str(path.resolve())))}"
     try:
         if path.suffix == ".py":
             if not path.exists():
                 raise FunctionError(f"FUNCTION_SOURCE {source} does not exist")
-            module_name = f"mapemesh_fn_{abs(hash(str(path.resolve())))}"
             module = sys.modules.get(module_name)
             if module is None:
                 spec = importlib.util.spec_from_file_location(module_name, path)
@@ -153,32 +197,16 @@ def load(source: str, target: str, base: Path | None = None) -> Function:
     except FunctionError:
         raise
     except Exception as exc:
-        sys.modules.pop(f"mapemesh_fn_{abs(hash(str(path.resolve())))}", None)
+        sys.modules.pop(module_name, None)
         raise FunctionError(f"cannot import FUNCTION_SOURCE {source}: {type(exc).__name__}: {exc}") from exc
     obj = getattr(module, target, None)
     if obj is None:
         raise FunctionError(f"FUNCTION_SOURCE {source} has no FUNCTION_TARGET {target!r}")
-    registered = getattr(obj, "__mapemesh_function__", None)
-    if isinstance(registered, Function):
-        return registered
+    if isinstance(obj, Invocable):
+        return obj
+    marked = getattr(obj, "__mapemesh_function__", None)
+    if isinstance(marked, Invocable):
+        return marked
     if not callable(obj):
         raise FunctionError(f"FUNCTION_TARGET {target!r} in {source} is not callable")
     return Function(obj, target)
-
-
-def _serve_flask_request(fn: Function, request: Any) -> Any:
-    """functions-framework's http signature: a Flask request in, a Flask response out."""
-    import flask
-
-    try:
-        (event,) = from_http(list(request.headers.items()), request.get_data())
-    except (MalformedEvent, ValueError) as exc:
-        return flask.Response(str(exc), status=400, mimetype="text/plain")
-    try:
-        reply = fn.invoke(event)
-    except PermanentError as exc:
-        return flask.Response(str(exc), status=422, mimetype="text/plain")
-    if reply is None:
-        return flask.Response(status=202)  # never a bare "OK": a broker would take that as a bad reply
-    headers, body = to_binary(reply)
-    return flask.Response(body, status=200, headers=headers)

@@ -14,6 +14,7 @@ there is no process at all.
 | `404` | no such Service |
 | `429` + `Retry-After` | the activator's queue for the Service is full |
 | `422` | the function raised `mapemesh.PermanentError` (input it can never handle: not retried) |
+| `503` + `Retry-After` | the function raised `mapemesh.TemporaryError(delay)` (try again, no sooner than `delay`) |
 | `500` | the function raised anything else (the broker retries) |
 | `502` | its process died while handling the request (the broker retries) |
 | `503` | the Service cannot run (bad manifest, source that does not import) |
@@ -54,11 +55,13 @@ KILL_AFTER_S = 2.0
 
 
 class FunctionFailed(Exception):
-    """The function raised; `status` is the HTTP answer."""
+    """The function raised; `status` is the HTTP answer, `retry_after` its Retry-After (429, or a TemporaryError's
+    503)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, retry_after: str | None = None):
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after if retry_after is not None else ("1" if status == 429 else None)
 
 
 class ImportFailed(FunctionFailed):
@@ -278,6 +281,8 @@ class Revision:
             self._timed_out(waiting)
             raise FunctionFailed(504, f"{self.spec.key} did not answer within {self.spec.timeout_s:g}s") from None
         if not header.get("ok"):
+            if header.get("retry_after") is not None:
+                raise FunctionFailed(503, str(header.get("error")), str(header["retry_after"]))
             raise FunctionFailed(422 if header.get("permanent") else 500, str(header.get("error")))
         attrs = header.get("attrs")
         return None if attrs is None else CloudEvent(attrs, data or None)
@@ -621,8 +626,7 @@ class LocalHost:
         try:
             reply = await rev.invoke(event)
         except FunctionFailed as exc:
-            headers = {"Retry-After": "1"} if exc.status == 429 else None
-            return _error(exc.status, str(exc), headers)
+            return _error(exc.status, str(exc), {"Retry-After": exc.retry_after} if exc.retry_after else None)
         if reply is None:
             return web.Response(status=202)
         headers, body = to_binary(reply)
@@ -640,7 +644,7 @@ class LocalHost:
         try:
             reply = await rev.invoke(event)
         except FunctionFailed as exc:
-            return LocalAnswer(exc.status, error=str(exc), retry_after="1" if exc.status == 429 else None)
+            return LocalAnswer(exc.status, error=str(exc), retry_after=exc.retry_after)
         return LocalAnswer(202) if reply is None else LocalAnswer(200, reply)
 
     def _missing(self, key: str) -> web.Response | None:

@@ -33,7 +33,8 @@ import mapemesh.eventing.binding
 import mapemesh.events  # noqa: F401
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.serving import wire
-from mapemesh.serving.function import Function, FunctionError, PermanentError, load
+from mapemesh.serving.errors import FunctionError, PermanentError, TemporaryError
+from mapemesh.serving.function import Invocable, load
 
 log = logging.getLogger(__name__)
 IMPORTING = "MAPEMESH_ZYGOTE_IMPORT"
@@ -116,7 +117,7 @@ def prepare(request: dict[str, object]) -> dict[str, object]:
     return {"ok": True}
 
 
-def _load(request: dict[str, object]) -> Function:
+def _load(request: dict[str, object]) -> Invocable:
     # The Service's env is in place while its source is imported (module-level reads see it); a source
     # named by several Services is imported once, with the env of the first.
     env = {str(k): str(v) for k, v in dict(request.get("env") or {}).items()}  # type: ignore[call-overload]
@@ -167,34 +168,31 @@ def spawn(request: dict[str, object], fd: int, control: socket.socket, children:
         os._exit(code)
 
 
-async def serve(fn: Function, sock: socket.socket, concurrency: int) -> None:
+async def serve(fn: Invocable, sock: socket.socket, concurrency: int) -> None:
     """A function process: answer each request frame with the function's reply."""
     reader, writer = await asyncio.open_connection(sock=sock)
     await fn.start()
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency))
-    loop = asyncio.get_running_loop()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency))  # for sync functions
     tasks: set[asyncio.Task[None]] = set()
 
     async def handle(header: dict[str, object], data: bytes) -> None:
         event = CloudEvent(dict(header["attrs"]), data or None)  # type: ignore[arg-type]
         try:
-            if fn.is_async:
-                reply = await fn.fn(event)  # type: ignore[misc]
-            else:
-                reply = await loop.run_in_executor(pool, fn.fn, event)
-            if reply is not None and not isinstance(reply, CloudEvent):
-                raise TypeError(f"the function returned {type(reply).__name__}; return a CloudEvent or None")
+            reply = await fn.call(event, pool)
             frame = wire.encode({"id": header["id"], "ok": True,
                                  "attrs": None if reply is None else reply.attributes},
                                 None if reply is None else reply.data)
         except Exception as exc:
-            permanent = isinstance(exc, PermanentError)
-            if permanent:
+            answer: dict[str, object] = {"id": header["id"], "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            if isinstance(exc, PermanentError):
                 log.warning("function %s refused an event: %s", fn.name, exc)
+                answer["permanent"] = True
+            elif isinstance(exc, TemporaryError):
+                log.info("function %s asks for a retry in %gs: %s", fn.name, exc.delay, exc)
+                answer["retry_after"] = exc.retry_after
             else:
                 log.exception("function %s failed", fn.name)
-            frame = wire.encode({"id": header["id"], "ok": False, "permanent": permanent,
-                                 "error": f"{type(exc).__name__}: {exc}"}, None)
+            frame = wire.encode(answer, None)
         writer.write(frame)
 
     while True:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 
-import mapemesh
 from mapemesh.functions.accel import invocation
 from mapemesh.functions.accel.digits import model
 from mapemesh.runtimes import vaccel
@@ -58,5 +57,4 @@ def classify(data: dict) -> dict:
     return {"label": model.LABELS[best], "scores": values, **session.last}
 
 
-digits = mapemesh.function(invocation.handler(NAME, classify), name=f"accel:{NAME}",
-                           on_start=invocation.reporter(NAME))
+digits = invocation.function(NAME, classify)

@@ -1,0 +1,179 @@
+"""Typed handlers, as kopf has them: one function per event type; the framework owns the plumbing.
+
+    import mapemesh
+    from mapemesh import events as catalogue
+
+    @mapemesh.on(catalogue.KnobApplied)
+    def applied(data: catalogue.KnobApplied, *, event, store) -> catalogue.StateChanged | None: ...
+
+    monitor = mapemesh.stage(__name__, source="/mapemesh/monitor")   # the Service's FUNCTION_TARGET
+
+| the framework                    | how                                                                            |
+|----------------------------------|--------------------------------------------------------------------------------|
+| parses and validates the data    | as the catalogue model of the event's type: bad data is a `PermanentError`    |
+|                                  | (422: not retried, dead-lettered)                                              |
+| picks the handler                | by the event's type; a type the stage has no handler for is a                 |
+|                                  | `PermanentError` (the Trigger sends what the stage takes, and a test checks   |
+|                                  | the Trigger's types against the handlers)                                     |
+| injects what the handler names   | `event` (mapemesh's CloudEvent, as received), `store` (the state store of     |
+|                                  | MAPEMESH_STATE, one per process)                                               |
+| builds the reply                 | the handler returns event data, a `Reply` (data plus subject and extensions), |
+|                                  | a CloudEvent, a list of them, or None; events are made from the stage's        |
+|                                  | `source`; the first is the reply, the others are posted to K_SINK, one per     |
+|                                  | request (Knative's contract), before the reply goes                           |
+| maps errors                      | `PermanentError` 422; `TemporaryError(delay)` 503 with Retry-After; anything  |
+|                                  | else 500 (`mapemesh.serving.errors`)                                           |
+
+A handler may be sync or async; it runs on the function process's event loop, one event at a time in turn with
+the others (the store is not shared across threads).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from mapemesh import events as catalogue
+from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.serving.errors import PermanentError
+from mapemesh.serving.function import Startable, Startup
+
+Handler = Callable[..., Any]
+INJECTABLE = ("event", "store")
+_pending: dict[str, dict[str, Handler]] = {}
+"""Handlers declared with `on`, by module, until the module's `stage` takes them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Event data to send with a subject and extensions of its own (plain data gets neither)."""
+
+    data: catalogue.EventData
+    subject: str | None = None
+    extensions: dict[str, str] = field(default_factory=dict)
+
+
+def on(*types: type[catalogue.EventData]) -> Callable[[Handler], Handler]:
+    """Declare `fn` the handler of events of `types` in its module's stage; `fn` is returned unchanged."""
+    if not types or not all(isinstance(t, type) and issubclass(t, catalogue.EventData) for t in types):
+        raise TypeError("mapemesh.on takes one or more catalogue event classes (mapemesh.events.X)")
+
+    def register(fn: Handler) -> Handler:
+        params = list(inspect.signature(fn).parameters.values())
+        extra = [p.name for p in params[1:] if p.name not in INJECTABLE or p.kind is not p.KEYWORD_ONLY]
+        if not params or extra:
+            raise TypeError(f"handler {fn.__qualname__}: a handler takes the data, then any of "
+                            f"{', '.join(INJECTABLE)} as keyword-only arguments (got {', '.join(extra) or 'nothing'})")
+        handlers = _pending.setdefault(fn.__module__, {})
+        for t in types:
+            if t.event_type in handlers:
+                raise TypeError(f"{t.event_type} has two handlers in {fn.__module__}: "
+                                f"{handlers[t.event_type].__qualname__} and {fn.__qualname__}")
+            handlers[t.event_type] = fn
+        return fn
+
+    return register
+
+
+class Stage(Startable):
+    """A function made of typed handlers: dispatches each event to the handler of its type."""
+
+    def __init__(self, name: str, source: str, handlers: dict[str, Handler], *,
+                 store: Callable[[], Any] | None = None, before: Callable[[Any], None] | None = None,
+                 on_start: Startup | None = None):
+        super().__init__(name, on_start)
+        self.source = source
+        self.handlers = dict(handlers)
+        self._store = store
+        self.before = before
+        """Run with the store before every event (the monitor's sweep of timed-out plans, say)."""
+        self._wants = {t: _wants(fn) for t, fn in self.handlers.items()}
+
+    @property
+    def types(self) -> frozenset[str]:
+        """The event types this stage takes (what its Trigger must send it)."""
+        return frozenset(self.handlers)
+
+    def store(self) -> Any:
+        """The state store (MAPEMESH_STATE's, one per process, unless the stage was given another)."""
+        if self._store is None:
+            from mapemesh.state import from_environment
+
+            return from_environment()
+        return self._store()
+
+    async def __call__(self, event: CloudEvent) -> CloudEvent | None:
+        """`call`: a stage is called like the function it serves as."""
+        return await self.call(event)
+
+    async def call(self, event: CloudEvent, executor: concurrent.futures.Executor | None = None) -> CloudEvent | None:
+        """Run the handler of `event`'s type; post the extra events; return the reply."""
+        handler = self.handlers.get(event.type)
+        if handler is None:
+            raise PermanentError(f"{self.name} takes {', '.join(sorted(self.handlers))}, not {event.type}")
+        try:
+            data = catalogue.parse_data(event)
+        except (ValidationError, ValueError) as exc:
+            raise PermanentError(f"{event.type} {event.id}: invalid data: {exc}") from None
+        wants = self._wants[event.type]
+        store = self.store() if "store" in wants or self.before is not None else None
+        if self.before is not None:
+            self.before(store)
+        kwargs = {"event": event, "store": store}
+        result = handler(data, **{k: kwargs[k] for k in wants})
+        if inspect.isawaitable(result):
+            result = await result
+        return await self.send(result)
+
+    async def send(self, result: object) -> CloudEvent | None:
+        """A handler's answer as events: the first returned, the others posted to the sink first."""
+        from mapemesh.serving.sink import reply_and_publish
+
+        events = [self.event(item) for item in _items(result)]
+        return await reply_and_publish(events)
+
+    def event(self, item: object) -> CloudEvent:
+        """One answer item as a CloudEvent from this stage."""
+        if isinstance(item, CloudEvent):
+            return item
+        if isinstance(item, Reply):
+            return catalogue.make_event(item.data, self.source, subject=item.subject,
+                                        extensions=item.extensions or None)
+        if isinstance(item, catalogue.EventData):
+            return catalogue.make_event(item, self.source)
+        raise TypeError(f"a handler of {self.name} returned {type(item).__name__}; return event data, a Reply, "
+                        "a CloudEvent, a list of them, or None")
+
+
+def _items(result: object) -> Iterable[object]:
+    if result is None:
+        return ()
+    if isinstance(result, list | tuple):
+        return [r for r in result if r is not None]
+    return (result,)
+
+
+def _wants(fn: Handler) -> tuple[str, ...]:
+    return tuple(name for name in inspect.signature(fn).parameters if name in INJECTABLE)
+
+
+def stage(module: str, *, source: str, name: str | None = None, store: Callable[[], Any] | None = None,
+          before: Callable[[Any], None] | None = None, on_start: Startup | None = None) -> Stage:
+    """The stage made of the handlers `module` declared with `on` (call it after them, with `__name__`)."""
+    handlers = _pending.pop(module, {})
+    if not handlers:
+        raise TypeError(f"module {module} declares no handlers (@mapemesh.on(...)) before its stage")
+    return Stage(name or module.rsplit(".", 1)[-1], source, handlers, store=store, before=before, on_start=on_start)
+
+
+def handlers_of(module: str) -> dict[str, Handler]:
+    """The handlers `module` declared and no stage took yet (for tests)."""
+    return dict(_pending.get(module, {}))
+
+
+__all__ = ["Reply", "Stage", "handlers_of", "on", "stage"]
