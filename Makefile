@@ -40,7 +40,8 @@ schemas: install
 	$(BIN)/python -m mapemesh.events.export
 
 # mapemesh's images for a cluster (Containerfile: functions, api, node-shim; bunny: the policies and the
-# accelerated example as urunc unikernels). REGISTRY=host/path tags them there and pushes them.
+# accelerated example as urunc unikernels). REGISTRY=host/path tags them there and pushes them (kind.local,
+# dev.local, ko.local: tagged only, for kind load docker-image).
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 ENGINES  := docker podman nerdctl
 REGISTRY ?=
@@ -59,6 +60,7 @@ images: install
 	  $(BIN)/mapemesh build render $$name --out $(CONTEXTS)/$$name --build; \
 	  if [ -n "$(REGISTRY)" ]; then $$engine tag mapemesh/$$name:$(VERSION)-urunc $${prefix}mapemesh/$$name:$(VERSION)-urunc; fi; \
 	done; \
+	case "$(REGISTRY)" in *.local) echo "make images: $(REGISTRY) is no registry (kind load docker-image ... instead)"; exit 0;; esac; \
 	if [ -n "$(REGISTRY)" ]; then \
 	  for image in $$($$engine images --format '{{.Repository}}:{{.Tag}}' | grep "^$${prefix}mapemesh/.*:$(VERSION)"); do $$engine push $$image; done; \
 	fi

@@ -18,8 +18,9 @@ refused with the field's name, never ignored: the result is then what a cluster 
 |                     | image at any depth (a Knative Service's template included)                         |
 | `apiVersion`, `kind`| `kustomize.config.k8s.io/v1beta1` `Kustomization` (or left out)                    |
 
-Lists in strategic-merge patches are replaced whole: kustomize merges some lists of built-in kinds by key, so
-mapemesh's overlays patch lists with JSON 6902 (tests compare the result with `kubectl kustomize` where it exists).
+A strategic-merge patch that sets a list, or uses a `$` directive other than a top-level `$patch: delete`, is
+refused (kustomize merges some lists of built-in kinds by key); so is a `labelSelector` beyond `k=v` and `k`. Tests
+compare the bundle's rendering with `kubectl kustomize` where it exists.
 """
 
 from __future__ import annotations
@@ -185,6 +186,9 @@ def _apply_patch(objects: list[tuple[dict, str]], item: Any, directory: Path, re
         gone = {id(obj) for obj, _ in selected}
         objects[:] = [(obj, origin) for obj, origin in objects if id(obj) not in gone]
         return
+    problem = _unsupported_merge(patch)
+    if problem:
+        raise KustomizeError(f"{where}: {problem}")
     # With a target, the patch's own kind and name select nothing: the target's objects keep theirs.
     body = {k: v for k, v in patch.items() if k not in ("apiVersion", "kind", "$patch")}
     body.pop("metadata", None)
@@ -215,14 +219,37 @@ def _select(objects: list[tuple[dict, str]], target: dict[str, Any], where: str)
     return out
 
 
+_SELECTOR_TERM = re.compile(r"\s*([A-Za-z0-9./_-]+)\s*(?:(==?)\s*([A-Za-z0-9._-]*))?\s*")
+
+
 def _labels_match(labels: dict[str, Any], selector: object) -> bool:
+    """Equality terms (`k=v`, `k==v`) and existence (`k`), comma-separated; other selector syntax is refused."""
     if selector is None:
         return True
     for term in str(selector).split(","):
-        key, sep, value = term.strip().partition("=")
-        if (sep and str(labels.get(key)) != value.lstrip("=")) or (not sep and key not in labels):
+        match = _SELECTOR_TERM.fullmatch(term)
+        if match is None:
+            raise KustomizeError(f"labelSelector {selector!r}: only k=v and k terms are supported here (not "
+                                 "!=, in, notin or !k); render with kubectl kustomize")
+        key, op, value = match.groups()
+        if (op and str(labels.get(key)) != value) or (not op and key not in labels):
             return False
     return True
+
+
+def _unsupported_merge(patch: Any, path: str = "") -> str | None:
+    """Why a strategic-merge patch would merge here otherwise than in kustomize (None: it would not)."""
+    if isinstance(patch, list):
+        return (f"a strategic-merge patch that sets a list ({path or '/'}) is not supported here (kustomize "
+                "merges some lists by key): use a JSON 6902 patch")
+    if isinstance(patch, dict):
+        for key, value in patch.items():
+            if key.startswith("$") and not (path == "" and key == "$patch" and value == "delete"):
+                return f"{key} at {path or '/'} is not supported here: render with kubectl kustomize"
+            problem = _unsupported_merge(value, f"{path}/{key}")
+            if problem:
+                return problem
+    return None
 
 
 def merge(base: Any, patch: Any) -> Any:

@@ -51,6 +51,15 @@ class ManifestSet:
     errors: list[str] = field(default_factory=list)
     inputs: list[Path] = field(default_factory=list)
     """The files read (for a kustomization: the ones it reaches, wherever they are)."""
+    seen: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Each input's (mtime, size) as it was just before it was read: an edit made while the load ran shows as a
+    change at the next look (`fingerprint`), never as one already read."""
+
+    def snapshot(self) -> tuple[tuple[str, int, int], ...]:
+        """What `fingerprint` gives for these inputs when none changed since they were read."""
+        for path in self.inputs:
+            self.seen.setdefault(str(path), (-1, -1))  # looked for, not found: its creation is a change
+        return tuple(sorted((path, *stat) for path, stat in self.seen.items()))
 
     def of(self, api_version: str, kind: str) -> list[Manifest]:
         """The objects of one kind."""
@@ -105,8 +114,17 @@ def load(root: Path, last_good: dict[str, list[Manifest]] | None = None) -> Mani
     return result
 
 
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (st.st_mtime_ns, st.st_size)
+
+
 def _read(path: Path, cache: dict[str, list[Manifest]], result: ManifestSet) -> list[object] | None:
     """A file's YAML documents, or None after recording the error (and keeping its last good objects)."""
+    result.seen[str(path)] = _stat(path)
     try:
         return list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -122,6 +140,7 @@ def _render(root: Path, cache: dict[str, list[Manifest]], seen: set[str], result
     unreadable: list[Path] = []
 
     def reader(path: Path) -> list[object]:
+        result.seen[str(path)] = _stat(path)
         try:
             return list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -170,14 +189,6 @@ def _collect(path: Path, docs: list[object], result: ManifestSet, first: int = 0
 
 def fingerprint(root: Path, inputs: list[Path] | None = None) -> tuple[tuple[str, int, int], ...]:
     """A cheap summary that changes when the manifests change: of `inputs` (the files the last load read) when
-    given, else of every YAML file under `root`."""
-    out = []
+    given, else of every YAML file under `root`; compared with `ManifestSet.snapshot`."""
     paths = inputs if inputs is not None else (_yaml_files(root) if root.exists() else ())
-    for path in paths:
-        try:
-            st = path.stat()
-        except OSError:
-            out.append((str(path), -1, -1))
-            continue
-        out.append((str(path), st.st_mtime_ns, st.st_size))
-    return tuple(out)
+    return tuple(sorted((str(path), *_stat(path)) for path in dict.fromkeys(paths)))

@@ -34,8 +34,15 @@ def ensure(data: Path, name: str) -> str:
             tmp.unlink()
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        log.warning("%s was readable by others (mode %o): made private (0600)", path, mode)
-        path.chmod(0o600)
+        try:
+            path.chmod(0o600)
+        except OSError as exc:
+            # A mounted Kubernetes Secret: read-only, owned by root, group-readable under fsGroup. The pod's
+            # own files; the warning says so without failing.
+            log.warning("%s is readable by others (mode %o) and cannot be made private (%s): a mounted Secret? "
+                        "give it defaultMode 0400 and no fsGroup where you can", path, mode, exc.strerror)
+        else:
+            log.warning("%s was readable by others (mode %o): made private (0600)", path, mode)
     text = path.read_text().strip()
     if not text:
         raise RuntimeError(f"{path} is empty: delete it and a new token is made")

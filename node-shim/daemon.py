@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import platform
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,11 +70,24 @@ def simulated_root(data: Path, profile: str | None = None) -> Path:
     return root
 
 
+def trigger_name(node: str) -> str:
+    """`node-shim-NODE` as a Kubernetes name (DNS-1123 label): lower case, other characters as '-', and a hash of
+    the node's name in place of what does not fit in 63 characters (two long names never collide)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", f"node-shim-{node}".lower()).strip("-")
+    if len(name) > 63 or name != f"node-shim-{node}":
+        digest = hashlib.sha256(node.encode()).hexdigest()[:8]
+        name = f"{name[:54].rstrip('-')}-{digest}"
+    return name
+
+
 def trigger(node: str, url: str, namespace: str = "default", broker: str = "default") -> dict[str, Any]:
-    """The Trigger that brings this node's knob commands to its shim."""
+    """The Trigger that brings this node's knob commands to its shim (the node's name, which may be longer than a
+    label value can be, in an annotation)."""
     return {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
-            "metadata": {"name": f"node-shim-{node}".lower()[:63], "namespace": namespace,
-                         "labels": {"mapemesh.dev/node": node}},
+            "metadata": {"name": trigger_name(node), "namespace": namespace,
+                         "labels": {"app.kubernetes.io/part-of": "mapemesh",
+                                    "app.kubernetes.io/component": "node-shim"},
+                         "annotations": {"mapemesh.dev/node": node}},
             "spec": {"broker": broker, "filters": [{"exact": {"type": KnobApply.event_type, "node": node}}],
                      "subscriber": {"uri": url.rstrip("/") + "/"}}}
 
@@ -197,7 +212,7 @@ def write_trigger(manifests: Path, node: str, url: str) -> Path:
     """Write the shim's Trigger where the mesh reads added manifests (DATA_DIR/manifests)."""
     from mapemesh.policy.scaffold import write_atomically
 
-    path = manifests / f"node-shim-{node}.yaml"
+    path = manifests / f"{trigger_name(node)}.yaml"
     write_atomically(path, "# The node shim of node " + node + ": its knob commands.\n"
                      + yaml.safe_dump(trigger(node, url), sort_keys=False))
     return path

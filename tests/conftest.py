@@ -97,12 +97,14 @@ def copy_knative(root: Path, drop: str | None = None) -> Path:
     shutil.copytree(REPO / "knative", target, ignore=shutil.ignore_patterns("overlays", "platform"))
     shutil.copytree(REPO / "runtimes", root / "runtimes", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     if drop is not None:
-        gone = [path.name for path in target.glob(drop)]
+        base = target / "base"
+        gone = [path.name for path in base.glob(drop)]
+        assert gone, f"nothing in knative/base matches {drop!r}"
         for name in gone:
-            (target / name).unlink()
-        kustomization = yaml.safe_load((target / "kustomization.yaml").read_text())
+            (base / name).unlink()
+        kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
         kustomization["resources"] = [r for r in kustomization["resources"] if r not in gone]
-        (target / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+        (base / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
     return target
 
 

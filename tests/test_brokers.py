@@ -80,3 +80,24 @@ def test_a_broken_file_keeps_its_last_good_objects(tmp_path):
     f.unlink()
     reg.reload()
     assert reg.brokers == {}
+
+
+def test_an_edit_made_while_the_manifests_load_is_seen_at_the_next_look(tmp_path, monkeypatch):
+    from mapemesh import manifests
+
+    f = tmp_path / "b.yaml"
+    f.write_text(BROKER.format(name="edge", ns="site-1"))
+    reg = BrokerRegistry(tmp_path)
+    f.write_text(BROKER.format(name="edge", ns="site-2"))
+    real = manifests._read
+
+    def racing(path, cache, result):
+        docs = real(path, cache, result)  # read as it was
+        path.write_text(BROKER.format(name="core", ns="site-3") + "\n")  # then edited while the load runs
+        return docs
+
+    monkeypatch.setattr(manifests, "_read", racing)
+    reg.reload()
+    monkeypatch.undo()
+    assert set(reg.brokers) == {"site-2/edge"}
+    assert reg.reload() is True and set(reg.brokers) == {"site-3/core"}

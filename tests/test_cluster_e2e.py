@@ -65,7 +65,7 @@ def _connects(port: int) -> bool:
 
 
 def test_the_demo_loop_changes_a_nodes_cpu_frequency_on_the_cluster():
-    kubectl("apply", "-k", str(REPO / "knative" / "overlays" / OVERLAY))
+    kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "knative" / "overlays" / OVERLAY))
     kubectl("rollout", "status", "daemonset/mapemesh-node-shim", "--timeout=300s", timeout=330)
     kubectl("rollout", "status", "deployment/mapemesh-api", "--timeout=300s", timeout=330)
     kubectl("wait", "--for=condition=Ready", "broker/default", "--timeout=300s", timeout=330)

@@ -144,3 +144,17 @@ def test_a_bad_or_contradicting_order_makes_the_trigger_not_ready(tmp_path):
     assert got["bad"].reason == ('invalid annotation kafka.eventing.knative.dev/delivery.order value: fifo. '
                                  'Allowed values [ "ordered" | "unordered" ]')
     assert "disagree" in got["both"].reason
+
+
+def test_an_odd_retry_after_is_no_retry_after():
+    assert retry_after_seconds("²") == 0.0 and retry_after_seconds("  12 ") == 12.0 and retry_after_seconds("") == 0
+
+
+def test_without_new_trigger_filters_only_filter_decides(tmp_path):
+    off = {**FEATURES_ON, "data": {"new-trigger-filters": "disabled", "default-authorization-mode":
+                                   "allow-same-namespace"}}
+    doc = trigger("t")
+    doc["spec"]["filter"] = {"attributes": {"type": "legacy"}}
+    got = triggers_of(tmp_path, BROKER, off, doc)["t"]
+    assert got.ready and got.filter.matches({"type": "legacy"}) and not got.filter.matches({"type": "t"})
+    assert EventingFeatures.from_objects([off]).errors == ()  # a value that is not a flag is not an error

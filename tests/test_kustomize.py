@@ -130,3 +130,20 @@ def test_the_bundle_renders_as_kubectl_kustomize_renders_it(directory):
     assert set(ours) == set(theirs)
     for key, obj in ours.items():
         assert obj == theirs[key], key
+
+
+@pytest.mark.parametrize(("patch", "message"), [
+    ({"patch": "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {template: {spec: "
+               "{containers: [{name: c, image: x}]}}}\n"}, "sets a list"),
+    ({"patch": "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {$patch: replace}\n"},
+     r"\$patch at /spec"),
+    ({"target": {"kind": "Deployment", "labelSelector": "app!=x"}, "patch": "- {op: remove, path: /x}"},
+     "only k=v and k terms"),
+])
+def test_what_kustomize_would_merge_differently_is_refused(tmp_path, patch, message):
+    write(tmp_path / "d.yaml", {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                                "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "y"},
+                                                                              {"name": "s", "image": "z"}]}}}})
+    write(tmp_path / "kustomization.yaml", {"resources": ["d.yaml"], "patches": [patch]})
+    with pytest.raises(KustomizeError, match=message):
+        kustomize.render(tmp_path)

@@ -283,3 +283,38 @@ def test_a_readable_token_is_made_private(tmp_path):
     (tmp_path / "node-shim.token").chmod(0o644)
     assert token(tmp_path) == "secret-token"
     assert stat.S_IMODE((tmp_path / "node-shim.token").stat().st_mode) == 0o600
+
+
+def test_a_mounted_secret_token_that_cannot_be_made_private_is_still_read(tmp_path, monkeypatch, caplog):
+    # A Kubernetes Secret under fsGroup: group-readable, owned by root, on a read-only mount. chmod fails there.
+    from pathlib import Path
+
+    from mapemesh.node_shim.server import token
+
+    (tmp_path / "node-shim.token").write_text("from-a-secret\n")
+    (tmp_path / "node-shim.token").chmod(0o440)
+
+    def refuse(self, mode):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(Path, "chmod", refuse)
+    assert token(tmp_path) == "from-a-secret"
+    assert "cannot be made private" in caplog.text
+
+
+@pytest.mark.parametrize(("node", "expected"), [
+    ("worker-1", "node-shim-worker-1"),
+    ("Worker_1.example", None),          # not a DNS-1123 label as it is: rewritten and hashed
+    ("ip-10-0-0-1." + "a" * 60, None),   # too long: cut and hashed
+])
+def test_a_shims_trigger_has_a_valid_name_whatever_the_node_is_called(node, expected):
+    import re as regex
+
+    from mapemesh.node_shim.daemon import trigger, trigger_name
+
+    name = trigger_name(node)
+    assert regex.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", name), name
+    assert expected is None or name == expected
+    doc = trigger(node, "http://10.0.0.1:8082")
+    assert doc["metadata"]["annotations"]["mapemesh.dev/node"] == node  # a label value could not hold it
+    assert trigger_name(node + "x") != name

@@ -53,6 +53,7 @@ def serve(ctx: click.Context, node: str | None, data: Path | None, sysfs_root: P
         register_on_cluster,
         simulated_root,
         start_node_shim,
+        trigger_name,
         write_trigger,
     )
 
@@ -76,9 +77,9 @@ def serve(ctx: click.Context, node: str | None, data: Path | None, sysfs_root: P
                                                     if "broker" in found else None)
     name = node or s.node or default_node()
     in_mesh = register == "mesh" and "broker" in found
-    if in_mesh and (s.deployed_manifests / f"node-shim-{name}.yaml").exists():
+    if in_mesh and (s.deployed_manifests / f"{trigger_name(name)}.yaml").exists():
         raise click.UsageError(f"node {name} has a node shim in this mesh already ({s.deployed_manifests}/"
-                               f"node-shim-{name}.yaml; `mapemesh up` runs one for this machine): use --node")
+                               f"{trigger_name(name)}.yaml; `mapemesh up` runs one for this machine): use --node")
     root = simulated_root(s.data, profile) if profile else sysfs_root or (Path(s.sysfs_root) if s.sysfs_root
                                                                           else None)
 

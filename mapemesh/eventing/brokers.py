@@ -101,14 +101,17 @@ class BrokerRegistry:
             return False
         found = manifests.load(self.root, self._last_good.setdefault(self.root, {}))
         inputs = {self.root: found.inputs}
+        snapshot = found.snapshot()
         for path in self.extra:
             if path.exists():
                 more = manifests.load(path, self._last_good.setdefault(path, {}))
                 inputs[path] = more.inputs
+                snapshot += more.snapshot()
                 found.objects += more.objects
                 found.errors += more.errors
         self._inputs = inputs
-        self._fingerprint = self._summary()  # of what this load read (a kustomization reaches files elsewhere)
+        # The files as they were when they were read: an edit during this load is seen at the next look.
+        self._fingerprint = snapshot
         self.found = found
         brokers, errors = brokers_from(found)
         self.errors = found.errors + errors

@@ -140,7 +140,7 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float:
     if not value:
         return 0.0
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # str.isdigit also takes '²' and other digits int() refuses
         return float(text)
     try:
         when = parsedate_to_datetime(text).timestamp()

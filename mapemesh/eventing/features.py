@@ -45,11 +45,10 @@ class EventingFeatures:
                     or meta.get("namespace") != NAMESPACE:
                 continue
             for key, value in (obj.get("data") or {}).items():
-                if str(key).startswith("_"):
-                    continue
                 text = str(value).strip().lower()
-                if text not in VALUES:
+                if text in VALUES:
+                    flags[str(key)] = text
+                elif key in STOCK:  # a flag mapemesh reads, with a value Knative would not parse
                     errors.append(f"cannot parse the feature flag '{key}' = '{value}'")
-                    continue
-                flags[str(key)] = text
+                # other keys (default-authorization-mode: allow-same-namespace, _example, ...) are not flags
         return cls(flags, tuple(errors))

@@ -87,7 +87,9 @@ def parse_trigger(m: manifests.Manifest, brokers: dict[str, BrokerSpec],
             raise ValueError("spec.subscriber is required")
         subscriber = Destination.parse(spec["subscriber"], "spec.subscriber")
         _check_destination(subscriber, "spec.subscriber")
-        flt = compile_trigger_filter(spec.get("filter"), spec.get("filters"))
+        # Without new-trigger-filters Knative neither checks nor applies `filters`: `filter` alone decides.
+        filters = spec.get("filters") if (features or EventingFeatures()).enabled("new-trigger-filters") else None
+        flt = compile_trigger_filter(spec.get("filter"), filters)
         broker = brokers.get(broker_key)
         if broker is None:
             raise ValueError(f"broker {broker_key} is not declared")

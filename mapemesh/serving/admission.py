@@ -52,6 +52,8 @@ GATED_POD_FIELDS = {
     "hostIPC": "kubernetes.podspec-hostipc", "shareProcessNamespace": "kubernetes.podspec-shareprocessnamespace",
     "initContainers": "kubernetes.podspec-init-containers",
 }
+KNOWN_FLAGS = {*GATED_POD_FIELDS.values(), *STOCK_FEATURES, "kubernetes.podspec-fieldref",
+               "kubernetes.podspec-volumes-hostpath", "kubernetes.podspec-persistent-volume-claim"}
 OPEN_POD_FIELDS = {"containers", "volumes", "serviceAccountName", "imagePullSecrets", "enableServiceLinks",
                    "automountServiceAccountToken", "containerConcurrency", "timeoutSeconds",
                    "responseStartTimeoutSeconds", "idleTimeoutSeconds"}
@@ -104,13 +106,12 @@ class KnativeConfig:
                 _convert(values, errors, "config-defaults", key, attr, kind, defaults[key])
         features = {}
         for key, value in (maps.get("config-features") or {}).items():
-            if key.startswith("_"):  # the ConfigMap's _example block
-                continue
             text = str(value).strip().lower()
-            if text not in ("enabled", "disabled", "allowed"):
+            if text in ("enabled", "disabled", "allowed"):
+                features[key] = text
+            elif key in KNOWN_FLAGS:  # a flag admission reads, with a value Knative would not parse
                 errors.append(f"config-features: cannot parse the feature flag '{key}' = '{value}'")
-                continue
-            features[key] = text
+            # other keys (secure-pod-defaults: AllowRootBounded, queueproxy.*, _example) are not flags here
         config = cls(**values, features=features)
         if config.initial_scale < 0 or (config.initial_scale == 0 and not config.allow_zero_initial_scale):
             errors.append(f"config-autoscaler: initial-scale = {config.initial_scale}, must be at least 0 (or at "
@@ -259,12 +260,10 @@ def _pod_spec(spec: Mapping[str, Any], config: KnativeConfig, at: str) -> list[s
 
 
 def _atoi(raw: str) -> int | None:
+    """Go's strconv.Atoi: an optional sign, then ASCII digits; None for anything else."""
     text = raw.strip()
-    if text[:1] in "+-":
-        sign, text = text[0], text[1:]
-    else:
-        sign = ""
-    return int(sign + text) if text.isdigit() else None
+    sign, digits = (text[0], text[1:]) if text[:1] in ("+", "-") else ("", text)
+    return int(sign + digits) if digits.isascii() and digits.isdigit() else None
 
 
 def _go(seconds: float) -> str:
