@@ -29,7 +29,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from mapemesh import events as catalogue
-from mapemesh import tokens
+from mapemesh import tokens, tracing
 from mapemesh.eventing.binding import from_http, to_binary
 from mapemesh.eventing.cloudevent import MalformedEvent
 from mapemesh.node_shim.knobs.base import KnobError
@@ -148,17 +148,20 @@ class ShimServer:
         if data.node != self.shim.node:
             return _json(422, {"error": f"this is node {self.shim.node}, the command is for {data.node}"})
         reply: catalogue.EventData
-        try:
-            applied = await self.shim.apply(data.knob, data.command, requested_by=data.requested_by,
-                                            plan_id=data.plan_id)
-        except KnobError as exc:
-            reply = catalogue.KnobFailed(node=data.node, knob=data.knob, request=event.id, plan_id=data.plan_id,
-                                         code=exc.code, error=str(exc) or type(exc).__name__,
-                                         rolled_back=exc.rolled_back)
-        else:
-            reply = catalogue.KnobApplied(node=data.node, knob=data.knob, request=event.id, plan_id=data.plan_id,
-                                          before=applied.before, after=applied.after, noop=applied.noop)
-        out = catalogue.make_event(reply, f"/mapemesh/node-shim/{self.shim.node}", subject=data.node,
-                                   extensions={"node": data.node})
+        with tracing.handling(event.attributes, data.knob, label="knob apply", extra={
+                "mapemesh.node": data.node, "mapemesh.knob": data.knob, "mapemesh.plan_id": data.plan_id}):
+            try:
+                applied = await self.shim.apply(data.knob, data.command, requested_by=data.requested_by,
+                                                plan_id=data.plan_id)
+            except KnobError as exc:
+                reply = catalogue.KnobFailed(node=data.node, knob=data.knob, request=event.id, plan_id=data.plan_id,
+                                             code=exc.code, error=str(exc) or type(exc).__name__,
+                                             rolled_back=exc.rolled_back)
+            else:
+                reply = catalogue.KnobApplied(node=data.node, knob=data.knob, request=event.id, plan_id=data.plan_id,
+                                              before=applied.before, after=applied.after, noop=applied.noop)
+            out = catalogue.make_event(reply, f"/mapemesh/node-shim/{self.shim.node}", subject=data.node,
+                                       extensions={"node": data.node})
+            tracing.stamp(out.attributes)  # the knob's result is the apply's child
         headers, body = to_binary(out)
         return web.Response(status=200, headers=headers, body=body)

@@ -27,6 +27,7 @@ from typing import Any
 
 import mapemesh
 from mapemesh import events as catalogue
+from mapemesh import tracing
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.policy import registry
 from mapemesh.policy.inputs import gather
@@ -159,7 +160,7 @@ def claim(store: StateStore, policy: str, asset: str, interval_s: float, now: fl
 def _rerun(change: dict[str, Any] | None) -> dict[str, Any]:
     change = change or {}
     return {"asset_kind": change.get("asset_kind") or "node", "changed": list(change.get("changed") or ["description"]),
-            "cause": change.get("cause")}
+            "cause": change.get("cause"), "traceparent": change.get("traceparent")}
 
 
 def release(store: StateStore, policy: str, asset: str) -> CloudEvent | None:
@@ -182,7 +183,10 @@ def release(store: StateStore, policy: str, asset: str) -> CloudEvent | None:
         return None
     data = catalogue.StateChanged(asset=asset, asset_kind=rerun[0]["asset_kind"], changed=rerun[0]["changed"],
                                   cause=rerun[0].get("cause"))
-    return catalogue.make_event(data, SOURCE, subject=asset, extensions={"policy": policy})
+    event = catalogue.make_event(data, SOURCE, subject=asset, extensions={"policy": policy})
+    if rerun[0].get("traceparent"):  # the rerun is the coalesced change's effect, in its trace
+        event.attributes[tracing.ATTRIBUTE] = rerun[0]["traceparent"]
+    return event
 
 
 def trim(telemetry: dict[str, Any]) -> dict[str, Any]:
@@ -238,8 +242,9 @@ async def _later(store: StateStore, policy: str, declaration: Declaration, asset
 def _one(store: StateStore, policy: str, declaration: Declaration, asset: str, mode: str,
          change: catalogue.StateChanged, cause: str | None) -> CloudEvent | None:
     """The request to send now; None when there is none (coalesced, or deferred to a background task)."""
+    hop = tracing.current.get()
     rerun = {"asset_kind": change.asset_kind if change.asset == asset else "node", "changed": change.changed,
-             "cause": cause}
+             "cause": cause, "traceparent": hop.traceparent if hop is not None else None}
     wait = claim(store, policy, asset, declaration.analyze_interval_s, rerun=rerun)
     if wait is None:
         return None

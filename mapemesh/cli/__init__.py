@@ -19,6 +19,7 @@ from mapemesh.cli.node_shim import node_shim
 from mapemesh.cli.northbound import apps, infra, manage, ml, watch
 from mapemesh.cli.policy import policy
 from mapemesh.cli.render import render
+from mapemesh.cli.trace import trace
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -44,6 +45,7 @@ cli.add_command(status)
 cli.add_command(policy)
 cli.add_command(node_shim)
 cli.add_command(render)
+cli.add_command(trace)
 cli.add_command(apps)
 cli.add_command(ml)
 cli.add_command(infra)

@@ -23,6 +23,7 @@ from typing import Protocol
 
 import aiohttp
 
+from mapemesh import tracing
 from mapemesh.eventing.binding import content_mode, from_http, to_binary
 from mapemesh.eventing.brokers import BrokerRegistry
 from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent, validate
@@ -314,6 +315,23 @@ class Dispatcher:
         return lane.limit
 
     async def _deliver_once(self, key: str, logged: LoggedEvent, resume: _Resume) -> None:
+        parent = tracing.of(logged.event.attributes)
+        hop = parent.child(key) if parent is not None else None
+        if hop is None or not tracing.enabled():
+            await self._attempts(key, logged, resume, hop)
+            return
+        event = logged.event
+        with tracing.span(f"deliver {key}", hop, parent, {
+                "messaging.system": "knative", "mapemesh.trigger": key, "cloudevents.event_id": event.id,
+                "cloudevents.event_type": event.type}) as current:
+            last = await self._attempts(key, logged, resume, hop)
+            if current is not None:
+                current.set_attribute("http.response.status_code", last.status or 0)
+                if last.error:
+                    current.set_attribute("error.type", last.error[:200])
+
+    async def _attempts(self, key: str, logged: LoggedEvent, resume: _Resume, hop: tracing.Hop | None) -> Attempt:
+        """Try until delivered, dead-lettered or dropped (the delivery's hop on each copy sent); the last answer."""
         event, seq = logged.event, logged.seq
         attempts, not_before_ns = resume.attempts, resume.not_before_ns
         last = resume.last or Attempt(None, error="no attempt made")
@@ -323,7 +341,7 @@ class Dispatcher:
                 await self.log.record_attempt(key, seq, "dead", error="trigger removed", attempted=False)
                 self.metrics.count(key, "dropped")
                 log.warning("event %s (seq %d) dropped: trigger %s was removed", event.id, seq, key)
-                return
+                return last
             spec = trigger.delivery
             if not_before_ns == DEAD_LETTER_NEXT or attempts > spec.retry:
                 break
@@ -337,15 +355,19 @@ class Dispatcher:
                 last = Attempt(None, error=f"subscriber not resolvable: {exc}")
             else:
                 async with self._limit(key):  # bounded concurrency per trigger; not held while backing off
-                    last = await self.send(destination, event, spec.timeout, reply_expected=True)
+                    sent = time.perf_counter()
+                    last = await self.send(destination, event, spec.timeout, reply_expected=True, hop=hop)
+                    self.metrics.answered(key, last.status, time.perf_counter() - sent)
             attempts += 1
             if last.ok:
                 if last.reply is not None:
+                    if hop is not None:  # a subscriber that is no mapemesh function: its reply is the delivery's
+                        last.reply.attributes.setdefault(tracing.ATTRIBUTE, hop.traceparent)
                     await self.ingress.republish(trigger.broker, last.reply, event)
                 await self.log.record_attempt(key, seq, "delivered", status=last.status)
                 self.metrics.count(key, "delivered")
                 self.metrics.latency(key, self.clock.time() - logged.received_ns / 1e9)
-                return
+                return last
             if is_retryable(last.status) and attempts <= spec.retry:
                 now = self.clock.time()
                 not_before_ns = int((now + spec.wait(attempts, last.status, last.retry_after, now)) * 1e9)
@@ -359,6 +381,7 @@ class Dispatcher:
                                           body=last.body[:ERROR_BODY_BYTES], not_before_ns=DEAD_LETTER_NEXT)
             break
         await self._dead_letter(trigger, logged, self._destination(trigger), last)
+        return last
 
     def _destination(self, trigger: Trigger) -> str:
         """The subscriber's address as `knativeerrordest` names it."""
@@ -407,10 +430,14 @@ class Dispatcher:
             log.error("event %s to %s dropped: dead-letter sink failed (%s) after %s", event.id, key,
                       _describe(outcome), why)
 
-    async def send(self, url: str, event: CloudEvent, timeout_s: float, *, reply_expected: bool) -> Attempt:
-        """POST `event` in binary mode (TTL removed, as Knative does); read a reply event if one comes."""
+    async def send(self, url: str, event: CloudEvent, timeout_s: float, *, reply_expected: bool,
+                   hop: tracing.Hop | None = None) -> Attempt:
+        """POST `event` in binary mode (TTL removed, as Knative does; `traceparent` the delivery's `hop`); read a
+        reply event if one comes."""
         assert self._session is not None, "start() the dispatcher first"
         outgoing = CloudEvent({k: v for k, v in event.attributes.items() if k != TTL}, event.data)
+        if hop is not None:
+            outgoing.attributes[tracing.ATTRIBUTE] = hop.traceparent
         for prefix, deliver in self.local.items():
             if url.startswith(prefix + "/"):
                 return await self._send_local(deliver, url[len(prefix):], outgoing, timeout_s, reply_expected)

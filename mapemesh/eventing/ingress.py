@@ -28,10 +28,11 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
+from mapemesh import tracing
 from mapemesh.eventing.binding import BATCH, content_mode, from_http
 from mapemesh.eventing.brokers import BrokerRegistry
 from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent
@@ -90,14 +91,21 @@ def parse_ttl(value: object) -> int:
     return value
 
 
-def stamp(event: CloudEvent) -> None:
-    """Set the broker's attributes on an incoming event: TTL (default 255, must be > 0) and arrival time."""
-    raw = event.attributes.get(TTL)
+def stamp(event: CloudEvent) -> tracing.Hop | None:
+    """Set the broker's attributes on an incoming event: TTL (default 255, must be > 0), arrival time, and a
+    `traceparent` where it has none (a new trace, returned; None when it came with one)."""
+    attrs = event.attributes
+    raw = attrs.get(TTL)
     ttl = DEFAULT_TTL if raw is None else parse_ttl(raw)
     if ttl <= 0:
         raise MalformedEvent(TTL, f"TTL is {ttl}: the event has been re-published too many times")
-    event.attributes[TTL] = ttl
-    event.attributes[ARRIVAL] = arrival_time()
+    attrs[TTL] = ttl
+    attrs[ARRIVAL] = arrival_time()
+    if tracing.ATTRIBUTE in attrs:  # the sender's trace (a value that is no W3C traceparent is kept, untraced)
+        return None
+    hop = tracing.root(attrs.get("source"), attrs.get("id"))
+    attrs[tracing.ATTRIBUTE] = hop.traceparent
+    return hop
 
 
 class Ingress:
@@ -112,6 +120,8 @@ class Ingress:
         self.log = event_log
         self.max_event_bytes = max_event_bytes
         self.accept_batch = accept_batch
+        self.metrics: Any = None
+        """The broker's metrics (`received(broker, event_type, status)`), when it counts."""
         self.batches_refused = 0
         """Batch requests answered 400 because the extension is off (a mapemesh component must never send one)."""
         self.router: Router | None = None
@@ -172,31 +182,53 @@ class Ingress:
             self.batches_refused += 1
             log.warning("refused a %s request to %s: one event per request (Knative's broker contract)", BATCH,
                         broker.key)
+            self._refused(broker.key, 400)
             reason = (f"{BATCH} is not accepted: a Knative broker ingress takes one event per request (binary or "
                       "structured mode); the batch extension is mapemesh-only, on with --accept-batch")
             return web.Response(status=400, content_type="application/json",
                                 body=json.dumps({"error": "one event per request", "reason": reason}).encode())
+        started = time.time_ns()
+        roots: list[tuple[CloudEvent, tracing.Hop]] = []
         try:
             events = from_http(request.headers, body)
             for i, event in enumerate(events):
                 try:
-                    stamp(event)
+                    hop = stamp(event)
                 except MalformedEvent as exc:
                     raise (exc.at(i) if len(events) > 1 else exc) from None
+                if hop is not None:
+                    roots.append((event, hop))
         except MalformedEvent as exc:
+            self._refused(broker.key, 400)
             return _malformed(exc)
         if events:
             routes = self.router.routes(broker.key, events) if self.router is not None else ()
             try:
                 seqs = await self.log.append(broker.key, events, routes)
             except UnstorableEvent as exc:
+                self._refused(broker.key, 400)
                 return _malformed(MalformedEvent(None, str(exc)))
             except Exception as exc:
                 log.error("could not store %d event(s) for %s: %s", len(events), broker.key, exc)
+                self._refused(broker.key, 503)
                 return _error(503, "the event could not be stored; retry", {"Retry-After": "1"})
             if self.router is not None:
                 self.router.accepted(broker.key, events, seqs, routes)
+            if self.metrics is not None:
+                for event in events:
+                    self.metrics.received(broker.key, event.type, 202)
+            if roots and tracing.enabled():
+                for event, hop in roots:
+                    with tracing.span(f"ingress {broker.key}", hop, None, {
+                            "messaging.system": "knative", "cloudevents.event_id": event.id,
+                            "cloudevents.event_type": event.type, "cloudevents.event_source": event.source},
+                            start_ns=started):
+                        pass
         return web.Response(status=202)
+
+    def _refused(self, broker: str, status: int) -> None:
+        if self.metrics is not None:
+            self.metrics.received(broker, "", status)  # no event type: the request held no event that could be read
 
     async def republish(self, broker: str, reply: CloudEvent, parent: CloudEvent) -> int | None:
         """Publish a subscriber's reply into `broker` with the parent's TTL minus one.

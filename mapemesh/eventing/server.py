@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from mapemesh import endpoints
+from mapemesh import metrics as prometheus
 from mapemesh.aio import until_stopped
 from mapemesh.eventing.brokers import BrokerRegistry
 from mapemesh.eventing.delivery import Dispatcher
@@ -61,10 +62,15 @@ async def start_broker(settings: Settings) -> RunningBroker:
     resolver = Resolver(settings.data, broker_url="")
     dispatcher = Dispatcher(event_log, ingress, registry, resolver, metrics)
 
+    ingress.metrics = metrics
+
     async def stats(request: web.BaseRequest) -> web.Response:
         return web.json_response(dispatcher.stats())
 
-    runner = web.ServerRunner(ingress.server({"/stats": stats}), handle_signals=False)
+    async def scrape(request: web.BaseRequest) -> web.Response:
+        return web.Response(body=prometheus.text(metrics.registry), headers={"Content-Type": prometheus.CONTENT_TYPE})
+
+    runner = web.ServerRunner(ingress.server({"/stats": stats, "/metrics": scrape}), handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.broker_port, backlog=1024, reuse_address=True)
     await site.start()

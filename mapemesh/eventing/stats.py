@@ -1,9 +1,13 @@
-"""Delivery metrics per trigger through the OpenTelemetry SDK.
+"""The broker's metrics: per trigger through the OpenTelemetry SDK (`GET /stats`), and Knative's broker metrics
+for Prometheus (`GET /metrics`, `mapemesh.metrics`).
 
-Counters `mapemesh.broker.events` (attribute `outcome`: accepted, delivered, retried, dead_lettered, dropped)
-and the histogram `mapemesh.broker.delivery.latency` (seconds from arrival at the broker to the
-subscriber's 2xx), each with the attribute `trigger`. An in-memory reader serves `GET /stats`; any other
+OpenTelemetry: counters `mapemesh.broker.events` (attribute `outcome`: accepted, delivered, retried,
+dead_lettered, dropped) and the histogram `mapemesh.broker.delivery.latency` (seconds from arrival at the broker
+to the subscriber's 2xx), each with the attribute `trigger`. An in-memory reader serves `GET /stats`; any other
 OpenTelemetry reader or exporter can be attached to the same meter provider.
+
+Prometheus: `mt_broker_ingress_event_count` (each request by event type and answer), `mt_broker_filter_event_count`
+and `mt_broker_filter_event_dispatch_latencies` (each delivery attempt by trigger and the subscriber's answer).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, MetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
+from mapemesh import metrics as prometheus
 
 Outcome = Literal["accepted", "delivered", "retried", "dead_lettered", "dropped"]
 OUTCOMES: tuple[Outcome, ...] = ("accepted", "delivered", "retried", "dead_lettered", "dropped")
@@ -38,6 +44,15 @@ class BrokerMetrics:
                                         description="Events per trigger by outcome")
         self._latency = meter.create_histogram("mapemesh.broker.delivery.latency", unit="s",
                                                description="Arrival at the broker to the subscriber's 2xx")
+        self.ingress_events = prometheus.Counts("mt_broker_ingress_event_count", "Events received by the broker "
+                                                "ingress", ("broker_name", "event_type", "response_code",
+                                                            "response_code_class"))
+        self.filter_events = prometheus.Counts("mt_broker_filter_event_count", "Events dispatched to triggers' "
+                                               "subscribers", ("trigger_name", "response_code", "response_code_class"))
+        self.registry = prometheus.registry(self.ingress_events, self.filter_events)
+        self._dispatch = prometheus.histogram(self.registry, "mt_broker_filter_event_dispatch_latencies",
+                                              "Time to dispatch an event to a trigger's subscriber (ms)",
+                                              ("trigger_name", "response_code"))
 
     def count(self, trigger: str, outcome: Outcome, n: int = 1) -> None:
         """Add `n` events with `outcome` to the trigger's counter."""
@@ -47,6 +62,16 @@ class BrokerMetrics:
     def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
         for (trigger, outcome), value in list(self._counts.items()):
             yield Observation(value, {"trigger": trigger, "outcome": outcome})
+
+    def received(self, broker: str, event_type: str, status: int) -> None:
+        """One event the ingress answered with `status`."""
+        self.ingress_events.add(broker, event_type, str(status), prometheus.code_class(status))
+
+    def answered(self, trigger: str, status: int | None, seconds: float) -> None:
+        """One delivery attempt to the trigger's subscriber: its answer (None: none came) and how long it took."""
+        code = str(status or 0)
+        self.filter_events.add(trigger, code, prometheus.code_class(status))
+        self._dispatch.labels(trigger, code).observe(seconds * 1000)
 
     def latency(self, trigger: str, seconds: float) -> None:
         """Record one successful delivery's latency."""

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from mapemesh import tracing
 from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent
 from mapemesh.eventing.sdk import AnySdkEvent, from_sdk, to_sdk
 from mapemesh.serving.errors import FunctionError, PermanentError, TemporaryError
@@ -102,7 +103,11 @@ class Function(Startable):
             not inspect.isfunction(fn) and inspect.iscoroutinefunction(type(fn).__call__))  # an async callable object
 
     async def call(self, event: CloudEvent, executor: concurrent.futures.Executor | None = None) -> CloudEvent | None:
-        """Run the function on the SDK's form of `event`; its answer back in mapemesh's form."""
+        """Run the function on the SDK's form of `event`; its answer back in mapemesh's form (in its trace)."""
+        with tracing.handling(event.attributes, self.name, extra={"mapemesh.function": self.name}):
+            return await self._call(event, executor)
+
+    async def _call(self, event: CloudEvent, executor: concurrent.futures.Executor | None) -> CloudEvent | None:
         sdk_event = to_sdk(event)
         if self.is_async:
             result = await self.fn(sdk_event)
@@ -121,10 +126,11 @@ class Function(Startable):
             _on_process_loop(self.start())
         if self.is_async:
             return _on_process_loop(self.call(event))
-        result = self.fn(to_sdk(event))
-        if inspect.isawaitable(result):
-            result = _on_process_loop(_awaited(result))
-        return reply_of(self.name, result)
+        with tracing.handling(event.attributes, self.name, extra={"mapemesh.function": self.name}):
+            result = self.fn(to_sdk(event))
+            if inspect.isawaitable(result):
+                result = _on_process_loop(_awaited(result))
+            return reply_of(self.name, result)
 
 
 async def _awaited(result: Awaitable[T]) -> T:
@@ -132,16 +138,22 @@ async def _awaited(result: Awaitable[T]) -> T:
 
 
 def reply_of(name: str, result: object) -> CloudEvent | None:
-    """A function's return value as the reply event; TypeError naming what came back otherwise."""
-    if result is None or isinstance(result, CloudEvent):
-        return result
-    if isinstance(result, AnySdkEvent):
+    """A function's return value as the reply event (in the current trace); TypeError naming what came back
+    otherwise."""
+    if result is None:
+        return None
+    if isinstance(result, CloudEvent):
+        reply = result
+    elif isinstance(result, AnySdkEvent):
         try:
-            return from_sdk(result)
+            reply = from_sdk(result)
         except MalformedEvent as exc:
             raise TypeError(f"function {name} returned an event that is not a valid CloudEvent: {exc}") from None
-    raise TypeError(f"function {name} returned {type(result).__name__}; return a CloudEvent "
-                    "(cloudevents.http.CloudEvent or mapemesh's) or None")
+    else:
+        raise TypeError(f"function {name} returned {type(result).__name__}; return a CloudEvent "
+                        "(cloudevents.http.CloudEvent or mapemesh's) or None")
+    tracing.stamp(reply.attributes)
+    return reply
 
 
 _loop: asyncio.AbstractEventLoop | None = None

@@ -2,6 +2,7 @@
 
     import mapemesh
     from mapemesh import events as catalogue
+from mapemesh import tracing
 
     @mapemesh.on(catalogue.KnobApplied)
     def applied(data: catalogue.KnobApplied, *, event, store) -> catalogue.StateChanged | None: ...
@@ -39,6 +40,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from mapemesh import events as catalogue
+from mapemesh import tracing
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.serving.errors import PermanentError
 from mapemesh.serving.function import Startable, Startup
@@ -112,7 +114,11 @@ class Stage(Startable):
         return await self.call(event)
 
     async def call(self, event: CloudEvent, executor: concurrent.futures.Executor | None = None) -> CloudEvent | None:
-        """Run the handler of `event`'s type; post the extra events; return the reply."""
+        """Run the handler of `event`'s type; post the extra events; return the reply (all in its trace)."""
+        with tracing.handling(event.attributes, self.name, extra={"mapemesh.function": self.name}):
+            return await self._call(event)
+
+    async def _call(self, event: CloudEvent) -> CloudEvent | None:
         handler = self.handlers.get(event.type)
         if handler is None:
             raise PermanentError(f"{self.name} takes {', '.join(sorted(self.handlers))}, not {event.type}")
@@ -138,16 +144,18 @@ class Stage(Startable):
         return await reply_and_publish(events)
 
     def event(self, item: object) -> CloudEvent:
-        """One answer item as a CloudEvent from this stage."""
+        """One answer item as a CloudEvent from this stage, in the trace of the event being handled."""
         if isinstance(item, CloudEvent):
-            return item
-        if isinstance(item, Reply):
-            return catalogue.make_event(item.data, self.source, subject=item.subject,
-                                        extensions=item.extensions or None)
-        if isinstance(item, catalogue.EventData):
-            return catalogue.make_event(item, self.source)
-        raise TypeError(f"a handler of {self.name} returned {type(item).__name__}; return event data, a Reply, "
-                        "a CloudEvent, a list of them, or None")
+            out = item
+        elif isinstance(item, Reply):
+            out = catalogue.make_event(item.data, self.source, subject=item.subject, extensions=item.extensions or None)
+        elif isinstance(item, catalogue.EventData):
+            out = catalogue.make_event(item, self.source)
+        else:
+            raise TypeError(f"a handler of {self.name} returned {type(item).__name__}; return event data, a Reply, "
+                            "a CloudEvent, a list of them, or None")
+        tracing.stamp(out.attributes)
+        return out
 
 
 def _items(result: object) -> Iterable[object]:
@@ -168,7 +176,10 @@ def stage(module: str, *, source: str, name: str | None = None, store: Callable[
     handlers = _pending.pop(module, {})
     if not handlers:
         raise TypeError(f"module {module} declares no handlers (@mapemesh.on(...)) before its stage")
-    return Stage(name or module.rsplit(".", 1)[-1], source, handlers, store=store, before=before, on_start=on_start)
+    # Named after its source (/mapemesh/monitor: monitor): the module's own name is a file path's hash when the
+    # local host or functions-framework imports it from FUNCTION_SOURCE.
+    return Stage(name or source.rstrip("/").rsplit("/", 1)[-1] or module, source, handlers, store=store,
+                 before=before, on_start=on_start)
 
 
 def handlers_of(module: str) -> dict[str, Handler]:

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import httpx
 
+from mapemesh import tracing
 from mapemesh.eventing.binding import to_binary
 from mapemesh.eventing.cloudevent import CloudEvent
 
@@ -79,6 +80,7 @@ async def publish(events: Sequence[CloudEvent], timeout_s: float = 10.0, url: st
 
 
 async def _post(client: httpx.AsyncClient, url: str, event: CloudEvent) -> None:
+    tracing.stamp(event.attributes)  # an event a function posts itself is in its trace too
     headers, body = to_binary(event)
     problem = ""
     for attempt in range(1, ATTEMPTS + 1):

@@ -31,6 +31,7 @@ import pydantic  # noqa: F401
 
 import mapemesh.eventing.binding
 import mapemesh.events  # noqa: F401
+from mapemesh import tracing
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.serving import wire
 from mapemesh.serving.errors import FunctionError, PermanentError, TemporaryError
@@ -160,11 +161,16 @@ def spawn(request: dict[str, object], fd: int, control: socket.socket, children:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         for key, value in dict(request.get("env") or {}).items():  # type: ignore[union-attr]
             os.environ[str(key)] = str(value)
+        if tracing.enabled():  # stopped by SIGTERM (scale to zero): export the spans it holds first
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         asyncio.run(serve(fn, socket.socket(fileno=os.dup(fd)), int(request.get("concurrency") or 1)))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0
     except BaseException:
         traceback.print_exc()
         code = 1
     finally:
+        tracing.flush()  # the spans this process still holds, before it leaves without Python's cleanup
         os._exit(code)
 
 
