@@ -47,8 +47,9 @@ COPY --from=init /urunit /urunit
 WORKDIR {APP_DIR}
 COPY . {APP_DIR}
 RUN pip install --no-cache-dir -c constraints.txt '.[ff]'
-ENV PORT=8080
-CMD ["python", "-m", "mapemesh.serving.entry"]
+# The installed package, never {APP_DIR}'s copy of the sources (which lacks the mapped subpackages)
+ENV PORT=8080 PYTHONSAFEPATH=1
+CMD ["mapemesh-function"]
 """
 
 BUNNYFILE = """#syntax=harbor.nbfc.io/nubificus/bunny:latest
@@ -80,9 +81,8 @@ class BuildError(ValueError):
 
 def function_command(source: str, target: str) -> list[str]:
     """What the guest runs: urunit, then functions-framework serving `target` from `source` through mapemesh's
-    adapter (`mapemesh.serving.entry`: the function's reply becomes the HTTP answer)."""
-    return ["/urunit", "/usr/local/bin/python", "-m", "mapemesh.serving.entry", "--source", f"{APP_DIR}/{source}",
-            "--target", target]
+    adapter (`mapemesh-function`, `mapemesh.serving.entry`: the function's reply becomes the HTTP answer)."""
+    return ["/urunit", "/usr/local/bin/mapemesh-function", "--source", f"{APP_DIR}/{source}", "--target", target]
 
 
 def bunnyfile_for(name: str, source: str, target: str, monitor: str = "qemu") -> str:

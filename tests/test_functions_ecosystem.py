@@ -50,6 +50,7 @@ def _ping() -> dict[str, str]:
 def _reply(headers, body: bytes) -> dict:
     """What a reply says, without what is new in each (its id, its time)."""
     return {"type": headers["ce-type"], "source": headers["ce-source"], "subject": headers.get("ce-subject"),
+            "datacontenttype": headers.get("content-type") or headers.get("ce-datacontenttype"),
             "data": json.loads(body)}
 
 
@@ -122,3 +123,69 @@ def test_the_image_entry_gives_the_same_reply_for_the_same_file(mesh_replies, na
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+ENTRY = os.path.join(os.path.dirname(sys.executable), "mapemesh-function")
+
+
+def _serve(args: list[str], cwd, env: dict | None = None) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if k not in ("FUNCTION_SOURCE", "FUNCTION_TARGET")}, **(env or {})}
+    proc = subprocess.Popen([*args, "--port", str(port), "--host", "127.0.0.1"], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, port
+
+
+def test_the_image_command_imports_the_installed_package_not_the_folder_it_runs_in(tmp_path):
+    """The image runs in /app, which holds the sources it was installed from (without the mapped subpackages):
+    the command must import the installed mapemesh."""
+    from mapemesh.runtimes import build
+
+    from .conftest import REPO
+
+    assert 'CMD ["mapemesh-function"]' in (REPO / "Containerfile").read_text()  # what this test runs
+    assert 'CMD ["mapemesh-function"]' in build.CONTAINERFILE
+    assert build.function_command("f.py", "h")[1] == "/usr/local/bin/mapemesh-function"
+    (tmp_path / "mapemesh").mkdir()
+    (tmp_path / "mapemesh" / "__init__.py").write_text("raise ImportError('the source folder, not the package')\n")
+    (tmp_path / "fn").mkdir()
+    (tmp_path / "fn" / "helper.py").write_text("GREETING = 'hello'\n")  # a sibling module the function imports
+    (tmp_path / "fn" / "main.py").write_text(
+        "from cloudevents.http import CloudEvent\nimport helper\n\n"
+        "def handle(event):\n"
+        "    return CloudEvent({'type': 'com.example.greeting', 'source': '/fn'}, {'say': helper.GREETING})\n")
+    proc, port = _serve([ENTRY, "--source=fn/main.py", "--target", "handle"], cwd=tmp_path)
+    try:
+        def answer():
+            try:
+                return httpx.post(f"http://127.0.0.1:{port}/", headers=_ping(), content=b"{}")
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.stdout.read()
+                return None
+
+        r = wait_for(answer, timeout=30, what="the image command to serve")
+        assert r.status_code == 200, r.text
+        assert r.headers["ce-type"] == "com.example.greeting" and r.json() == {"say": "hello"}
+        assert r.headers["content-type"] == "application/json"  # JSON data is named so, never Flask's text/html
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_the_function_is_imported_before_the_first_request_and_a_broken_one_stops_the_server(tmp_path):
+    marker = tmp_path / "imported"
+    (tmp_path / "eager.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('yes')\n\ndef handle(event):\n    return None\n")
+    proc, _ = _serve([ENTRY, "--source", "eager.py", "--target", "handle"], cwd=tmp_path)
+    try:
+        wait_for(marker.exists, timeout=30, what="the function's import, with no request sent")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    (tmp_path / "broken.py").write_text("import no_such_module_here\n\ndef handle(event):\n    return None\n")
+    proc, _ = _serve([ENTRY, "--source", "broken.py", "--target", "handle"], cwd=tmp_path)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and "no_such_module_here" in out

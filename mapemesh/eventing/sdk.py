@@ -17,13 +17,21 @@ path) and converts at the edge, giving the function exactly what functions-frame
 |------------------------------------|------------------------------------------------------------------------------|
 | attributes                         | as they are, validated (a reply that is no CloudEvent is an error)           |
 | data                               | as the SDK's binary mode marshals it: bytes as they are, anything else as    |
-|                                    | JSON (`json.dumps`, a str too); a value JSON cannot hold is an error         |
+|                                    | JSON (`json.dumps`, a str too; NaN and infinities refused, as JSON has none)  |
+|                                    | with `datacontenttype` application/json unless the event names its own (the   |
+|                                    | SDK sends no Content-Type then; a receiver should not have to guess)           |
+| a datetime `time`                  | RFC 3339 text (`isoformat`)                                                  |
+
+`to_sdk` gives what binary mode gives (Knative delivers in binary mode): a structured request posted straight to a
+function would give functions-framework a `time` and extensions as JSON typed them; mapemesh's ingress takes it
+as the same event and delivers it in binary mode.
 
 `tests/test_sdk_binding.py` holds both directions against the SDK itself (property-based).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
@@ -63,8 +71,10 @@ def from_sdk(event: AnySdkEvent) -> CloudEvent:
     for name, value in event.get_attributes().items():
         if value is None:
             continue
-        if not isinstance(value, str | int | bool):
-            value = str(value)  # a datetime `time`, say: the SDK writes it as text too
+        if isinstance(value, datetime.datetime):
+            value = value.isoformat()
+        elif not isinstance(value, str | int | bool):
+            value = str(value)
         attributes[str(name)] = value
     validate(attributes)
     data = event.get_data()
@@ -72,7 +82,8 @@ def from_sdk(event: AnySdkEvent) -> CloudEvent:
         body = None if data is None else bytes(data)
     else:
         try:
-            body = json.dumps(data).encode("utf-8")
+            body = json.dumps(data, allow_nan=False).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise MalformedEvent("data", f"the reply's data is neither bytes nor JSON: {exc}") from None
+        attributes.setdefault("datacontenttype", "application/json")
     return CloudEvent(attributes, body or None)

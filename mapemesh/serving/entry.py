@@ -5,11 +5,14 @@ value, which a Knative broker takes for a failed reply. This adapter is an `http
 request as one CloudEvent, runs the function through the same path as the local host (`Invocable.call`), and
 answers as a Knative subscriber should. It is what the function image runs:
 
-    python -m mapemesh.serving.entry [--source FILE --target NAME] [functions-framework's options]
+    mapemesh-function [--source FILE --target NAME] [functions-framework's options]
 
-which serves FILE's NAME (default: the Knative Service's FUNCTION_SOURCE and FUNCTION_TARGET) with
-functions-framework itself (its server, `PORT`, `--host`, `--debug`); functions-framework takes FUNCTION_SOURCE
-and FUNCTION_TARGET for its own target, so the function's are passed on as MAPEMESH_FUNCTION_SOURCE and _TARGET.
+(or `python -P -m mapemesh.serving.entry`), which serves FILE's NAME (default: the Knative Service's
+FUNCTION_SOURCE and FUNCTION_TARGET) with functions-framework itself (its server, `PORT`, `--host`, `--debug`);
+functions-framework takes FUNCTION_SOURCE and FUNCTION_TARGET for its own target, so the function's are passed on
+as MAPEMESH_FUNCTION_SOURCE and _TARGET. The function is imported when functions-framework imports this adapter,
+before the first request (a policy registers then, and an import error stops the server at once, as
+functions-framework's own would); each worker process has its own event loop and store.
 
 | the function                          | the answer                                                        |
 |---------------------------------------|-------------------------------------------------------------------|
@@ -23,10 +26,10 @@ and FUNCTION_TARGET for its own target, so the function's are passed on as MAPEM
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +44,21 @@ log = logging.getLogger(__name__)
 SOURCE, TARGET = "MAPEMESH_FUNCTION_SOURCE", "MAPEMESH_FUNCTION_TARGET"
 
 
-@functools.cache
+_target: Invocable | None = None
+_target_lock = threading.Lock()
+
+
 def target() -> Invocable:
-    """The function to serve (imported once per process)."""
-    source, name = os.environ.get(SOURCE), os.environ.get(TARGET)
-    if not source or not name:
-        raise RuntimeError(f"set {SOURCE} and {TARGET} (`python -m mapemesh.serving.entry` sets them from "
-                           "FUNCTION_SOURCE and FUNCTION_TARGET or --source and --target)")
-    return load(source, name, Path.cwd())
+    """The function to serve (imported once per process, whichever thread asks first)."""
+    global _target
+    with _target_lock:
+        if _target is None:
+            source, name = os.environ.get(SOURCE), os.environ.get(TARGET)
+            if not source or not name:
+                raise RuntimeError(f"set {SOURCE} and {TARGET} (`mapemesh-function` sets them from FUNCTION_SOURCE "
+                                   "and FUNCTION_TARGET or --source and --target)")
+            _target = load(source, name, Path.cwd())
+        return _target
 
 
 def serve(request: Any) -> Any:
@@ -74,7 +84,10 @@ def serve(request: Any) -> Any:
     if reply is None:
         return flask.Response(status=202)  # never a bare "OK": a broker would take that as a bad reply
     headers, body = to_binary(reply)
-    return flask.Response(body, status=200, headers=headers)
+    answer = flask.Response(body, status=200, headers=headers)
+    if "content-type" not in {k.lower() for k in headers}:
+        del answer.headers["Content-Type"]  # Flask's text/html default would name a type the event does not have
+    return answer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,10 +97,15 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     chosen = {"--source": os.environ.get("FUNCTION_SOURCE", ""), "--target": os.environ.get("FUNCTION_TARGET", "")}
     for flag in chosen:
-        if flag in args:
-            i = args.index(flag)
-            chosen[flag] = args[i + 1] if i + 1 < len(args) else ""
-            del args[i:i + 2]
+        for i, arg in enumerate(args):
+            if arg == flag:
+                chosen[flag] = args[i + 1] if i + 1 < len(args) else ""
+                del args[i:i + 2]
+                break
+            if arg.startswith(flag + "="):
+                chosen[flag] = arg.split("=", 1)[1]
+                del args[i]
+                break
     if not chosen["--source"] or not chosen["--target"]:
         sys.exit("python -m mapemesh.serving.entry: give --source FILE --target NAME (or FUNCTION_SOURCE and "
                  "FUNCTION_TARGET)")
@@ -98,3 +116,5 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+elif os.environ.get(SOURCE) and os.environ.get(TARGET) and __name__ != "mapemesh.serving.entry":
+    target()  # functions-framework imports this file as its source: the function is imported with it

@@ -20,6 +20,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import os
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -157,15 +158,17 @@ def reply_of(name: str, result: object) -> CloudEvent | None:
 
 
 _loop: asyncio.AbstractEventLoop | None = None
+_loop_pid = 0
 _loop_lock = threading.Lock()
 
 
 def _process_loop() -> asyncio.AbstractEventLoop:
-    """The process's background event loop (started on first use)."""
-    global _loop
+    """The process's background event loop (started on first use, and again in a forked child: a fork keeps the
+    loop object but not the thread that ran it, as under gunicorn's workers)."""
+    global _loop, _loop_pid
     with _loop_lock:
-        if _loop is None or _loop.is_closed():
-            _loop = asyncio.new_event_loop()
+        if _loop is None or _loop.is_closed() or _loop_pid != os.getpid():
+            _loop, _loop_pid = asyncio.new_event_loop(), os.getpid()
             threading.Thread(target=_loop.run_forever, name="mapemesh-function-loop", daemon=True).start()
         return _loop
 
@@ -187,30 +190,45 @@ def function(fn: Callable[..., Any] | None = None, *, name: str | None = None,
     return mark(fn) if fn is not None else mark
 
 
+_load_lock = threading.RLock()
+"""One import at a time: a second thread must not see a module half executed."""
+
+
 def load(source: str, target: str, base: Path | None = None) -> Invocable:
-    """Import FUNCTION_SOURCE (a .py file, relative to `base`, or a module name) and return FUNCTION_TARGET."""
+    """Import FUNCTION_SOURCE (a .py file, relative to `base`, or a module name) and return FUNCTION_TARGET.
+
+    As functions-framework does, the file's folder goes on `sys.path` (a function may import its siblings); a
+    module is imported once per process; a failed import leaves nothing behind (no module, no handlers).
+    """
     path = Path(source)
     if not path.is_absolute() and base is not None and (base / path).exists():
         path = base / path
     module_name = f"mapemesh_fn_{abs(hash(str(path.resolve())))}"
-    try:
-        if path.suffix == ".py":
-            if not path.exists():
-                raise FunctionError(f"FUNCTION_SOURCE {source} does not exist")
-            module = sys.modules.get(module_name)
-            if module is None:
-                spec = importlib.util.spec_from_file_location(module_name, path)
-                assert spec is not None and spec.loader is not None
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[module_name] = module
-                spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(source)
-    except FunctionError:
-        raise
-    except Exception as exc:
-        sys.modules.pop(module_name, None)
-        raise FunctionError(f"cannot import FUNCTION_SOURCE {source}: {type(exc).__name__}: {exc}") from exc
+    with _load_lock:
+        try:
+            if path.suffix == ".py":
+                if not path.exists():
+                    raise FunctionError(f"FUNCTION_SOURCE {source} does not exist")
+                module = sys.modules.get(module_name)
+                if module is None:
+                    folder = str(path.resolve().parent)
+                    if folder not in sys.path:
+                        sys.path.append(folder)
+                    spec = importlib.util.spec_from_file_location(module_name, path)
+                    assert spec is not None and spec.loader is not None
+                    module = importlib.util.module_from_spec(spec)
+                    sys.modules[module_name] = module
+                    spec.loader.exec_module(module)
+            else:
+                module = importlib.import_module(source)
+        except FunctionError:
+            raise
+        except BaseException as exc:
+            sys.modules.pop(module_name, None)
+            _forget_handlers(module_name)
+            if not isinstance(exc, Exception):
+                raise
+            raise FunctionError(f"cannot import FUNCTION_SOURCE {source}: {type(exc).__name__}: {exc}") from exc
     obj = getattr(module, target, None)
     if obj is None:
         raise FunctionError(f"FUNCTION_SOURCE {source} has no FUNCTION_TARGET {target!r}")
@@ -222,3 +240,10 @@ def load(source: str, target: str, base: Path | None = None) -> Invocable:
     if not callable(obj):
         raise FunctionError(f"FUNCTION_TARGET {target!r} in {source} is not callable")
     return Function(obj, target)
+
+
+def _forget_handlers(module: str) -> None:
+    """Drop the typed handlers a failed import declared (`mapemesh.on` keeps them by module until `stage`)."""
+    from mapemesh.serving.handlers import forget
+
+    forget(module)

@@ -2,7 +2,6 @@
 
     import mapemesh
     from mapemesh import events as catalogue
-from mapemesh import tracing
 
     @mapemesh.on(catalogue.KnobApplied)
     def applied(data: catalogue.KnobApplied, *, event, store) -> catalogue.StateChanged | None: ...
@@ -33,6 +32,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import inspect
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,12 +102,10 @@ class Stage(Startable):
         return frozenset(self.handlers)
 
     def store(self) -> Any:
-        """The state store (MAPEMESH_STATE's, one per process, unless the stage was given another)."""
-        if self._store is None:
-            from mapemesh.state import from_environment
-
-            return from_environment()
-        return self._store()
+        """The state store (MAPEMESH_STATE's, opened once per process, unless the stage was given another)."""
+        if self._store is not None:
+            return self._store()
+        return _environment_store()
 
     async def __call__(self, event: CloudEvent) -> CloudEvent | None:
         """`call`: a stage is called like the function it serves as."""
@@ -158,6 +156,24 @@ class Stage(Startable):
         return out
 
 
+_opened: tuple[tuple[object, ...], Any] | None = None
+_STORE_ENV = ("MAPEMESH_STATE", "MAPEMESH_DATA", "MAPEMESH_TELEMETRY_RETENTION_S")
+
+
+def _environment_store() -> Any:
+    """MAPEMESH_STATE's store, opened once per process and environment (again in a forked child: connections do
+    not survive a fork)."""
+    global _opened
+    key = (os.getpid(), *(os.environ.get(name) for name in _STORE_ENV))
+    if _opened is None or _opened[0] != key:
+        from mapemesh.state import from_environment
+
+        if _opened is not None and _opened[0][0] == key[0]:
+            _opened[1].close()  # the environment changed (tests do that): the old store is not used again
+        _opened = (key, from_environment())
+    return _opened[1]
+
+
 def _items(result: object) -> Iterable[object]:
     if result is None:
         return ()
@@ -182,9 +198,9 @@ def stage(module: str, *, source: str, name: str | None = None, store: Callable[
                  before=before, on_start=on_start)
 
 
-def handlers_of(module: str) -> dict[str, Handler]:
-    """The handlers `module` declared and no stage took yet (for tests)."""
-    return dict(_pending.get(module, {}))
+def forget(module: str) -> None:
+    """Drop what `module` declared and no stage took (its import failed: a retry starts clean)."""
+    _pending.pop(module, None)
 
 
-__all__ = ["Reply", "Stage", "handlers_of", "on", "stage"]
+__all__ = ["Reply", "Stage", "forget", "on", "stage"]
