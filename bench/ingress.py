@@ -2,7 +2,9 @@
 
 Both servers run as separate processes on loopback and are driven by the same load generator: 32
 keep-alive connections posting 1 KiB JSON CloudEvents in binary mode. Rounds alternate between the two
-servers, and the medians of the rounds are reported. Target: mapemesh >= 0.5x the raw throughput.
+servers, and the medians of the rounds are reported. Target: mapemesh >= 0.5x the raw throughput. A third
+server is the same broker with tracing on (OTEL_EXPORTER_OTLP_ENDPOINT set: a span per event, exported over
+OTLP/HTTP to a sink): the hot path's cost of tracing, on against off.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ RESULTS = REPO / "bench" / "results"
 CONNECTIONS = 32
 EVENT_BYTES = 1024
 TARGET_RATIO = 0.5
+TRACED = "mapemesh ingress, tracing on"
 
 
 def request_factory(host: str, path: str):
@@ -53,15 +56,15 @@ def start_raw() -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
-def start_mapemesh(data: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_mapemesh(data: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     # The broker alone: the project's Triggers would route the benchmark's telemetry to functions.
     manifests = data / "knative"
-    manifests.mkdir()
+    manifests.mkdir(parents=True)
     for name in ("broker.yaml", "config-features-eventing.yaml"):  # the Broker's retryAfterMax needs the flag
         shutil.copy(REPO / "knative" / "base" / name, manifests / name)
     proc = subprocess.Popen([sys.executable, "-m", "mapemesh", "--log-level", "warning", "broker", "serve",
                              "--data", str(data), "--manifests", str(manifests), "--port", "0"],
-                            cwd=REPO)
+                            cwd=REPO, env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -80,24 +83,29 @@ def start_mapemesh(data: Path) -> tuple[subprocess.Popen[bytes], str]:
 def main(quick: bool = False) -> bool:
     """Run the benchmark; print the table, write bench/results/ingress.json; return True if on target."""
     rounds, warmup, duration = (1, 0.5, 2.0) if quick else (3, 1.0, 5.0)
-    results: dict[str, list[LoadResult]] = {"raw aiohttp (202, no storage)": [], "mapemesh ingress (durable)": []}
+    results: dict[str, list[LoadResult]] = {"raw aiohttp (202, no storage)": [], "mapemesh ingress (durable)": [],
+                                            TRACED: []}
     with tempfile.TemporaryDirectory(prefix="mapemesh-bench-") as tmp:
         data = Path(tmp)
         raw_proc, raw_url = start_raw()
-        mm_proc, mm_url = start_mapemesh(data)
+        otlp_proc, otlp_url = start_raw()  # takes the spans (202) and keeps none
+        mm_proc, mm_url = start_mapemesh(data / "off")
+        # The same broker with tracing on: every event's ingress span exported over OTLP/HTTP.
+        traced_proc, traced_url = start_mapemesh(data / "on", {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_url,
+                                                               "OTEL_SERVICE_NAME": "mapemesh-bench"})
         try:
             for _ in range(rounds):
-                for label, url in zip(results, (raw_url, mm_url), strict=True):
+                for label, url in zip(results, (raw_url, mm_url, traced_url), strict=True):
                     host = url.split("//", 1)[1]
                     make = request_factory(host, "/default/default")
                     results[label].append(run(load(url, make, CONNECTIONS, warmup, duration)))
             stored = httpx.get(mm_url + "/healthz", timeout=10).json()["log"]["appended"]
         finally:
-            for proc in (raw_proc, mm_proc):
+            for proc in (raw_proc, otlp_proc, mm_proc, traced_proc):
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
 
-    raw, mm = results.values()
+    raw, mm, _traced = results.values()
     accepted_total = sum(r.statuses.get(202, 0) for r in mm)
     summary = {}
     for label, runs in results.items():
@@ -111,6 +119,7 @@ def main(quick: bool = False) -> bool:
     ratio = summary["mapemesh ingress (durable)"]["throughput_eps"] / summary[
         "raw aiohttp (202, no storage)"]["throughput_eps"]
     on_target = ratio >= TARGET_RATIO and stored >= accepted_total and not sum(r.errors for r in raw + mm)
+    tracing_cost = summary[TRACED]["throughput_eps"] / summary["mapemesh ingress (durable)"]["throughput_eps"]
 
     print(f"\ningress: {CONNECTIONS} keep-alive connections, {EVENT_BYTES} B JSON events (binary mode), "
           f"{rounds} x {duration:.0f}s rounds, medians")
@@ -120,12 +129,15 @@ def main(quick: bool = False) -> bool:
     print(f"ratio mapemesh/raw throughput: {ratio:.2f} (target >= {TARGET_RATIO}) "
           f"{'OK' if on_target else 'MISSED'}; {stored} events appended to the log, "
           f"{accepted_total} answered 202 while measured")
+    print(f"tracing on / off (throughput): {tracing_cost:.2f}; p50 {summary[TRACED]['p50_ms']:.2f} ms on vs "
+          f"{summary['mapemesh ingress (durable)']['p50_ms']:.2f} ms off")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc = {"benchmark": "ingress", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
            "connections": CONNECTIONS, "event_bytes": EVENT_BYTES, "rounds": rounds, "round_seconds": duration,
-           "results": summary, "ratio": ratio, "target_ratio": TARGET_RATIO, "events_appended": stored,
+           "results": summary, "ratio": ratio, "tracing_on_off_ratio": tracing_cost,
+           "target_ratio": TARGET_RATIO, "events_appended": stored,
            "on_target": on_target}
     (RESULTS / "ingress.json").write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {RESULTS / 'ingress.json'}")

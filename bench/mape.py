@@ -58,7 +58,8 @@ class Shim(Receiver):
             return web.Response(status=202)
         apply = catalogue.parse_data(event)
         assert isinstance(apply, catalogue.KnobApply)
-        self.arrived[f"{apply.node}:{apply.plan_id}"] = (now, {"command": apply.command})
+        if apply.knob == "CPUFrequency":  # the reaction measured (other policies' commands are answered alone)
+            self.arrived[f"{apply.node}:{apply.plan_id}"] = (now, {"command": apply.command, "id": event.id})
         reply = catalogue.make_event(catalogue.KnobApplied(
             node=apply.node, knob=apply.knob, request=event.id, plan_id=apply.plan_id, before={},
             after=dict(apply.command)), "/bench/node-shim")
@@ -87,10 +88,13 @@ def project(root: Path, receiver: str) -> Path:
     return out
 
 
-def post(http: httpx.Client, broker: str, data: catalogue.EventData) -> float:
-    headers, body = to_binary(catalogue.make_event(data, "/bench"))
+def post(http: httpx.Client, broker: str, data: catalogue.EventData, ids: list[str] | None = None) -> float:
+    event = catalogue.make_event(data, "/bench")
+    headers, body = to_binary(event)
     response = http.post(broker + "/default/default", headers=headers, content=body)
     assert response.status_code == 202, response.text
+    if ids is not None:
+        ids.append(event.id)
     return time.time()
 
 
@@ -139,11 +143,12 @@ def background(broker: str, rate: int, nodes: int, report: str) -> None:
 
 
 def measure(http: httpx.Client, broker: str, shim: Shim, store_path: Path,
-            count: int) -> tuple[list[float], list[float]]:
+            count: int) -> tuple[list[float], list[float], list[tuple[str, str, float]]]:
+    """Reactions and baseline hops (ms), and each reaction's (telemetry id, knob command id, shim arrival)."""
     from mapemesh.state import open_store
 
     store = open_store("sqlite:", data=store_path)
-    reactions, hops = [], []
+    reactions, hops, traced = [], [], []
     value = {f"bench-{i}": 5.0 for i in range(BENCH_NODES)}
     try:
         for k in range(count):
@@ -151,10 +156,12 @@ def measure(http: httpx.Client, broker: str, shim: Shim, store_path: Path,
             # Spaced by the policy's analyze_interval (1 s per node): every reaction is analyzed at once.
             value[node] = 35.0 if value[node] < 20 else 5.0
             before = {key for key in shim.arrived if key.startswith(node + ":")}
-            accepted = post(http, broker, telemetry(node, value[node]))
+            ids: list[str] = []
+            accepted = post(http, broker, telemetry(node, value[node]), ids)
             key = wait(lambda n=node, b=before: next((x for x in shim.arrived if x.startswith(n + ":") and x not in b),
                                                    None), timeout=30, what=f"the knob command for {node}")
             reactions.append((shim.arrived[key][0] - accepted) * 1000)
+            traced.append((ids[0], str(shim.arrived[key][1]["id"]), shim.arrived[key][0]))
             hop_id = str(uuid.uuid4())
             sent = post_raw(http, broker, hop_id)
             wait(lambda h=hop_id: h in shim.arrived, what="the baseline hop")
@@ -165,7 +172,45 @@ def measure(http: httpx.Client, broker: str, shim: Shim, store_path: Path,
             time.sleep(max(0.0, 1.05 / BENCH_NODES - 0.0))
     finally:
         store.close()
-    return reactions, hops
+    return reactions, hops, traced
+
+
+HOPS = ("monitor", "analyze", "policy", "plan", "schedule", "execute", "to the shim")
+
+
+def breakdown(log: Path, traced: list[tuple[str, str, float]]) -> dict[str, list[float]]:
+    """Each reaction's hops (ms) from its trace in the broker's log (`mapemesh trace`'s reading): the telemetry to
+    the knob command, hop by hop; the last one is the command's arrival at the broker to its arrival at the shim."""
+    from mapemesh import tracing
+    from mapemesh.eventing.chain import build
+    from mapemesh.eventing.log import open_readonly, read_after
+
+    out: dict[str, list[float]] = {hop: [] for hop in HOPS}
+    db = open_readonly(log)
+    try:
+        by_trace: dict[str, list] = {}
+        trace_of: dict[str, str] = {}
+        for logged in read_after(db):  # the log read once, not once per reaction
+            hop = tracing.of(logged.event.attributes)
+            if hop is not None:
+                by_trace.setdefault(hop.trace_id, []).append(logged)
+                trace_of[logged.event.id] = hop.trace_id
+        for telemetry_id, command_id, at_shim in traced:
+            if telemetry_id not in trace_of:
+                continue
+            trace = build(db, by_trace[trace_of[telemetry_id]], trace_of[telemetry_id])
+            command = next((s for s in trace.steps if s.logged.event.id == command_id), None)
+            if command is None:
+                continue  # the analysis joined an earlier one's trace
+            path = trace.path_to(command)[1:]
+            if len(path) != len(HOPS) - 1:
+                continue
+            for hop, step in zip(HOPS, path, strict=False):
+                out[hop].append(step.latency_ms)
+            out["to the shim"].append((at_shim - command.logged.received_ns / 1e9) * 1000)
+    finally:
+        db.close()
+    return out
 
 
 def post_raw(http: httpx.Client, broker: str, event_id: str) -> float:
@@ -182,7 +227,8 @@ def main(quick: bool = False) -> bool:
         root = Path(tmp)
         manifests = project(root, shim.url.removesuffix("/replies"))
         data = root / "data"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        # The log keeps handled events for an hour (not a minute): the per-hop breakdown reads every reaction's.
+        env = {**os.environ, "PYTHONPATH": str(REPO), "MAPEMESH_LOG_RETENTION_S": "3600"}
         proc = subprocess.Popen([sys.executable, "-m", "mapemesh", "--log-level", "warning", "up", "--manifests",
                                  str(manifests), "--data", str(data), "--port", "0", "--serving-port", "0",
                                  "--node-shim-port", "-1", "--api-port", "-1"],
@@ -207,7 +253,7 @@ def main(quick: bool = False) -> bool:
                                          f"{str(report)!r})"], cwd=REPO, env=env)
                 time.sleep(2.0)  # let the background load settle
                 begin = _report(report)
-                reactions, hops = measure(http, broker, shim, data, count)
+                reactions, hops, traced = measure(http, broker, shim, data, count)
                 end = _report(report)
                 achieved = (end[0] - begin[0]) / max(1e-9, end[1] - begin[1])
         finally:
@@ -216,6 +262,7 @@ def main(quick: bool = False) -> bool:
                 load.wait(10)
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+        hops_by_stage = breakdown(data / "eventlog.db", traced)
     summary = {
         "reaction_ms": {"p50": statistics.median(reactions), "p99": pct(reactions, 99), "max": max(reactions)},
         "one_hop_ms": {"p50": statistics.median(hops), "p99": pct(hops, 99)},
@@ -229,10 +276,20 @@ def main(quick: bool = False) -> bool:
         print(f"{label:34} {summary[key]['p50']:6.1f}ms {summary[key]['p99']:6.1f}ms")
     print(f"reaction / one hop (p50): {ratio:.1f}x; background telemetry accepted: {achieved:.0f} events/s")
     print(f"targets: p50 <= {TARGET_P50_MS:g} ms, p99 <= {TARGET_P99_MS:g} ms: {'OK' if ok else 'MISSED'}")
+    medians = {hop: statistics.median(v) for hop, v in hops_by_stage.items() if v}
+    traced_n = min((len(v) for v in hops_by_stage.values()), default=0)
+    print(f"per hop, from each reaction's trace in the log ({traced_n} of {count} reactions; `mapemesh trace`):")
+    print(f"{'hop':14} {'p50':>8} {'p99':>8}")
+    for hop, values in hops_by_stage.items():
+        if values:
+            print(f"{hop:14} {statistics.median(values):6.2f}ms {pct(values, 99):6.2f}ms")
+    print(f"{'sum of p50s':14} {sum(medians.values()):6.2f}ms")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "mape.json").write_text(json.dumps({
         "benchmark": "mape", "reactions": count, "background_events_per_s": BACKGROUND_RATE,
         "results": summary, "ratio_to_one_hop_p50": ratio, "background_accepted_per_s": achieved,
+        "hops_ms": {hop: {"p50": statistics.median(v), "p99": pct(v, 99), "n": len(v)}
+                    for hop, v in hops_by_stage.items() if v},
         "targets_ms": {"p50": TARGET_P50_MS, "p99": TARGET_P99_MS}, "on_target": ok}, indent=2) + "\n")
     print(f"wrote {RESULTS / 'mape.json'}")
     return ok

@@ -9,7 +9,9 @@ shim and the API (the text format, `prometheus_client`'s).
 | host        | `revision_request_count{namespace_name, service_name, response_code, response_code_class}`,         |
 |             | `revision_request_latencies{namespace_name, service_name, response_code}` (ms, histogram),          |
 |             | `autoscaler_actual_pods{namespace_name, service_name}` (function processes)                         |
-| node shim   | `mapemesh_knob_apply_count{node, knob, result}` (applied, noop, failed), the telemetry as gauges    |
+| node shim   | `mapemesh_knob_apply_count{node, knob, result}` (applied, noop, failed),                            |
+|             | `mapemesh_telemetry_reports_count{node, outcome}` (sent, dropped),                                  |
+|             | `mapemesh_telemetry_interval_seconds{node}`, each metric it reports as `mapemesh_node_{metric}`     |
 | API         | `mapemesh_plans{status}` (from the state store), `mapemesh_api_request_count{route, code}`           |
 
 Counters are plain dict increments on the hot path, turned into Prometheus families when scraped.
@@ -51,17 +53,46 @@ class Counts(Collector):
 
 
 class Gauges(Collector):
-    """A gauge family read when scraped (`read` gives {label values: value})."""
+    """A gauge family read when scraped (`read` gives {label values: value}); `counter=True` for a count kept
+    elsewhere that only grows (exposed as a counter, `_total`)."""
 
     def __init__(self, name: str, documentation: str, labels: tuple[str, ...],
-                 read: Callable[[], dict[tuple[str, ...], float]]):
+                 read: Callable[[], dict[tuple[str, ...], float]], counter: bool = False):
         self.name, self.documentation, self.labels, self.read = name, documentation, labels, read
+        self.kind = CounterMetricFamily if counter else GaugeMetricFamily
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily(self.name, self.documentation, labels=list(self.labels))
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        family = self.kind(self.name, self.documentation, labels=list(self.labels))
         for values, value in self.read().items():
             family.add_metric(list(values), value)
         yield family
+
+
+class Readings(Collector):
+    """Gauges from readings {(name, ((label, value), ...)): value}, one family `{prefix}{name}` per name (Prometheus
+    names: other characters become `_`), each with `fixed` labels and the union of the readings' own."""
+
+    def __init__(self, prefix: str, documentation: str, fixed: dict[str, str],
+                 read: Callable[[], dict[tuple[str, tuple[tuple[str, str], ...]], float]]):
+        self.prefix, self.documentation, self.fixed, self.read = prefix, documentation, fixed, read
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        by_name: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for (name, labels), value in list(self.read().items()):
+            by_name.setdefault(prometheus_name(self.prefix + name), []).append(
+                ({prometheus_name(k): str(v) for k, v in labels}, value))
+        for name, rows in sorted(by_name.items()):
+            keys = sorted({k for labels, _ in rows for k in labels} - set(self.fixed))
+            family = GaugeMetricFamily(name, self.documentation, labels=[*self.fixed, *keys])
+            for labels, value in rows:
+                family.add_metric([*self.fixed.values(), *(labels.get(k, "") for k in keys)], value)
+            yield family
+
+
+def prometheus_name(name: str) -> str:
+    """`name` as a Prometheus metric or label name (`[a-zA-Z_][a-zA-Z0-9_]*`)."""
+    out = "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in name)
+    return out if out and not out[0].isdigit() else "_" + out
 
 
 def histogram(registry: CollectorRegistry, name: str, documentation: str, labels: tuple[str, ...]) -> Histogram:

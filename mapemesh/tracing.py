@@ -11,10 +11,10 @@ so the causal chain is in the events themselves, whether or not spans are export
 | a function handles it    | `function {name}`    | the delivery's            | every event the function sends  |
 | the node shim applies it | `knob apply {knob}`  | the delivery's            | its `knob.applied` / `failed`   |
 
-Span ids are `derive(parent span id, label)`: `mapemesh trace` rebuilds the chain from the log alone (no
-collector). With the standard OpenTelemetry variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`,
-`OTEL_TRACES_SAMPLER`, ...) the same spans are exported over OTLP/HTTP, with those ids; with none set nothing is
-exported and a hop costs a hash and a string.
+Span ids are `derive(parent span id, label)` (a delivery's label is its trigger and the event's id):
+`mapemesh trace` rebuilds the chain from the log alone (no collector). With the standard OpenTelemetry
+variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`, ...) the same spans are
+exported over OTLP/HTTP, with those ids; with none set nothing is exported and a hop costs a hash and a string.
 """
 
 from __future__ import annotations
@@ -51,6 +51,16 @@ class Hop:
     def child(self, label: str) -> Hop:
         """The hop this one causes, `label` naming it (a trigger, `function`, `shim`)."""
         return Hop(self.trace_id, derive(self.span_id, label), self.sampled)
+
+
+def delivery(parent: Hop, trigger: str, event_id: str) -> Hop:
+    """The hop of one event's delivery through a Trigger: two events one function sent (the same parent span)
+    through the same Trigger are two deliveries, so the event's id is part of it."""
+    return Hop(parent.trace_id, delivery_span(parent.span_id, trigger, event_id), parent.sampled)
+
+
+def delivery_span(parent: str, trigger: str, event_id: str) -> str:
+    return derive(parent, f"{trigger}\x00{event_id}")
 
 
 def derive(parent: str, label: str) -> str:

@@ -5,7 +5,9 @@
 - `POST /knobs/{name}` (body: the command, a JSON object): `200 {"before", "after", "noop"}`; `422 {"error",
   "options"}` for a command that does not fit (nothing written); `403` no permission; `501` not supported;
   `500` the hardware refused (a partial change is rolled back: `"rolled_back": true`);
-- `GET /journal?limit=N`: the latest applies; `GET /metrics`: the telemetry gauges as OpenTelemetry reads them;
+- `GET /journal?limit=N`: the latest applies; `GET /metrics` (no token: read-only counts and readings): the
+  Prometheus text (`mapemesh.metrics`: knob applies by result, telemetry reports, the interval, every metric it
+  reports as a gauge); `GET /metrics.json`: the telemetry gauges as OpenTelemetry reads them;
 - `POST /`: a `knob.apply` CloudEvent for this node (extension `node`), answered with `knob.applied` or
   `knob.failed`;
 - `GET /healthz`: `200`.
@@ -29,6 +31,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from mapemesh import events as catalogue
+from mapemesh import metrics as prometheus
 from mapemesh import tokens, tracing
 from mapemesh.eventing.binding import from_http, to_binary
 from mapemesh.eventing.cloudevent import MalformedEvent
@@ -69,6 +72,31 @@ class ShimServer:
         self.shim = shim
         self.api_token = api_token
         self.reporter = reporter
+        self.applies = prometheus.Counts("mapemesh_knob_apply_count", "Knob commands by result (applied, noop, "
+                                         "failed)", ("node", "knob", "result"))
+        collectors: list[Any] = [self.applies]
+        if reporter is not None:
+            node = {"node": shim.node}
+            collectors += [
+                prometheus.Gauges("mapemesh_telemetry_reports_count", "Telemetry reports sent or dropped",
+                                  ("node", "outcome"), lambda: {(shim.node, "sent"): reporter.sent,
+                                                                (shim.node, "dropped"): reporter.dropped},
+                                  counter=True),
+                prometheus.Gauges("mapemesh_telemetry_interval_seconds", "The TelemetryInterval knob's interval",
+                                  ("node",), lambda: {(shim.node,): reporter.interval.seconds}),
+                prometheus.Readings("mapemesh_node_", "A metric the node shim reports (its latest value)", node,
+                                    lambda: dict(reporter.latest))]
+        self.registry = prometheus.registry(*collectors)
+
+    async def _apply(self, knob: str, command: dict[str, Any], **how: Any) -> Any:
+        """`shim.apply`, counted by result."""
+        try:
+            applied = await self.shim.apply(knob, command, **how)
+        except KnobError:
+            self.applies.add(self.shim.node, knob, "failed")
+            raise
+        self.applies.add(self.shim.node, knob, "noop" if applied.noop else "applied")
+        return applied
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth], client_max_size=1024 * 1024)
@@ -77,13 +105,14 @@ class ShimServer:
         app.router.add_get("/knobs/{name}", self.get_knob)
         app.router.add_post("/knobs/{name}", self.post_knob)
         app.router.add_get("/journal", self.journal)
-        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/metrics", self.prometheus)
+        app.router.add_get("/metrics.json", self.metrics)
         app.router.add_post("/", self.cloudevent)
         return app
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path in ("/healthz", "/"):
+        if request.path in ("/healthz", "/", "/metrics"):
             return await handler(request)
         if not tokens.matches(request.headers.get("Authorization"), self.api_token):
             return web.Response(status=401, content_type="application/json", headers={"WWW-Authenticate": "Bearer"},
@@ -112,7 +141,7 @@ class ShimServer:
         who = request.headers.get("X-Requested-By") or f"api:{request.remote}"
         name = request.match_info["name"]
         try:
-            applied = await self.shim.apply(name, command, requested_by=who)
+            applied = await self._apply(name, command, requested_by=who)
         except KnobError as exc:
             return _failure(exc)
         if self.reporter is not None and not applied.noop:
@@ -128,6 +157,9 @@ class ShimServer:
         except ValueError:
             return _json(400, {"error": "limit must be an integer"})
         return _json(200, self.shim.journal.read(limit=max(1, limit)))
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        return web.Response(body=prometheus.text(self.registry), headers={"Content-Type": prometheus.CONTENT_TYPE})
 
     async def metrics(self, request: web.Request) -> web.Response:
         return _json(200, self.reporter.gauges() if self.reporter else {})
@@ -151,7 +183,7 @@ class ShimServer:
         with tracing.handling(event.attributes, data.knob, label="knob apply", extra={
                 "mapemesh.node": data.node, "mapemesh.knob": data.knob, "mapemesh.plan_id": data.plan_id}):
             try:
-                applied = await self.shim.apply(data.knob, data.command, requested_by=data.requested_by,
+                applied = await self._apply(data.knob, data.command, requested_by=data.requested_by,
                                                 plan_id=data.plan_id)
             except KnobError as exc:
                 reply = catalogue.KnobFailed(node=data.node, knob=data.knob, request=event.id, plan_id=data.plan_id,

@@ -90,16 +90,19 @@ def start_broker(data: Path, manifests: Path, *extra: str) -> BrokerProcess:
     return BrokerProcess(proc, data, manifests, str(url))
 
 
-def copy_knative(root: Path, drop: str | None = None) -> Path:
+def copy_knative(root: Path, drop: str | tuple[str, ...] | None = None) -> Path:
     """A copy of the project's knative/ bundle (and the runtimes/ its kustomization includes) under `root`, laid
-    out as in the repository; `drop` is a glob of manifests to leave out, of the kustomization too."""
+    out as in the repository; `drop` is a glob (or several) of manifests to leave out, of the kustomization too."""
     target = root / "knative"
     shutil.copytree(REPO / "knative", target, ignore=shutil.ignore_patterns("overlays", "platform"))
     shutil.copytree(REPO / "runtimes", root / "runtimes", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     if drop is not None:
         base = target / "base"
-        gone = [path.name for path in base.glob(drop)]
-        assert gone, f"nothing in knative/base matches {drop!r}"
+        gone = []
+        for pattern in (drop,) if isinstance(drop, str) else drop:
+            matched = [path.name for path in base.glob(pattern)]
+            assert matched, f"nothing in knative/base matches {pattern!r}"
+            gone += matched
         for name in gone:
             (base / name).unlink()
         kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())

@@ -113,7 +113,7 @@ ROUTES = [("POST", "/apps/deploy"), ("GET", "/apps/list_all/"), ("GET", "/apps/s
           ("DELETE", "/apps/remove/x"), ("POST", "/ml/deploy_ml"), ("GET", "/ml/list_all/"), ("GET", "/ml/status/x"),
           ("DELETE", "/ml/remove/x"), ("POST", "/infra/register"), ("GET", "/infra/list/"),
           ("DELETE", "/infra/unregister/x"), ("GET", "/manage/ping"), ("GET", "/manage/mode"),
-          ("PUT", "/manage/mode/1"), ("GET", "/events/stream")]
+          ("PUT", "/manage/mode/1"), ("GET", "/events/stream"), ("GET", "/telemetry/x")]
 
 
 def test_every_route_of_the_openapi_document_is_covered_here(client):
@@ -123,7 +123,8 @@ def test_every_route_of_the_openapi_document_is_covered_here(client):
                for m, p in ROUTES}
     covered = {(m, p.replace("/ml/status/x", "/ml/status/{model_uid}").replace("/ml/remove/x", "/ml/remove/{model_uid}")
                 .replace("/infra/unregister/x", "/infra/unregister/{infra_id}").replace("/manage/mode/1",
-                                                                                       "/manage/mode/{mode}"))
+                                                                                       "/manage/mode/{mode}")
+                .replace("/telemetry/x", "/telemetry/{asset}"))
                for m, p in covered}
     assert documented == covered
     assert spec["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
@@ -536,3 +537,22 @@ def test_details_match_the_rendered_object_names(client, store):
                                                        "metadata": {"name": "demo-app-worker"}}]})
     comps = {c["name"]: c["objects"] for c in client.get("/apps/details/demo-app", headers=AUTH).json()["components"]}
     assert comps == {"web": ["Deployment/demo-app-web", "Service/web"], "worker": ["Deployment/demo-app-worker"]}
+
+
+# -- telemetry --
+
+def test_telemetry_gives_an_assets_samples_within_the_window(client, store):
+    import time
+
+    now = time.time()
+    store.append_telemetry("shop/web", [("latency_ms", 12.0, now - 500), ("latency_ms", 14.0, now - 5),
+                                        ("queue", 3.0, now - 5)])
+    r = client.get("/telemetry/shop/web", params={"metric": "latency_ms", "window": 60}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["asset"] == "shop/web" and [v for _, v in doc["metrics"]["latency_ms"]] == [14.0]
+    assert set(doc["metrics"]) == {"latency_ms"}
+    every = client.get("/telemetry/shop/web", params={"window": 3600}, headers=AUTH).json()["metrics"]
+    assert set(every) == {"latency_ms", "queue"} and len(every["latency_ms"]) == 2
+    assert client.get("/telemetry/shop/web", params={"window": 0}, headers=AUTH).status_code == 422
+    assert client.get("/telemetry/nothing-here", headers=AUTH).json()["metrics"] == {}

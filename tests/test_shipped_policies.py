@@ -153,3 +153,54 @@ def test_every_shipped_policy_has_a_function_and_manifests():
         assert (REPO / "knative" / "base" / f"policy-{name}.yaml").read_text() == rendered, name
         assert any(m.kind == "Service" and m.name == f"policy-{name}" for m in found.objects)
         assert f"policy-{name}.yaml" in (REPO / "knative" / "base" / "kustomization.yaml").read_text()
+
+
+INTERVAL = REPO / "functions" / "policies" / "telemetry_interval" / "policy.py"
+
+
+def test_telemetry_interval_shortens_on_a_fast_move_or_broken_target_and_lengthens_after_calm(monkeypatch):
+    """Hysteresis: short at once when the watched metric moves fast or breaks its target, long only after
+    CALM_FOR_S of calm, unchanged in between; no plan while nothing changes."""
+    policy = load_policy(INTERVAL, "telemetry-interval")
+    decl = asyncio.run(policy.initialize())
+    assert decl.mechanisms == ("TelemetryInterval",) and decl.scope == "global"
+    module = policy._module  # the file itself, for its constants and its clock
+    clock = [1000.0]
+    monkeypatch.setattr(module.time, "time", lambda: clock[0])
+    context = dict(decl.context)
+    samples: list = []
+
+    def step(value: float | None, at: float, interval_s: float = 5.0) -> str | None:
+        nonlocal context
+        clock[0] = at
+        if value is not None:
+            samples.append([at, value])
+        inputs = {"context": context, "application_description": [app(target=20)],
+                  "telemetry": {"data": {}, "window": {"metric-1": list(samples)}},
+                  "mechanisms": {"TelemetryInterval": {"state": {"interval_s": interval_s}}}, "system_description": {}}
+        verdict, context = asyncio.run(policy.analyze(inputs))
+        if not verdict:
+            return None
+        plan, context = asyncio.run(policy.plan({**inputs, "context": context}))
+        return plan["TelemetryInterval"]["interval"]
+
+    assert step(10, 1000) is None                    # first sight: the calm clock starts, nothing planned
+    assert step(11, 1001) is None                    # a small move, within the target
+    assert step(15, 1002) == module.SHORT            # +36%: moving fast
+    assert step(15.5, 1003) is None                  # already short
+    assert step(16, 1003 + module.CALM_FOR_S / 2) is None      # calm, not for long enough: unchanged
+    assert step(16, 1002 + module.CALM_FOR_S + 1) == module.LONG  # calm for CALM_FOR_S: long again
+    assert step(25, 1100) == module.SHORT            # 25 breaks the target (<= 20), no fast move needed
+    assert step(None, 1100 + module.CALM_FOR_S + 1) == module.LONG  # the broken sample went stale: calm
+    assert step(None, 1200) is None                  # steady: no plan
+
+
+def test_telemetry_interval_does_not_plan_what_the_node_already_has(monkeypatch):
+    policy = load_policy(INTERVAL, "telemetry-interval")
+    module = policy._module  # the file itself, for its constants and its clock
+    monkeypatch.setattr(module.time, "time", lambda: 5000.0)
+    context = {"last_moving": 0.0}
+    inputs = {"context": context, "application_description": [], "telemetry": {"data": {}, "window": {}},
+              "mechanisms": {"TelemetryInterval": {"state": {"interval_s": 30.0}}}, "system_description": {}}
+    verdict, context = asyncio.run(policy.analyze(inputs))
+    assert not verdict and context["planned_interval"] == module.LONG

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import re
 import time
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,11 @@ import yaml
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from mapemesh import __version__, descriptions, tokens
+from mapemesh import __version__, descriptions, metrics, tokens
 from mapemesh import events as catalogue
 from mapemesh.api import views
 from mapemesh.state import StateStore
@@ -252,10 +253,37 @@ def create_app(ctx: ApiContext) -> FastAPI:
     infra = APIRouter(prefix="/infra", tags=["Infra"], dependencies=secured)
     manage = APIRouter(prefix="/manage", tags=["Management"], dependencies=secured)
     stream = APIRouter(tags=["Events"], dependencies=secured)
+    telemetry = APIRouter(prefix="/telemetry", tags=["Telemetry"], dependencies=secured)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    # -- Prometheus: requests by route and answer, plans by status (no token: counts only) --
+
+    requests = metrics.Counts("mapemesh_api_request_count", "Requests the API answered", ("route", "code"))
+
+    def plans_by_status() -> dict[tuple[str, ...], float]:
+        counts: dict[tuple[str, ...], float] = {(status,): 0 for status in typing.get_args(catalogue.PlanStatus)}
+        for plan in ctx.store.list("plans").values():
+            key = (str(plan.value.get("status")),)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    scraped = metrics.registry(requests, metrics.Gauges("mapemesh_plans", "Plans in the state store by status",
+                                                        ("status",), plans_by_status))
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        requests.add(getattr(route, "path", "unmatched"), str(response.status_code))
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        body = await asyncio.to_thread(metrics.text, scraped)
+        return Response(body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
     # -- applications and ML models (both are applications in the store; `kind` tells them apart) --
 
@@ -464,7 +492,21 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return StreamingResponse(_sse(ctx, request, start, type_prefix, limit, timeout_s),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    for router in (apps, ml, infra, manage, stream):
+    # -- telemetry: what `mapemesh.telemetry.get` reads --
+
+    @telemetry.get("/{asset:path}")
+    async def telemetry_window(
+            asset: Annotated[str, PathParam(min_length=1, max_length=253,
+                                            description="A node, application (APP) or component (APP/COMPONENT).")],
+            metric: Annotated[list[str] | None, Query(description="Only these metrics (repeat it; default: all).")
+                              ] = None,
+            window: Annotated[float, Query(gt=0, le=31 * 86_400, description="The last this many seconds.")] = 300.0,
+    ) -> dict[str, Any]:
+        """An asset's telemetry samples within the window: metric -> [[time, value], ...], oldest first."""
+        samples = await asyncio.to_thread(ctx.store.telemetry, asset, metric, time.time() - window)
+        return {"asset": asset, "window_s": window, "metrics": samples}
+
+    for router in (apps, ml, infra, manage, stream, telemetry):
         app.include_router(router)
     return app
 

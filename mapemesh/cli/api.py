@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from mapemesh import endpoints
-from mapemesh.aio import run, until_stopped
+from mapemesh.aio import run, stop_signals, until_stopped
 from mapemesh.cli._common import settings
 
 
@@ -46,6 +46,7 @@ def serve(ctx: click.Context, data: Path | None, host: str | None, port: int | N
         raise click.UsageError("no broker: give --broker URL, or set K_SINK (a SinkBinding does on a cluster)")
 
     async def main() -> None:
+        stop = stop_signals()  # a SIGTERM while starting still stops cleanly
         feed = None
         if events_port >= 0:
             from mapemesh.api.feed import start_feed
@@ -55,7 +56,7 @@ def serve(ctx: click.Context, data: Path | None, host: str | None, port: int | N
         click.echo(f"northbound API on {running.url} (actions to {target}; token in {s.data / 'api.token'}"
                    + (f"; event feed on {feed.url}" if feed else "") + ")", err=True)
         try:
-            await until_stopped()
+            await until_stopped(stop)
         finally:
             await running.stop()
             if feed is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from mapemesh import endpoints
-from mapemesh.aio import run, until_stopped
+from mapemesh.aio import run, stop_signals, until_stopped
 from mapemesh.cli._common import settings
 
 
@@ -84,6 +84,7 @@ def serve(ctx: click.Context, node: str | None, data: Path | None, sysfs_root: P
                                                                           else None)
 
     async def main() -> None:
+        stop = stop_signals()
         running = await start_node_shim(name, s.data, sysfs_root=root, broker=target, host=s.host,
                                         port=s.node_shim_port, interval_s=s.telemetry_interval_s)
         unregister = None
@@ -98,7 +99,7 @@ def serve(ctx: click.Context, node: str | None, data: Path | None, sysfs_root: P
         click.echo(f"node shim for {name} on {running.url} (knobs: {', '.join(sorted(running.shim.knobs))}; "
                    f"sysfs {running.sysfs.root}; token in {s.data / 'node-shim.token'})", err=True)
         try:
-            await until_stopped()
+            await until_stopped(stop)
         finally:
             if trigger is not None:
                 trigger.unlink(missing_ok=True)

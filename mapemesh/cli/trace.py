@@ -25,7 +25,7 @@ def trace(ctx: click.Context, ident: str, data: Path | None, output: str) -> Non
     Read from the broker's log in DATA_DIR (events are kept MAPEMESH_LOG_RETENTION_S after they are handled); no
     collector needed. Exit status: 0 shown, 3 no log, 4 nothing with that id.
     """
-    from mapemesh.eventing.chain import TraceNotFound, find
+    from mapemesh.eventing.chain import TraceNotFound, find, summary
     from mapemesh.eventing.log import open_readonly
 
     s = settings(ctx, data=data)
@@ -53,7 +53,9 @@ def trace(ctx: click.Context, ident: str, data: Path | None, output: str) -> Non
         by = ""
         if step.via:
             by = f"{step.via.split('/')[-1]} ({step.label}) -> "
-        extra = " ".join(f"{k}={event.get(k)}" for k in ("subject", "policy", "node") if event.get(k) is not None)
+        said = summary(event)
+        extra = " ".join([*(f"{k}={event.get(k)}" for k in ("subject", "policy", "node") if event.get(k) is not None),
+                          *(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in said.items())])
         click.echo(f"+{offset:8.2f}ms {hop} {'  ' * depth}{by}{event.type} {extra}".rstrip())
         for child in sorted(step.children, key=lambda s: s.logged.received_ns):
             show(child, depth + 1)

@@ -3,8 +3,9 @@ Trigger, and how long each hop took (what `mapemesh trace` prints; no collector 
 
 Every event carries a `traceparent` (`mapemesh.tracing`) whose span id is the hop that made it: `derive(D,
 "function")` for an event a function sent, `derive(D, "knob apply")` for the node shim's answer, where D is
-`derive(parent's span, trigger)`, the delivery of its cause through a Trigger. The log keeps each event's
-deliveries (the Triggers it went to), so the chain is rebuilt by computing those ids for every event of the trace.
+`delivery_span(parent's span, trigger, cause's id)`, the delivery of its cause through a Trigger. The log keeps
+each event's deliveries (the Triggers it went to), so the chain is rebuilt by computing those ids for every event
+of the trace.
 
 A hop's latency is the time from its cause's arrival at the broker to its own (delivery, the function's work, and
 its reply's way back in): along one path they add up to the path's end to end.
@@ -87,7 +88,22 @@ class Trace:
              "policy": s.logged.event.get("policy"), "parent": s.parent.logged.event.id if s.parent else None,
              "via": s.via, "by": s.label, "offset_ms": round((s.logged.received_ns - self.root.logged.received_ns)
                                                              / 1e6, 3),
-             "latency_ms": round(s.latency_ms, 3)} for s in self.steps]}
+             "latency_ms": round(s.latency_ms, 3), "summary": summary(s.logged.event)} for s in self.steps]}
+
+
+def summary(event: Any) -> dict[str, Any]:
+    """What an event says in a word or two (its knob and command, a plan's mechanisms): for reading a trace."""
+    try:
+        data = json.loads(event.data) if event.data else None
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out = {k: data[k] for k in ("asset", "knob", "command", "after", "status", "verdict") if data.get(k) is not None}
+    for key in ("mechanisms", "plan"):
+        if isinstance(data.get(key), dict) and data[key]:
+            out[key] = data[key]
+    return out
 
 
 def find(db: sqlite3.Connection, ident: str) -> Trace:
@@ -130,7 +146,7 @@ def build(db: sqlite3.Connection, events: Iterable[LoggedEvent], trace_id: str) 
         hop = tracing.of(step.logged.event.attributes)
         assert hop is not None
         for trigger in via.get(step.logged.seq, ()):
-            delivery = tracing.derive(hop.span_id, trigger)
+            delivery = tracing.delivery_span(hop.span_id, trigger, step.logged.event.id)
             for label in LABELS:
                 causes[tracing.derive(delivery, label)] = (step, trigger, label)
     root: Step | None = None

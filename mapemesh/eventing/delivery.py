@@ -316,7 +316,7 @@ class Dispatcher:
 
     async def _deliver_once(self, key: str, logged: LoggedEvent, resume: _Resume) -> None:
         parent = tracing.of(logged.event.attributes)
-        hop = parent.child(key) if parent is not None else None
+        hop = tracing.delivery(parent, key, logged.event.id) if parent is not None else None
         if hop is None or not tracing.enabled():
             await self._attempts(key, logged, resume, hop)
             return

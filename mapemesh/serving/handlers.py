@@ -105,7 +105,7 @@ class Stage(Startable):
         """The state store (MAPEMESH_STATE's, opened once per process, unless the stage was given another)."""
         if self._store is not None:
             return self._store()
-        return _environment_store()
+        return environment_store()
 
     async def __call__(self, event: CloudEvent) -> CloudEvent | None:
         """`call`: a stage is called like the function it serves as."""
@@ -160,7 +160,7 @@ _opened: tuple[tuple[object, ...], Any] | None = None
 _STORE_ENV = ("MAPEMESH_STATE", "MAPEMESH_DATA", "MAPEMESH_TELEMETRY_RETENTION_S")
 
 
-def _environment_store() -> Any:
+def environment_store() -> Any:
     """MAPEMESH_STATE's store, opened once per process and environment (again in a forked child: connections do
     not survive a fork)."""
     global _opened

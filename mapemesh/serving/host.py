@@ -40,6 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
+from mapemesh import metrics
 from mapemesh.eventing.binding import from_http, to_binary
 from mapemesh.eventing.brokers import BrokerRegistry
 from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent
@@ -501,7 +502,30 @@ class LocalHost:
         """DATA_DIR/vaccel-plugins.json: each accelerated function's vAccel plugin (the vAccelPlugin knob's)."""
         self._vaccel_seen: tuple[int, int, int] | None = None
         self._accel: dict[str, dict[str, Any]] = {}
+        self.requests = metrics.Counts("revision_request_count", "Requests a Service's function answered",
+                                       ("namespace_name", "service_name", "response_code", "response_code_class"))
+        self.metrics = metrics.registry(self.requests, metrics.Gauges(
+            "autoscaler_actual_pods", "Function processes running per Service", ("namespace_name", "service_name"),
+            lambda: {tuple(key.split("/", 1)): len(rev.instances) for key, rev in list(self.revisions.items())}))
+        self.latencies = metrics.histogram(self.metrics, "revision_request_latencies",
+                                           "Time to a Service's answer in milliseconds",
+                                           ("namespace_name", "service_name", "response_code"))
         registry.on_change(lambda _: self.reload())
+
+    async def _invoke(self, rev: Revision, event: CloudEvent) -> CloudEvent | None:
+        """`rev.invoke`, counted and timed as Knative's queue-proxy counts a revision's requests."""
+        started, status = time.perf_counter(), 500
+        try:
+            reply = await rev.invoke(event)
+            status = 202 if reply is None else 200
+            return reply
+        except FunctionFailed as exc:
+            status = exc.status
+            raise
+        finally:
+            namespace, _, name = rev.spec.key.partition("/")
+            self.requests.add(namespace, name, str(status), metrics.code_class(status))
+            self.latencies.labels(namespace, name, str(status)).observe((time.perf_counter() - started) * 1000)
 
     def reload(self) -> None:
         """Start, replace or stop revisions to match the Service manifests."""
@@ -603,10 +627,12 @@ class LocalHost:
         return {"functions": dict(sorted(rows.items()))}
 
     def app(self) -> web.Application:
-        """The HTTP face: POST /{namespace}/{name}, GET /status, GET /healthz."""
+        """The HTTP face: POST /{namespace}/{name}, GET /status, GET /metrics (Prometheus), GET /healthz."""
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_get("/healthz", lambda r: web.json_response({"status": "ok"}))
         app.router.add_get("/status", lambda r: web.json_response(self.status()))
+        app.router.add_get("/metrics", lambda r: web.Response(body=metrics.text(self.metrics),
+                                                              headers={"Content-Type": metrics.CONTENT_TYPE}))
         app.router.add_post("/{namespace}/{name}", self.handle)
         return app
 
@@ -624,7 +650,7 @@ class LocalHost:
         if rev is None:
             return self._missing(key) or _error(404, f"no Service {key}")
         try:
-            reply = await rev.invoke(event)
+            reply = await self._invoke(rev, event)
         except FunctionFailed as exc:
             return _error(exc.status, str(exc), {"Retry-After": exc.retry_after} if exc.retry_after else None)
         if reply is None:
@@ -642,7 +668,7 @@ class LocalHost:
             missing = self._missing(key) if key else None
             return LocalAnswer(missing.status if missing is not None else 404, error=f"no Service at {path}")
         try:
-            reply = await rev.invoke(event)
+            reply = await self._invoke(rev, event)
         except FunctionFailed as exc:
             return LocalAnswer(exc.status, error=str(exc), retry_after=exc.retry_after)
         return LocalAnswer(202) if reply is None else LocalAnswer(200, reply)
