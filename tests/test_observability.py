@@ -407,7 +407,8 @@ def test_the_adaptive_policy_shortens_then_lengthens_the_nodes_telemetry_interva
     policy = project / "functions" / "policies" / "telemetry_interval" / "policy.py"
     text = policy.read_text()
     for old, new in (('SHORT = "1s"', 'SHORT = "500ms"'), ('LONG = "30s"', 'LONG = "5s"'),
-                     ("CALM_FOR_S = 30.0", "CALM_FOR_S = 2.0")):
+                     ("CALM_FOR_S = 30.0", "CALM_FOR_S = 2.0"),
+                     ('"analyze_interval": "5s"', '"analyze_interval": "1s"')):
         assert old in text
         text = text.replace(old, new)
     policy.write_text(text)

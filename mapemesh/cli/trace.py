@@ -55,9 +55,15 @@ def trace(ctx: click.Context, ident: str, data: Path | None, output: str) -> Non
             by = f"{step.via.split('/')[-1]} ({step.label}) -> "
         said = summary(event)
         extra = " ".join([*(f"{k}={event.get(k)}" for k in ("subject", "policy", "node") if event.get(k) is not None),
-                          *(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in said.items())])
+                          *(f"{k}={_short(v)}" for k, v in said.items())])
         click.echo(f"+{offset:8.2f}ms {hop} {'  ' * depth}{by}{event.type} {extra}".rstrip())
         for child in sorted(step.children, key=lambda s: s.logged.received_ns):
             show(child, depth + 1)
 
     show(found.root, 0)
+
+
+def _short(value: object, width: int = 72) -> str:
+    """A value as compact JSON, cut at `width` characters (`-o json` has it whole)."""
+    text = json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= width else text[:width - 3] + "..."

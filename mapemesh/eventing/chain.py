@@ -100,9 +100,10 @@ def summary(event: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         return {}
     out = {k: data[k] for k in ("asset", "knob", "command", "after", "status", "verdict") if data.get(k) is not None}
-    for key in ("mechanisms", "plan"):
-        if isinstance(data.get(key), dict) and data[key]:
-            out[key] = data[key]
+    for key in ("mechanisms", "plan"):  # commands (a plan's), not a policy's inputs (mechanisms' states)
+        value = data.get(key)
+        if isinstance(value, dict) and value and all(isinstance(v, dict) and "command" in v for v in value.values()):
+            out[key] = value
     return out
 
 
