@@ -104,7 +104,7 @@ def stamp(attributes: dict[str, Any]) -> None:
 # -- spans (exported only when OpenTelemetry is configured) -------------------------------------------------------
 
 _preset: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("mapemesh_span_ids", default=None)
-_state: dict[str, Any] = {"pid": None, "tracer": None, "provider": None}
+_state: dict[str, Any] = {"pid": None, "tracer": None, "provider": None, "meters": None}
 _lock = threading.Lock()
 
 
@@ -150,10 +150,27 @@ def _configure() -> Any:
             return int(preset[0], 16) if preset else self.random.generate_trace_id()
 
     service = os.environ.get("OTEL_SERVICE_NAME") or "mapemesh"
-    provider = TracerProvider(resource=Resource.create({"service.name": service}), id_generator=PresetIds())
+    resource = Resource.create({"service.name": service})
+    provider = TracerProvider(resource=resource, id_generator=PresetIds())
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # endpoint, headers: OTEL_* variables
+    _configure_metrics(resource)
     log.info("tracing: spans exported over OTLP/HTTP to %s as %s", endpoint, service)
     return provider
+
+
+def _configure_metrics(resource: Any) -> None:
+    """The process's OpenTelemetry instruments (an accelerated function's, say) pushed over OTLP/HTTP too: a
+    function that scales to zero cannot be scraped. OTEL_METRICS_EXPORTER=none keeps them in."""
+    if os.environ.get("OTEL_METRICS_EXPORTER", "otlp").lower() == "none":
+        return
+    from opentelemetry import metrics
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    reader = PeriodicExportingMetricReader(OTLPMetricExporter())  # OTEL_METRIC_EXPORT_INTERVAL (60 s) applies
+    _state["meters"] = MeterProvider(resource=resource, metric_readers=[reader])
+    metrics.set_meter_provider(_state["meters"])
 
 
 @contextlib.contextmanager
@@ -209,8 +226,10 @@ def handling(attributes: Mapping[str, Any], name: str, label: str = "function",
 
 
 def flush(timeout_s: float = 5.0) -> None:
-    """Export the spans still buffered (before a process ends)."""
-    provider = _state["provider"] if _state["pid"] == os.getpid() else None
-    if provider is not None:
-        with contextlib.suppress(Exception):
-            provider.force_flush(int(timeout_s * 1000))
+    """Export the spans (and metrics) still buffered (before a process ends)."""
+    if _state["pid"] != os.getpid():
+        return
+    for provider in (_state["provider"], _state.get("meters")):
+        if provider is not None:
+            with contextlib.suppress(Exception):
+                provider.force_flush(int(timeout_s * 1000))

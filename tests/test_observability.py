@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -59,6 +60,7 @@ class OtlpReceiver:
 
         self.pb = trace_service_pb2
         self.spans: list = []
+        self.metrics: list[str] = []
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
         threading.Thread(target=self._run, args=(ready,), daemon=True).start()
@@ -68,6 +70,7 @@ class OtlpReceiver:
         asyncio.set_event_loop(self.loop)
         app = web.Application()
         app.router.add_post("/v1/traces", self._export)
+        app.router.add_post("/v1/metrics", self._metrics)
         self.runner = web.AppRunner(app, access_log=None)
         self.loop.run_until_complete(self.runner.setup())
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -84,6 +87,14 @@ class OtlpReceiver:
             for scope in resource.scope_spans:
                 self.spans += [(service, s) for s in scope.spans]
         return web.Response(body=self.pb.ExportTraceServiceResponse().SerializeToString(),
+                            content_type="application/x-protobuf")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+
+        export = metrics_service_pb2.ExportMetricsServiceRequest.FromString(await request.read())
+        self.metrics += [m.name for r in export.resource_metrics for sc in r.scope_metrics for m in sc.metrics]
+        return web.Response(body=metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString(),
                             content_type="application/x-protobuf")
 
     def close(self) -> None:
@@ -477,3 +488,24 @@ def _log(mesh) -> list[CloudEvent]:
     from mapemesh.eventing.log import read_all
 
     return [logged.event for logged in read_all(mesh.data / "eventlog.db")]
+
+
+def test_an_accelerated_functions_instruments_are_pushed_over_otlp():
+    """The accel function's OpenTelemetry meter had no provider and recorded nothing: with OTLP configured, its
+    invocation latency arrives (pushed: a function that scales to zero cannot be scraped)."""
+    receiver = OtlpReceiver()
+    try:
+        script = ("import asyncio\n"
+                  "from mapemesh import tracing, events as catalogue\n"
+                  "from mapemesh.functions.accel import invocation\n"
+                  "stage = invocation.function('probe', lambda data: {'plugin': 'cpu', 'device': 'none'})\n"
+                  "event = catalogue.make_event(catalogue.AccelRequested(input={}), '/t', extensions={'function': 'probe'})\n"
+                  "tracing.enabled()\n"
+                  "asyncio.run(stage.call(event))\n"
+                  "tracing.flush()\n")
+        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_METRIC_EXPORT_INTERVAL": "100"}
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        wait_for(lambda: "accel_invocation_latency" in receiver.metrics, timeout=20, what="the metric over OTLP")
+    finally:
+        receiver.close()
