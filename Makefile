@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # The local mesh on this machine (no Kubernetes), with a demo event; Ctrl-C stops it.
 run: install
-	@$(BIN)/python -m mapemesh.demo
+	@$(BIN)/python -m mapemesh.cli.demo
 
 test: install
 	$(BIN)/python -m pytest

@@ -31,6 +31,7 @@ from mapemesh.aio import run, until_stopped
 from mapemesh.api.app import TOKEN_FILE
 from mapemesh.cli.northbound import sse_data
 from mapemesh.cli.view import LiveView
+from mapemesh.serving.envhook import EnvHook
 from mapemesh.settings import Settings
 from mapemesh.up import RunningMesh, start_mesh
 
@@ -45,7 +46,9 @@ def sample(name: str) -> dict[str, Any]:
     return doc
 
 
-async def main() -> None:
+async def main(env_hook: EnvHook | None = None) -> None:
+    """The demo on `mapemesh up`'s mesh (`env_hook`: the per-Service environment, which `mapemesh.cli.demo` gives:
+    the vAccelPlugin knob's choices)."""
     settings = Settings.load()
     for port, var in ((settings.broker_port, "MAPEMESH_BROKER_PORT"), (settings.serving_port, "MAPEMESH_SERVING_PORT"),
                       (max(0, settings.node_shim_port), "MAPEMESH_NODE_SHIM_PORT"),
@@ -55,7 +58,7 @@ async def main() -> None:
     if settings.api_port < 0:
         raise SystemExit("the demo drives the mesh through its API: MAPEMESH_API_PORT must not be -1")
     start = await asyncio.to_thread(_log_end, settings)  # the view shows this run's events, not an earlier run's
-    mesh = await start_mesh(settings)
+    mesh = await start_mesh(settings, env_hook)
     tasks: list[asyncio.Task[None]] = []
     try:
         assert mesh.api is not None
@@ -190,8 +193,15 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-if __name__ == "__main__":
+def serve(env_hook: EnvHook | None = None) -> None:
+    """Run the demo until Ctrl-C (`python -m mapemesh.cli.demo`, what `make run` starts)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("MAPEMESH_LOG_LEVEL", "warning")  # the function processes: warnings and errors only
     logging.getLogger("mapemesh.up").setLevel(logging.INFO)
-    run(main())
+    run(main(env_hook))
+
+
+if __name__ == "__main__":
+    from mapemesh.cli.demo import main as cli_main  # the CLI wires the runtimes' hook in
+
+    cli_main()

@@ -1,5 +1,17 @@
 """`mapemesh up`: the broker, the local function host, this machine's node shim and the northbound API in one
-process."""
+process.
+
+| piece | started by `start_mesh(settings, env_hook)` |
+|---|---|
+| broker | `eventing.server.start_broker`, on `settings.broker_port` |
+| function host | `serving.host.LocalHost` on `settings.serving_port`, the broker delivering to it in-process; its |
+| | Services get `env_hook`'s env (the CLI passes the vAccelPlugin knob's; None: their own env only) |
+| node shim | `node_shim.daemon.start_node_shim` unless `settings.node_shim_port` is -1; its vAccelPlugin knob sees |
+| | the host's Services and has the host apply a new choice at once |
+| northbound API | `api.server.start_api` unless `settings.api_port` is -1 |
+
+Each records its URL in DATA_DIR/endpoints.json; `RunningMesh.stop` stops them in the reverse order.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +27,7 @@ from mapemesh.aio import until_stopped
 from mapemesh.api.server import RunningApi, start_api
 from mapemesh.eventing.server import RunningBroker, start_broker
 from mapemesh.node_shim.daemon import RunningShim
-from mapemesh.runtimes.vaccel import CHOICES_FILE
+from mapemesh.serving.envhook import EnvHook
 from mapemesh.serving.host import LocalHost
 from mapemesh.settings import Settings
 
@@ -51,8 +63,9 @@ class RunningMesh:
         await self.broker.stop()
 
 
-async def start_mesh(settings: Settings) -> RunningMesh:
-    """Start the broker, then the function host on its own port; record both in endpoints.json."""
+async def start_mesh(settings: Settings, env_hook: EnvHook | None = None) -> RunningMesh:
+    """Start the broker, then the function host on its own port (its Services' extra env from `env_hook`), the
+    node shim and the API; record each in endpoints.json."""
     broker = await start_broker(settings)
     host: LocalHost | None = None
     runner: web.AppRunner | None = None
@@ -60,8 +73,7 @@ async def start_mesh(settings: Settings) -> RunningMesh:
         host = LocalHost(broker.ingress.brokers, settings.activator_queue, {
             "MAPEMESH_DATA": str(settings.data.resolve()), "MAPEMESH_STATE": settings.state,
             "MAPEMESH_BROKER_URL": broker.url,
-            "K_SINK": f"{broker.url}/default/default"})
-        host.vaccel_file = settings.data / CHOICES_FILE  # the vAccelPlugin knob's choices, followed
+            "K_SINK": f"{broker.url}/default/default"}, env_hook)
         await host.start()
         runner = web.AppRunner(host.app(), access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()
@@ -127,9 +139,9 @@ async def _start_shim(settings: Settings, mesh: RunningMesh) -> None:
     mesh.shim = await start_node_shim(node, settings.data, sysfs_root=root, broker=f"{mesh.broker.url}/default/default",
                                       host=settings.host, port=settings.node_shim_port,
                                       interval_s=settings.telemetry_interval_s,
-                                      accel_functions=mesh.host.accel_functions,
+                                      services=mesh.host.services,
                                       # The knob applies in a worker thread; the host's processes are the loop's.
-                                      on_vaccel_change=lambda: loop.call_soon_threadsafe(mesh.host.apply_vaccel))
+                                      on_vaccel_change=lambda: loop.call_soon_threadsafe(mesh.host.apply_env))
     mesh.shim_trigger = write_trigger(settings.deployed_manifests, node, mesh.shim.url)
     shim = mesh.shim
     # New or removed accelerated functions change the vAccelPlugin knob's options: tell the loop.
@@ -137,9 +149,9 @@ async def _start_shim(settings: Settings, mesh: RunningMesh) -> None:
     mesh.broker.ingress.brokers.reload()  # route this node's knob commands to it now, not at the next poll
 
 
-async def serve_mesh(settings: Settings) -> None:
+async def serve_mesh(settings: Settings, env_hook: EnvHook | None = None) -> None:
     """Run the mesh until SIGINT or SIGTERM, then stop every child process."""
-    mesh = await start_mesh(settings)
+    mesh = await start_mesh(settings, env_hook)
     try:
         await until_stopped()
     finally:

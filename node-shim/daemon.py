@@ -121,20 +121,23 @@ class RunningShim:
 
 async def start_node_shim(node: str, data: Path, *, sysfs_root: Path | None = None, broker: str | None = None,
                           host: str = "127.0.0.1", port: int = 0, interval_s: float = 5.0,
-                          nvml: Any = None, accel_functions: Any = None, on_vaccel_change: Any = None) -> RunningShim:
+                          nvml: Any = None, services: Any = None, on_vaccel_change: Any = None) -> RunningShim:
     """Start a node shim: knobs on `sysfs_root` (default `/`), API on host:port, telemetry to `broker`.
 
-    `accel_functions` (a callable: name -> {priority, service}) lists the accelerated functions this node runs
-    for the vAccelPlugin knob, and `on_vaccel_change` tells their host at once when a plugin choice changes
-    (without it the host finds the change in DATA_DIR/vaccel-plugins.json within a second).
+    `services` (a callable: namespace/name -> ServiceSpec, the local function host's `services`) gives the
+    vAccelPlugin knob the accelerated functions this node runs, and `on_vaccel_change` tells their host at once
+    when a plugin choice changes (without it the host finds the change in DATA_DIR/vaccel-plugins.json within a
+    second).
     """
     from mapemesh.node_shim.knobs.vaccel import VAccelPlugin
     from mapemesh.runtimes.vaccel import CHOICES_FILE
+    from mapemesh.runtimes.vaccel_hook import accel_functions
 
     sysfs = Sysfs(sysfs_root or "/")
     interval = TelemetryInterval(interval_s)
     knobs = build_knobs(sysfs, interval, nvml)
-    knobs["vAccelPlugin"] = VAccelPlugin(data / CHOICES_FILE, functions=accel_functions, on_change=on_vaccel_change,
+    functions = (lambda: accel_functions(services())) if services is not None else None
+    knobs["vAccelPlugin"] = VAccelPlugin(data / CHOICES_FILE, functions=functions, on_change=on_vaccel_change,
                                          gpu_present=lambda: "NVIDIAGPUFrequency" in knobs)
     Baselines(data / "node-shim" / node / "baseline.json").apply(knobs)
     shim = NodeShim(node, knobs, Journal(data / "node-shim" / node / "journal.jsonl"))
@@ -210,7 +213,7 @@ async def register_on_cluster(node: str, port: int, environ: dict[str, str], kub
 
 def write_trigger(manifests: Path, node: str, url: str) -> Path:
     """Write the shim's Trigger where the mesh reads added manifests (DATA_DIR/manifests)."""
-    from mapemesh.policy.scaffold import write_atomically
+    from mapemesh.files import write_atomically
 
     path = manifests / f"{trigger_name(node)}.yaml"
     write_atomically(path, "# The node shim of node " + node + ": its knob commands.\n"

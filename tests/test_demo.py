@@ -23,7 +23,7 @@ def test_the_demo_shows_a_knob_change_made_by_a_policy_then_stops_on_ctrl_c(tmp_
     env = {**os.environ, "MAPEMESH_DATA": str(tmp_path / "data"), "MAPEMESH_BROKER_PORT": "0",
            "MAPEMESH_SERVING_PORT": "0", "MAPEMESH_NODE_SHIM_PORT": "0", "MAPEMESH_API_PORT": "0",
            "MAPEMESH_SYSFS_ROOT": str(sysfs), "MAPEMESH_NODE": "demo-node", "MAPEMESH_DEMO_PERIOD_S": "3"}
-    proc = subprocess.Popen([sys.executable, "-m", "mapemesh.demo"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "mapemesh.cli.demo"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
@@ -64,7 +64,7 @@ def test_the_demo_shows_a_knob_change_made_by_a_policy_then_stops_on_ctrl_c(tmp_
     assert "Traceback" not in "".join(lines)
 
     # Again, on the same data: the application is kept, and the view shows this run's events only.
-    again = subprocess.Popen([sys.executable, "-m", "mapemesh.demo"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+    again = subprocess.Popen([sys.executable, "-m", "mapemesh.cli.demo"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     second: list[str] = []
     reader = threading.Thread(target=lambda: second.extend(iter(again.stdout.readline, "")), daemon=True)
@@ -74,7 +74,7 @@ def test_the_demo_shows_a_knob_change_made_by_a_policy_then_stops_on_ctrl_c(tmp_
         while time.monotonic() < deadline and not any("kept as it is" in li for li in list(second)):
             assert again.poll() is None, "".join(second)[-4000:]
             time.sleep(0.2)
-        time.sleep(1)
+        time.sleep(1)  # a while for the first run's events to show up, were they (wrongly) replayed
     finally:
         again.send_signal(signal.SIGINT)
         assert again.wait(30) == 0, "".join(second)[-3000:]

@@ -25,6 +25,9 @@ class _Native:
     async def start(self) -> None:
         return None
 
+    async def stop(self) -> None:
+        return None
+
     async def call(self, event, executor=None):  # type: ignore[no-untyped-def]
         # In the host's thread pool as the sync `probe` is: the two differ by the boundary alone.
         if executor is None:

@@ -41,6 +41,7 @@ def up(ctx: click.Context, manifests: Path | None, data: Path | None, host: str 
        sysfs_root: str | None, accept_batch: bool | None) -> None:
     """Run the broker, the local function host, this machine's node shim and the northbound API (token in
     DATA_DIR/api.token); Ctrl-C or SIGTERM stops them."""
+    from mapemesh.runtimes.vaccel_hook import VaccelEnv
     from mapemesh.up import serve_mesh
 
     s = settings(ctx, data=data, manifests=manifests, host=host, broker_port=port, serving_port=serving_port,
@@ -52,7 +53,7 @@ def up(ctx: click.Context, manifests: Path | None, data: Path | None, host: str 
         raise click.UsageError(f"--sysfs-root {s.sysfs_root} is not a directory (make one with "
                                f"`mapemesh node-shim simulate --profile acpi-cpufreq DIR`)")
     try:
-        run(serve_mesh(s))
+        run(serve_mesh(s, VaccelEnv.in_data(s.data)))  # the vAccelPlugin knob's choices, followed
     except OSError as exc:  # a port in use, most often: say which, not a traceback
         raise click.ClickException(f"cannot start the mesh: {exc} (ports: broker {s.broker_port}, function host "
                                    f"{s.serving_port}, node shim {s.node_shim_port}, API {s.api_port}; 0 picks a "

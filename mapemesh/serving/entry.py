@@ -58,6 +58,8 @@ def target() -> Invocable:
                 raise RuntimeError(f"set {SOURCE} and {TARGET} (`mapemesh-function` sets them from FUNCTION_SOURCE "
                                    "and FUNCTION_TARGET or --source and --target)")
             _target = load(source, name, Path.cwd())
+            if hasattr(_target, "stop_at_exit"):
+                _target.stop_at_exit()  # a worker told to stop runs the function's stop hook on its way out
         return _target
 
 

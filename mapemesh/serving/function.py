@@ -49,19 +49,46 @@ class Invocable(Protocol):
         """Run the function's start hook once per process (errors are logged, not raised)."""
         ...
 
+    async def stop(self) -> None:
+        """Run the function's stop hook before the process exits (errors are logged, not raised)."""
+        ...
+
     async def call(self, event: CloudEvent, executor: concurrent.futures.Executor | None = None) -> CloudEvent | None:
         """The reply to `event` (None: no reply); extra events are published before it returns."""
         ...
 
 
 class Startable:
-    """An `on_start` hook run once per process."""
+    """An `on_start` hook run once per process, and an `on_stop` hook run when the process is told to stop."""
 
-    def __init__(self, name: str, on_start: Startup | None):
+    def __init__(self, name: str, on_start: Startup | None, on_stop: Startup | None = None):
         self.name = name
         self.on_start = on_start
         """Run once in each new process before its first event (a policy registers itself, say)."""
+        self.on_stop = on_stop
+        """Run when the process is stopped gracefully (SIGTERM: scale to zero), before it exits: what the
+        process holds that must outlive it goes somewhere durable (the analyze stage hands its deferred
+        analyses to the broker, say)."""
         self._started = False
+
+    async def stop(self) -> None:
+        """Run `on_stop` (once it started); a failure is logged, not raised."""
+        if self.on_stop is None or not self._started:
+            return
+        try:
+            result = self.on_stop()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("function %s: on_stop failed", self.name)
+
+    def stop_at_exit(self) -> None:
+        """Run `stop` on the process's event loop when the interpreter exits (functions-framework's workers: a
+        gunicorn worker told to stop exits through Python's cleanup)."""
+        import atexit
+
+        atexit.register(lambda: _on_process_loop(self.stop()) if _loop is not None and _loop_pid == os.getpid()
+                        else None)
 
     async def start(self) -> None:
         """Run `on_start` once per process; a failure is logged, not raised (events still get answers)."""

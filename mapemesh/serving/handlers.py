@@ -87,8 +87,8 @@ class Stage(Startable):
 
     def __init__(self, name: str, source: str, handlers: dict[str, Handler], *,
                  store: Callable[[], Any] | None = None, before: Callable[[Any], None] | None = None,
-                 on_start: Startup | None = None):
-        super().__init__(name, on_start)
+                 on_start: Startup | None = None, on_stop: Startup | None = None):
+        super().__init__(name, on_start, on_stop)
         self.source = source
         self.handlers = dict(handlers)
         self._store = store
@@ -187,7 +187,8 @@ def _wants(fn: Handler) -> tuple[str, ...]:
 
 
 def stage(module: str, *, source: str, name: str | None = None, store: Callable[[], Any] | None = None,
-          before: Callable[[Any], None] | None = None, on_start: Startup | None = None) -> Stage:
+          before: Callable[[Any], None] | None = None, on_start: Startup | None = None,
+          on_stop: Startup | None = None) -> Stage:
     """The stage made of the handlers `module` declared with `on` (call it after them, with `__name__`)."""
     handlers = _pending.pop(module, {})
     if not handlers:
@@ -195,7 +196,7 @@ def stage(module: str, *, source: str, name: str | None = None, store: Callable[
     # Named after its source (/mapemesh/monitor: monitor): the module's own name is a file path's hash when the
     # local host or functions-framework imports it from FUNCTION_SOURCE.
     return Stage(name or source.rstrip("/").rsplit("/", 1)[-1] or module, source, handlers, store=store,
-                 before=before, on_start=on_start)
+                 before=before, on_start=on_start, on_stop=on_stop)
 
 
 def forget(module: str) -> None:

@@ -161,8 +161,6 @@ def spawn(request: dict[str, object], fd: int, control: socket.socket, children:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         for key, value in dict(request.get("env") or {}).items():  # type: ignore[union-attr]
             os.environ[str(key)] = str(value)
-        if tracing.enabled():  # stopped by SIGTERM (scale to zero): export the spans it holds first
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         asyncio.run(serve(fn, socket.socket(fileno=os.dup(fd)), int(request.get("concurrency") or 1)))
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0
@@ -175,8 +173,11 @@ def spawn(request: dict[str, object], fd: int, control: socket.socket, children:
 
 
 async def serve(fn: Invocable, sock: socket.socket, concurrency: int) -> None:
-    """A function process: answer each request frame with the function's reply."""
+    """A function process: answer each request frame with the function's reply, until the host closes the
+    connection or stops the process (SIGTERM: the function's `stop` runs first, and the spans it holds go out)."""
     reader, writer = await asyncio.open_connection(sock=sock)
+    stopping = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
     await fn.start()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency))  # for sync functions
     tasks: set[asyncio.Task[None]] = set()
@@ -201,13 +202,23 @@ async def serve(fn: Invocable, sock: socket.socket, concurrency: int) -> None:
             frame = wire.encode(answer, None)
         writer.write(frame)
 
-    while True:
-        frame = await wire.read(reader)
-        if frame is None:
-            return
-        task = asyncio.create_task(handle(*frame))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+    stopped = asyncio.create_task(stopping.wait())
+    try:
+        while True:
+            reading = asyncio.create_task(wire.read(reader))
+            await asyncio.wait({reading, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not reading.done():
+                reading.cancel()
+                return
+            frame = reading.result()
+            if frame is None:
+                return
+            task = asyncio.create_task(handle(*frame))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    finally:
+        stopped.cancel()
+        await fn.stop()
 
 
 if __name__ == "__main__":
