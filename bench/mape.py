@@ -253,9 +253,12 @@ def main(quick: bool = False) -> bool:
                                          f"{str(report)!r})"], cwd=REPO, env=env)
                 time.sleep(2.0)  # let the background load settle
                 begin = _report(report)
+                cpu_begin = _cpu_seconds(proc.pid)
                 reactions, hops, traced = measure(http, broker, shim, data, count)
+                cpu_end = _cpu_seconds(proc.pid)
                 end = _report(report)
                 achieved = (end[0] - begin[0]) / max(1e-9, end[1] - begin[1])
+                cpu_per_event_ms = (cpu_end - cpu_begin) * 1000 / max(1, end[0] - begin[0] + len(reactions))
         finally:
             if load is not None:
                 load.kill()
@@ -284,10 +287,19 @@ def main(quick: bool = False) -> bool:
         if values:
             print(f"{hop:14} {statistics.median(values):6.2f}ms {pct(values, 99):6.2f}ms")
     print(f"{'sum of p50s':14} {sum(medians.values()):6.2f}ms")
+    from bench import loopcost
+
+    counts = loopcost.measure()
+    print(f"CPU of the mesh (broker, host, functions) per event under the background load: {cpu_per_event_ms:.2f} ms")
+    for path, label in (("reaction", "per reaction"), ("background", "per unwatched background telemetry event")):
+        print(f"store round trips {label}: {sum(counts[path].values())} ("
+              + ", ".join(f"{k} {v}" for k, v in counts[path].items()) + ")")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "mape.json").write_text(json.dumps({
         "benchmark": "mape", "reactions": count, "background_events_per_s": BACKGROUND_RATE,
         "results": summary, "ratio_to_one_hop_p50": ratio, "background_accepted_per_s": achieved,
+        "cpu_ms_per_event": cpu_per_event_ms,
+        "store_round_trips": {path: {"total": sum(c.values()), **c} for path, c in counts.items()},
         "hops_ms": {hop: {"p50": statistics.median(v), "p99": pct(v, 99), "n": len(v)}
                     for hop, v in hops_by_stage.items() if v},
         "targets_ms": {"p50": TARGET_P50_MS, "p99": TARGET_P99_MS}, "on_target": ok}, indent=2) + "\n")
@@ -307,3 +319,26 @@ def _endpoints(data: Path) -> dict[str, str] | None:
     except (OSError, ValueError):
         return None
     return found if "broker" in found else None
+
+
+def _cpu_seconds(root: int) -> float:
+    """User and system CPU seconds of process `root` and every process below it (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(used.get(pid, 0.0) for pid in tree)

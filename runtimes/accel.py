@@ -122,9 +122,10 @@ def render(name: str, source: str, target: str, **kw: Any) -> str:
 
 def new_function(name: str, root: Path, *, priority: str = "normal") -> list[Path]:
     """Scaffold accelerated function `name` in the project at `root`: its package, manifests and bunnyfile."""
+    from mapemesh.files import write_atomically
     from mapemesh.manifests import project_folder
-    from mapemesh.policy.scaffold import add_resource, write_atomically
     from mapemesh.runtimes.build import bunnyfile_for
+    from mapemesh.runtimes.scaffold import add_resource
 
     check_name(name)
     package = name.replace("-", "_")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
+from mapemesh.files import write_atomically
 from mapemesh.manifests import project_folder
-from mapemesh.policy.service import check_name, render
 from mapemesh.runtimes.build import bunnyfile_for
+from mapemesh.runtimes.policy_service import check_name, render
 
 POLICY_TEMPLATE = '''"""{title} policy, in the MLSysOps policy format (initialize, analyze, plan).
 
@@ -67,14 +67,6 @@ def name_from_file(path: Path) -> str:
     if stem == "policy":  # the layout `mapemesh policy new` makes: the folder names the policy
         stem = path.resolve().parent.name
     return re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")
-
-
-def write_atomically(path: Path, content: str | bytes) -> None:
-    """Write through a temporary file and a rename, so a watcher never reads half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
-    os.replace(tmp, path)
 
 
 def new_policy(name: str, root: Path) -> list[Path]:

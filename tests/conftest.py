@@ -1,7 +1,12 @@
-"""Fixtures that run real mapemesh processes on loopback."""
+"""Fixtures that run real mapemesh processes on loopback, and the `live` marker for the tests that start them.
+
+`pytest -m "not live"` runs the unit tests alone (in well under a minute); `pytest -m live` the tests that start a
+mesh, a broker, redis-server, a node shim, a server or the CLI as processes; plain `pytest` runs both.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -9,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +25,54 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
+TESTS = REPO / "tests"
+
+LIVE_MODULES = frozenset({
+    "test_accel_live", "test_northbound_live", "test_serving", "test_loop", "test_demo", "test_deferral",
+    "test_cluster_e2e", "test_deploy_e2e", "test_cli", "test_cluster_components", "test_functions_ecosystem",
+    "test_function_runtime", "test_durability", "test_policy_cli",
+})
+"""Modules whose every test starts processes."""
+LIVE_FIXTURES = frozenset({
+    "broker", "broker_factory", "shared_broker", "batch_broker",  # `mapemesh broker serve`
+    "mesh", "mesh_factory", "mesh_replies", "loop_factory", "reaction",  # `mapemesh up`
+    "redis_url",  # redis-server
+})
+"""Fixtures that start processes: a test that uses one is live."""
+PROCESS_NAMES = frozenset({"subprocess", "Popen", "multiprocessing", "create_subprocess_exec", "start_mesh",
+                           "start_broker"})
+"""Names whose use in a test, or in a function of tests/ that it calls, starts a process."""
+
+
+def _starts_processes(code: types.CodeType, namespace: dict, seen: set[types.CodeType]) -> bool:
+    """Whether `code`, a function nested in it, or a function of tests/ that it names uses one of PROCESS_NAMES."""
+    if code in seen:
+        return False
+    seen.add(code)
+    for name in code.co_names:
+        if name in PROCESS_NAMES:
+            return True
+        helper = namespace.get(name)
+        if isinstance(helper, types.FunctionType) and Path(helper.__code__.co_filename).is_relative_to(TESTS) \
+                and _starts_processes(helper.__code__, helper.__globals__, seen):
+            return True
+    return any(isinstance(c, types.CodeType) and _starts_processes(c, namespace, seen) for c in code.co_consts)
+
+
+def is_live(item: pytest.Item) -> bool:
+    """Whether a test starts processes: by its module, its fixtures, or what its code calls."""
+    if item.path.stem in LIVE_MODULES or LIVE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    function = getattr(item, "function", None)
+    return isinstance(function, types.FunctionType) and _starts_processes(function.__code__, function.__globals__,
+                                                                          set())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that start processes `live` (see the module's docstring)."""
+    for item in items:
+        if is_live(item):
+            item.add_marker(pytest.mark.live)
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 15.0, interval: float = 0.02,
@@ -32,6 +86,19 @@ def wait_for(condition: Callable[[], object], timeout: float = 15.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+async def wait_for_async(condition: Callable[[], object], timeout: float = 15.0,  # noqa: ASYNC109 (as wait_for's)
+                         interval: float = 0.01, what: str = "condition") -> object:
+    """`wait_for` inside an event loop: polls without blocking it, so the code under test runs meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 @dataclass

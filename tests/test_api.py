@@ -64,7 +64,8 @@ class Ingress:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/default/default"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # shutdown() waits until serve_forever looks up, once per poll_interval: 0.5 s by default, at every teardown
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
 
     def of(self, kind: type[catalogue.EventData]) -> list[dict]:
         return [e for e in self.events if e["type"] == kind.event_type]

@@ -213,7 +213,7 @@ def test_ordered_delivery_per_partition_key(broker_factory, manifests_dir, sub):
                 overlaps.append(key)
             answers[rec.event.id] = answers.get(rec.event.id, 0) + 1
             fail = answers[rec.event.id] == 1 and rec.event.id.endswith("-2")  # the 3rd of each key fails once
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # stay in flight a while, so that an overlapping delivery of the key is seen
         with lock:
             in_flight[key] -= 1
         return web.Response(status=503 if fail else 202)
@@ -347,7 +347,7 @@ def test_a_reply_written_in_pieces_is_read_whole(broker_factory, manifests_dir, 
             "ce-type": "com.example.reply", "Content-Type": "application/octet-stream"})
         await resp.prepare(rec.request)
         await resp.write(b"a" * 1000)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the reply reaches the broker in two pieces
         await resp.write(b"b" * 1000)
         await resp.write_eof()
         return resp

@@ -17,7 +17,7 @@ from mapemesh.eventing.binding import to_binary
 from mapemesh.functions.deploy import deploy
 from mapemesh.state import from_environment, open_store
 
-from .conftest import REPO, copy_knative, wait_for
+from .conftest import REPO, copy_knative, wait_for, wait_for_async
 
 APP = {"MLSysOpsApp": {"name": "shop", "cluster_placement": {"cluster_id": ["edge-c"]}, "components": [
     {"metadata": {"name": "web"}, "node_placement": {"node": "node-1"},
@@ -178,10 +178,7 @@ def test_with_karmada_it_applies_refuses_unready_clusters_and_reports_when_runni
                                        "spec": {"clusters": [{"name": "edge-c"}]},
                                        "status": {"aggregatedStatus": [{"clusterName": "edge-c", "applied": True,
                                                                         "health": "Healthy"}]}}
-            for _ in range(500):
-                if published:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_for_async(lambda: published, timeout=5, what="the deployed status to be published")
             return reply
 
         status = catalogue.parse_data(asyncio.run(scenario()))

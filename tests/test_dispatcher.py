@@ -17,7 +17,7 @@ from mapemesh.eventing.log import EventLog
 from mapemesh.eventing.stats import BrokerMetrics
 from mapemesh.eventing.triggers import Resolver
 
-from .conftest import add_resources, copy_knative
+from .conftest import add_resources, copy_knative, wait_for_async
 from .subscriber import Subscriber
 
 
@@ -70,11 +70,7 @@ def ev(i: int, **ext) -> CloudEvent:
 
 
 async def wait_until(condition, seconds: float = 20.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("timed out")
+    await wait_for_async(condition, timeout=seconds)
 
 
 def test_window_bounds_memory_and_the_backlog_keeps_order(tmp_path):
@@ -83,7 +79,7 @@ def test_window_bounds_memory_and_the_backlog_keeps_order(tmp_path):
     async def slow(rec):
         in_flight["now"] += 1
         in_flight["max"] = max(in_flight["max"], in_flight["now"])
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # a slow subscriber, so that deliveries pile up against the window
         in_flight["now"] -= 1
         return web.Response(status=202)
 
@@ -174,10 +170,7 @@ def test_backoff_between_retries(tmp_path, policy, expected):
         await dispatcher.start()
         assert dispatcher.routes("default/default", [ev(1)]) == [["default/down"]]
         await post(dispatcher, log, [ev(1)])
-        for _ in range(500):
-            if metrics.snapshot().get("default/down", {}).get("dropped"):
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: metrics.snapshot().get("default/down", {}).get("dropped"), seconds=5)
         counts = metrics.snapshot()["default/down"]
         await dispatcher.stop()
         await log.close()

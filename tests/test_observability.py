@@ -476,8 +476,7 @@ def test_the_adaptive_policy_shortens_then_lengthens_the_nodes_telemetry_interva
         # It began at a telemetry report: the fast move's own, or the shim's whose analysis the move joined (a
         # change within an analysis's interval joins the analysis under way, and its trace).
         assert doc["events"][0]["type"] == catalogue.TelemetryReported.event_type, out.stdout
-        assert doc["events"][-2]["summary"]["after"] == {"interval_s": 0.5} or any(
-            e["summary"].get("after") == {"interval_s": 0.5} for e in doc["events"])
+        assert any(e["summary"].get("after") == {"interval_s": 0.5} for e in doc["events"])
     finally:
         store.close()
         mesh.proc.terminate()
@@ -499,7 +498,8 @@ def test_an_accelerated_functions_instruments_are_pushed_over_otlp():
                   "from mapemesh import tracing, events as catalogue\n"
                   "from mapemesh.functions.accel import invocation\n"
                   "stage = invocation.function('probe', lambda data: {'plugin': 'cpu', 'device': 'none'})\n"
-                  "event = catalogue.make_event(catalogue.AccelRequested(input={}), '/t', extensions={'function': 'probe'})\n"
+                  "event = catalogue.make_event(catalogue.AccelRequested(input={}), '/t',\n"
+                  "                             extensions={'function': 'probe'})\n"
                   "tracing.enabled()\n"
                   "asyncio.run(stage.call(event))\n"
                   "tracing.flush()\n")

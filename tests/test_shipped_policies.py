@@ -143,7 +143,7 @@ def test_placement_reads_the_upstream_descriptions():
 
 def test_every_shipped_policy_has_a_function_and_manifests():
     from mapemesh import manifests
-    from mapemesh.policy.service import render
+    from mapemesh.runtimes.policy_service import render
 
     found = manifests.load(REPO / "knative")
     for folder in sorted(p for p in POLICIES.iterdir() if (p / "policy.py").exists()):

@@ -12,7 +12,6 @@ import pytest
 import mapemesh
 from mapemesh import events as catalogue
 from mapemesh.functions import analyze as analyze_stage
-from mapemesh.functions import schedule as schedule_stage
 from mapemesh.functions.analyze import analyze, bound_assets, claim, release, relevant
 from mapemesh.functions.execute import commands, execute
 from mapemesh.functions.plan import plan
@@ -20,7 +19,7 @@ from mapemesh.functions.schedule import schedule, sweep
 from mapemesh.policy import registry
 from mapemesh.policy.function import PolicyFunction
 from mapemesh.policy.loader import Declaration
-from mapemesh.state import from_environment
+from mapemesh.state import from_environment, update
 
 from .conftest import REPO
 
@@ -88,14 +87,17 @@ def test_analyze_interval_spaces_and_coalesces_never_drops(store):
     assert release(store, "p", "n1") is None  # answered; nothing came meanwhile
     assert claim(store, "p", "n1", 1.0, now=100.2) == pytest.approx(0.8)  # deferred to the interval's end
     assert claim(store, "p", "n1", 1.0, now=100.5) is None  # coalesced into the deferred one
-    assert claim(store, "p", "n1", 1.0, now=101.0) == 0.0  # the deferred one runs
+    assert claim(store, "p", "n1", 1.0, now=101.0) is None  # due, but the deferral event holds it, not a change
+    # The deferral event (redelivered by the broker) is told to wait while it is early, and runs when due.
+    assert claim(store, "p", "n1", 1.0, now=100.7, deferred=True) == pytest.approx(0.3)
+    assert claim(store, "p", "n1", 1.0, now=101.0, deferred=True) == 0.0  # the deferred one runs
     assert claim(store, "p", "n2", 1.0, now=101.0) == 0.0  # per asset
-    # A deferral whose process vanished is taken over once it is well overdue.
+    # A deferral whose event was lost (dead-lettered) is taken over once it is well overdue.
     assert claim(store, "p", "n3", 1.0, now=200.0) == 0.0
     release(store, "p", "n3")
     assert claim(store, "p", "n3", 1.0, now=200.5) == pytest.approx(0.5)
     assert claim(store, "p", "n3", 1.0, now=200.9) is None
-    assert claim(store, "p", "n3", 1.0, now=207.0) == 0.0
+    assert claim(store, "p", "n3", 1.0, now=201.0 + analyze_stage.contexts.STALE_DEFERRAL_S + 0.1) == 0.0
 
 
 def test_one_analysis_in_flight_per_policy_and_asset_and_changes_meanwhile_rerun(store):
@@ -111,7 +113,7 @@ def test_one_analysis_in_flight_per_policy_and_asset_and_changes_meanwhile_rerun
     assert release(store, "p", "n1") is None
     # An analysis whose answer never comes stops holding the others after a while.
     assert claim(store, "p", "n9", 0.0, now=300.0) == 0.0
-    assert claim(store, "p", "n9", 0.0, now=300.0 + analyze_stage.IN_FLIGHT_STALE_S + 1) == 0.0
+    assert claim(store, "p", "n9", 0.0, now=300.0 + analyze_stage.contexts.IN_FLIGHT_STALE_S + 1) == 0.0
 
 
 def test_analyze_asks_each_bound_policy_with_all_inputs(store, monkeypatch):
@@ -210,8 +212,8 @@ def _queue(store, plan_id: str, cause: str, core: bool = False, asset: str = "n1
     store.put("plans", plan_id, {"plan_id": plan_id, "policy": f"pol-{plan_id}", "asset": asset,
                                  "mechanisms": mechanisms, "core": core, "created": created, "updated": created,
                                  "status": "Queued", "inputs": {"cause": cause}})
-    schedule_stage.update(store, "cycles", cause, lambda d: {**(d or {"taken": {}, "created": 1e12}),
-                                                             "queued": [*((d or {}).get("queued") or []), plan_id]})
+    update(store, "cycles", cause, lambda d: {**(d or {"taken": {}, "created": 1e12}),
+                                              "queued": [*((d or {}).get("queued") or []), plan_id]})
     return catalogue.PlanProposed(plan_id=plan_id, policy=f"pol-{plan_id}", asset=asset, mechanisms=mechanisms,
                                   core=core, cause=cause)
 
@@ -247,8 +249,10 @@ def test_schedule_decides_a_cycle_core_first_and_discards_late_conflicts(store, 
 
 
 def test_pending_plans_fail_after_the_timeout_and_old_plans_go(store, monkeypatch):
-    monkeypatch.setattr(schedule_stage, "PLAN_TIMEOUT_S", 10.0)
-    monkeypatch.setattr(schedule_stage, "PLAN_RETENTION_S", 100.0)
+    from mapemesh.loop import plan_store
+
+    monkeypatch.setattr(plan_store, "PLAN_TIMEOUT_S", 10.0)
+    monkeypatch.setattr(plan_store, "PLAN_RETENTION_S", 100.0)
     store.put("plans", "p", {"plan_id": "p", "policy": "x", "asset": "n", "mechanisms": {"M": {}},
                              "status": "Pending", "updated": 1000.0, "created": 1000.0})
     store.put("plans", "old", {"plan_id": "old", "policy": "x", "asset": "n", "mechanisms": {"M": {}},
@@ -295,7 +299,7 @@ def test_a_deferred_analysis_runs_at_the_end_of_the_interval_in_the_background(s
     register(store, spaced, "spaced")
     published = []
 
-    async def fake_publish(events, timeout_s=10.0):
+    async def fake_publish(events, timeout_s=10.0, url=None):
         published.extend(events)
 
     monkeypatch.setattr("mapemesh.serving.sink.publish", fake_publish)
@@ -310,7 +314,43 @@ def test_a_deferred_analysis_runs_at_the_end_of_the_interval_in_the_background(s
 
     (first,) = asyncio.run(scenario())
     assert first is not None and len(published) == 1  # exactly one more analysis, at the interval's end
+    assert published[0].type == catalogue.PolicyAnalyzeRequested.event_type
     assert catalogue.parse_data(published[0]).asset == "n1"
+
+
+def test_a_process_stopping_hands_its_deferred_analyses_to_the_broker(store, tmp_path, monkeypatch):
+    """Scaled to zero with an analysis still due: the stage's stop hook turns it into a deferral event the broker
+    holds; redelivered early it is told to wait (503 + Retry-After), then it runs once, for every change."""
+    from mapemesh.serving.errors import TemporaryError
+
+    spaced = tmp_path / "policy-spaced.py"
+    spaced.write_text((POLICIES / "policy-power-documented.py").read_text().replace('"0s"', '"300ms"'))
+    register(store, spaced, "spaced")
+    published = []
+
+    async def fake_publish(events, timeout_s=10.0, url=None):
+        published.extend(events)
+
+    monkeypatch.setattr("mapemesh.serving.sink.publish", fake_publish)
+
+    async def scenario() -> tuple:
+        await analyze.start()
+        await analyze(ev(changed("n1", keys=("node_power_watts",))))
+        release(store, "spaced", "n1")
+        assert await analyze(ev(changed("n1", keys=("node_power_watts",)))) is None  # deferred, on a timer
+        await analyze.stop()  # SIGTERM: the process goes before the analysis is due
+        (deferral,) = published
+        with pytest.raises(TemporaryError) as early:
+            await analyze(deferral)  # the broker brought it back too soon
+        await asyncio.sleep(0.35)
+        return deferral, early.value, await analyze(deferral)
+
+    deferral, early, due = asyncio.run(scenario())
+    assert deferral.type == catalogue.StateChanged.event_type and deferral.get("policy") == "spaced" \
+        and deferral.get("deferred") == "true" and catalogue.parse_data(deferral).asset == "n1"
+    assert 0 < early.delay <= 0.3 and early.retry_after == "1"
+    assert due.type == catalogue.PolicyAnalyzeRequested.event_type and catalogue.parse_data(due).asset == "n1"
+    assert len(published) == 1  # the timer was cancelled: no second analysis
 
 
 def test_a_policy_answer_that_is_not_json_is_its_failure(store, tmp_path):
@@ -333,11 +373,11 @@ def test_a_redelivered_reply_makes_one_plan(store):
     first = catalogue.parse_data(asyncio.run(plan(reply)))
     again = catalogue.parse_data(asyncio.run(plan(reply)))
     assert first.plan_id == again.plan_id and len(store.list("plans")) == 1
-    assert store.get("policies", "cpu-frequency").value["plans"] == 1
+    assert registry.stats(store, "cpu-frequency")["plans"] == 1
 
 
 def test_policy_names_from_files():
-    from mapemesh.policy.scaffold import name_from_file
+    from mapemesh.runtimes.scaffold import name_from_file
 
     assert name_from_file(Path("policy-cpu_freq.py")) == "cpu-freq"
     assert name_from_file(Path("functions/policies/hot_cpu/policy.py")) == "hot-cpu"

@@ -36,7 +36,6 @@ when written as YAML.
 from __future__ import annotations
 
 import copy
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from mapemesh.names import dns_name, label_value
 from mapemesh.policy.placement import app_of
 
 PART_OF = "app.kubernetes.io/part-of"
@@ -57,8 +57,6 @@ KARMADA_API = "policy.karmada.io/v1alpha1"
 KNATIVE_API = "serving.knative.dev/v1"
 _PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 _PROTOCOLS = ("TCP", "UDP", "SCTP")
-_NOT_DNS = re.compile(r"[^a-z0-9-]")
-_NOT_LABEL = re.compile(r"[^A-Za-z0-9._-]")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
@@ -92,29 +90,6 @@ class _Component:
     @property
     def core(self) -> list[dict[str, Any]]:
         return [self.workload] + ([self.service] if self.service is not None else [])
-
-
-def _shorten(text: str, limit: int, strip: str) -> str:
-    # A plain cut could make two long names equal; a hash of the whole keeps them apart, deterministically.
-    text = text.strip(strip)
-    if len(text) <= limit:
-        return text
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    return f"{text[:limit - 9].rstrip(strip)}-{digest}"
-
-
-def dns_name(*parts: str) -> str:
-    """`parts` joined by '-' as a DNS-1035 label: lowercase, others '-', at most 63 long, starting with a letter."""
-    name = _NOT_DNS.sub("-", "-".join(parts).lower()).strip("-")
-    # Services (and Knative Services) need a leading letter, and every object of a component shares its name.
-    if name and not name[0].isalpha():
-        name = "x-" + name
-    return _shorten(name, 63, "-")
-
-
-def label_value(text: str) -> str:
-    """`text` as a Kubernetes label value: letters, digits, '.', '_', '-', at most 63, alphanumeric at both ends."""
-    return _shorten(_NOT_LABEL.sub("-", text), 63, "-._")
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -13,35 +13,16 @@ knob command twice is a no-op at the shim).
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 from pydantic import ValidationError
 
 import mapemesh
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
-from mapemesh.state import StateStore, update
+from mapemesh.loop import plan_store
+from mapemesh.loop.plans import DEPLOY_MECHANISMS
+from mapemesh.state import StateStore
 
 SOURCE = "/mapemesh/execute"
-DEPLOY_MECHANISMS = ("ClusterPlacement", "ComponentPlacement")
-"""Mechanisms the deploy function carries out; every other mechanism is a node knob."""
-
-
-def _move(store: StateStore, plan_id: str, status: str, reason: str | None = None) -> str | None:
-    """Scheduled -> Pending (or Failed); return the status the plan had (None: unknown plan)."""
-    before: list[str | None] = [None]
-
-    def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
-        if doc is None:
-            return None
-        before[0] = doc.get("status")
-        if doc.get("status") != "Scheduled":
-            return doc
-        return {**doc, "status": status, "updated": time.time(), **({"reason": reason} if reason else {})}
-
-    update(store, "plans", plan_id, change)
-    return before[0]
 
 
 def commands(plan: catalogue.PlanScheduled) -> list[CloudEvent]:
@@ -78,18 +59,20 @@ def commands(plan: catalogue.PlanScheduled) -> list[CloudEvent]:
 @mapemesh.on(catalogue.PlanScheduled)
 def scheduled(scheduled: catalogue.PlanScheduled, *, store: StateStore) -> list[CloudEvent] | None:
     """Dispatch a scheduled plan's commands; the plan becomes Pending."""
-    current = store.get("plans", scheduled.plan_id)
-    if current is not None and current.value.get("status") not in ("Scheduled", "Pending"):
-        return None  # finished meanwhile (failed by its timeout, say): nothing to do
     try:
         out = commands(scheduled)
     except (ValueError, ValidationError) as exc:
-        _move(store, scheduled.plan_id, "Failed", f"cannot execute: {exc}")
+        plan_store.dispatch(store, scheduled.plan_id, "Failed", f"cannot execute: {exc}")
         return None
-    # Pending before the commands leave, so a fast result never finds the plan still Scheduled.
-    _move(store, scheduled.plan_id, "Pending")
+    # Pending before the commands leave, so a fast result never finds the plan still Scheduled (one write,
+    # which also tells what the plan was: one finished meanwhile, failed by its timeout say, sends nothing).
+    before = plan_store.dispatch(store, scheduled.plan_id, "Pending")
+    if before is not None and before not in ("Scheduled", "Pending"):
+        return None
     return out
 
 
 execute = mapemesh.stage(__name__, source=SOURCE)
 """Knob commands to the plan's node (extension `node`), placements to the deploy function."""
+
+__all__ = ["DEPLOY_MECHANISMS", "commands", "execute"]

@@ -16,8 +16,7 @@ import mapemesh
 from mapemesh import Reply
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
-from mapemesh.functions.execute import DEPLOY_MECHANISMS
-from mapemesh.functions.schedule import sweep_now_and_then
+from mapemesh.loop.plan_store import record_result, sweep_now_and_then
 from mapemesh.state import StateStore, update
 
 log = logging.getLogger(__name__)
@@ -28,33 +27,6 @@ SOURCE = "/mapemesh/monitor"
 def _changed(asset: str, kind: str, changed: list[str], cause: CloudEvent) -> Reply:
     data = catalogue.StateChanged(asset=asset, asset_kind=kind, changed=changed, cause=cause.id)  # type: ignore[arg-type]
     return Reply(data, subject=asset)
-
-
-def _plan_result(store: StateStore, plan_id: str | None, mechanism: str | None, ok: bool,
-                 detail: str | None) -> None:
-    """Record one mechanism's result (None: every placement mechanism of the plan, from the deploy function)."""
-    if not plan_id:
-        return
-
-    def change(plan: dict[str, Any] | None) -> dict[str, Any] | None:
-        if plan is None:
-            return None  # a plan the loop does not know (an operator's command, say): nothing to track
-        results = dict(plan.get("results") or {})
-        names = [mechanism] if mechanism else [m for m in plan.get("mechanisms") or {} if m in DEPLOY_MECHANISMS]
-        for name in names or ["deploy"]:
-            results[name] = "applied" if ok else f"failed: {detail}"
-        mechanism_label = ", ".join(names) or "deploy"
-        plan["results"] = results
-        if plan.get("status") in ("Success", "Failed", "Discarded"):
-            return plan
-        if not ok:
-            plan["status"], plan["reason"] = "Failed", f"{mechanism_label}: {detail}"
-        elif set(results) >= set(plan.get("mechanisms") or {}) and all(r == "applied" for r in results.values()):
-            plan["status"] = "Success"
-        plan["updated"] = time.time()
-        return plan
-
-    update(store, "plans", plan_id, change)
 
 
 def _record_mechanisms(store: StateStore, node: str, description: dict[str, Any]) -> None:
@@ -129,25 +101,24 @@ def unregistered(data: catalogue.InfraUnregistered, *, event: CloudEvent, store:
 
 
 @mapemesh.on(catalogue.KnobApplied)
-def applied(data: catalogue.KnobApplied, *, event: CloudEvent, store: StateStore) -> Reply:
-    """A mechanism's new state, and its plan's result."""
+def applied(data: catalogue.KnobApplied, *, store: StateStore) -> None:
+    """A mechanism's new state, and its plan's result. No `state.changed`: a mechanism's state is the loop's own
+    doing, which no policy is asked about (it is in their next inputs), so the hop would always be dropped."""
     update(store, "mechanisms", f"{data.node}/{data.knob}",
            lambda doc: {**(doc or {}), "state": data.after, "updated": time.time()})
-    _plan_result(store, data.plan_id, data.knob, True, None)
-    return _changed(data.node, "node", [f"mechanism:{data.knob}"], event)
+    record_result(store, data.plan_id, data.knob, True, None)
 
 
 @mapemesh.on(catalogue.KnobFailed)
-def failed(data: catalogue.KnobFailed, *, event: CloudEvent, store: StateStore) -> Reply:
-    """A mechanism's failure: its plan failed."""
-    _plan_result(store, data.plan_id, data.knob, False, f"{data.code}: {data.error}")
-    return _changed(data.node, "node", [f"mechanism:{data.knob}"], event)
+def failed(data: catalogue.KnobFailed, *, store: StateStore) -> None:
+    """A mechanism's failure: its plan failed (no `state.changed`, as for `applied`)."""
+    record_result(store, data.plan_id, data.knob, False, f"{data.code}: {data.error}")
 
 
 @mapemesh.on(catalogue.DeployStatus)
 def deployed(data: catalogue.DeployStatus, *, event: CloudEvent, store: StateStore) -> Reply:
     """The deploy function's word on a placement: the plan's result, and whether the application runs."""
-    _plan_result(store, data.plan_id, None, data.status != "Failed", data.message)
+    record_result(store, data.plan_id, None, data.status != "Failed", data.message)
     if data.deployed is not None:  # the deploy function's later word on whether the application runs
         update(store, "deployments", data.app_id,
                lambda doc: None if doc is None else {**doc, "deployed": data.deployed, "message": data.message})

@@ -10,7 +10,7 @@
   policy's failure.
 
 Either way the analysis of (policy, asset) is then over; a change that arrived while it was in flight is
-analyzed once more now (a `state.changed` for this policy only, see `analyze.release`).
+analyzed once more now (a `state.changed` for this policy only, see `mapemesh.loop.contexts.release`).
 """
 
 from __future__ import annotations
@@ -22,59 +22,61 @@ from typing import Any
 import mapemesh
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
-from mapemesh.functions.analyze import current_plan, mode_of, release, trim
+from mapemesh.loop import contexts, plan_store, requests
+from mapemesh.loop.plans import Plan
 from mapemesh.policy import registry
-from mapemesh.policy.inputs import gather
 from mapemesh.policy.loader import Declaration
-from mapemesh.state import Conflict, StateStore, update
+from mapemesh.state import StateStore
 
 SOURCE = "/mapemesh/plan"
+ANALYZE = "/mapemesh/analyze"
+"""The source of a rerun: a request to the analyze stage, as if it had sent it."""
 PLAN_IDS = uuid.UUID("5b0f6f55-3d55-4a4e-9d0e-6d61706c616e")
 """Namespace of plan ids (uuid5 of the reply event's id)."""
 
 
-def _contexts(store: StateStore, policy: str, asset: str, **fields: Any) -> dict[str, Any]:
-    """Merge `fields` into the (policy, asset) document; return it."""
-    result = update(store, "policy_contexts", f"{policy}/{asset}", lambda doc: {**(doc or {}), **fields})
-    assert result is not None
-    return result.value
+CACHE_S = 0.5
+"""How long a process reuses the policy registry it read (as the analyze stage does)."""
+_cache: dict[str, tuple[float, dict[str, Any]]] = {}
 
 
 def _declaration(store: StateStore, policy: str) -> Declaration | None:
-    doc = store.get("policies", policy)
-    if doc is None or doc.value.get("status") != "active":
-        return None
-    return Declaration.from_dict(doc.value.get("declaration") or {})
+    """The policy's declaration from the registry (a moment old at most; read afresh for a policy not in it)."""
+    now = time.monotonic()
+    hit = _cache.get("policies")
+    if hit is None or now - hit[0] > CACHE_S or policy not in hit[1]:
+        hit = _cache["policies"] = (now, registry.active(store))
+    found = hit[1].get(policy)
+    return found[0] if found else None
 
 
-def on_verdict(store: StateStore, reply: catalogue.PolicyAnalyzeReplied, event_id: str) -> CloudEvent | None:
+def _done(out: CloudEvent | None, rerun: CloudEvent | None) -> list[CloudEvent]:
+    return [e for e in (out, rerun) if e is not None]
+
+
+def on_verdict(store: StateStore, reply: catalogue.PolicyAnalyzeReplied, event_id: str) -> list[CloudEvent]:
     """Record a verdict; a true one with its plan is proposed, one without asks the policy for its plan."""
     if reply.error is not None:
         registry.record(store, reply.policy, asset=reply.asset, method="analyze", error=reply.error,
                         traceback=reply.traceback)
-        return None
-    registry.record(store, reply.policy, asset=reply.asset, method="analyze", verdict=reply.verdict)
+        return _done(None, contexts.answered(store, reply.policy, reply.asset, ANALYZE)[1])
+    declaration = _declaration(store, reply.policy)
+    if declaration is None:
+        return _done(None, contexts.answered(store, reply.policy, reply.asset, ANALYZE, verdict=reply.verdict)[1])
     if reply.plan is not None:
         return on_plan(store, catalogue.PolicyPlanReplied(
             policy=reply.policy, asset=reply.asset, request=reply.request, plan=reply.plan, context=reply.context,
-            cause=reply.cause, inputs=reply.inputs), event_id)
-    declaration = _declaration(store, reply.policy)
-    if declaration is None:
-        return None
-    saved = _contexts(store, reply.policy, reply.asset, context=reply.context, declared=declaration.context)
+            cause=reply.cause, inputs=reply.inputs), event_id, verdict=reply.verdict)
+    answer = {"context": reply.context, "declared": declaration.context, "verdict": reply.verdict}
     if not reply.verdict:
-        return None
-    mode, manual = mode_of(store)
+        return _done(None, contexts.answered(store, reply.policy, reply.asset, ANALYZE, **answer)[1])
+    mode, manual = contexts.mode_of(store)
     if manual:
         registry.record(store, reply.policy, asset=reply.asset, method="plan", skipped="manual override")
-        return None
-    inputs = gather(store, declaration, reply.asset, context=reply.context, current_plan=current_plan(store, saved))
-    data = catalogue.PolicyPlanRequested(
-        policy=reply.policy, asset=reply.asset, context=reply.context,
-        application_description=inputs["application_description"], system_description=inputs["system_description"],
-        current_plan=inputs["current_plan"], mechanisms=inputs["mechanisms"], telemetry=trim(inputs["telemetry"]),
-        mode=mode, cause=reply.cause, available_assets=inputs["available_assets"])  # type: ignore[arg-type]
-    return catalogue.make_event(data, SOURCE, subject=reply.asset, extensions={"policy": reply.policy})
+        return _done(None, contexts.answered(store, reply.policy, reply.asset, ANALYZE, **answer)[1])
+    # The analysis goes on: the policy's plan is still to come (it is released when the plan comes).
+    saved, _ = contexts.answered(store, reply.policy, reply.asset, ANALYZE, over=False, **answer)
+    return [requests.plan_request(store, reply, declaration, mode, saved, SOURCE)]
 
 
 def _malformed(plan: dict[str, Any], declaration: Declaration) -> str | None:
@@ -88,8 +90,9 @@ def _malformed(plan: dict[str, Any], declaration: Declaration) -> str | None:
     return None
 
 
-def on_plan(store: StateStore, reply: catalogue.PolicyPlanReplied, event_id: str) -> CloudEvent | None:
-    """Record a plan as Queued in its cycle and propose it to the scheduler.
+def on_plan(store: StateStore, reply: catalogue.PolicyPlanReplied, event_id: str,
+            verdict: bool | None = None) -> list[CloudEvent]:
+    """Record a plan as Queued in its cycle and propose it to the scheduler; the analysis is over.
 
     The plan's id comes from the reply event's id, so a redelivered reply proposes the same plan again
     instead of making a second one.
@@ -97,63 +100,43 @@ def on_plan(store: StateStore, reply: catalogue.PolicyPlanReplied, event_id: str
     if reply.error is not None:
         registry.record(store, reply.policy, asset=reply.asset, method="plan", error=reply.error,
                         traceback=reply.traceback)
-        return None
+        return _done(None, contexts.answered(store, reply.policy, reply.asset, ANALYZE, verdict=verdict)[1])
     declaration = _declaration(store, reply.policy)
     if declaration is None:
-        return None
-    _contexts(store, reply.policy, reply.asset, context=reply.context, declared=declaration.context)
-    if not reply.plan:
-        return None
-    problem = _malformed(reply.plan, declaration)
+        return _done(None, contexts.answered(store, reply.policy, reply.asset, ANALYZE, verdict=verdict)[1])
+    answer = {"context": reply.context, "declared": declaration.context, "verdict": verdict}
+    problem = _malformed(reply.plan, declaration) if reply.plan else None
     if problem is not None:
         registry.record(store, reply.policy, asset=reply.asset, method="plan", error=problem)
-        return None
-    if mode_of(store)[1]:
+    elif reply.plan and contexts.mode_of(store)[1]:
         registry.record(store, reply.policy, asset=reply.asset, method="plan", skipped="manual override")
-        return None
+        problem = "manual override"
+    if not reply.plan or problem is not None:
+        return _done(None, contexts.answered(store, reply.policy, reply.asset, ANALYZE, **answer)[1])
     now = time.time()
     plan_id = str(uuid.uuid5(PLAN_IDS, event_id))
     cause = reply.cause or plan_id
-    try:
-        store.put("plans", plan_id, {
-            "plan_id": plan_id, "policy": reply.policy, "asset": reply.asset, "mechanisms": reply.plan,
-            "core": declaration.core, "created": now, "updated": now, "status": "Queued", "cycle": None,
-            "winner": None, "reason": None,
-            "inputs": {"cause": cause, "request": reply.request, "telemetry": reply.inputs.get("telemetry")},
-        }, expected_version=0)
-    except Conflict:
-        pass  # the same reply again: the plan exists; propose it again (the scheduler decides it once)
-    else:
-        update(store, "cycles", cause, lambda doc: {**(doc or {"taken": {}, "created": now}),
-                                                    "queued": [*((doc or {}).get("queued") or []), plan_id]})
-        _contexts(store, reply.policy, reply.asset, current_plan={"plan_id": plan_id, "mechanisms": reply.plan})
-        registry.record(store, reply.policy, asset=reply.asset, method="plan", planned=True)
+    plan = Plan(plan_id=plan_id, policy=reply.policy, asset=reply.asset, mechanisms=reply.plan,
+                core=declaration.core, created=now, updated=now,
+                inputs={"cause": cause, "request": reply.request, "telemetry": reply.inputs.get("telemetry")})
+    new = plan_store.queue(store, plan)  # False: the same reply again (the scheduler decides the plan once)
+    _, rerun = contexts.answered(store, reply.policy, reply.asset, ANALYZE, **answer,
+                                 plan={"plan_id": plan_id, "mechanisms": reply.plan} if new else None)
     data = catalogue.PlanProposed(plan_id=plan_id, policy=reply.policy, asset=reply.asset, mechanisms=reply.plan,
                                   core=declaration.core, cause=cause)
-    return catalogue.make_event(data, SOURCE, subject=reply.asset)
-
-
-def _over(store: StateStore, reply: catalogue.PolicyAnalyzeReplied | catalogue.PolicyPlanReplied,
-          out: CloudEvent | None) -> list[CloudEvent]:
-    """`out`, and the rerun of the analysis a change asked for meanwhile, once the analysis is over."""
-    events = [out] if out is not None else []
-    rerun = release(store, reply.policy, reply.asset)
-    return [*events, rerun] if rerun is not None else events
+    return _done(catalogue.make_event(data, SOURCE, subject=reply.asset), rerun)
 
 
 @mapemesh.on(catalogue.PolicyAnalyzeReplied)
 def verdict(reply: catalogue.PolicyAnalyzeReplied, *, event: CloudEvent, store: StateStore) -> list[CloudEvent]:
     """A verdict: a plan request, a proposal (a true verdict with its plan), or nothing."""
-    out = on_verdict(store, reply, event.id)
-    if out is not None and out.type == catalogue.PolicyPlanRequested.event_type:
-        return [out]  # the analysis goes on: the policy's plan is still to come
-    return _over(store, reply, out)
+    return on_verdict(store, reply, event.id)
 
 
 @mapemesh.on(catalogue.PolicyPlanReplied)
 def planned(reply: catalogue.PolicyPlanReplied, *, event: CloudEvent, store: StateStore) -> list[CloudEvent]:
     """A plan: a proposal to the scheduler."""
-    return _over(store, reply, on_plan(store, reply, event.id))
+    return on_plan(store, reply, event.id)
 
 
 plan = mapemesh.stage(__name__, source=SOURCE)

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from mapemesh.descriptions import RELATIONS
-from mapemesh.functions.deploy.render import dns_name
+from mapemesh.names import dns_name
 from mapemesh.state import StateStore, Versioned
 
 PLACEMENT_MECHANISMS = ("ClusterPlacement", "ComponentPlacement")

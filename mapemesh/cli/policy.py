@@ -75,8 +75,8 @@ def new(name: str, root: Path) -> None:
 
     Exit status: 0 written, 2 bad name or the policy exists already (nothing is written then).
     """
-    from mapemesh.policy.scaffold import ScaffoldError, new_policy
-    from mapemesh.policy.service import InvalidPolicyName
+    from mapemesh.runtimes.policy_service import InvalidPolicyName
+    from mapemesh.runtimes.scaffold import ScaffoldError, new_policy
 
     try:
         written = new_policy(name, root)
@@ -107,8 +107,8 @@ def deploy(ctx: click.Context, path: Path, name: str | None, data: Path | None, 
     Exit status: 0 deployed, 2 bad policy or no mesh in DATA_DIR, 3 the function did not become ready.
     """
     from mapemesh.policy import PolicyError, load_policy, registry
-    from mapemesh.policy.scaffold import deploy_files, name_from_file
-    from mapemesh.policy.service import InvalidPolicyName, check_name
+    from mapemesh.runtimes.policy_service import InvalidPolicyName, check_name
+    from mapemesh.runtimes.scaffold import deploy_files, name_from_file
     from mapemesh.state import open_store
 
     s = settings(ctx, data=data)
@@ -159,6 +159,7 @@ def list_(ctx: click.Context, data: Path | None, output: str) -> None:
 
     Exit status: 0 shown, 2 no mesh state in DATA_DIR.
     """
+    from mapemesh.policy import registry
     from mapemesh.state import open_store
 
     s = settings(ctx, data=data)
@@ -166,7 +167,7 @@ def list_(ctx: click.Context, data: Path | None, output: str) -> None:
         raise click.UsageError(f"no mesh state in {s.data} (start one with `mapemesh up --data {s.data}`)")
     store = open_store(s.state, data=s.data)
     try:
-        docs = {name: v.value for name, v in sorted(store.list("policies").items())}
+        docs = {name: registry.stats(store, name, v.value) for name, v in sorted(store.list("policies").items())}
         mode = store.get("settings", "mode")
     finally:
         store.close()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mapemesh.policy.loader import Declaration
-from mapemesh.state.base import StateStore
+from mapemesh.state.base import StateStore, Versioned
 
 
 def gather(store: StateStore, declaration: Declaration, asset: str, *, context: dict[str, Any],
-           current_plan: dict[str, Any] | None = None, ml_connector: Any = None) -> dict[str, Any]:
+           current_plan: dict[str, Any] | None = None, ml_connector: Any = None,
+           listed: Callable[[str], dict[str, Versioned]] | None = None) -> dict[str, Any]:
     """Every input a policy method may name, for `asset` (a node for global policies, an app otherwise).
 
     - `telemetry["data"]`: the latest value of each declared metric (every metric when none is declared);
@@ -21,19 +23,22 @@ def gather(store: StateStore, declaration: Declaration, asset: str, *, context: 
       "clusters": {id: description}}`;
     - `mechanisms`: {name: {"state": ..., "options": ...}} for the declared mechanisms of the asset;
     - `available_assets`: the registered infrastructure ids.
+
+    `listed(kind)` lists applications and infrastructure (default `store.list`; the analyze stage passes a
+    short-lived cache for telemetry, which changes no knowledge).
     """
     wanted = declaration.metrics or None
-    latest = store.latest(asset)
-    data = {m: v for m, v in latest.items() if wanted is None or m in wanted}
+    listed = listed or store.list
     window = store.telemetry(asset, metrics=wanted)
-    apps = store.list("applications")
+    data = {m: samples[-1][1] for m, samples in window.items() if samples}  # the newest of each: one read
+    apps = listed("applications")
     if declaration.scope == "application":
         app = apps.get(asset)
         application_description: Any = app.value.get("description", app.value) if app else {}
     else:
         application_description = [v.value.get("description", v.value) for v in apps.values()]
     if declaration.scope == "application":
-        registered = store.list("infrastructure")
+        registered = listed("infrastructure")
         system_description: Any = {
             plural: {k: v.value.get("description", v.value) for k, v in registered.items()
                      if v.value.get("kind") == kind}
@@ -54,5 +59,5 @@ def gather(store: StateStore, declaration: Declaration, asset: str, *, context: 
         "mechanisms": mechanisms,
         "telemetry": {"data": data, "window": window, "asset": asset},
         "ml_connector": ml_connector,
-        "available_assets": sorted(store.list("infrastructure")),
+        "available_assets": sorted(listed("infrastructure")),
     }

@@ -83,3 +83,29 @@ def active(store: StateStore) -> dict[str, tuple[Declaration, dict[str, Any]]]:
         if doc.get("status") == "active" and isinstance(doc.get("declaration"), dict):
             out[name] = (Declaration.from_dict(doc["declaration"]), doc)
     return out
+
+
+def stats(store: StateStore, name: str, doc: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Policy `name`'s registry document with its counts: the registry's own (failures, skips) and those the
+    plan stage keeps per asset in the policy contexts (analyses, verdicts, plans, the newest verdict), summed."""
+    found = store.get("policies", name) if doc is None else None
+    out = dict(doc if doc is not None else (found.value if found else {}))
+    totals = {"analyses": int(out.get("analyses", 0)), "verdicts": int(out.get("verdicts", 0)),
+              "plans": int(out.get("plans", 0))}
+    last = out.get("last_verdict")
+    for context_key, versioned in store.list("policy_contexts").items():
+        if context_key.split("/", 1)[0] != name:
+            continue
+        value = versioned.value
+        for field in totals:
+            totals[field] += int(value.get(field, 0))
+        mine = value.get("last_verdict")
+        if mine and (not last or float(mine.get("at", 0)) > float(last.get("at", 0))):
+            last = mine
+    out.update(totals)
+    if last:
+        out["last_verdict"] = last
+        skipped = out.get("skipped")
+        if skipped and float(last.get("at", 0)) > float(skipped.get("at", 0)):
+            out.pop("skipped")  # asked since it was skipped
+    return out

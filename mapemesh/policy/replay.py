@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
-from mapemesh.functions.schedule import Discard, Plan, schedule_cycle
+from mapemesh.loop.plans import Discard, Plan, schedule_cycle
 from mapemesh.policy.inputs import gather
 from mapemesh.policy.loader import Policy, PolicyFailure
 from mapemesh.state.sqlite import SQLiteStore

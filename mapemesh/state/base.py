@@ -81,10 +81,13 @@ def check_kind(kind: str) -> None:
 
 
 def update(store: StateStore, kind: str, key: str, change: Callable[[Document | None], Document | None],
-           attempts: int = 50) -> Versioned | None:
-    """Read, change, write back with the version read; retry on Conflict. `change` returning None deletes."""
+           attempts: int = 50, *, read: list[Versioned | None] | None = None) -> Versioned | None:
+    """Read, change, write back with the version read; retry on Conflict. `change` returning None deletes.
+
+    `read`: `[the document as the caller just read it]`, used for the first attempt instead of reading again (a
+    stale one only costs a Conflict and a retry on fresh data)."""
     for attempt in range(attempts):
-        current = store.get(kind, key)
+        current = read.pop() if read else store.get(kind, key)
         new = change(None if current is None else dict(current.value))
         expected = 0 if current is None else current.version
         try:

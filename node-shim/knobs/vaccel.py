@@ -122,7 +122,7 @@ class VAccelPlugin:
         return {"plugin": plugin}
 
     def _write(self, functions: dict[str, dict[str, Any]]) -> None:
-        from mapemesh.policy.scaffold import write_atomically
+        from mapemesh.files import write_atomically
 
         try:
             write_atomically(self.path, json.dumps({"functions": functions, "at": time.time()}, indent=1,
