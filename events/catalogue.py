@@ -268,6 +268,55 @@ class AccelReplied(EventData):
     error: str | None = None
 
 
+class MqttRefused(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.mqtt.refused.v1"
+    summary: ClassVar[str] = "The MQTT bridge took a message that is not a valid CloudEvent (a dead letter)."
+    topic: NonEmpty
+    reason: NonEmpty
+    content_type: str | None = None
+    user_properties: list[tuple[str, str]] = Field(default_factory=list)
+    payload_base64: str = Field(description="The message's payload (its first 64 KiB), base64.")
+    truncated: bool = False
+
+
+class FarEdgeDeployRequested(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.faredge.deploy.requested.v1"
+    summary: ClassVar[str] = ("Deploy (or remove) a workload on a far-edge device through LwM2M Software Management "
+                              "(the MQTT bridge does it; the deploy function asks).")
+    device: NonEmpty
+    app_id: NonEmpty
+    component: NonEmpty
+    plan_id: str | None = None
+    action: Literal["deploy", "remove"] = "deploy"
+    package: dict[str, Any] = Field(default_factory=dict, description="The embServe package (service.json): at "
+                                                                      "least `name` and `service`.")
+
+
+class FarEdgeStep(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.faredge.step.v1"
+    summary: ClassVar[str] = "One LwM2M Software Management step on a far-edge device, and how it went."
+    device: NonEmpty
+    app_id: NonEmpty
+    component: NonEmpty
+    instance: NonEmpty
+    step: Literal["create", "package", "install", "activate", "remove", "rollback"]
+    ok: bool
+    code: int | None = Field(None, description="The gateway's response code (CoAP, class*32+detail).")
+    detail: str | None = None
+
+
+class FarEdgeDeployed(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.faredge.deployed.v1"
+    summary: ClassVar[str] = "A far-edge workload deployed, removed, or not (rolled back), with its instance."
+    device: NonEmpty
+    app_id: NonEmpty
+    component: NonEmpty
+    plan_id: str | None = None
+    instance: str | None = None
+    status: Literal["Active", "Failed", "Removed"]
+    message: str | None = None
+
+
 CATALOGUE: dict[str, type[EventData]] = {
     model.event_type: model
     for model in (
@@ -279,5 +328,6 @@ CATALOGUE: dict[str, type[EventData]] = {
         AppSubmitted, AppRemoved, InfraRegistered, InfraUnregistered,
         ModeChanged,
         AccelRequested, AccelReplied,
+        MqttRefused, FarEdgeDeployRequested, FarEdgeStep, FarEdgeDeployed,
     )
 }

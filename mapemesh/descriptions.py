@@ -110,6 +110,9 @@ class Component(_Strict):
     replicas: int | None = Field(None, ge=0, description="mapemesh: replicas of the Deployment (default 1).")
     function: bool | None = Field(None, description="mapemesh: run as a Knative Service.")
     replica_scheduling: ReplicaScheduling | None = Field(None, description="mapemesh: Karmada replica scheduling.")
+    annotations: dict[str, str] | None = Field(
+        None, description="mapemesh: the component's pod annotations; on a far-edge component, the layer-agnostic "
+                          "adapter's `communication-adapter.fita/image`, `/ports`, `/service-name`, `/pull-policy`.")
 
 
 class Interaction(_Strict):
@@ -185,6 +188,8 @@ class Node(_Strict):
         None, description="mapemesh: each knob's options (what a policy may ask of it), as its node shim gives them.")
     mechanism_states: dict[str, Any] | None = Field(
         None, description="mapemesh: each knob's state when the node shim registered the node.")
+    sdf: dict[str, Any] | None = Field(
+        None, description="mapemesh: a far-edge device's IETF SDF description, as its gateway announced it.")
 
 
 class NodeDescription(_Strict):

@@ -56,6 +56,12 @@ class Settings:
     default: the API of the mesh recorded in DATA_DIR."""
     api_token: str = ""
     """MAPEMESH_API_TOKEN: the bearer token for MAPEMESH_API_URL (default: DATA_DIR/api.token)."""
+    mqtt_url: str = ""
+    """MAPEMESH_MQTT_URL: an MQTT broker (`mqtt://HOST[:PORT]`); when set, `mapemesh up` starts the MQTT bridge to it
+    (far-edge devices through NextGenGW, CloudEvents over MQTT)."""
+    mqtt_topics: str = ""
+    """MAPEMESH_MQTT_TOPICS: the MQTT topics (comma-separated) whose messages the bridge `mapemesh up` starts takes
+    in as CloudEvents (default none: only NextGenGW's)."""
     accept_batch: bool = False
     """MAPEMESH_ACCEPT_BATCH: also take `application/cloudevents-batch+json` requests at the ingress, a mapemesh-only
     extension; off by default because Knative's broker ingress takes one event per request and answers 400 to a

@@ -9,6 +9,8 @@ process.
 | node shim | `node_shim.daemon.start_node_shim` unless `settings.node_shim_port` is -1; its vAccelPlugin knob sees |
 | | the host's Services and has the host apply a new choice at once |
 | northbound API | `api.server.start_api` unless `settings.api_port` is -1 |
+| MQTT bridge | `bridge.daemon.Bridge` when `settings.mqtt_url` is set (far-edge devices, CloudEvents over MQTT on |
+| | `settings.mqtt_topics`) |
 
 Each records its URL in DATA_DIR/endpoints.json; `RunningMesh.stop` stops them in the reverse order.
 """
@@ -25,6 +27,7 @@ from aiohttp import web
 from mapemesh import endpoints
 from mapemesh.aio import until_stopped
 from mapemesh.api.server import RunningApi, start_api
+from mapemesh.bridge.daemon import Bridge, client_id_for
 from mapemesh.eventing.server import RunningBroker, start_broker
 from mapemesh.node_shim.daemon import RunningShim
 from mapemesh.serving.envhook import EnvHook
@@ -45,12 +48,15 @@ class RunningMesh:
     shim: RunningShim | None = None
     shim_trigger: Path | None = None
     api: RunningApi | None = None
+    bridge: Bridge | None = None
 
     async def stop(self) -> None:
-        """Stop the API, the node shim, the function processes and the fork server (waiting requests get 503),
-        then the servers."""
+        """Stop the API, the MQTT bridge, the node shim, the function processes and the fork server (waiting
+        requests get 503), then the servers."""
         if self.api is not None:
             await self.api.stop()
+        if self.bridge is not None:
+            await self.bridge.stop()
         if self.shim is not None:
             if self.shim_trigger is not None:
                 self.shim_trigger.unlink(missing_ok=True)
@@ -99,6 +105,12 @@ async def start_mesh(settings: Settings, env_hook: EnvHook | None = None) -> Run
             await _start_shim(settings, mesh)
         if settings.api_port >= 0:
             mesh.api = await start_api(settings, f"{broker.url}/default/default", ping=lambda: _ping(mesh))
+        if settings.mqtt_url:
+            mesh.bridge = Bridge(settings.mqtt_url, f"{broker.url}/default/default", data=settings.data,
+                                 manifests=settings.deployed_manifests, host=settings.host,
+                                 subscribe=[t.strip() for t in settings.mqtt_topics.split(",") if t.strip()],
+                                 client_id=client_id_for(settings.data))
+            await mesh.bridge.start()
     except BaseException:
         await mesh.stop()
         raise
@@ -113,6 +125,8 @@ async def _ping(mesh: RunningMesh) -> dict[str, str]:
     urls = {"broker": f"{mesh.broker.url}/healthz", "serving": f"{mesh.serving_url}/status"}
     if mesh.shim is not None:
         urls["node-shim"] = f"{mesh.shim.url}/healthz"
+    if mesh.bridge is not None:
+        urls["bridge"] = f"{mesh.bridge.url}/healthz"
     async with httpx.AsyncClient(timeout=5) as http:
         for name, url in urls.items():
             try:

@@ -17,6 +17,7 @@ LOOP_TYPES = {
     "policy.plan.requested", "policy.plan.replied", "plan.proposed", "plan.scheduled", "plan.discarded",
     "knob.apply", "knob.applied", "knob.failed", "deploy.requested", "deploy.status", "app.submitted",
     "app.removed", "infra.registered", "infra.unregistered", "mode.changed", "accel.requested", "accel.replied",
+    "mqtt.refused", "faredge.deploy.requested", "faredge.step", "faredge.deployed",
 }
 
 

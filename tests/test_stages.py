@@ -381,3 +381,15 @@ def test_policy_names_from_files():
 
     assert name_from_file(Path("policy-cpu_freq.py")) == "cpu-freq"
     assert name_from_file(Path("functions/policies/hot_cpu/policy.py")) == "hot-cpu"
+
+
+def test_a_node_is_asked_about_only_by_policies_of_mechanisms_it_offers(store, monkeypatch):
+    """A far-edge device (FarEdgeRadio only) is not asked about CPU frequency; a node that does not say what it
+    offers (registered by hand) is asked by everyone."""
+    register(store, REPO / "functions" / "policies" / "cpu_frequency" / "policy.py", "cpu-frequency")
+    store.put("infrastructure", "dev-1", {"kind": "node", "description": {"MLSysOpsNode": {
+        "name": "dev-1", "mechanisms": ["FarEdgeRadio"]}}})
+    store.put("infrastructure", "n1", {"kind": "node", "description": {"MLSysOpsNode": {"name": "n1"}}})
+    assert asyncio.run(analyze(ev(changed("dev-1")))) is None
+    asked = asyncio.run(analyze(ev(changed("n1"))))
+    assert asked is not None and catalogue.parse_data(asked).asset == "n1"

@@ -81,6 +81,18 @@ def bound_assets(store: StateStore, declaration: Declaration, change: catalogue.
     return []
 
 
+def _offers(store: StateStore, asset: str, declaration: Declaration) -> bool:
+    """Whether a node may be asked about: it offers one of the mechanisms the policy plans, or it does not say
+    which it offers (a node registered by hand). A far-edge device without CPU frequency control is not asked
+    about CPU frequency. Read from the registered infrastructure (a moment old at most)."""
+    if declaration.scope == "application" or not declaration.mechanisms:
+        return True
+    doc = _cached("infrastructure", lambda: store.list("infrastructure")).get(asset)
+    node = ((doc.value.get("description") or {}).get("MLSysOpsNode") or {}) if doc is not None else {}
+    offered = node.get("mechanisms")
+    return offered is None or bool(set(offered) & set(declaration.mechanisms))
+
+
 def relevant(declaration: Declaration, changed: list[str]) -> bool:
     """Does the change concern the policy: a declared metric (any metric when none is declared) or knowledge?
 
@@ -174,7 +186,7 @@ def changed(change: catalogue.StateChanged, *, event: CloudEvent, store: StateSt
             continue
         if not relevant(declaration, change.changed):
             continue
-        assets = bound_assets(store, declaration, change)
+        assets = [a for a in bound_assets(store, declaration, change) if _offers(store, a, declaration)]
         if not assets:
             continue
         if manual:

@@ -27,9 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 import mapemesh
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.functions.deploy import faredge
 from mapemesh.functions.deploy.local import write_local
 from mapemesh.state import StateStore, update
 
@@ -100,6 +103,26 @@ async def on_deploy(store: StateStore, request: catalogue.DeployRequested, data_
     description = app.value.get("description", app.value)
     before = previous.value if previous else None
     placement, nodes = _placement(request, before)
+    far = faredge.split(store, nodes)  # components on far-edge devices go to the MQTT bridge (LwM2M)
+    placed_far: dict[str, Any] = {}
+    if far:
+        try:
+            placed_far, problems = await faredge.deploy(request.app_id, description, far, request.plan_id, data_dir)
+        except (RuntimeError, httpx.HTTPError) as exc:
+            return _status(request, "Failed", message=f"far-edge: {exc}")
+        if problems:
+            return _status(request, "Failed", message="far-edge: " + "; ".join(problems))
+        try:
+            extra = faredge.adapters(description, far, os.environ.get("MAPEMESH_MQTT_URL", ""))
+        except ValueError as exc:
+            return _status(request, "Failed", message=f"far-edge: {exc}")
+        description = faredge.with_components(faredge.without(description, set(far)), extra)
+        placement = {c: v for c, v in placement.items() if c not in far}
+        nodes = {c: n for c, n in nodes.items() if c not in far}
+        if not _components(description):
+            _record(store, request, placement, nodes, [], [], "far_edge", "Applied", None, True, placed_far)
+            return _status(request, "Applied", objects=len(placed_far), deployed=True,
+                           message="far-edge: " + ", ".join(f"{c} on {p['device']}" for c, p in placed_far.items()))
     try:
         target = _target()
     except Exception as exc:  # a bad kubeconfig will not get better by retrying
@@ -160,7 +183,8 @@ async def on_deploy(store: StateStore, request: catalogue.DeployRequested, data_
         await _delete_all(identities, target, data_dir, request.app_id)
         store.delete("deployments", request.app_id)
         return _status(request, "Removed", clusters=clusters, message="the application was removed meanwhile")
-    _record(store, request, placement, nodes, clusters, identities + leftover, kind, status, message, deployed)
+    _record(store, request, placement, nodes, clusters, identities + leftover, kind, status, message, deployed,
+            placed_far)
     if target is not None and not deployed:
         _follow(target, request, rendering.objects, clusters, count)
     return _status(request, status, clusters=clusters, objects=count, message=message, deployed=deployed)
@@ -168,11 +192,11 @@ async def on_deploy(store: StateStore, request: catalogue.DeployRequested, data_
 
 def _record(store: StateStore, request: catalogue.DeployRequested, placement: dict[str, list[str]],
             nodes: dict[str, str], clusters: list[str], objects: list[dict[str, Any]], target: str, status: str,
-            message: str | None, deployed: bool | None) -> None:
+            message: str | None, deployed: bool | None, far: dict[str, Any] | None = None) -> None:
     update(store, "deployments", request.app_id, lambda doc: {
         "app_id": request.app_id, "status": status, "placement": placement, "nodes": nodes, "clusters": clusters,
         "objects": objects, "target": target, "plan_id": request.plan_id, "message": message, "deployed": deployed,
-        "at": time.time()})
+        "faredge": far if far is not None else (doc or {}).get("faredge") or {}, "at": time.time()})
 
 
 async def _remove_stale(stale: list[dict[str, Any]], before: dict[str, Any] | None, target: Any, data_dir: Path,
@@ -309,6 +333,9 @@ async def on_removed(store: StateStore, removed: catalogue.AppRemoved, data_dir:
     if record is None:
         return None
     objects = record.value.get("objects") or []
+    far_problems = await faredge.remove(removed.app_id, record.value.get("faredge") or {}, data_dir)
+    if far_problems:
+        return _status(removed, "Failed", message="far-edge: " + "; ".join(far_problems))
     if record.value.get("target") == "cluster":
         try:
             target = _target()

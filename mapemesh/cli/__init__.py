@@ -9,6 +9,7 @@ import click
 
 from mapemesh import __version__
 from mapemesh.cli.api import api
+from mapemesh.cli.bridge import bridge
 from mapemesh.cli.broker import broker
 from mapemesh.cli.build import build
 from mapemesh.cli.cesql import cesql
@@ -53,6 +54,7 @@ cli.add_command(manage)
 cli.add_command(watch)
 cli.add_command(build)
 cli.add_command(function)
+cli.add_command(bridge)
 
 
 def main() -> None:

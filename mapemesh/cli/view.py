@@ -123,6 +123,11 @@ _FORMATS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "io.mapemesh.infra.unregistered.v1": ("api", lambda d: f"{d.get('infra_id')} unregistered"),
     "io.mapemesh.mode.changed.v1": ("api", lambda d: f"mode {d.get('previous')} -> {d.get('mode')}"
                                     + (" (manual override)" if d.get("manual_override") else "")),
+    "io.mapemesh.faredge.step.v1": ("faredge", lambda d: f"{d.get('app_id')}/{d.get('component')} on "
+                                                         f"{d.get('device')} (instance {d.get('instance')}): "
+                                                         f"{d.get('step')} " + ("ok" if d.get("ok") else
+                                                                                f"FAILED: {d.get('detail')}")),
+    "io.mapemesh.mqtt.refused.v1": ("mqtt", lambda d: f"message on {d.get('topic')} refused: {d.get('reason')}"),
 }
 
 

@@ -1,10 +1,12 @@
 """Matching application components to nodes and clusters by their MLSysOps descriptions.
 
 Used by the shipped placement policies. A component's `node_placement` (continuum layer, labels as
-`key:value`, a named node) and its containers' `platform_requirements` (CPU architecture, GPU, memory)
-are checked against each node's `MLSysOpsNode` description (`continuum_layer`, `labels`, `hardware.cpu`,
-`hardware.gpu`, `hardware.memory` in GiB). Every reason a node does not fit is kept, so a policy can say
-why a component has nowhere to go.
+`key:value`, a named node) and its containers' `platform_requirements` (CPU architecture, GPU, memory) are
+checked against each node's `MLSysOpsNode` description (`continuum_layer`, `labels`, `hardware.cpu`,
+`hardware.gpu`, `hardware.memory` in GiB). A far-edge device (layer `far_edge`) takes only a component that
+asks for that layer or names it (as the seed's far-edge nodes are tainted), and labels such as
+`extra.resources.fhp/tinymml:true` pick the AI-ready ones. Every reason a node does not fit is kept, so a policy
+can say why a component has nowhere to go.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+FAR_EDGE = "far_edge"
+"""The layer of far-edge devices (the MQTT bridge registers NextGenGW's so)."""
 _QUANTITY = re.compile(r"^\s*([0-9.]+)\s*([KMGTP]i?)?\s*$")
 _BYTES = {None: 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
@@ -59,6 +63,9 @@ def misfits(component: Mapping[str, Any], node_name: str, node: Mapping[str, Any
     layers = _as_list(placement.get("continuum_layer"))
     if layers and node.get("continuum_layer") not in layers:
         why.append(f"layer {node.get('continuum_layer')} is not one of {', '.join(map(str, layers))}")
+    elif node.get("continuum_layer") == FAR_EDGE and FAR_EDGE not in layers and placement.get("node") != node_name:
+        # As the seed's far-edge nodes are tainted (NoSchedule): a microcontroller runs only what asks for one.
+        why.append("a far-edge device runs only components that ask for the far_edge layer or name it")
     labels = set(map(str, _as_list(node.get("labels"))))
     missing = [label for label in map(str, _as_list(placement.get("labels"))) if label not in labels]
     if missing:

@@ -1,0 +1,1 @@
+"""The far-edge bridge: CloudEvents over MQTT and NextGenGW's devices."""
