@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import accel, coldstart, ingress, mape, mqtt, routing
+from bench import accel, coldstart, ingress, mape, mqtt, routing, storage
 
 BENCHMARKS = {"ingress": ingress.main, "routing": routing.main, "coldstart": coldstart.main, "mape": mape.main,
-              "accel": accel.main, "mqtt": mqtt.main}
+              "accel": accel.main, "mqtt": mqtt.main, "storage": storage.main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -317,6 +317,29 @@ class FarEdgeDeployed(EventData):
     message: str | None = None
 
 
+class StorageAccessed(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.storage.accessed.v1"
+    summary: ClassVar[str] = ("An object of the storage gateway was read, written or deleted (seed 4.1.1: the bucket, "
+                              "the time, the client's country; its address is not kept).")
+    bucket: NonEmpty
+    operation: Literal["get", "put", "delete"]
+    country: str = Field(description="ISO 3166 alpha-2 from the gateway's address table; ZZ when unknown.")
+    bytes: int = Field(0, ge=0)
+
+
+class StorageMigration(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.storage.migration.v1"
+    summary: ClassVar[str] = "A bucket's objects moving to its new Storage Policy: how far along."
+    bucket: NonEmpty
+    k: int = Field(ge=1)
+    m: int = Field(ge=0)
+    locations: list[str]
+    total: int = Field(ge=0)
+    done: int = Field(ge=0)
+    failed: int = Field(0, ge=0)
+    finished: bool = False
+
+
 CATALOGUE: dict[str, type[EventData]] = {
     model.event_type: model
     for model in (
@@ -329,5 +352,6 @@ CATALOGUE: dict[str, type[EventData]] = {
         ModeChanged,
         AccelRequested, AccelReplied,
         MqttRefused, FarEdgeDeployRequested, FarEdgeStep, FarEdgeDeployed,
+        StorageAccessed, StorageMigration,
     )
 }

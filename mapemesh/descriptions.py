@@ -6,7 +6,7 @@ a description that does not fit gets a `DescriptionError` naming the field path 
 (sensors, network resources, power, most platform requirements) are kept as given; the parts mapemesh acts
 on (placement, containers, ports, env, QoS metrics, hardware) are checked. mapemesh's own additions are marked
 as such (`replicas`, `function`, `runtime_class_name`, `replica_scheduling`, `image_per_architecture`,
-`mechanisms`, `mechanism_options`, `mechanism_states`). JSON Schemas are exported with the event schemas
+`mechanisms`, `mechanism_options`, `mechanism_states`, `storage`). JSON Schemas are exported with the event schemas
 (`make schemas`).
 """
 
@@ -136,6 +136,16 @@ class ClusterPlacement(_Strict):
     cluster_id: list[str] = Field(min_length=1)
 
 
+class BucketTargets(_Strict):
+    """A bucket the application uses on the storage gateway, and what its Storage Policy must keep to (seed 4.1)."""
+
+    bucket: NonEmpty
+    regions: list[str] | None = Field(None, description="Locations of these regions only (legal, compliance).")
+    min_parity: int | None = Field(None, ge=0, description="At least this many redundant fragments.")
+    max_parity: int | None = Field(None, ge=0, description="At most this many redundant fragments.")
+    max_latency_ms: float | None = Field(None, gt=0, description="A location slower than this (probed) is replaced.")
+
+
 class App(_Strict):
     name: NonEmpty
     cluster_placement: ClusterPlacement | None = None
@@ -143,6 +153,7 @@ class App(_Strict):
     component_interactions: list[Interaction] | None = None
     permitted_actions: list[str] | None = None
     global_satisfaction: GlobalSatisfaction | None = None
+    storage: list[BucketTargets] | None = Field(None, description="mapemesh: the buckets it uses and their targets.")
 
 
 class Application(_Strict):

@@ -62,6 +62,13 @@ class Settings:
     mqtt_topics: str = ""
     """MAPEMESH_MQTT_TOPICS: the MQTT topics (comma-separated) whose messages the bridge `mapemesh up` starts takes
     in as CloudEvents (default none: only NextGenGW's)."""
+    storage_locations: str = ""
+    """MAPEMESH_STORAGE_LOCATIONS: the storage gateway's locations file; when set, `mapemesh up` starts the gateway
+    (S3 over erasure-coded fragments in those locations)."""
+    storage_port: int = 8086
+    """MAPEMESH_STORAGE_PORT: the storage gateway's S3 port (0 picks a free one)."""
+    storage_name: str = "storage-gateway"
+    """MAPEMESH_STORAGE_NAME: the storage gateway's node name in the mesh."""
     accept_batch: bool = False
     """MAPEMESH_ACCEPT_BATCH: also take `application/cloudevents-batch+json` requests at the ingress, a mapemesh-only
     extension; off by default because Knative's broker ingress takes one event per request and answers 400 to a

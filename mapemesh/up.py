@@ -11,6 +11,7 @@ process.
 | northbound API | `api.server.start_api` unless `settings.api_port` is -1 |
 | MQTT bridge | `bridge.daemon.Bridge` when `settings.mqtt_url` is set (far-edge devices, CloudEvents over MQTT on |
 | | `settings.mqtt_topics`) |
+| storage gateway | `storage.service.Gateway` when `settings.storage_locations` names a locations file |
 
 Each records its URL in DATA_DIR/endpoints.json; `RunningMesh.stop` stops them in the reverse order.
 """
@@ -21,6 +22,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -49,6 +51,8 @@ class RunningMesh:
     shim_trigger: Path | None = None
     api: RunningApi | None = None
     bridge: Bridge | None = None
+    storage: Any = None
+    """The storage gateway (`mapemesh.storage.service.Gateway`) when `settings.storage_locations` is set."""
 
     async def stop(self) -> None:
         """Stop the API, the MQTT bridge, the node shim, the function processes and the fork server (waiting
@@ -57,6 +61,8 @@ class RunningMesh:
             await self.api.stop()
         if self.bridge is not None:
             await self.bridge.stop()
+        if self.storage is not None:
+            await self.storage.stop()
         if self.shim is not None:
             if self.shim_trigger is not None:
                 self.shim_trigger.unlink(missing_ok=True)
@@ -111,6 +117,17 @@ async def start_mesh(settings: Settings, env_hook: EnvHook | None = None) -> Run
                                  subscribe=[t.strip() for t in settings.mqtt_topics.split(",") if t.strip()],
                                  client_id=client_id_for(settings.data))
             await mesh.bridge.start()
+        if settings.storage_locations:
+            from mapemesh.state import open_store
+            from mapemesh.storage.locations import load
+            from mapemesh.storage.service import Gateway
+
+            mesh.storage = Gateway(settings.storage_name, load(Path(settings.storage_locations)),
+                                   open_store(settings.state, data=settings.data), settings.data,
+                                   broker=f"{broker.url}/default/default", manifests=settings.deployed_manifests,
+                                   host=settings.host, port=settings.storage_port,
+                                   telemetry_every_s=settings.telemetry_interval_s)
+            await mesh.storage.start()
     except BaseException:
         await mesh.stop()
         raise

@@ -31,7 +31,7 @@ TESTS = REPO / "tests"
 LIVE_MODULES = frozenset({
     "test_accel_live", "test_northbound_live", "test_serving", "test_loop", "test_demo", "test_deferral",
     "test_cluster_e2e", "test_deploy_e2e", "test_cli", "test_cluster_components", "test_functions_ecosystem",
-    "test_function_runtime", "test_durability", "test_policy_cli",
+    "test_function_runtime", "test_durability", "test_policy_cli", "test_storage_gateway", "test_storage_loop",
 })
 """Modules whose every test starts processes."""
 LIVE_FIXTURES = frozenset({
@@ -42,7 +42,7 @@ LIVE_FIXTURES = frozenset({
 })
 """Fixtures that start processes: a test that uses one is live."""
 PROCESS_NAMES = frozenset({"subprocess", "Popen", "multiprocessing", "create_subprocess_exec", "start_mesh",
-                           "start_broker"})
+                           "start_broker", "s3_locations"})
 """Names whose use in a test, or in a function of tests/ that it calls, starts a process."""
 
 
@@ -264,3 +264,54 @@ def mosquitto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class S3Location:
+    """One moto server (`python -m moto.server`) on a free loopback port: a real S3 endpoint; `stop` and `start`
+    make it a lost location and bring it back (empty: moto keeps nothing)."""
+
+    def __init__(self, name: str, country: str, region: str = "", cost: float = 0.02):
+        self.name, self.country, self.region, self.cost = name, country, region, cost
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def up() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, f"moto exited with {self.proc.returncode}"
+            try:
+                return httpx.get(self.endpoint + "/", timeout=1).status_code < 500
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, timeout=30, what=f"moto on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def as_location(self) -> dict:
+        return {"name": self.name, "endpoint": self.endpoint, "country": self.country, "region": self.region,
+                "cost_per_gb": self.cost}
+
+
+def s3_locations(specs: list[tuple[str, str, str, float]]) -> list[S3Location]:
+    """Moto servers for (name, country, region, cost) each; skipped (with the reason) when moto's server mode is
+    not installed, except in CI."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("moto[server] is not installed, and CI is set")
+        pytest.skip("moto[server] is not installed (pip install 'moto[server]')")
+    return [S3Location(*spec) for spec in specs]

@@ -17,7 +17,8 @@ LOOP_TYPES = {
     "policy.plan.requested", "policy.plan.replied", "plan.proposed", "plan.scheduled", "plan.discarded",
     "knob.apply", "knob.applied", "knob.failed", "deploy.requested", "deploy.status", "app.submitted",
     "app.removed", "infra.registered", "infra.unregistered", "mode.changed", "accel.requested", "accel.replied",
-    "mqtt.refused", "faredge.deploy.requested", "faredge.step", "faredge.deployed",
+    "mqtt.refused", "faredge.deploy.requested", "faredge.step", "faredge.deployed", "storage.accessed",
+    "storage.migration",
 }
 
 

@@ -204,3 +204,58 @@ def test_telemetry_interval_does_not_plan_what_the_node_already_has(monkeypatch)
               "mechanisms": {"TelemetryInterval": {"state": {"interval_s": 30.0}}}, "system_description": {}}
     verdict, context = asyncio.run(policy.analyze(inputs))
     assert not verdict and context["planned_interval"] == module.LONG
+
+
+STORAGE = POLICIES / "storage_placement" / "policy.py"
+LOCATIONS = [{"name": n, "country": c, "region": r, "cost_per_gb": cost} for n, c, r, cost in (
+    ("ie", "IE", "eu", 0.010), ("de", "DE", "eu", 0.011), ("fr", "FR", "eu", 0.012), ("us", "US", "us", 0.013),
+    ("jp", "JP", "ap", 0.020))]
+
+
+def _storage_step(policy, state: dict, window: dict, apps: list | None = None, restrictions: dict | None = None):
+    decl = asyncio.run(policy.initialize())
+    inputs = {"context": dict(decl.context), "application_description": apps or [], "system_description": {},
+              "telemetry": {"data": {}, "window": window},
+              "mechanisms": {"StoragePolicy": {"state": state, "options": {
+                  "locations": LOCATIONS, "restrictions": restrictions or {}}}}}
+    verdict, context = asyncio.run(policy.analyze(inputs))
+    if not verdict:
+        return None
+    plan, _ = asyncio.run(policy.plan({**inputs, "context": context}))
+    return plan["StoragePolicy"]
+
+
+def _accesses(bucket: str, **countries: list[float]) -> dict:
+    return {f"storage_accesses:{bucket}:{c}": [(i, v) for i, v in enumerate(vs)] for c, vs in countries.items()}
+
+
+def test_storage_placement_follows_demand_within_restrictions_and_targets():
+    policy = load_policy(STORAGE)
+    three = {"b": {"k": 2, "m": 1, "locations": ["ie", "de", "fr"]}}
+    # Demand moves to Japan: a location there replaces the least used one, in place (the others stay).
+    assert _storage_step(policy, three, _accesses("b", IE=[10, 10], JP=[30, 40])) == {
+        "command": "set", "bucket": "b", "k": 2, "m": 1, "locations": ["ie", "de", "jp"]}
+    # ... unless the bucket may only be in Europe (the gateway's restriction, or the application's regions).
+    assert _storage_step(policy, three, _accesses("b", IE=[10, 10], JP=[30, 40]), restrictions={"b": ["eu"]}) is None
+    eu_only = [{"MLSysOpsApp": {"name": "a", "storage": [{"bucket": "b", "regions": ["eu"]}]}}]
+    assert _storage_step(policy, three, _accesses("b", IE=[10, 10], JP=[30, 40]), apps=eu_only) is None
+    # Busy: one more parity fragment, on the cheapest spare location; the application's ceiling holds it back.
+    busy = _accesses("b", IE=[500, 600, 700])
+    assert _storage_step(policy, three, busy)["locations"] == ["ie", "de", "fr", "us"]
+    capped = [{"MLSysOpsApp": {"name": "a", "storage": [{"bucket": "b", "max_parity": 1}]}}]
+    assert _storage_step(policy, three, busy, apps=capped) is None
+    # Quiet: one parity fragment less, down to the floor (MIN_PARITY, or the application's min_parity).
+    four = {"b": {"k": 2, "m": 2, "locations": ["ie", "de", "us", "fr"]}}
+    assert _storage_step(policy, four, _accesses("b", IE=[0, 0])) == {
+        "command": "set", "bucket": "b", "k": 2, "m": 1, "locations": ["ie", "de", "fr"]}  # us, dearest, dropped
+    assert _storage_step(policy, three, _accesses("b", IE=[0, 0])) is None
+    floor = [{"MLSysOpsApp": {"name": "a", "storage": [{"bucket": "b", "min_parity": 2}]}}]
+    assert _storage_step(policy, four, _accesses("b", IE=[0, 0]), apps=floor) is None
+    assert _storage_step(policy, three, {}, apps=floor)["m"] == 2  # raised to the application's floor
+    # Slow: a location whose probe is over the application's max_latency_ms is replaced.
+    slow = [{"MLSysOpsApp": {"name": "a", "storage": [{"bucket": "b", "max_latency_ms": 50}]}}]
+    probes = {f"location_latency_ms:{n}": [(0, 200.0 if n == "de" else 5.0)] for n in ("ie", "de", "fr", "us", "jp")}
+    assert _storage_step(policy, three, probes, apps=slow)["locations"] == ["ie", "us", "fr"]
+    # A location outside the application's regions is replaced first.
+    assert _storage_step(policy, {"b": {"k": 2, "m": 1, "locations": ["ie", "us", "fr"]}}, {},
+                         apps=eu_only)["locations"] == ["ie", "de", "fr"]

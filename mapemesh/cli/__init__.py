@@ -20,6 +20,7 @@ from mapemesh.cli.node_shim import node_shim
 from mapemesh.cli.northbound import apps, infra, manage, ml, watch
 from mapemesh.cli.policy import policy
 from mapemesh.cli.render import render
+from mapemesh.cli.storage import storage
 from mapemesh.cli.trace import trace
 
 
@@ -37,6 +38,7 @@ def cli(ctx: click.Context, data: Path | None, log_level: str) -> None:
     ctx.obj = {"data": data}
 
 
+cli.add_command(storage)
 cli.add_command(api)
 cli.add_command(broker)
 cli.add_command(events)

@@ -52,6 +52,13 @@ def up(ctx: click.Context, manifests: Path | None, data: Path | None, host: str 
     if s.sysfs_root and not Path(s.sysfs_root).is_dir():
         raise click.UsageError(f"--sysfs-root {s.sysfs_root} is not a directory (make one with "
                                f"`mapemesh node-shim simulate --profile acpi-cpufreq DIR`)")
+    if s.storage_locations:  # a bad locations file said now, before anything starts
+        from mapemesh.storage.locations import LayoutError, load
+
+        try:
+            load(Path(s.storage_locations))
+        except LayoutError as exc:
+            raise click.UsageError(f"MAPEMESH_STORAGE_LOCATIONS: {exc}") from None
     try:
         run(serve_mesh(s, VaccelEnv.in_data(s.data)))  # the vAccelPlugin knob's choices, followed
     except OSError as exc:  # a port in use, most often: say which, not a traceback
