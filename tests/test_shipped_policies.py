@@ -259,3 +259,15 @@ def test_storage_placement_follows_demand_within_restrictions_and_targets():
     # A location outside the application's regions is replaced first.
     assert _storage_step(policy, {"b": {"k": 2, "m": 1, "locations": ["ie", "us", "fr"]}}, {},
                          apps=eu_only)["locations"] == ["ie", "de", "fr"]
+
+
+def test_storage_placement_is_asked_only_about_the_gateway_s_metrics():
+    from mapemesh.functions.analyze import relevant
+    from mapemesh.policy.inputs import matches
+
+    declared = ("storage_accesses:*", "location_latency_ms:*")
+    assert matches("storage_accesses:photos:JP", declared) and not matches("latency_ms", declared)
+    decl = asyncio.run(load_policy(STORAGE).initialize())
+    assert decl.metrics == declared
+    assert not relevant(decl, ["latency_ms"])  # another node's application metric: not asked
+    assert relevant(decl, ["storage_accesses:photos:JP"]) and relevant(decl, ["description"])

@@ -36,6 +36,7 @@ from mapemesh.loop import contexts, requests
 from mapemesh.loop.contexts import claim, mode_of
 from mapemesh.loop.requests import WINDOW_SAMPLES, trim
 from mapemesh.policy import registry
+from mapemesh.policy.inputs import matches
 from mapemesh.policy.loader import Declaration
 from mapemesh.serving import sink
 from mapemesh.serving.errors import TemporaryError
@@ -105,7 +106,7 @@ def relevant(declaration: Declaration, changed: list[str]) -> bool:
             return True
         if key.startswith("mechanism:"):
             continue
-        if not declaration.metrics or key in declaration.metrics:
+        if not declaration.metrics or matches(key, declaration.metrics):
             return True
     return False
 

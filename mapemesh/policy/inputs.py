@@ -9,12 +9,19 @@ from mapemesh.policy.loader import Declaration
 from mapemesh.state.base import StateStore, Versioned
 
 
+def matches(metric: str, declared: tuple[str, ...] | list[str]) -> bool:
+    """Whether a policy that declared `declared` metrics takes `metric`: by name, or by a prefix ending in `*`
+    (`storage_accesses:*` for per-bucket metrics)."""
+    return metric in declared or any(d.endswith("*") and metric.startswith(d[:-1]) for d in declared)
+
+
 def gather(store: StateStore, declaration: Declaration, asset: str, *, context: dict[str, Any],
            current_plan: dict[str, Any] | None = None, ml_connector: Any = None,
            listed: Callable[[str], dict[str, Versioned]] | None = None) -> dict[str, Any]:
     """Every input a policy method may name, for `asset` (a node for global policies, an app otherwise).
 
-    - `telemetry["data"]`: the latest value of each declared metric (every metric when none is declared);
+    - `telemetry["data"]`: the latest value of each declared metric (every metric when none is declared; a
+      declared name ending in `*` is a prefix);
       `telemetry["window"]`: the samples in the retention time, metric -> [(time, value)];
     - `application_description`: the application's description (application scope) or the list of all
       applications' descriptions (global scope);
@@ -27,9 +34,12 @@ def gather(store: StateStore, declaration: Declaration, asset: str, *, context: 
     `listed(kind)` lists applications and infrastructure (default `store.list`; the analyze stage passes a
     short-lived cache for telemetry, which changes no knowledge).
     """
-    wanted = declaration.metrics or None
+    patterns = any(m.endswith("*") for m in declaration.metrics)
+    wanted = None if patterns else (declaration.metrics or None)
     listed = listed or store.list
     window = store.telemetry(asset, metrics=wanted)
+    if patterns:
+        window = {m: samples for m, samples in window.items() if matches(m, declaration.metrics)}
     data = {m: samples[-1][1] for m, samples in window.items() if samples}  # the newest of each: one read
     apps = listed("applications")
     if declaration.scope == "application":

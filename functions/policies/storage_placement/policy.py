@@ -28,7 +28,8 @@ MIN_PARITY = 1
 
 def initialize():
     return {
-        "telemetry": {"metrics": [], "system_scraper_interval": "5s"},
+        # Only the gateway's metrics (a prefix ends in *): without them it would be asked about every node's telemetry.
+        "telemetry": {"metrics": ["storage_accesses:*", "location_latency_ms:*"], "system_scraper_interval": "5s"},
         "mechanisms": ["StoragePolicy"],
         "packages": [],
         "configuration": {"analyze_interval": "2s"},
