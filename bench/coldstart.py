@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -109,6 +110,21 @@ def wait(condition, timeout: float = 30.0, what: str = "") -> object:  # type: i
             return value
         time.sleep(0.005)
     raise RuntimeError(f"timed out waiting for {what}")
+
+
+def free_port() -> int:
+    """A free loopback port (for a server a benchmark starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def endpoint(data: Path, name: str) -> str | None:
+    """The URL a mapemesh component recorded as `name` in DATA_DIR/endpoints.json (None until it has)."""
+    try:
+        return json.loads((data / "endpoints.json").read_text()).get(name)
+    except (OSError, ValueError):
+        return None
 
 
 def epoch(rfc3339: str) -> float:

@@ -33,7 +33,7 @@ import yaml
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bench.coldstart import Receiver, pct, wait
+from bench.coldstart import Receiver, endpoint, free_port, pct, wait
 from mapemesh.bridge.binding import to_mqtt
 from mapemesh.eventing.cloudevent import CloudEvent
 
@@ -41,12 +41,6 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 MESSAGES, LATENCY_SAMPLES = 5000, 200
 TARGET_RATIO = 0.5
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _client(port: int, on_message=None) -> mqtt.Client:  # type: ignore[no-untyped-def]
@@ -120,7 +114,7 @@ def main(quick: bool = False) -> bool:
     receiver = Receiver()
     with tempfile.TemporaryDirectory(prefix="mapemesh-mqtt-") as tmp:
         root = Path(tmp)
-        port = _port()
+        port = free_port()
         conf = root / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
                         "max_inflight_messages 100\nmax_queued_messages 100000\n")
@@ -139,11 +133,11 @@ def main(quick: bool = False) -> bool:
                                    "--data", str(data), "--manifests", str(manifests), "--port", "0"], cwd=REPO)
         bridge = None
         try:
-            url = wait(lambda: _url(data, "broker"), what="the broker")
+            url = wait(lambda: endpoint(data, "broker"), what="the broker")
             bridge = subprocess.Popen([sys.executable, "-m", "mapemesh", "--log-level", "warning", "--data", str(data),
                                        "bridge", "mqtt", "--mqtt", f"mqtt://127.0.0.1:{port}", "--broker",
                                        f"{url}/default/default", "--subscribe", "bench/#"], cwd=REPO)
-            wait(lambda: _url(data, "bridge"), what="the bridge")
+            wait(lambda: endpoint(data, "bridge"), what="the bridge")
             baseline = _baseline(port)
             pub = _client(port)
             before = _appended(url)
@@ -190,12 +184,6 @@ def main(quick: bool = False) -> bool:
     print(f"wrote {RESULTS / 'mqtt.json'}")
     return ok
 
-
-def _url(data: Path, name: str) -> str | None:
-    try:
-        return json.loads((data / "endpoints.json").read_text()).get(name)
-    except (OSError, ValueError):
-        return None
 
 
 def _appended(url: str) -> int:

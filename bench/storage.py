@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,18 +33,12 @@ import botocore.config
 import httpx
 import yaml
 
-from bench.coldstart import wait
+from bench.coldstart import endpoint, free_port, wait
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 SIZES = {"1 MiB": (1 << 20, 30), "64 MiB": (64 << 20, 4)}
 TARGET_RATIO = 0.6
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _up(url: str) -> bool:
@@ -111,7 +104,7 @@ def main(quick: bool = False) -> bool:
         try:
             endpoints = []
             for _ in range(4):
-                port = _port()
+                port = free_port()
                 procs.append(subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 endpoints.append(f"http://127.0.0.1:{port}")
@@ -125,7 +118,7 @@ def main(quick: bool = False) -> bool:
             procs.append(subprocess.Popen([sys.executable, "-m", "mapemesh", "--log-level", "warning", "--data",
                                            str(data), "storage", "serve", "--locations", str(root / "locations.yaml"),
                                            "--port", "0"], cwd=REPO, env={**os.environ, "MAPEMESH_DATA": ""}))
-            gateway = wait(lambda: _endpoint(data, "storage"), timeout=60, what="the gateway")
+            gateway = wait(lambda: endpoint(data, "storage"), timeout=60, what="the gateway")
             direct, through = _client(endpoints[0]), _client(gateway)
             direct.create_bucket(Bucket="bench-direct")
             through.create_bucket(Bucket="bench-gateway")
@@ -165,9 +158,3 @@ def main(quick: bool = False) -> bool:
     print(f"wrote {RESULTS / 'storage.json'}")
     return ok
 
-
-def _endpoint(data: Path, name: str) -> str | None:
-    try:
-        return json.loads((data / "endpoints.json").read_text()).get(name)
-    except (OSError, ValueError):
-        return None
