@@ -75,7 +75,8 @@ def project(root: Path, receiver: str) -> Path:
     docs = [{"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
              "metadata": {"name": f"shim-bench-{i}", "namespace": "default"},
              "spec": {"broker": "default",
-                      "filters": [{"exact": {"type": catalogue.KnobApply.event_type, "node": f"bench-{i}"}}],
+                      "filters": [{"exact": {"type": catalogue.KnobApply.event_type}},
+                                  {"exact": {"node": f"bench-{i}"}}],
                       "subscriber": {"uri": f"{receiver}/bench-{i}"}}} for i in range(BENCH_NODES)]
     docs.append({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
                  "metadata": {"name": "hop", "namespace": "default"},

@@ -88,7 +88,8 @@ def trigger(node: str, url: str, namespace: str = "default", broker: str = "defa
                          "labels": {"app.kubernetes.io/part-of": "mapemesh",
                                     "app.kubernetes.io/component": "node-shim"},
                          "annotations": {"mapemesh.dev/node": node}},
-            "spec": {"broker": broker, "filters": [{"exact": {"type": KnobApply.event_type, "node": node}}],
+            "spec": {"broker": broker,
+                     "filters": [{"exact": {"type": KnobApply.event_type}}, {"exact": {"node": node}}],
                      "subscriber": {"uri": url.rstrip("/") + "/"}}}
 
 

@@ -58,7 +58,8 @@ def test_on_a_cluster_the_shim_applies_its_own_trigger_owned_by_its_pod(tmp_path
     path = "/apis/eventing.knative.dev/v1/namespaces/mm/triggers/node-shim-worker-1"
     try:
         applied = wait_for(lambda: api_server.objects.get(path), timeout=30, what="the shim's Trigger")
-        assert applied["spec"]["filters"] == [{"exact": {"type": catalogue.KnobApply.event_type, "node": "worker-1"}}]
+        assert applied["spec"]["filters"] == [{"exact": {"type": catalogue.KnobApply.event_type}},
+                                              {"exact": {"node": "worker-1"}}]
         assert applied["spec"]["subscriber"] == {"uri": f"http://10.1.2.3:{port}/"}
         assert applied["metadata"]["ownerReferences"] == [{"apiVersion": "v1", "kind": "Pod", "name": "shim-x1",
                                                            "uid": "0f3c-uid"}]

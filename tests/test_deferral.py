@@ -35,7 +35,7 @@ def test_a_deferred_analysis_survives_analyze_scaling_to_zero(tmp_path):
     trigger = {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
                "metadata": {"name": "node-shim-node-1", "namespace": "default"},
                "spec": {"broker": "default",
-                        "filters": [{"exact": {"type": catalogue.KnobApply.event_type, "node": "node-1"}}],
+                        "filters": [{"exact": {"type": catalogue.KnobApply.event_type}}, {"exact": {"node": "node-1"}}],
                         "subscriber": {"uri": shim.url + "/node-1"}}}
     mesh = start_mesh(root, trigger)
 

@@ -136,3 +136,11 @@ def test_exact_type_is_extracted_for_indexing():
 def test_empty_filters_list_does_not_override_filter():
     assert not passes({"attributes": {"type": "other"}}, [])
     assert passes({"attributes": {"subject": "node-1"}}, [])
+
+
+def test_an_attribute_map_holds_one_attribute_as_knative_s_webhook_wants():
+    """knative/eventing pkg/apis/eventing/v1/trigger_validation.go, ValidateSingleAttributeMap: `exact`, `prefix`
+    and `suffix` take one key-value each; two attributes are two filters (the list is ANDed)."""
+    for dialect in ("exact", "prefix", "suffix"):
+        with pytest.raises(InvalidFilter, match="only one key-value"):
+            compile_trigger_filter(filters=[{dialect: {"type": "io.x", "node": "n1"}}])

@@ -52,7 +52,8 @@ class Loop:
         docs = [{"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
                  "metadata": {"name": "node-shim-node-1", "namespace": "default"},
                  "spec": {"broker": "default",
-                          "filters": [{"exact": {"type": catalogue.KnobApply.event_type, "node": "node-1"}}],
+                          "filters": [{"exact": {"type": catalogue.KnobApply.event_type}},
+                                      {"exact": {"node": "node-1"}}],
                           "subscriber": {"uri": self.shim.url + "/node-1"}}}]
         for name, path in (extra_policies or {}).items():
             module = root / "policies" / name / "__init__.py"

@@ -70,7 +70,7 @@ def trigger(device: str, url: str) -> dict[str, Any]:
                          "labels": {"app.kubernetes.io/part-of": "mapemesh", "app.kubernetes.io/component": "bridge"},
                          "annotations": {"mapemesh.dev/node": device}},
             "spec": {"broker": "default",
-                     "filters": [{"exact": {"type": catalogue.KnobApply.event_type, "node": device}}],
+                     "filters": [{"exact": {"type": catalogue.KnobApply.event_type}}, {"exact": {"node": device}}],
                      "subscriber": {"uri": f"{url.rstrip('/')}/devices/{device}"}}}
 
 

@@ -72,6 +72,9 @@ def _as_text(value: object) -> str | None:
 def _attribute_map(spec: object, where: str) -> dict[str, str]:
     if not isinstance(spec, dict) or not spec:
         raise InvalidFilter(f"{where}: must be a non-empty map of attribute to value")
+    if len(spec) != 1:  # knative/eventing pkg/apis/eventing/v1/trigger_validation.go, ValidateSingleAttributeMap
+        raise InvalidFilter(f"{where}: multiple items found, can have only one key-value (one filter per attribute: "
+                            f"{', '.join(repr(k) for k in spec)})")
     out = {}
     for key, value in spec.items():
         if not isinstance(key, str) or not key or not isinstance(value, str) or not value:

@@ -136,7 +136,8 @@ class Gateway:
                                                "app.kubernetes.io/component": "storage"},
                                     "annotations": {"mapemesh.dev/node": self.name}},
                        "spec": {"broker": "default",
-                                "filters": [{"exact": {"type": catalogue.KnobApply.event_type, "node": self.name}}],
+                                "filters": [{"exact": {"type": catalogue.KnobApply.event_type}},
+                                            {"exact": {"node": self.name}}],
                                 "subscriber": {"uri": self.control_url + "/"}}}
             write_atomically(self.manifests / f"{dns_name('node-shim', self.name)}.yaml",
                              f"# Storage gateway {self.name}: its StoragePolicy commands.\n" + yaml.safe_dump(trigger))
