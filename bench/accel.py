@@ -53,8 +53,11 @@ class Replies(Receiver):
 def manifests(root: Path, receiver: str) -> Path:
     kn = root / "knative"
     kn.mkdir()
-    for name in ("broker.yaml", "config-features-eventing.yaml"):  # the Broker's retryAfterMax needs the flag
-        shutil.copy(REPO / "knative" / "base" / name, kn / name)
+    for path in (REPO / "knative" / "base" / "broker.yaml",  # and the Knative settings its objects need:
+                 REPO / "knative" / "base" / "config-features-eventing.yaml",  # retryAfterMax,
+                 REPO / "knative" / "base" / "config-autoscaler.yaml",  # initial-scale 0,
+                 REPO / "runtimes" / "knative-serving-features.yaml"):  # runtimeClassName
+        shutil.copy(path, kn / path.name)
     service, trigger = yaml.safe_load_all((REPO / "knative" / "base" / "accel-digits.yaml").read_text())
     service["spec"]["template"]["metadata"]["annotations"]["autoscaling.knative.dev/min-scale"] = "1"
     replies = {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",

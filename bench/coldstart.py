@@ -75,7 +75,8 @@ class Receiver:
 def manifests(root: Path, receiver: str) -> Path:
     out = root / "knative"
     out.mkdir()
-    for name in ("broker.yaml", "config-features-eventing.yaml"):  # the Broker's retryAfterMax needs the flag
+    for name in ("broker.yaml", "config-features-eventing.yaml",  # the Broker's retryAfterMax needs the flag
+                 "config-autoscaler.yaml"):  # and initial-scale 0 allow-zero-initial-scale
         shutil.copy(REPO / "knative" / "base" / name, out / name)
     shutil.copytree(REPO / "bench" / "fns", root / "fns")
     docs = []
@@ -184,7 +185,8 @@ def main(quick: bool = False) -> bool:
         proc = subprocess.Popen([sys.executable, "-m", "mapemesh", "--log-level", "warning", "up", "--manifests",
                                  str(kn), "--data", str(data), "--port", "0", "--serving-port", "0",
                                  "--node-shim-port", "-1", "--api-port", "-1"], cwd=root,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
+                                # the cold Service's 100 ms window is under Knative's 6s: the local setting
+                                env={**os.environ, "PYTHONPATH": str(REPO), "MAPEMESH_LOCAL_MIN_WINDOW": "100ms"})
         try:
             found = wait(lambda: _endpoints(data), what="mapemesh up")
             broker, serving = found["broker"], found["serving"]  # type: ignore[index]

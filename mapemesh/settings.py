@@ -11,7 +11,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from mapemesh.durations import InvalidDuration, parse_go
 from mapemesh.eventing.ingress import DEFAULT_MAX_EVENT_BYTES, MIN_MAX_EVENT_BYTES
+from mapemesh.serving.admission import WINDOW_MIN_S
 
 ENV_PREFIX = "MAPEMESH_"
 
@@ -73,6 +75,10 @@ class Settings:
     """MAPEMESH_ACCEPT_BATCH: also take `application/cloudevents-batch+json` requests at the ingress, a mapemesh-only
     extension; off by default because Knative's broker ingress takes one event per request and answers 400 to a
     batch."""
+    local_min_window: str = ""
+    """MAPEMESH_LOCAL_MIN_WINDOW: the shortest `autoscaling.knative.dev/window` the local function host admits, a Go
+    duration under 6s (`100ms`, say), for tests and benches that watch scale to zero. Default: Knative's 6s, and
+    whole seconds, as a cluster's webhook; a Service that needs this setting is refused by a cluster."""
 
     def __post_init__(self) -> None:
         if self.max_event_bytes < MIN_MAX_EVENT_BYTES:
@@ -89,6 +95,13 @@ class Settings:
             raise ValueError(f"node_shim_port must be 0..65535 (or -1: no node shim), got {self.node_shim_port}")
         if not -1 <= self.api_port <= 65535:
             raise ValueError(f"api_port must be 0..65535 (or -1: no API), got {self.api_port}")
+        if self.local_min_window:
+            try:
+                window = parse_go(self.local_min_window)
+            except InvalidDuration:
+                window = -1.0
+            if not 0 < window <= WINDOW_MIN_S:
+                raise ValueError(f"local_min_window must be a Go duration in (0s; 6s], got {self.local_min_window!r}")
         if not 0.1 <= self.telemetry_interval_s <= 3600:
             raise ValueError(f"telemetry_interval_s must be within 0.1..3600, got {self.telemetry_interval_s}")
 
@@ -103,6 +116,11 @@ class Settings:
                 values[f.name] = _convert(f.name, f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
+
+    @property
+    def local_min_window_s(self) -> float:
+        """MAPEMESH_LOCAL_MIN_WINDOW in seconds (Knative's 6 when unset)."""
+        return parse_go(self.local_min_window) if self.local_min_window else WINDOW_MIN_S
 
     @property
     def event_log_file(self) -> Path:

@@ -85,7 +85,7 @@ async def start_mesh(settings: Settings, env_hook: EnvHook | None = None) -> Run
         host = LocalHost(broker.ingress.brokers, settings.activator_queue, {
             "MAPEMESH_DATA": str(settings.data.resolve()), "MAPEMESH_STATE": settings.state,
             "MAPEMESH_BROKER_URL": broker.url,
-            "K_SINK": f"{broker.url}/default/default"}, env_hook)
+            "K_SINK": f"{broker.url}/default/default"}, env_hook, min_window_s=settings.local_min_window_s)
         await host.start()
         runner = web.AppRunner(host.app(), access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()

@@ -28,6 +28,12 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 TESTS = REPO / "tests"
 
+LOCAL_MIN_WINDOW = "100ms"
+os.environ["MAPEMESH_LOCAL_MIN_WINDOW"] = LOCAL_MIN_WINDOW
+"""The suite's Services idle for 100 ms to 2 s, to see scale to zero in test time. Knative takes windows of 6s..1h
+only; the local host admits shorter ones through this documented setting alone (README, "Knative's rules on one
+machine"), which every mesh a test starts inherits. Tests of the rule itself unset it."""
+
 LIVE_MODULES = frozenset({
     "test_accel_live", "test_northbound_live", "test_serving", "test_loop", "test_demo", "test_deferral",
     "test_cluster_e2e", "test_deploy_e2e", "test_cli", "test_cluster_components", "test_functions_ecosystem",
@@ -178,6 +184,19 @@ def copy_knative(root: Path, drop: str | tuple[str, ...] | None = None) -> Path:
         kustomization["resources"] = [r for r in kustomization["resources"] if r not in gone]
         (base / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
     return target
+
+
+KNATIVE_CONFIG = (REPO / "knative" / "base" / "broker.yaml", REPO / "knative" / "base" / "config-autoscaler.yaml",
+                  REPO / "knative" / "base" / "config-features-eventing.yaml",
+                  REPO / "runtimes" / "knative-serving-features.yaml")
+"""The bundle's Broker and the Knative settings its Services and Triggers need (initial-scale 0, runtimeClassName,
+retryAfterMax): a test's own manifests are checked as a cluster would check them, under the bundle's config."""
+
+
+def copy_knative_config(manifests: Path) -> None:
+    """Put the bundle's Broker and Knative ConfigMaps (`KNATIVE_CONFIG`) in `manifests`."""
+    for path in KNATIVE_CONFIG:
+        shutil.copy(path, manifests / path.name)
 
 
 def add_resources(manifests: Path, *names: str) -> None:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from .conftest import REPO, add_resources, wait_for
+from .conftest import add_resources, copy_knative_config, wait_for
 from .subscriber import Subscriber
 
 FNS = Path(__file__).resolve().parent / "fns"
@@ -70,8 +70,7 @@ def start_mesh(root: Path, *docs: dict, env: dict | None = None, shim: list[str]
     `api` no northbound API."""
     manifests = root / "knative"
     manifests.mkdir(parents=True, exist_ok=True)
-    for name in ("broker.yaml", "config-features-eventing.yaml"):  # the Broker's retryAfterMax needs the flag
-        shutil.copy(REPO / "knative" / "base" / name, manifests / name)
+    copy_knative_config(manifests)
     (manifests / "app.yaml").write_text(yaml.safe_dump_all(docs))
     add_resources(manifests, "app.yaml")
     shutil.copytree(FNS, root / "fns", dirs_exist_ok=True)

@@ -41,10 +41,11 @@ from mapemesh.eventing.brokers import BrokerRegistry
 from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent
 from mapemesh.eventing.delivery import LocalAnswer
 from mapemesh.serving.activator import QUEUE_LIMIT, Revision, status_row
+from mapemesh.serving.admission import WINDOW_MIN_S
 from mapemesh.serving.envhook import EnvHook
 from mapemesh.serving.failures import FunctionFailed, ImportFailed
 from mapemesh.serving.forkserver import Zygote
-from mapemesh.serving.spec import ServiceSpec, services_from
+from mapemesh.serving.spec import ServiceSpec, knative_config, services_from
 
 # What moved out of this module stays importable from it.
 __all__ = ["QUEUE_LIMIT", "SCALE_EVERY_S", "EnvHook", "FunctionFailed", "ImportFailed", "LocalHost", "Revision",
@@ -57,8 +58,15 @@ class LocalHost:
     """Every Service in the manifests, kept in step with them, served over HTTP."""
 
     def __init__(self, registry: BrokerRegistry, queue_limit: int = QUEUE_LIMIT,
-                 platform_env: dict[str, str] | None = None, env_hook: EnvHook | None = None):
+                 platform_env: dict[str, str] | None = None, env_hook: EnvHook | None = None,
+                 min_window_s: float = WINDOW_MIN_S):
         self.registry = registry
+        self.min_window_s = min_window_s
+        """The shortest autoscaling window admitted (below Knative's 6s only through MAPEMESH_LOCAL_MIN_WINDOW)."""
+        if min_window_s < WINDOW_MIN_S:
+            log.warning("MAPEMESH_LOCAL_MIN_WINDOW: admitting autoscaling windows down to %gs, which a Knative "
+                        "cluster refuses (it takes 6s..1h)", min_window_s)
+        self._config_errors: tuple[str, ...] = ()
         self.queue_limit = queue_limit
         self.platform_env = dict(platform_env or {})
         """Given to every function process (the data directory, the state store), under the Service's env."""
@@ -98,7 +106,12 @@ class LocalHost:
 
     def reload(self) -> None:
         """Start, replace or stop revisions to match the Service manifests."""
-        specs, self.invalid = services_from(self.registry.found)
+        config = knative_config(self.registry.found)
+        if config.errors != self._config_errors:
+            self._config_errors = config.errors
+            for error in config.errors:  # Knative keeps its stock value for such a key, and so does the host
+                log.error("Knative config: %s (the stock value is used)", error)
+        specs, self.invalid = services_from(self.registry.found, self.min_window_s, config)
         for key, reason in self.invalid.items():
             log.error("Service %s cannot run: %s", key, reason)
         for key in list(self.revisions):

@@ -1,4 +1,11 @@
-"""Knative `Service` manifests (`serving.knative.dev/v1`) as the local host runs them."""
+"""Knative `Service` manifests (`serving.knative.dev/v1`) as the local host runs them.
+
+A Service the local host runs is one a cluster's webhook admits: `services_from` checks each under Knative's config
+as the manifests give it (`config-autoscaler`, `config-defaults`, `config-features` in `knative-serving`, stock
+values otherwise; `mapemesh.serving.admission`) and reports a refused one not ready with Knative's message. The
+same config gives the defaults a cluster fills in (stable window, revision timeout, initial scale). The one
+relaxation is explicit: `MAPEMESH_LOCAL_MIN_WINDOW` (tests and benches) admits windows under Knative's 6s.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mapemesh import manifests
-from mapemesh.durations import InvalidDuration, parse_go, parse_iso
+from mapemesh.durations import parse_go
+from mapemesh.serving.admission import WINDOW_MIN_S, KnativeConfig, check_service
 
 SERVING_V1 = "serving.knative.dev/v1"
 A = "autoscaling.knative.dev/"
 DEFAULT_TARGET = 100  # Knative's default soft concurrency target per instance
-DEFAULT_TIMEOUT_S = 300.0  # Knative's default revision timeout
-DEFAULT_WINDOW_S = 60.0  # Knative's default stable window
 LOCAL_MAX_SCALE = 16  # max-scale 0 means "no limit"; one machine has one
 
 
@@ -71,21 +77,20 @@ def _int(annotations: dict[str, Any], key: str, default: int, minimum: int = 0) 
 
 def _duration(annotations: dict[str, Any], key: str, default: float) -> float:
     raw = annotations.get(A + key)
-    if raw is None:
-        return default
-    text = str(raw).strip()
-    try:  # Knative writes Go durations (60s, 1m30s, 500ms); ISO-8601 is accepted too
-        return parse_go(text) if not text.startswith("P") else parse_iso(text, A + key)
-    except InvalidDuration:
-        raise InvalidService(f"annotation {A}{key}: {raw!r} is not a duration (e.g. 60s, 1m30s)") from None
+    return default if raw is None else parse_go(str(raw).strip())  # admission has refused what does not parse
 
 
-def parse_service(m: manifests.Manifest) -> ServiceSpec:
-    """A ServiceSpec from its manifest; InvalidService says what is wrong."""
+def parse_service(m: manifests.Manifest, config: KnativeConfig | None = None,
+                  min_window_s: float = WINDOW_MIN_S) -> ServiceSpec:
+    """A ServiceSpec from its manifest, with the defaults `config` gives; InvalidService says what is wrong: the
+    messages of Knative's webhook first (`check_service`), then what the local host needs besides."""
+    config = config or KnativeConfig()
+    refused = check_service(m.body, config, min_window_s)
+    if refused:
+        raise InvalidService("; ".join(line.replace("\n", " ") for line in refused))
     spec = m.body.get("spec") or {}
     template = spec.get("template") or {}
-    tmeta = template.get("metadata") or {}
-    annotations = {**((m.body.get("metadata") or {}).get("annotations") or {}), **(tmeta.get("annotations") or {})}
+    annotations = (template.get("metadata") or {}).get("annotations") or {}
     tspec = template.get("spec") or {}
     containers = tspec.get("containers") or []
     if not containers or not isinstance(containers[0], dict):
@@ -99,36 +104,36 @@ def parse_service(m: manifests.Manifest) -> ServiceSpec:
     max_scale = _int(annotations, "max-scale", 0) or LOCAL_MAX_SCALE
     if max_scale < max(min_scale, 1):
         raise InvalidService(f"max-scale {max_scale} is below min-scale {min_scale}")
-    cc = tspec.get("containerConcurrency", 0)
-    if not isinstance(cc, int) or cc < 0:
-        raise InvalidService("spec.template.spec.containerConcurrency must be a non-negative integer")
-    timeout = tspec.get("timeoutSeconds", DEFAULT_TIMEOUT_S)
-    if not isinstance(timeout, int | float) or timeout <= 0:
-        raise InvalidService("spec.template.spec.timeoutSeconds must be positive")
-    window = _duration(annotations, "window", DEFAULT_WINDOW_S)
-    if window <= 0:
-        raise InvalidService(f"annotation {A}window must be positive")
+    timeout = tspec.get("timeoutSeconds") or config.revision_timeout_s  # 0: the default, as Knative defaults it
     return ServiceSpec(
         m.namespace, m.name, source, target, env,
         min_scale=min_scale, max_scale=max_scale,
-        initial_scale=_int(annotations, "initial-scale", 1),
+        initial_scale=_int(annotations, "initial-scale", config.initial_scale),
         target_concurrency=_int(annotations, "target", DEFAULT_TARGET, minimum=1),
-        window_s=window,
+        window_s=_duration(annotations, "window", config.stable_window_s),
         retention_s=_duration(annotations, "scale-to-zero-pod-retention-period", 0.0),
-        container_concurrency=cc, timeout_s=float(timeout),
+        container_concurrency=tspec.get("containerConcurrency", 0), timeout_s=float(timeout),
         runtime_class=tspec.get("runtimeClassName"), image=containers[0].get("image"), origin=m.origin,
         labels={str(k): str(v) for k, v in ((m.body.get("metadata") or {}).get("labels") or {}).items()},
         priority=str(((m.body.get("metadata") or {}).get("annotations") or {}).get("mapemesh.dev/priority",
                                                                                     "normal")))
 
 
-def services_from(found: manifests.ManifestSet) -> tuple[dict[str, ServiceSpec], dict[str, str]]:
-    """The runnable Services, and the reasons others cannot run ("ns/name" -> reason)."""
+def services_from(found: manifests.ManifestSet, min_window_s: float = WINDOW_MIN_S,
+                  config: KnativeConfig | None = None) -> tuple[dict[str, ServiceSpec], dict[str, str]]:
+    """The runnable Services, and the reasons others cannot run ("ns/name" -> reason), under `config` (default: the
+    Knative config among `found`'s objects)."""
+    config = config or knative_config(found)
     ok: dict[str, ServiceSpec] = {}
     bad: dict[str, str] = {}
     for m in found.of(SERVING_V1, "Service"):
         try:
-            ok[m.key] = parse_service(m)
+            ok[m.key] = parse_service(m, config, min_window_s)
         except InvalidService as exc:
             bad[m.key] = str(exc)
     return ok, bad
+
+
+def knative_config(found: manifests.ManifestSet) -> KnativeConfig:
+    """Knative Serving's config as the manifests set it (stock values for keys they do not)."""
+    return KnativeConfig.from_objects(m.body for m in found.objects)
