@@ -19,21 +19,48 @@ Where the real `vaccel` package (and with it libvaccel) imports, every call goes
 
 Which plugin a function uses is mapemesh's choice (the `vAccelPlugin` knob): `MAPEMESH_VACCEL_PLUGIN` is `cpu`,
 `gpu` or `remote` (with `VACCEL_RPC_ADDRESS`); `plugin_env` gives a function's process the environment for it.
-Every call records what served it in `session.last` (backend, plugin, device).
+Every call records what served it in `session.last` (backend, plugin, device; on the real path the vAccel plugin
+libvaccel chose for the session, `vaccel_plugin`).
+
+The real path behaves as vaccel-python v0.3.0 and libvaccel do, and never takes the process down:
+
+| concern            | how                                                                                   |
+|--------------------|---------------------------------------------------------------------------------------|
+| plugins            | `VACCEL_PLUGINS` entries that `dlopen` would not find are left out before libvaccel   |
+|                    | loads (its constructor would `exit(2)`), with a log line (`vaccel_plugins`); with none |
+|                    | left, or when `Session()` fails (ENOTSUP without plugins), the local backends serve,  |
+|                    | saying why in `session.fallback` and `session.last`                                   |
+| arguments          | one model (`runtimes/vaccel_args.py`): plain values encoded as vaccel-python encodes  |
+|                    | them (RAW, C int, 4-byte float, NUL-terminated string), typed `Arg`s keep their type  |
+|                    | on both paths (`vaccel.Arg(data, vaccel.ArgType.X)` on the real one)                  |
+| errors             | every failure is a `VaccelError` with an errno-style `code` and the `backend`, the    |
+|                    | original exception chained; the local exec backend gives libvaccel's exec plugin's    |
+|                    | codes: EPROTO (71) when the function returns non-zero, ENOSYS (38) for a missing      |
+|                    | symbol, EINVAL (22) for a library that does not load or an argument refused           |
+| resources          | `exec_with_resource` registers the LIB resource with the real session and calls       |
+|                    | vAccel's own `exec_with_resource`; `unregister` is passed on                          |
+| enums              | values as the real bindings define them (`MAX` guards included, no `PluginType.ALL`)  |
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import importlib
+import logging
 import os
-import struct
+import sys
 import time
 import warnings
 from collections.abc import Sequence
 from enum import IntEnum, IntFlag
 from pathlib import Path
 from typing import Any
+
+from mapemesh.runtimes import vaccel_args, vaccel_plugins
+from mapemesh.runtimes.vaccel_args import Arg, ArgType  # noqa: F401 (vAccel's names, from here)
+
+log = logging.getLogger(__name__)
 
 LOCAL = "mapemesh-local"
 ACCEL_LABEL = "mapemesh.dev/accel"
@@ -49,7 +76,7 @@ VACCEL_PLUGIN_LIBRARIES = {"cpu": "libvaccel-torch.so:libvaccel-exec.so",
 
 
 class PluginType(IntFlag):
-    """vAccel's plugin-type bits (`VACCEL_PLUGIN_*`)."""
+    """vAccel's plugin-type bits (`VACCEL_PLUGIN_*`, as vaccel-python v0.3.0 has them)."""
 
     CPU = 0x0001
     GPU = 0x0002
@@ -60,27 +87,18 @@ class PluginType(IntFlag):
     JETSON = 0x0040
     GENERIC = 0x0080
     DEBUG = 0x0100
+    PROFILING = 0x0200
     REMOTE = 0x4000
-    ALL = 0xFFFF
+    MAX = 0x10000
 
 
 class ResourceType(IntEnum):
+    """vAccel's resource types (`VACCEL_RESOURCE_*`)."""
+
     LIB = 0
     DATA = 1
     MODEL = 2
-
-
-class ArgType(IntEnum):
-    """The subset of vAccel's `vaccel_arg_type` the local exec backend converts (values as in vAccel's enum:
-    RAW, INT8, INT8_ARRAY, INT16, INT16_ARRAY, INT32, INT32_ARRAY, INT64, ..., UINT8, ..., FLOAT32, FLOAT32_ARRAY,
-    FLOAT64, FLOAT64_ARRAY, BOOL, ..., STRING, BUFFER, CUSTOM, in that order)."""
-
-    RAW = 0
-    INT32 = 5
-    INT32_ARRAY = 6
-    FLOAT64 = 19
-    FLOAT64_ARRAY = 20
-    STRING = 27
+    MAX = 3
 
 
 class TensorType(IntEnum):
@@ -96,70 +114,25 @@ class TensorType(IntEnum):
 
 
 class VaccelError(RuntimeError):
-    """A call that failed; `code` is the function's or libvaccel's return value where there is one."""
+    """A call that failed, on either path: `code` is errno-style (vAccel's own codes: EINVAL 22, ENOSYS 38,
+    EPROTO 71, ENOTSUP 95, ...), `backend` what raised it (`vaccel` or `mapemesh-local`)."""
 
-    def __init__(self, message: str, code: int | None = None):
+    def __init__(self, message: str, code: int | None = None, backend: str = LOCAL):
         super().__init__(message)
         self.code = code
+        self.backend = backend
+
+    def __str__(self) -> str:
+        name = errno.errorcode.get(self.code or 0)
+        return f"{super().__str__()} [{self.backend}{f', {name} ({self.code})' if name else ''}]"
 
 
-class Arg:
-    """An argument of `exec`: bytes (RAW), an int (INT32), a float (FLOAT64), a str (STRING), or a list of ints
-    or floats (arrays). A write argument's value gives the size of its buffer."""
-
-    def __init__(self, data: Any, type_: ArgType | None = None):
-        self.data = data
-        self.type = type_ if type_ is not None else _arg_type(data)
-        self.buf: Any = data
-
-    def encode(self) -> bytes:
-        d, t = self.data, self.type
-        if t is ArgType.RAW:
-            return bytes(d)
-        if t is ArgType.INT32:
-            return struct.pack("=i", int(d))
-        if t is ArgType.FLOAT64:
-            return struct.pack("=d", float(d))
-        if t is ArgType.STRING:
-            return str(d).encode() + b"\0"
-        if t is ArgType.INT32_ARRAY:
-            return struct.pack(f"={len(d)}i", *d)
-        if t is ArgType.FLOAT64_ARRAY:
-            return struct.pack(f"={len(d)}d", *d)
-        raise VaccelError(f"argument type {t!r} is not supported by the local exec backend")
-
-    def decode(self, raw: bytes) -> Any:
-        t = self.type
-        if t is ArgType.RAW:
-            return raw
-        if t is ArgType.INT32:
-            return struct.unpack("=i", raw[:4])[0]
-        if t is ArgType.FLOAT64:
-            return struct.unpack("=d", raw[:8])[0]
-        if t is ArgType.STRING:
-            return raw.split(b"\0", 1)[0].decode(errors="replace")
-        if t is ArgType.INT32_ARRAY:
-            return list(struct.unpack(f"={len(raw) // 4}i", raw))
-        return list(struct.unpack(f"={len(raw) // 8}d", raw))
-
-
-def _arg_type(data: Any) -> ArgType:
-    if isinstance(data, bytes | bytearray | memoryview):
-        return ArgType.RAW
-    if isinstance(data, bool):
-        raise VaccelError("a bool argument is ambiguous: pass an int or bytes")
-    if isinstance(data, int):
-        return ArgType.INT32
-    if isinstance(data, float):
-        return ArgType.FLOAT64
-    if isinstance(data, str):
-        return ArgType.STRING
-    if isinstance(data, list | tuple) and data and all(isinstance(x, int) and not isinstance(x, bool) for x in data):
-        return ArgType.INT32_ARRAY
-    if isinstance(data, list | tuple) and data and all(isinstance(x, int | float) for x in data):
-        return ArgType.FLOAT64_ARRAY
-    raise VaccelError(f"cannot pass {type(data).__name__} {data!r:.40} to exec (bytes, int, float, str, or a "
-                      "non-empty list of numbers)")
+def _from_real(exc: BaseException, what: str) -> VaccelError:
+    """A VaccelError for an exception of the real bindings (FFIError carries libvaccel's code; a TypeError or
+    ValueError from their argument wrappers is EINVAL)."""
+    code = getattr(exc, "code", None)
+    message = getattr(exc, "message", None) or str(exc)
+    return VaccelError(f"{what}: {message}", code if isinstance(code, int) else errno.EINVAL, "vaccel")
 
 
 class _CArg(ctypes.Structure):
@@ -175,9 +148,11 @@ class Resource:
     def __init__(self, paths: str | Path | Sequence[str | Path], type_: ResourceType):
         self.paths = [Path(p) for p in ([paths] if isinstance(paths, str | Path) else paths)]
         self.type = ResourceType(type_)
+        if self.type is ResourceType.MAX:
+            raise VaccelError("ResourceType.MAX is the enum's guard, not a resource type", errno.EINVAL)
         for path in self.paths:
-            if not path.exists():
-                raise VaccelError(f"resource {path} does not exist")
+            if not path.exists():  # libvaccel: "Invalid path", EINVAL
+                raise VaccelError(f"resource {path} does not exist", errno.EINVAL)
         self._sessions: set[int] = set()
 
     @property
@@ -189,8 +164,17 @@ class Resource:
         session._resources[id(self)] = self
 
     def unregister(self, session: Session) -> None:
+        """Forget the session, and the real resource made for it (unregistered from the real session)."""
+        if not self.is_registered(session):  # libvaccel: unregistering what is not registered is EINVAL
+            raise VaccelError("the resource is not registered with this session", errno.EINVAL, session.backend)
         self._sessions.discard(id(session))
         session._resources.pop(id(self), None)
+        real = session._real_resources.pop(id(self), None)
+        if real is not None:
+            try:
+                real.unregister(session._real)
+            except Exception as exc:
+                raise _from_real(exc, "unregister") from exc
 
     def is_registered(self, session: Session) -> bool:
         return id(session) in self._sessions
@@ -258,15 +242,42 @@ def read_choices(path: Path) -> dict[str, dict[str, Any]]:
             and (v["plugin"] != "remote" or (isinstance(v.get("rpc_address"), str) and v["rpc_address"]))}
 
 
+PLUGIN_LOAD: dict[str, Any] = {}
+"""What this process asked libvaccel to load (`requested`), kept (`loaded`) and left out (`missing`), set when the
+real bindings are first looked for."""
+
+
 def real_vaccel() -> Any | None:
     """vAccel's own Python package when it (and libvaccel) import, else None; `MAPEMESH_VACCEL=local` forces the
-    local backends."""
+    local backends. Before the first import, `VACCEL_PLUGINS` loses the entries `dlopen` would not find (libvaccel's
+    constructor would `exit()` on them); with none left, libvaccel is not loaded at all."""
     if os.environ.get("MAPEMESH_VACCEL") == "local":
+        return None
+    if "vaccel" not in sys.modules and not _guard_plugins():
         return None
     try:
         return importlib.import_module("vaccel")
-    except Exception:  # not installed, or libvaccel missing: the local backends serve
+    except Exception as exc:  # not installed, or libvaccel missing: the local backends serve
+        PLUGIN_LOAD.setdefault("fallback", f"the vaccel package does not import: {exc}")
         return None
+
+
+def _guard_plugins() -> bool:
+    """Keep the usable `VACCEL_PLUGINS` entries (False: some were named and none is usable)."""
+    requested = os.environ.get("VACCEL_PLUGINS")
+    if requested is None:
+        PLUGIN_LOAD.update(requested=[], loaded=[], missing=[])
+        return True
+    loaded, missing = vaccel_plugins.usable(requested)
+    PLUGIN_LOAD.update(requested=requested.split(":"), loaded=loaded, missing=missing)
+    if missing:
+        log.warning("vAccel plugins not found, left out: %s (libvaccel would exit at load); loading %s",
+                    ", ".join(missing), ":".join(loaded) or "none")
+    if not loaded:
+        PLUGIN_LOAD["fallback"] = f"no vAccel plugin of {requested} is installed"
+        return False
+    os.environ["VACCEL_PLUGINS"] = ":".join(loaded)
+    return True
 
 
 class Session:
@@ -278,8 +289,20 @@ class Session:
         if self.plugin not in PLUGINS:
             raise VaccelError(f"{PLUGIN_ENV}={self.plugin!r}: must be one of {', '.join(PLUGINS)}")
         self._vaccel = real_vaccel()
-        self._real = self._vaccel.Session(int(self.flags)) if self._vaccel is not None else None
+        self._real: Any = None
+        self.fallback: str | None = PLUGIN_LOAD.get("fallback")
+        """Why the local backends serve although the real path was not switched off (None: it was, or it serves)."""
+        if self._vaccel is not None:
+            try:
+                self._real = self._vaccel.Session(int(self.flags))
+            except Exception as exc:  # ENOTSUP without plugins, say: serve locally, and say so
+                self.fallback = f"vAccel's Session() failed: {_from_real(exc, 'Session')}"
+                log.warning("%s; mapemesh's local backends serve instead", self.fallback)
         self.backend = "vaccel" if self._real is not None else LOCAL
+        self.vaccel_plugin = (vaccel_plugins.served_by(int(self.flags), PLUGIN_LOAD.get("loaded") or
+                                                       _split(os.environ.get("VACCEL_PLUGINS")))
+                              if self._real is not None else None)
+        """The vAccel plugin serving this session (libvaccel's choice for the flags; None: the local backends)."""
         self._resources: dict[int, Resource] = {}
         self._real_resources: dict[int, Any] = {}
         self._models: dict[tuple[str, str], Any] = {}
@@ -287,58 +310,92 @@ class Session:
 
     # -- what served a call --
 
-    def _served(self, op: str, device: str, started: float) -> None:
+    def _served(self, op: str, device: str | None, started: float) -> None:
+        """Record what served `op`: on the real path the plugin libvaccel chose and its device, else `device`."""
+        if self.backend == "vaccel":
+            device = vaccel_plugins.DEVICES.get(self.vaccel_plugin or "", "unknown")
         self.last = {"op": op, "backend": self.backend, "plugin": self.plugin, "device": device,
                      "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
         if self.backend == "vaccel":
+            self.last["vaccel_plugin"] = self.vaccel_plugin
             self.last["vaccel_plugins"] = os.environ.get("VACCEL_PLUGINS")
             if self.plugin == "remote":
                 self.last["rpc_address"] = os.environ.get("VACCEL_RPC_ADDRESS")
+        if PLUGIN_LOAD.get("missing"):
+            self.last["vaccel_plugins_missing"] = list(PLUGIN_LOAD["missing"])
+        if self.fallback:
+            self.last["fallback"] = self.fallback
 
     def _local_only(self, op: str) -> None:
         if self.plugin == "remote":
             address = os.environ.get("VACCEL_RPC_ADDRESS") or "(no VACCEL_RPC_ADDRESS)"
             raise VaccelError(f"{op}: the remote plugin needs vAccel's RPC plugin (libvaccel-rpc.so) and an agent "
-                              f"at {address}; mapemesh's local backends cannot serve it")
+                              f"at {address}; mapemesh's local backends cannot serve it", errno.ENOTSUP)
+
+    def _call_real(self, what: str, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except Exception as exc:  # FFIError, or the bindings' TypeError/ValueError for an argument
+            raise _from_real(exc, what) from exc
 
     # -- operations --
 
     def noop(self) -> None:
         started = time.perf_counter()
         if self._real is not None:
-            self._real.noop()
+            self._call_real("noop", self._real.noop)
         else:
             self._local_only("noop")
         self._served("noop", "none", started)
 
     def exec(self, library: str | Path, symbol: str, arg_read: list[Any] | None = None,
              arg_write: list[Any] | None = None) -> list[Any] | None:
-        """Call `symbol` in the shared library with the read arguments; the write arguments' new values."""
+        """Call `symbol` in the shared library with the read arguments; the write arguments' new values (None
+        without write arguments). Arguments: `runtimes/vaccel_args.py`."""
         started = time.perf_counter()
         if self._real is not None:
-            out = self._real.exec(library, symbol, arg_read, arg_write)
-            self._served("exec", "cpu", started)
+            out = self._call_real("exec", self._real.exec, library, symbol, *self._real_args(arg_read, arg_write))
+            self._served("exec", None, started)
             return out
         self._local_only("exec")
-        out = _exec_local(Path(library), symbol, arg_read or [], arg_write or [])
+        out = _exec_local(Path(library), symbol, arg_read, arg_write)
         self._served("exec", "cpu", started)
         return out
 
     def exec_with_resource(self, resource: Resource, symbol: str, arg_read: list[Any] | None = None,
                            arg_write: list[Any] | None = None) -> list[Any] | None:
+        """`exec` of a LIB resource registered with this session (vAccel's `exec_with_resource`: the library is
+        the resource's, wherever the plugin keeps it, the agent's side for the RPC plugin)."""
         if resource.type is not ResourceType.LIB:
-            raise VaccelError(f"exec_with_resource needs a LIB resource, not {resource.type.name}")
-        return self.exec(resource.path, symbol, arg_read, arg_write)
+            raise VaccelError(f"exec_with_resource needs a LIB resource, not {resource.type.name}", errno.EINVAL,
+                              self.backend)
+        if not resource.is_registered(self):
+            raise VaccelError("exec_with_resource: register the resource with this session first", errno.EPERM,
+                              self.backend)
+        started = time.perf_counter()
+        if self._real is not None:
+            out = self._call_real("exec_with_resource", self._real.exec_with_resource, self._real_resource(resource),
+                                  symbol, *self._real_args(arg_read, arg_write))
+            self._served("exec_with_resource", None, started)
+            return out
+        self._local_only("exec_with_resource")
+        out = _exec_local(resource.path, symbol, arg_read, arg_write)
+        self._served("exec_with_resource", "cpu", started)
+        return out
+
+    def _real_args(self, *lists: list[Any] | None) -> list[list[Any] | None]:
+        return [None if args is None else [vaccel_args.to_real(a, self._vaccel) for a in args] for args in lists]
 
     def _real_resource(self, resource: Resource) -> Any:
         """vaccel-python's own Resource for `resource`, registered with the real session (made once)."""
         if not resource.is_registered(self):
-            raise VaccelError("register the resource with this session first (resource.register(session))")
+            raise VaccelError("register the resource with this session first (resource.register(session))",
+                              errno.EPERM, self.backend)
         made = self._real_resources.get(id(resource))
         if made is None:
             kind = getattr(self._vaccel.ResourceType, resource.type.name)
-            made = self._vaccel.Resource([str(p) for p in resource.paths], kind)
-            made.register(self._real)
+            made = self._call_real("Resource", self._vaccel.Resource, [str(p) for p in resource.paths], kind)
+            self._call_real("register", made.register, self._real)
             self._real_resources[id(resource)] = made
         return made
 
@@ -349,7 +406,7 @@ class Session:
     def torch_model_load(self, resource: Resource) -> None:
         """Load a TorchScript model resource (it must be registered with this session)."""
         if self._real is not None:
-            self._real.torch_model_load(self._real_resource(resource))
+            self._call_real("torch_model_load", self._real.torch_model_load, self._real_resource(resource))
             return
         self._model(resource)
 
@@ -358,9 +415,9 @@ class Session:
         """Run the model on the input tensors; its output tensors (at most `nr_out_tensors`)."""
         started = time.perf_counter()
         if self._real is not None:
-            out = self._real.torch_model_run(self._real_resource(resource), self._real_tensors(in_tensors),
-                                             nr_out_tensors)
-            self._served("torch_model_run", "vaccel-torch", started)
+            out = self._call_real("torch_model_run", self._real.torch_model_run, self._real_resource(resource),
+                                  self._real_tensors(in_tensors), nr_out_tensors)
+            self._served("torch_model_run", None, started)
             return [Tensor(list(t.dims), TensorType[t.data_type.name], list(t.data)) for t in out]
         self._local_only("torch_model_run")
         import torch
@@ -378,8 +435,8 @@ class Session:
         the session that carries a `labels` file beside it (`<model>.labels`, one label per class)."""
         started = time.perf_counter()
         if self._real is not None:
-            out = self._real.classify(image)
-            self._served("classify", "vaccel", started)
+            out = self._call_real("classify", self._real.classify, image)
+            self._served("classify", None, started)
             return tuple(out)  # type: ignore[return-value]
         self._local_only("classify")
         import torch
@@ -425,30 +482,49 @@ class Session:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _exec_local(library: Path, symbol: str, arg_read: list[Any], arg_write: list[Any]) -> list[Any] | None:
+def _exec_local(library: Path, symbol: str, arg_read: list[Any] | None,
+                arg_write: list[Any] | None) -> list[Any] | None:
+    """vAccel's exec plugin, locally: `dlopen`, `dlsym`, one call; its error codes (EINVAL, ENOSYS, EPROTO)."""
+    try:
+        reads = [vaccel_args.as_arg(a) for a in _args(arg_read)]
+        writes = [vaccel_args.as_arg(a) for a in _args(arg_write)]
+        buffers = [vaccel_args.encode(a) for a in (*reads, *writes)]
+    except ValueError as exc:
+        raise VaccelError(f"exec: {exc}", errno.EINVAL) from exc
     try:
         lib = ctypes.CDLL(str(library))
     except OSError as exc:
-        raise VaccelError(f"exec: cannot load {library}: {exc}") from None
+        raise VaccelError(f"exec: cannot load {library}: {exc}", errno.EINVAL) from exc
     try:
         fn = getattr(lib, symbol)
-    except AttributeError:
-        raise VaccelError(f"exec: {library} has no symbol {symbol!r}") from None
+    except AttributeError as exc:
+        raise VaccelError(f"exec: {library} has no symbol {symbol!r}", errno.ENOSYS) from exc
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.POINTER(_CArg), ctypes.c_size_t, ctypes.POINTER(_CArg), ctypes.c_size_t]
-    reads = [a if isinstance(a, Arg) else Arg(a) for a in arg_read]
-    writes = [a if isinstance(a, Arg) else Arg(a) for a in arg_write]
-    buffers = [ctypes.create_string_buffer(a.encode(), len(a.encode())) for a in (*reads, *writes)]
+    cbufs = [ctypes.create_string_buffer(b, len(b)) for b in buffers]
     c_read = (_CArg * max(1, len(reads)))()
     c_write = (_CArg * max(1, len(writes)))()
     for i, a in enumerate(reads):
-        c_read[i] = _CArg(ctypes.cast(buffers[i], ctypes.c_void_p), len(buffers[i]), int(a.type), 0, False)
+        c_read[i] = _CArg(ctypes.cast(cbufs[i], ctypes.c_void_p), len(cbufs[i]), int(a.type), 0, False)
     for i, a in enumerate(writes):
-        buf = buffers[len(reads) + i]
+        buf = cbufs[len(reads) + i]
         c_write[i] = _CArg(ctypes.cast(buf, ctypes.c_void_p), len(buf), int(a.type), 0, False)
-    code = fn(c_read, len(reads), c_write, len(writes))
-    if code != 0:
-        raise VaccelError(f"exec: {symbol} returned {code}", code)
-    if not writes:
+    code = fn(c_read if reads else None, len(reads), c_write if writes else None, len(writes))
+    if code != 0:  # the exec plugin answers VACCEL_EBACKEND (EPROTO) for any non-zero return
+        raise VaccelError(f"exec: {symbol} returned {code}", errno.EPROTO)
+    if arg_write is None:
         return None
-    return [a.decode(buffers[len(reads) + i].raw) for i, a in enumerate(writes)]
+    return [vaccel_args.decode(a, cbufs[len(reads) + i].raw) for i, a in enumerate(writes)]
+
+
+def _args(given: list[Any] | None) -> list[Any]:
+    """vaccel-python's argument list: None is no arguments; an empty list is refused (its `CList`)."""
+    if given is None:
+        return []
+    if not given:
+        raise ValueError("CList cannot be empty")
+    return list(given)
+
+
+def _split(plugins: str | None) -> list[str]:
+    return [p for p in (plugins or "").split(":") if p]

@@ -51,8 +51,12 @@ def classify(data: dict) -> dict:
     if not isinstance(flat, list) or len(flat) != 64 or not all(isinstance(v, int | float) for v in flat):
         raise ValueError("image must be 8x8 numbers (or a flat list of 64)")
     session, resource = _ready()
-    [scores] = session.torch_model_run(resource, [vaccel.Tensor([1, 64], vaccel.TensorType.FLOAT, flat)])
-    values = [round(float(v), 6) for v in scores.data]
+    outputs = session.torch_model_run(resource, [vaccel.Tensor([1, 64], vaccel.TensorType.FLOAT, flat)])
+    scores = outputs[0].data if outputs else []
+    if len(scores) != len(model.LABELS) or not all(isinstance(v, int | float) for v in scores):
+        raise ValueError(f"the model gave {len(scores)} scores, not {len(model.LABELS)} (one per digit): is the "
+                         "model file the digits model?")
+    values = [round(float(v), 6) for v in scores]
     best = max(range(len(values)), key=values.__getitem__)
     return {"label": model.LABELS[best], "scores": values, **session.last}
 
