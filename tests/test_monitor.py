@@ -49,11 +49,37 @@ def test_descriptions_and_mode(store):
     call(ev(catalogue.AppSubmitted(app_id="app-1", description={"name": "a"})))
     call(ev(catalogue.InfraRegistered(infra_id="node-1", kind="node", description={"cpu": 4})))
     assert store.get("applications", "app-1").value["description"] == {"name": "a"}
-    assert store.get("infrastructure", "node-1").value == {"kind": "node", "description": {"cpu": 4}}
+    doc = store.get("infrastructure", "node-1").value
+    assert {k: doc[k] for k in ("kind", "description")} == {"kind": "node", "description": {"cpu": 4}}
     reply = call(ev(catalogue.InfraUnregistered(infra_id="node-1")))
     assert catalogue.parse_data(reply).asset_kind == "node" and store.get("infrastructure", "node-1") is None
     call(ev(catalogue.ModeChanged(mode="ml")))
     assert store.get("settings", "mode").value["mode"] == "ml"
+
+
+def at(event: mapemesh.CloudEvent, when: str) -> mapemesh.CloudEvent:
+    """`event` as sent at `when` (its `time`)."""
+    event.attributes["time"] = when
+    return event
+
+
+def test_registrations_apply_in_the_order_they_were_sent_not_delivered(store):
+    # A broker delivers at least once and in no set order: a registration redelivered after the node's
+    # unregistration must not bring the node back, nor an old unregistration remove a newer registration.
+    def register(when: str) -> mapemesh.CloudEvent | None:
+        return call(at(ev(catalogue.InfraRegistered(infra_id="dev", kind="node", description={})), when))
+
+    def unregister(when: str) -> mapemesh.CloudEvent | None:
+        return call(at(ev(catalogue.InfraUnregistered(infra_id="dev")), when))
+
+    assert register("2026-12-07T10:00:00.000001Z") is not None
+    assert unregister("2026-12-07T10:00:05Z") is not None and store.get("infrastructure", "dev") is None
+    assert register("2026-12-07T10:00:00.000001Z") is None  # the same registration, redelivered late
+    assert store.get("infrastructure", "dev") is None
+    assert register("2026-12-07T10:00:09Z") is not None  # the device came back
+    assert unregister("2026-12-07T10:00:05Z") is None  # the old unregistration, redelivered
+    assert store.get("infrastructure", "dev") is not None
+    assert unregister("2026-12-07T10:00:10Z") is not None and store.get("infrastructure", "dev") is None
 
 
 def test_knob_results_update_mechanisms_and_plans(store):

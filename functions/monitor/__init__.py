@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from typing import Any
 
 import mapemesh
@@ -81,19 +82,43 @@ def removed(data: catalogue.AppRemoved, *, event: CloudEvent, store: StateStore)
     return _changed(data.app_id, "application", ["removed"], event)
 
 
+def _sent_at(event: CloudEvent) -> float:
+    """When the event's source sent it (its `time`; now when it has none)."""
+    raw = event.get("time")
+    try:
+        return datetime.fromisoformat(str(raw).replace("Z", "+00:00")).timestamp() if raw else time.time()
+    except ValueError:
+        return time.time()
+
+
 @mapemesh.on(catalogue.InfraRegistered)
-def registered(data: catalogue.InfraRegistered, *, event: CloudEvent, store: StateStore) -> Reply:
-    """A node, cluster or continuum recorded (a node's mechanisms too)."""
-    store.put("infrastructure", data.infra_id, {"kind": data.kind, "description": data.description})
+def registered(data: catalogue.InfraRegistered, *, event: CloudEvent, store: StateStore) -> Reply | None:
+    """A node, cluster or continuum recorded (a node's mechanisms too). A registration sent before the latest
+    unregistration of the same id is stale (a broker redelivers and reorders: at least once, in no set order) and
+    changes nothing."""
+    sent = _sent_at(event)
+    departed = store.get("departed", data.infra_id)
+    if departed is not None and float(departed.value.get("at", 0)) >= sent:
+        log.info("%s: a registration sent before its unregistration, ignored (event %s)", data.infra_id, event.id)
+        return None
+    store.put("infrastructure", data.infra_id, {"kind": data.kind, "description": data.description,
+                                                "registered_at": sent})
     if data.kind == "node":
         _record_mechanisms(store, data.infra_id, data.description)
     return _changed(data.infra_id, data.kind, ["description"], event)
 
 
 @mapemesh.on(catalogue.InfraUnregistered)
-def unregistered(data: catalogue.InfraUnregistered, *, event: CloudEvent, store: StateStore) -> Reply:
-    """Infrastructure forgotten, with its policy contexts."""
+def unregistered(data: catalogue.InfraUnregistered, *, event: CloudEvent, store: StateStore) -> Reply | None:
+    """Infrastructure forgotten, with its policy contexts; when it went is kept (`departed`), so that a stale
+    registration delivered later does not bring it back. An unregistration sent before the record's registration
+    is stale and changes nothing."""
+    sent = _sent_at(event)
     previous = store.get("infrastructure", data.infra_id)
+    if previous is not None and float(previous.value.get("registered_at", 0)) > sent:
+        log.info("%s: an unregistration sent before its registration, ignored (event %s)", data.infra_id, event.id)
+        return None
+    update(store, "departed", data.infra_id, lambda doc: {"at": max(sent, float((doc or {}).get("at", 0)))})
     store.delete("infrastructure", data.infra_id)
     _forget_contexts(store, data.infra_id)
     kind = str(previous.value.get("kind", "node")) if previous else "node"
