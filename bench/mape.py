@@ -50,9 +50,15 @@ APP = {"MLSysOpsApp": {"name": "bench", "components": [{
 class Shim(Receiver):
     """The bench nodes' shims: record when each command arrives, answer with knob.applied."""
 
+    def accepts(self, event: object) -> bool:
+        """Whether to apply a command (a real shim checks who sent it: `bench.identity`)."""
+        return True
+
     async def _handle(self, request: web.Request) -> web.Response:
         now = time.time()
         (event,) = from_http(request.headers, await request.read())
+        if not request.path.endswith("/hop") and not self.accepts(event):
+            return web.Response(status=403)
         self.arrived[event.id] = (now, event.attributes)
         if request.path.endswith("/hop"):
             return web.Response(status=202)

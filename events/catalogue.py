@@ -340,6 +340,31 @@ class StorageMigration(EventData):
     finished: bool = False
 
 
+class TrustUpdated(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.trust.updated.v1"
+    summary: ClassVar[str] = ("A node's or cluster's reputation credit moved (seed 7.1.3): the credit in [0, 1] and "
+                              "the trust indices it is the weighted sum of.")
+    asset: NonEmpty
+    asset_kind: Literal["node", "cluster"]
+    credit: float = Field(ge=0, le=1)
+    previous: float | None = Field(None, ge=0, le=1, description="The credit last reported (None: the first).")
+    indices: dict[str, float] = Field(description="Each index's value in [0, 1].")
+    cause: str | None = Field(None, description="The id of the event that moved it.")
+
+
+class AuthRefused(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.auth.refused.v1"
+    summary: ClassVar[str] = ("A command was refused where it would have been applied (seed 7.1.4): unsigned, not "
+                              "verified, or from an identity the command policy does not allow. Nothing changed.")
+    receiver: NonEmpty = Field(description="Who refused it: node-shim-NAME, deploy, the storage gateway, ...")
+    command: NonEmpty = Field(description="The refused event's type.")
+    command_id: NonEmpty = Field(description="The refused event's id.")
+    command_source: NonEmpty = Field(description="The refused event's source (as it claims).")
+    sender: NonEmpty = Field(description="The verified signer, else the event's claimed source.")
+    rule: Literal["unsigned", "unverified", "not-allowed", "no-trust-anchor"]
+    reason: NonEmpty
+
+
 CATALOGUE: dict[str, type[EventData]] = {
     model.event_type: model
     for model in (
@@ -353,5 +378,6 @@ CATALOGUE: dict[str, type[EventData]] = {
         AccelRequested, AccelReplied,
         MqttRefused, FarEdgeDeployRequested, FarEdgeStep, FarEdgeDeployed,
         StorageAccessed, StorageMigration,
+        TrustUpdated, AuthRefused,
     )
 }

@@ -6,8 +6,8 @@ a description that does not fit gets a `DescriptionError` naming the field path 
 (sensors, network resources, power, most platform requirements) are kept as given; the parts mapemesh acts
 on (placement, containers, ports, env, QoS metrics, hardware) are checked. mapemesh's own additions are marked
 as such (`replicas`, `function`, `runtime_class_name`, `replica_scheduling`, `image_per_architecture`,
-`mechanisms`, `mechanism_options`, `mechanism_states`, `storage`). JSON Schemas are exported with the event schemas
-(`make schemas`).
+`mechanisms`, `mechanism_options`, `mechanism_states`, `storage`, `min_trust`). JSON Schemas are exported with
+the event schemas (`make schemas`).
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ class Component(_Strict):
     replicas: int | None = Field(None, ge=0, description="mapemesh: replicas of the Deployment (default 1).")
     function: bool | None = Field(None, description="mapemesh: run as a Knative Service.")
     replica_scheduling: ReplicaScheduling | None = Field(None, description="mapemesh: Karmada replica scheduling.")
+    min_trust: float | None = Field(None, ge=0, le=1, description="mapemesh: the lowest reputation credit (seed 7.1) "
+                                                                  "of a node or cluster the component may run on.")
     annotations: dict[str, str] | None = Field(
         None, description="mapemesh: the component's pod annotations; on a far-edge component, the layer-agnostic "
                           "adapter's `communication-adapter.fita/image`, `/ports`, `/service-name`, `/pull-policy`.")

@@ -71,6 +71,10 @@ class Settings:
     """MAPEMESH_STORAGE_PORT: the storage gateway's S3 port (0 picks a free one)."""
     storage_name: str = "storage-gateway"
     """MAPEMESH_STORAGE_NAME: the storage gateway's node name in the mesh."""
+    identities: bool = True
+    """MAPEMESH_IDENTITIES: identities on the event path (`mapemesh.identity`): `mapemesh up` makes a certificate
+    authority in DATA_DIR/identity and an identity per component, commands go signed and are refused unless an
+    allowed identity signed them. `off` for a development mesh that trusts every sender."""
     accept_batch: bool = False
     """MAPEMESH_ACCEPT_BATCH: also take `application/cloudevents-batch+json` requests at the ingress, a mapemesh-only
     extension; off by default because Knative's broker ingress takes one event per request and answers 400 to a

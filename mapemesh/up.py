@@ -12,6 +12,8 @@ process.
 | MQTT bridge | `bridge.daemon.Bridge` when `settings.mqtt_url` is set (far-edge devices, CloudEvents over MQTT on |
 | | `settings.mqtt_topics`) |
 | storage gateway | `storage.service.Gateway` when `settings.storage_locations` names a locations file |
+| identities | with `settings.identities`: the authority in DATA_DIR/identity, an identity per component (each |
+| | Service's as it starts: MAPEMESH_IDENTITY), and this process's guards on (`mapemesh.identity`) |
 
 Each records its URL in DATA_DIR/endpoints.json; `RunningMesh.stop` stops them in the reverse order.
 """
@@ -31,6 +33,7 @@ from mapemesh.aio import until_stopped
 from mapemesh.api.server import RunningApi, start_api
 from mapemesh.bridge.daemon import Bridge, client_id_for
 from mapemesh.eventing.server import RunningBroker, start_broker
+from mapemesh.names import dns_name
 from mapemesh.node_shim.daemon import RunningShim
 from mapemesh.serving.envhook import EnvHook
 from mapemesh.serving.host import LocalHost
@@ -78,13 +81,17 @@ class RunningMesh:
 async def start_mesh(settings: Settings, env_hook: EnvHook | None = None) -> RunningMesh:
     """Start the broker, then the function host on its own port (its Services' extra env from `env_hook`), the
     node shim and the API; record each in endpoints.json."""
+    identity_env = {"MAPEMESH_IDENTITIES": "on" if settings.identities else "off"}
+    if settings.identities:
+        env_hook = _identities(settings, env_hook)
+        identity_env["MAPEMESH_IDENTITY_DIR"] = str((settings.data / "identity").resolve())
     broker = await start_broker(settings)
     host: LocalHost | None = None
     runner: web.AppRunner | None = None
     try:
         host = LocalHost(broker.ingress.brokers, settings.activator_queue, {
             "MAPEMESH_DATA": str(settings.data.resolve()), "MAPEMESH_STATE": settings.state,
-            "MAPEMESH_BROKER_URL": broker.url,
+            "MAPEMESH_BROKER_URL": broker.url, **identity_env,
             "K_SINK": f"{broker.url}/default/default"}, env_hook, min_window_s=settings.local_min_window_s)
         await host.start()
         runner = web.AppRunner(host.app(), access_log=None, handle_signals=False, shutdown_timeout=5)
@@ -152,6 +159,24 @@ async def _ping(mesh: RunningMesh) -> dict[str, str]:
             except httpx.HTTPError as exc:
                 out[name] = f"not answering: {exc}"
     return out
+
+
+def _identities(settings: Settings, env_hook: EnvHook | None) -> EnvHook:
+    """The mesh's authority (made in DATA_DIR/identity on first start) and an identity for each of its components:
+    the functions as they start (the hook), the rest now, and `operator` for the people who run it."""
+    from mapemesh.identity.hook import IdentityEnv
+    from mapemesh.identity.pki import Authority
+
+    authority = Authority(settings.data / "identity")
+    node = settings.node
+    if not node and settings.node_shim_port >= 0:
+        from mapemesh.node_shim.daemon import default_node
+
+        node = default_node()
+    for name in ("broker", "host", "api", "bridge", "operator", settings.storage_name,
+                 *([dns_name("node-shim", node)] if node else [])):
+        authority.issue(name)
+    return IdentityEnv(authority, env_hook)
 
 
 async def _start_shim(settings: Settings, mesh: RunningMesh) -> None:

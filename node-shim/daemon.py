@@ -21,6 +21,7 @@ from aiohttp import web
 
 from mapemesh import endpoints
 from mapemesh.events.catalogue import KnobApply
+from mapemesh.identity.guard import Guard
 from mapemesh.node_shim.knobs.base import Knob, KnobError, Sysfs
 from mapemesh.node_shim.knobs.interval import TelemetryInterval
 from mapemesh.node_shim.server import ShimServer, token
@@ -148,7 +149,8 @@ async def start_node_shim(node: str, data: Path, *, sysfs_root: Path | None = No
     proc = sysfs.path("proc") if sysfs.exists("proc/stat") else Path("/proc")
     reporter = Reporter(node, Collector(sysfs, knobs, proc), interval, broker,
                         lambda: node_description(node, sysfs, knobs, proc))
-    runner = web.AppRunner(ShimServer(shim, token(data), reporter).app(), access_log=None, handle_signals=False)
+    runner = web.AppRunner(ShimServer(shim, token(data), reporter, Guard.from_environment(data)).app(), access_log=None,
+                           handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True)

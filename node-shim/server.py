@@ -9,14 +9,16 @@
   Prometheus text (`mapemesh.metrics`: knob applies by result, telemetry reports, the interval, every metric it
   reports as a gauge); `GET /metrics.json`: the telemetry gauges as OpenTelemetry reads them;
 - `POST /`: a `knob.apply` CloudEvent for this node (extension `node`), answered with `knob.applied` or
-  `knob.failed`;
+  `knob.failed`; a command not signed by an identity the command policy allows (`mapemesh.identity`) is refused
+  with `403` before anything is touched, and audited (`auth.refused`, a log line);
 - `GET /healthz`: `200`.
 
 Every route but `/healthz` and the CloudEvent endpoint needs `Authorization: Bearer <token>`, the token in
 `DATA_DIR/node-shim.token` (mode 0600, made on first start): `401` without it or with a wrong one. The
-CloudEvent endpoint is what a Knative Trigger delivers to, and Triggers send no credentials: like any
-Knative subscriber it relies on the network (the shim listens on loopback by default; on a cluster a
-NetworkPolicy admits the broker only).
+CloudEvent endpoint is what a Knative Trigger delivers to: the transport carries no sender identity (Knative's
+broker re-sends with the Trigger's own), so the command itself does, signed (the CloudEvents verifiability
+extension), and the shim checks it; the shim also listens on loopback by default (on a cluster a NetworkPolicy
+admits the broker only).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from mapemesh import metrics as prometheus
 from mapemesh import tokens, tracing
 from mapemesh.eventing.binding import from_http, to_binary
 from mapemesh.eventing.cloudevent import MalformedEvent
+from mapemesh.identity.guard import Guard, refusal
 from mapemesh.node_shim.knobs.base import KnobError
 from mapemesh.node_shim.shim import NodeShim
 from mapemesh.node_shim.telemetry import Reporter
@@ -68,10 +71,11 @@ def _failure(exc: KnobError) -> web.Response:
 class ShimServer:
     """The aiohttp application around a NodeShim."""
 
-    def __init__(self, shim: NodeShim, api_token: str, reporter: Reporter | None = None):
+    def __init__(self, shim: NodeShim, api_token: str, reporter: Reporter | None = None, guard: Guard | None = None):
         self.shim = shim
         self.api_token = api_token
         self.reporter = reporter
+        self.guard = guard if guard is not None else Guard.from_environment()
         self.applies = prometheus.Counts("mapemesh_knob_apply_count", "Knob commands by result (applied, noop, "
                                          "failed)", ("node", "knob", "result"))
         collectors: list[Any] = [self.applies]
@@ -179,6 +183,12 @@ class ShimServer:
         assert isinstance(data, catalogue.KnobApply)
         if data.node != self.shim.node:
             return _json(422, {"error": f"this is node {self.shim.node}, the command is for {data.node}"})
+        verdict = self.guard.check(event)
+        if not verdict.allowed:  # changes nothing; audited; 403: not retried, the broker dead-letters it
+            self.applies.add(self.shim.node, data.knob, "refused")
+            if self.reporter is not None:
+                await self.reporter.announce(refusal(f"node-shim-{self.shim.node}", event, verdict))
+            return _json(403, {"error": f"refused: {verdict.rule}: {verdict.reason}", "rule": verdict.rule})
         reply: catalogue.EventData
         with tracing.handling(event.attributes, data.knob, label="knob apply", extra={
                 "mapemesh.node": data.node, "mapemesh.knob": data.knob, "mapemesh.plan_id": data.plan_id}):

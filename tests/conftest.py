@@ -38,6 +38,7 @@ LIVE_MODULES = frozenset({
     "test_accel_live", "test_northbound_live", "test_serving", "test_loop", "test_demo", "test_deferral",
     "test_cluster_e2e", "test_deploy_e2e", "test_cli", "test_cluster_components", "test_functions_ecosystem",
     "test_function_runtime", "test_durability", "test_policy_cli", "test_storage_gateway", "test_storage_loop",
+    "test_trust_loop",
 })
 """Modules whose every test starts processes."""
 LIVE_FIXTURES = frozenset({
@@ -334,3 +335,12 @@ def s3_locations(specs: list[tuple[str, str, str, float]]) -> list[S3Location]:
             pytest.fail("moto[server] is not installed, and CI is set")
         pytest.skip("moto[server] is not installed (pip install 'moto[server]')")
     return [S3Location(*spec) for spec in specs]
+
+
+def signed(event, data: Path | None = None, name: str = "operator"):
+    """`event` signed by identity `name` of the mesh whose data directory is `data` (default MAPEMESH_DATA), issued
+    there with the authority when need be: what a component that may send commands does (`mapemesh.identity`)."""
+    from mapemesh.identity import Authority, sign
+
+    root = Path(data if data is not None else os.environ["MAPEMESH_DATA"]) / "identity"
+    return sign(event, Authority(root).issue(name))

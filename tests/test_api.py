@@ -113,7 +113,7 @@ ROUTES = [("POST", "/apps/deploy"), ("GET", "/apps/list_all/"), ("GET", "/apps/s
           ("GET", "/apps/details/x"), ("GET", "/apps/apps/details/x"), ("GET", "/apps/performance/x"),
           ("DELETE", "/apps/remove/x"), ("POST", "/ml/deploy_ml"), ("GET", "/ml/list_all/"), ("GET", "/ml/status/x"),
           ("DELETE", "/ml/remove/x"), ("POST", "/infra/register"), ("GET", "/infra/list/"),
-          ("DELETE", "/infra/unregister/x"), ("GET", "/manage/ping"), ("GET", "/manage/mode"),
+          ("GET", "/infra/trust/"), ("DELETE", "/infra/unregister/x"), ("GET", "/manage/ping"), ("GET", "/manage/mode"),
           ("PUT", "/manage/mode/1"), ("GET", "/events/stream"), ("GET", "/telemetry/x")]
 
 
@@ -376,6 +376,13 @@ def test_list_and_unregister(client, store, ingress):
     assert client.delete("/infra/unregister/n1", headers=AUTH).status_code == 202
     assert ingress.of(catalogue.InfraUnregistered)[0]["data"] == {"infra_id": "n1"}
     assert locs(client.delete("/infra/unregister/" + "x" * 300, headers=AUTH)) == [["path", "infra_id"]]
+
+
+def test_trust_lists_the_credits_the_trust_function_keeps(client, store):
+    assert client.get("/infra/trust/", headers=AUTH).json() == {"trust": []}
+    store.put("trust", "n1", {"asset_kind": "node", "credit": 0.42, "values": {"knob_success": 0.3}, "updated": 5.0})
+    assert client.get("/infra/trust/", headers=AUTH).json() == {"trust": [
+        {"infra_id": "n1", "kind": "node", "credit": 0.42, "indices": {"knob_success": 0.3}, "updated": 5.0}]}
 
 
 # -- management --

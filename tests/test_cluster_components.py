@@ -19,7 +19,7 @@ from mapemesh import events as catalogue
 from mapemesh.eventing.binding import to_binary
 from mapemesh.eventing.log import read_all
 
-from .conftest import wait_for
+from .conftest import signed, wait_for
 from .test_deploy_apply import TOKEN, FakeApiServer
 from .test_serving import free_port, start_mesh
 
@@ -98,7 +98,7 @@ def test_a_knob_command_reaches_its_nodes_shim_only(tmp_path):
             plan = str(uuid.uuid4())
             event = catalogue.make_event(catalogue.KnobApply(node=node, knob="CPUFrequency", command={
                 "frequency": "min"}, plan_id=plan, requested_by="test"), "/test", extensions={"node": node})
-            headers, body = to_binary(event)
+            headers, body = to_binary(signed(event, mesh.data))
             assert httpx.post(mesh.broker + "/default/default", headers=headers, content=body).status_code == 202
             return plan
 

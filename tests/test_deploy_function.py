@@ -17,7 +17,7 @@ from mapemesh.eventing.binding import to_binary
 from mapemesh.functions.deploy import deploy
 from mapemesh.state import from_environment, open_store
 
-from .conftest import REPO, copy_knative, wait_for, wait_for_async
+from .conftest import REPO, copy_knative, signed, wait_for, wait_for_async
 
 APP = {"MLSysOpsApp": {"name": "shop", "cluster_placement": {"cluster_id": ["edge-c"]}, "components": [
     {"metadata": {"name": "web"}, "node_placement": {"node": "node-1"},
@@ -26,7 +26,9 @@ APP = {"MLSysOpsApp": {"name": "shop", "cluster_placement": {"cluster_id": ["edg
 
 
 def ev(data: catalogue.EventData):
-    return catalogue.make_event(data, "/test")
+    """The event as the execute stage sends it: a deploy request signed by its identity."""
+    event = catalogue.make_event(data, "/test")
+    return signed(event, name="execute") if isinstance(data, catalogue.DeployRequested) else event
 
 
 def test_a_placement_is_written_per_cluster_and_removed(tmp_path, monkeypatch):

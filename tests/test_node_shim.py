@@ -18,13 +18,14 @@ import pytest
 
 from mapemesh import events as catalogue
 from mapemesh.eventing.binding import to_binary
+from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.eventing.log import read_all
 from mapemesh.node_shim import simulate
 from mapemesh.node_shim.daemon import start_node_shim
 from mapemesh.node_shim.knobs.base import Sysfs
 from mapemesh.node_shim.telemetry import Collector
 
-from .conftest import REPO, copy_knative, wait_for
+from .conftest import REPO, copy_knative, signed, wait_for
 
 CPU0 = "sys/devices/system/cpu/cpu0/cpufreq"
 
@@ -107,7 +108,7 @@ def test_the_cloudevent_endpoint_answers_with_applied_or_failed(shim):
         event = catalogue.make_event(catalogue.KnobApply(node=node, knob="CPUFrequency", command=command,
                                                          plan_id="p1", requested_by="policy/cpu"), "/test",
                                      extensions={"node": node})
-        headers, body = to_binary(event)
+        headers, body = to_binary(signed(event, shim.data))
         return httpx.post(shim.url + "/", headers=headers, content=body)
 
     ok = send({"command": "set", "cpu": "0", "frequency": "min"})
@@ -245,8 +246,8 @@ def test_not_a_number_is_refused_and_recorded_not_a_crash(shim):
     assert answer.status_code == 400  # not JSON
     event = catalogue.make_event(catalogue.KnobApply(node="node-1", knob="RAPLPowerCap", command={
         "command": "set", "domain": "package", "limit_w": 1.0}, requested_by="t"), "/t", extensions={"node": "node-1"})
-    headers, body = to_binary(event)
-    body = body.replace(b"1.0", b"Infinity")  # what a JSON parser lets through into the command
+    event = CloudEvent(event.attributes, event.data.replace(b"1.0", b"Infinity"))  # a JSON parser lets it through
+    headers, body = to_binary(signed(event, shim.data))
     failed = httpx.post(shim.url + "/", headers=headers, content=body)
     assert failed.status_code == 200 and failed.headers["ce-type"] == catalogue.KnobFailed.event_type
     assert json.loads(failed.content)["code"] == "invalid"

@@ -23,7 +23,7 @@ from mapemesh import events as catalogue
 from mapemesh.eventing.binding import from_http, to_binary
 from mapemesh.state import open_store
 
-from .conftest import s3_locations, wait_for
+from .conftest import s3_locations, signed, wait_for
 
 SPECS = [("loc-ie", "IE", "eu", 0.010), ("loc-de", "DE", "eu", 0.011), ("loc-fr", "FR", "eu", 0.012),
          ("loc-us", "US", "us", 0.013), ("loc-jp", "JP", "ap", 0.020), ("loc-br", "BR", "sa", 0.021)]
@@ -128,10 +128,11 @@ def test_a_get_survives_m_lost_locations_and_says_clearly_when_more_are_lost(gat
             by_name[name].start()  # moto keeps nothing: these locations come back empty
 
 
-def _set_policy(control: str, bucket: str, k: int, m: int, locations: list[str]) -> dict:
+def _set_policy(control: str, bucket: str, k: int, m: int, locations: list[str], data) -> dict:
+    """An operator's StoragePolicy command (signed by the `operator` identity of the gateway's data directory)."""
     apply = catalogue.make_event(catalogue.KnobApply(node="storage-gateway", knob="StoragePolicy", command={
         "command": "set", "bucket": bucket, "k": k, "m": m, "locations": locations}, requested_by="test"), "/test")
-    headers, body = to_binary(apply)
+    headers, body = to_binary(signed(apply, data))
     answer = httpx.post(control + "/", headers=headers, content=body, timeout=30)
     (event,) = from_http(answer.headers, answer.content)
     return {"type": event.type, **json.loads(event.data)}
@@ -143,7 +144,7 @@ def test_a_policy_change_under_load_fails_no_request_and_leaves_no_orphan(gatewa
     bodies = {f"obj-{i:03d}": os.urandom(2000 + 37 * i) for i in range(200)}
     for key, body in bodies.items():
         s3.put_object(Bucket="moving", Key=key, Body=body)
-    refused = _set_policy(gateway["control"], "moving", 4, 2, ["loc-ie", "loc-de"])
+    refused = _set_policy(gateway["control"], "moving", 4, 2, ["loc-ie", "loc-de"], gateway["data"])
     assert refused["type"] == catalogue.KnobFailed.event_type and "different locations" in refused["error"]
     errors: list[str] = []
     written: dict[str, bytes] = {}
@@ -170,7 +171,7 @@ def test_a_policy_change_under_load_fails_no_request_and_leaves_no_orphan(gatewa
     for w in workers:
         w.start()
     applied = _set_policy(gateway["control"], "moving", 4, 2,
-                          ["loc-ie", "loc-de", "loc-fr", "loc-us", "loc-jp", "loc-br"])
+                          ["loc-ie", "loc-de", "loc-fr", "loc-us", "loc-jp", "loc-br"], gateway["data"])
     assert applied["type"] == catalogue.KnobApplied.event_type, applied
     status = wait_for(lambda: d if (d := httpx.get(gateway["control"] + "/status").json()["moving"])["migration"]
                       and d["migration"]["finished"] else None, timeout=120, what="the migration to finish")
@@ -225,8 +226,8 @@ def test_sealed_objects_leave_no_plain_byte_in_any_location(gateway, tmp_path):
                 for o in _raw(loc).list_objects_v2(Bucket="mapemesh-fragments", Prefix="sealed/").get("Contents", [])]
         assert len(held) == 4 and not any(b"recognisable" in fragment for fragment in held)
         # A sealed bucket migrates without its key being needed, and stays readable.
-        assert _set_policy(found["storage-control"], "sealed", 2, 1, ["loc-us", "loc-jp", "loc-br"])["type"] == \
-            catalogue.KnobApplied.event_type
+        assert _set_policy(found["storage-control"], "sealed", 2, 1, ["loc-us", "loc-jp", "loc-br"],
+                           data)["type"] == catalogue.KnobApplied.event_type
         wait_for(lambda: httpx.get(found["storage-control"] + "/status").json()["sealed"]["migration"]["finished"],
                  timeout=60, what="the sealed bucket's migration")
         assert s3.get_object(Bucket="sealed", Key="secret")["Body"].read() == body

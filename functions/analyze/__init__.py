@@ -44,7 +44,7 @@ from mapemesh.state import StateStore
 
 log = logging.getLogger(__name__)
 SOURCE = "/mapemesh/analyze"
-KNOWLEDGE = ("description", "removed", "deployment", "mode", "policy")
+KNOWLEDGE = ("description", "removed", "deployment", "mode", "policy", "trust")
 """`changed` keys that are knowledge rather than telemetry metrics (plus `mechanism:NAME`)."""
 CACHE_S = 0.5
 """How long a process reuses the policy registry it read (a newly registered policy is asked within this
@@ -64,11 +64,13 @@ def bound_assets(store: StateStore, declaration: Declaration, change: catalogue.
     """The assets a policy runs for after `change`.
 
     Application scope: the application that changed; every application when knowledge about a node, a
-    cluster or the continuum changed (a node registered or gone changes where components fit). Global scope:
-    the node that changed (not one that is gone); every registered node when an application, a cluster or
-    the continuum changed.
+    cluster or the continuum changed (a node registered or gone, or its trust credit, changes where components
+    fit). Global scope: the node that changed (not one that is gone, and not for a credit alone: it is not in
+    their inputs); every registered node when an application, a cluster or the continuum changed.
     """
     knowledge = any(key in KNOWLEDGE for key in change.changed)
+    if change.changed == ["trust"] and declaration.scope != "application":
+        return []  # a credit is in application-scope policies' inputs only (`system_description["trust"]`)
     if declaration.scope == "application":
         if change.asset_kind == "application":
             return [change.asset] if store.get("applications", change.asset) is not None else []

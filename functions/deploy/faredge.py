@@ -29,6 +29,7 @@ import httpx
 from mapemesh import endpoints
 from mapemesh import events as catalogue
 from mapemesh.eventing.binding import from_http, to_binary
+from mapemesh.identity import sign_commands
 from mapemesh.state import StateStore
 
 LAYER = "far_edge"
@@ -109,7 +110,9 @@ def _bridge(data: Path) -> str:
 
 async def _ask(http: httpx.AsyncClient, url: str, request: catalogue.FarEdgeDeployRequested
                ) -> catalogue.FarEdgeDeployed:
-    headers, body = to_binary(catalogue.make_event(request, "/mapemesh/deploy", subject=request.device))
+    event = catalogue.make_event(request, "/mapemesh/deploy", subject=request.device)
+    (signed,) = sign_commands([event])  # the bridge applies it only when this identity (deploy) signed it
+    headers, body = to_binary(signed)
     response = await http.post(f"{url}/faredge", headers=headers, content=body)
     if response.status_code != 200:
         raise RuntimeError(f"the bridge answered {response.status_code}: {response.text[:200]}")

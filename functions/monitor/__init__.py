@@ -157,5 +157,20 @@ def mode(data: catalogue.ModeChanged, *, event: CloudEvent, store: StateStore) -
     return _changed("continuum", "continuum", ["mode"], event)
 
 
+@mapemesh.on(catalogue.TrustUpdated)
+def trusted(data: catalogue.TrustUpdated, *, event: CloudEvent, store: StateStore) -> Reply | None:
+    """A credit moved (the trust function keeps it): placement may have to follow (a component with a trust
+    minimum leaves a node that fell under it). Said only when some application asks for a minimum: otherwise no
+    policy's answer can change."""
+    if not any(_asks_trust(doc.value.get("description", doc.value)) for doc in store.list("applications").values()):
+        return None
+    return _changed(data.asset, data.asset_kind, ["trust"], event)
+
+
+def _asks_trust(description: Any) -> bool:
+    app = (description or {}).get("MLSysOpsApp", description) if isinstance(description, dict) else {}
+    return any(isinstance(c, dict) and c.get("min_trust") is not None for c in (app or {}).get("components") or [])
+
+
 monitor = mapemesh.stage(__name__, source=SOURCE, before=sweep_now_and_then)  # plans time out with no new plan
 """Record what each event reports; reply with what changed."""

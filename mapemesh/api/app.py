@@ -423,6 +423,16 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 for k, v in sorted(found.items()) if kind is None or v.value.get("kind") == kind]
         return {"infrastructure": rows}
 
+    @infra.get("/trust/")
+    async def list_trust() -> dict[str, Any]:
+        """mapemesh: each node's and cluster's reputation credit (seed 7.1) and the trust indices it is made of,
+        as the trust function last computed them."""
+        found = await asyncio.to_thread(ctx.store.list, "trust")
+        rows = [{"infra_id": k, "kind": v.value.get("asset_kind"), "credit": v.value.get("credit"),
+                 "indices": v.value.get("values") or {}, "updated": v.value.get("updated")}
+                for k, v in sorted(found.items())]
+        return {"trust": rows}
+
     @infra.delete("/unregister/{infra_id}", status_code=202, response_model=Accepted)
     async def unregister_infra(infra_id: InfraId) -> Accepted:
         """Unregister a node, cluster or continuum."""

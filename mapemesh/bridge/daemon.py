@@ -47,6 +47,7 @@ from mapemesh.bridge.inbound import Inbound, Poster
 from mapemesh.eventing.binding import from_http, to_binary
 from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent
 from mapemesh.files import write_atomically
+from mapemesh.identity.guard import Guard, refusal
 
 log = logging.getLogger(__name__)
 SOURCE = "/mapemesh/bridge"
@@ -100,6 +101,7 @@ class Bridge:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
+        self.guard = Guard.from_environment(self.data)
         self.poster = Poster(self.broker)
         self.client = MqttClient(self.mqtt_url, self.client_id, v5=self.v5, manual_ack=True,
                                  on_message=self._message)
@@ -212,6 +214,9 @@ class Bridge:
         assert isinstance(data, catalogue.KnobApply)
         if data.node != device:
             return web.Response(status=422, text=f"this is device {device}, the command is for {data.node}")
+        refused = await self._refused(event, f"bridge/{device}")
+        if refused is not None:
+            return refused
         reply: catalogue.EventData
         try:
             if data.knob != "FarEdgeRadio":
@@ -225,6 +230,14 @@ class Bridge:
                                          code=exc.code, error=str(exc))
         return _reply(catalogue.make_event(reply, f"{SOURCE}/{device}", subject=device, extensions={"node": device}))
 
+    async def _refused(self, event: CloudEvent, receiver: str) -> web.Response | None:
+        """A command not signed by an identity the command policy allows: audited, answered 403 (nothing done)."""
+        verdict = self.guard.check(event)
+        if verdict.allowed:
+            return None
+        await self.poster.post(catalogue.make_event(refusal(receiver, event, verdict), SOURCE), stopping=self.stopping)
+        return web.Response(status=403, text=f"refused: {verdict.rule}: {verdict.reason}")
+
     async def _faredge(self, request: web.Request) -> web.Response:
         event = await self._event(request)
         try:
@@ -233,6 +246,9 @@ class Bridge:
             return web.Response(status=422, text=f"invalid {event.type}: {exc}")
         if not isinstance(data, catalogue.FarEdgeDeployRequested):
             return web.Response(status=422, text=f"{event.type} is not a far-edge deploy request")
+        refused = await self._refused(event, f"bridge/{data.device}")
+        if refused is not None:
+            return refused
 
         async def report(step: catalogue.EventData) -> None:
             await self.poster.post(catalogue.make_event(step, f"{SOURCE}/{data.device}", subject=data.device),

@@ -15,6 +15,7 @@ from mapemesh.cli.build import build
 from mapemesh.cli.cesql import cesql
 from mapemesh.cli.events import events
 from mapemesh.cli.function import function
+from mapemesh.cli.identity import identity
 from mapemesh.cli.mesh import status, up
 from mapemesh.cli.node_shim import node_shim
 from mapemesh.cli.northbound import apps, infra, manage, ml, watch
@@ -39,6 +40,7 @@ def cli(ctx: click.Context, data: Path | None, log_level: str) -> None:
 
 
 cli.add_command(storage)
+cli.add_command(identity)
 cli.add_command(api)
 cli.add_command(broker)
 cli.add_command(events)

@@ -351,6 +351,21 @@ def infra_list(ctx: click.Context, kind: str | None, data: Path | None, output: 
     _show(output, doc, human)
 
 
+@infra.command("trust")
+@_common
+def infra_trust(ctx: click.Context, data: Path | None, output: str) -> None:
+    """Each node's and cluster's reputation credit, with the trust indices it is the weighted sum of."""
+    doc = _api(ctx, data, output).call("GET", "/infra/trust/")
+
+    def human(d: dict[str, Any]) -> str:
+        rows = [[r["infra_id"], r.get("kind"), f"{r['credit']:.2f}" if r.get("credit") is not None else None,
+                 " ".join(f"{name}={value:.2f}" for name, value in sorted((r.get("indices") or {}).items()))]
+                for r in d.get("trust") or []]
+        return _table(rows, ["ID", "KIND", "CREDIT", "INDICES"]) if rows else "no trust credits yet"
+
+    _show(output, doc, human)
+
+
 @infra.command("unregister")
 @click.argument("infra_id")
 @_common

@@ -27,7 +27,7 @@ def gather(store: StateStore, declaration: Declaration, asset: str, *, context: 
       applications' descriptions (global scope);
     - `system_description`: the asset's infrastructure description (empty when unregistered); for an
       application-scope policy, the continuum as registered: `{"nodes": {id: description},
-      "clusters": {id: description}}`;
+      "clusters": {id: description}, "trust": {id: reputation credit}}` (the trust function's credits);
     - `mechanisms`: {name: {"state": ..., "options": ...}} for the declared mechanisms of the asset;
     - `available_assets`: the registered infrastructure ids.
 
@@ -53,6 +53,7 @@ def gather(store: StateStore, declaration: Declaration, asset: str, *, context: 
             plural: {k: v.value.get("description", v.value) for k, v in registered.items()
                      if v.value.get("kind") == kind}
             for kind, plural in (("node", "nodes"), ("cluster", "clusters"))}
+        system_description["trust"] = {k: v.value.get("credit") for k, v in listed("trust").items()}
     else:
         infra = store.get("infrastructure", asset)
         system_description = infra.value.get("description", infra.value) if infra else {}

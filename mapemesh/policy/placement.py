@@ -3,10 +3,11 @@
 Used by the shipped placement policies. A component's `node_placement` (continuum layer, labels as
 `key:value`, a named node) and its containers' `platform_requirements` (CPU architecture, GPU, memory) are
 checked against each node's `MLSysOpsNode` description (`continuum_layer`, `labels`, `hardware.cpu`,
-`hardware.gpu`, `hardware.memory` in GiB). A far-edge device (layer `far_edge`) takes only a component that
-asks for that layer or names it (as the seed's far-edge nodes are tainted), and labels such as
-`extra.resources.fhp/tinymml:true` pick the AI-ready ones. Every reason a node does not fit is kept, so a policy
-can say why a component has nowhere to go.
+`hardware.gpu`, `hardware.memory` in GiB), and a component's `min_trust` against the node's reputation credit
+(the trust function's, in the policy's `system_description["trust"]`). A far-edge device (layer `far_edge`)
+takes only a component that asks for that layer or names it (as the seed's far-edge nodes are tainted), and
+labels such as `extra.resources.fhp/tinymml:true` pick the AI-ready ones. Every reason a node does not fit is
+kept, so a policy can say why a component has nowhere to go.
 """
 
 from __future__ import annotations
@@ -54,9 +55,27 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def misfits(component: Mapping[str, Any], node_name: str, node: Mapping[str, Any]) -> list[str]:
-    """Why `node` cannot run `component` (empty: it can)."""
+def untrusted(component: Mapping[str, Any], asset: str, trust: Mapping[str, Any] | None) -> str | None:
+    """Why the node or cluster `asset` is not trusted enough for `component` (its `min_trust`, seed 7.1), or None.
+    Zero trust: an asset with no credit recorded is not trusted by a component that asks for any."""
+    minimum = component.get("min_trust")
+    if minimum is None:
+        return None
+    credit = (trust or {}).get(asset)
+    if credit is None:
+        return f"no trust credit recorded for {asset} (the component needs {float(minimum):.2f})"
+    if float(credit) < float(minimum):
+        return f"trust credit {float(credit):.2f} is under the component's minimum {float(minimum):.2f}"
+    return None
+
+
+def misfits(component: Mapping[str, Any], node_name: str, node: Mapping[str, Any],
+            trust: Mapping[str, Any] | None = None) -> list[str]:
+    """Why `node` cannot run `component` (empty: it can); `trust`: the credits, {asset: credit}."""
     why = []
+    distrust = untrusted(component, node_name, trust)
+    if distrust:
+        why.append(distrust)
     placement = component.get("node_placement") or {}
     if placement.get("node") and placement["node"] != node_name:
         why.append(f"the component is pinned to node {placement['node']}")
@@ -92,11 +111,12 @@ def misfits(component: Mapping[str, Any], node_name: str, node: Mapping[str, Any
     return why
 
 
-def candidates(component: Mapping[str, Any], nodes: Mapping[str, Any]) -> tuple[list[str], dict[str, list[str]]]:
-    """(the nodes that fit, best first; why each other node does not)."""
+def candidates(component: Mapping[str, Any], nodes: Mapping[str, Any], trust: Mapping[str, Any] | None = None
+               ) -> tuple[list[str], dict[str, list[str]]]:
+    """(the nodes that fit, best first; why each other node does not); `trust`: the credits, {asset: credit}."""
     fits, reasons = [], {}
     for name in sorted(nodes):
-        why = misfits(component, name, node_of(nodes[name]))
+        why = misfits(component, name, node_of(nodes[name]), trust)
         if why:
             reasons[name] = why
         else:

@@ -21,6 +21,8 @@
 |                                  | a CloudEvent, a list of them, or None; events are made from the stage's        |
 |                                  | `source`; the first is the reply, the others are posted to K_SINK, one per     |
 |                                  | request (Knative's contract), before the reply goes                           |
+| checks commands                  | a command type (`mapemesh.identity.guard`) must be signed by an identity the  |
+|                                  | command policy allows: else an `auth.refused` event and a `PermanentError`    |
 | maps errors                      | `PermanentError` 422; `TemporaryError(delay)` 503 with Retry-After; anything  |
 |                                  | else 500 (`mapemesh.serving.errors`)                                           |
 
@@ -42,6 +44,8 @@ from pydantic import ValidationError
 from mapemesh import events as catalogue
 from mapemesh import tracing
 from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.identity.guard import Guard, enabled, identity_dir, refusal
+from mapemesh.identity.guard import policy as guard_policy
 from mapemesh.serving.errors import PermanentError
 from mapemesh.serving.function import Startable, Startup
 
@@ -95,6 +99,15 @@ class Stage(Startable):
         self.before = before
         """Run with the store before every event (the monitor's sweep of timed-out plans, say)."""
         self._wants = {t: _wants(fn) for t, fn in self.handlers.items()}
+        self._guard: tuple[tuple[bool, str], Guard] | None = None
+
+    def guard(self) -> Guard:
+        """The check of the commands this stage takes: the trust anchor of the process's environment (kept per
+        identity directory: tests change the environment between calls)."""
+        key = (enabled(), str(identity_dir()))
+        if self._guard is None or self._guard[0] != key:
+            self._guard = (key, Guard.from_environment())
+        return self._guard[1]
 
     @property
     def types(self) -> frozenset[str]:
@@ -124,6 +137,13 @@ class Stage(Startable):
             data = catalogue.parse_data(event)
         except (ValidationError, ValueError) as exc:
             raise PermanentError(f"{event.type} {event.id}: invalid data: {exc}") from None
+        if event.type in guard_policy():  # a command: checked here, where it is applied
+            verdict = self.guard().check(event)
+            if not verdict.allowed:
+                from mapemesh.serving.sink import publish
+
+                await publish([catalogue.make_event(refusal(self.name, event, verdict), self.source)])
+                raise PermanentError(f"{event.type} {event.id} refused: {verdict.rule}: {verdict.reason}")
         wants = self._wants[event.type]
         store = self.store() if "store" in wants or self.before is not None else None
         if self.before is not None:

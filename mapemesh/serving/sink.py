@@ -14,6 +14,9 @@ broker), else the broker named by `MAPEMESH_BROKER_URL`.
 | 429, 503, 5xx, no answer    | tried again (ATTEMPTS in all, honouring Retry-After up to RETRY_AFTER_MAX) |
 | anything else, or no luck   | SinkError: the function fails and the broker delivers its event again      |
 
+A command (`mapemesh.identity.guard`: knob.apply, deploy.requested, ...) is signed on its way out by the process's
+identity (MAPEMESH_IDENTITY), so the component that applies it can check who sent it.
+
 So delivery is at least once: after a partial failure the events that were accepted are posted again with the
 triggering event's redelivery, and the stages that receive them are idempotent.
 """
@@ -30,6 +33,7 @@ import httpx
 from mapemesh import tracing
 from mapemesh.eventing.binding import to_binary
 from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.identity.guard import sign_commands
 
 ATTEMPTS = 3
 BACKOFF_S = 0.05
@@ -68,6 +72,7 @@ async def publish(events: Sequence[CloudEvent], timeout_s: float = 10.0, url: st
     SinkError unless every one was accepted."""
     if not events:
         return
+    events = sign_commands(list(events))  # a command goes signed by this process's identity, if it has one
     url = url or sink_url()
     client = _client(timeout_s)
     if len(events) == 1:
@@ -113,4 +118,4 @@ async def reply_and_publish(events: Sequence[CloudEvent]) -> CloudEvent | None:
     """The first event as the function's reply; the others published to the sink first."""
     if len(events) > 1:
         await publish(events[1:])
-    return events[0] if events else None
+    return sign_commands([events[0]])[0] if events else None

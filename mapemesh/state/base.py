@@ -14,7 +14,7 @@ Sample = tuple[str, float, float]
 """(metric, value, unix time)."""
 
 KINDS = ("applications", "infrastructure", "plans", "policies", "policy_contexts", "cycles", "mechanisms", "settings",
-         "ml_models", "deployments", "buckets", "objects", "uploads", "departed")
+         "ml_models", "deployments", "buckets", "objects", "uploads", "departed", "trust")
 """The kinds of documents the loop keeps; others are refused so that typos do not create silent stores."""
 
 

@@ -3,7 +3,8 @@
 | face                            | what                                                                             |
 |---------------------------------|----------------------------------------------------------------------------------|
 | S3 endpoint (`--port`)          | `mapemesh.storage.s3api` over the erasure-coded store (`gateway.ECStore`)        |
-| control (`--control-port`)      | `POST /` a `knob.apply` of its `StoragePolicy` knob (the gateway's Trigger,       |
+| control (`--control-port`)      | `POST /` a signed `knob.apply` (`mapemesh.identity`) of its `StoragePolicy` knob  |
+|                                 | (the gateway's Trigger,                                                           |
 |                                 | `node-shim-NAME`, brings them): the bucket's policy set, its migration started in |
 |                                 | the background, answered `knob.applied` (every bucket's policy before and after) |
 |                                 | or `knob.failed`; `GET /status` the buckets, their policies and migrations        |
@@ -39,6 +40,7 @@ from mapemesh.eventing.binding import from_http, to_binary
 from mapemesh.eventing.cloudevent import MalformedEvent
 from mapemesh.eventing.poster import Poster
 from mapemesh.files import write_atomically
+from mapemesh.identity.guard import Guard, refusal
 from mapemesh.names import dns_name
 from mapemesh.state import StateStore, update
 from mapemesh.storage import migrate
@@ -73,6 +75,7 @@ class Gateway:
     migrations: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
 
     async def start(self) -> None:
+        self.guard = Guard.from_environment(self.data)
         self.stores = Stores(self.layout)
         down = await self.stores.prepare()
         if down:
@@ -224,6 +227,10 @@ class Gateway:
             return web.Response(status=400, text=str(exc))
         if not isinstance(data, catalogue.KnobApply):
             return web.Response(status=202)
+        verdict = self.guard.check(event)
+        if not verdict.allowed:  # nothing changes; audited; 403: the broker does not retry it
+            await self._post(refusal(self.name, event, verdict))
+            return web.Response(status=403, text=f"refused: {verdict.rule}: {verdict.reason}")
         reply: catalogue.EventData
         try:
             if data.knob != KNOB:

@@ -2,11 +2,12 @@
 
 Each component goes to the clusters the application fixes (`cluster_placement.cluster_id`), else to the
 registered clusters holding a node that can run it (node placement criteria), the cluster with most such
-nodes first; only the first is used unless the component asks for more (`cluster_placement.replicas`, a
+nodes first (a node, or a cluster with a credit of its own, under the component's `min_trust` does not count);
+only the first is used unless the component asks for more (`cluster_placement.replicas`, a
 number of clusters). Components that fit nowhere are reported in the context (`unplaceable`).
 """
 
-from mapemesh.policy.placement import app_of, candidates, clusters_of, components, name_of
+from mapemesh.policy.placement import app_of, candidates, clusters_of, components, name_of, untrusted
 
 
 def initialize():
@@ -25,14 +26,18 @@ def _decide(application_description, system_description):
     app = app_of(application_description)
     fixed = (app.get("cluster_placement") or {}).get("cluster_id") or []
     nodes = (system_description or {}).get("nodes") or {}
+    trust = (system_description or {}).get("trust") or {}
     placement, unplaceable = {}, {}
     for component in components(app):
         name = name_of(component)
         if fixed:
             placement[name] = list(fixed)
             continue
-        fits, reasons = candidates(component, nodes)
+        fits, reasons = candidates(component, nodes, trust)
         ranked = clusters_of(nodes, fits)
+        for cluster in [c for c in ranked if c in trust and untrusted(component, c, trust)]:
+            ranked.remove(cluster)  # a cluster with a credit of its own (deploy results) under the minimum
+            reasons[f"cluster {cluster}"] = [untrusted(component, cluster, trust)]
         counts = {c: sum(1 for n in fits if (nodes[n].get("MLSysOpsNode", nodes[n])).get("cluster_id") == c)
                   for c in ranked}
         ranked.sort(key=lambda c: (-counts[c], c))

@@ -2,7 +2,9 @@
 
 For each component of the application, the registered nodes that satisfy its `node_placement` (continuum
 layer, labels, a named node) and its containers' platform requirements (CPU architecture, GPU, memory) are
-candidates; the one with the most CPU cores wins. A component no node can run is reported in the context
+candidates, and the nodes whose reputation credit is under its `min_trust` are not; the one with the most CPU
+cores wins. A node whose credit falls under the minimum of a component placed there makes a new plan: the
+component moves (seed 6.1's relocation). A component no node can run is reported in the context
 (`unplaceable`, with every node's reasons) and left out of the plan. Replans when the description or the
 registered nodes change the answer.
 """
@@ -24,9 +26,10 @@ def initialize():
 
 def _decide(application_description, system_description):
     nodes = (system_description or {}).get("nodes") or {}
+    trust = (system_description or {}).get("trust") or {}
     chosen, unplaceable = {}, {}
     for component in components(app_of(application_description)):
-        fits, reasons = candidates(component, nodes)
+        fits, reasons = candidates(component, nodes, trust)
         if fits:
             chosen[name_of(component)] = fits[0]
         else:

@@ -1,0 +1,122 @@
+"""The trust function (seed 7.1): a reputation credit per node and cluster from what the mesh already carries.
+
+| event in                     | index (asset)                    | observation                                  |
+|------------------------------|----------------------------------|----------------------------------------------|
+| `infra.registered`           | (the node or cluster)            | its record starts at the priors              |
+| `infra.unregistered`         | (the node or cluster)            | its record is dropped                        |
+| `knob.applied`               | knob_success (node)              | good                                         |
+| `knob.failed`                | knob_success (node)              | bad for hardware, permission, timeout; a bad |
+|                              |                                  | command (invalid, unsupported) is not the    |
+|                              |                                  | node's fault and counts for nothing           |
+| `telemetry.reported`         | telemetry_freshness (node)       | good within 2x the interval, less when later |
+| `deploy.status`              | deploy_success (each cluster)    | good when Applied, bad when Failed           |
+
+The indices, their weights and the update rule come from `trust.yaml` beside this file, or the file
+MAPEMESH_TRUST_CONFIG names; `mapemesh.trust` is the model (windows of evidence, decay, the weighted credit).
+The record lives in the store (kind `trust`, key the asset), so the function scales to zero. When the credit
+moved by `report_delta` or more since the last report, the reply is `io.mapemesh.trust.updated.v1`; the monitor
+turns it into a `state.changed` (`trust`), and placement policies see the credits in their inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import mapemesh
+from mapemesh import Reply, trust
+from mapemesh import events as catalogue
+from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.state import StateStore, update
+
+NODE_FAULTS = frozenset({"hardware", "permission", "timeout"})
+"""knob.failed codes that say something about the node (the others are about the command)."""
+S3_REQUEST = "s3:"
+"""A storage gateway's `knob.applied` for a bucket made through S3 (no command was applied)."""
+
+
+@lru_cache(maxsize=1)
+def config() -> trust.TrustConfig:
+    return trust.TrustConfig.load(Path(os.environ.get("MAPEMESH_TRUST_CONFIG") or Path(__file__).parent / "trust.yaml"))
+
+
+def _observe(store: StateStore, asset: str, kind: str, index: str | None, good: float, cause: CloudEvent,
+             extra: dict[str, Any] | None = None) -> Reply | None:
+    """One observation into the asset's record (None: only `extra`); a trust.updated reply when it moved enough."""
+    cfg, now = config(), time.time()
+    report: list[catalogue.TrustUpdated] = []
+
+    def change(doc: dict[str, Any] | None) -> dict[str, Any]:
+        report.clear()
+        doc = {**(doc or {"asset_kind": kind}), **(extra or {})}
+        if index is not None:
+            doc = trust.observe(cfg, doc, index, good, now)
+        value = round(trust.credit(cfg, doc, now), 4)
+        doc["credit"], doc["updated"] = value, now
+        doc["values"] = {name: round(v, 4) for name, v in trust.values(cfg, doc, now).items()}
+        previous = doc.get("reported")
+        if previous is None or abs(value - previous) >= cfg.report_delta:
+            report.append(catalogue.TrustUpdated(asset=asset, asset_kind=kind, credit=value,  # type: ignore[arg-type]
+                                                 previous=previous, indices=doc["values"], cause=cause.id))
+            doc["reported"] = value
+        return doc
+
+    update(store, "trust", asset, change)
+    return Reply(report[0], subject=asset) if report else None
+
+
+@mapemesh.on(catalogue.InfraRegistered)
+def registered(data: catalogue.InfraRegistered, *, event: CloudEvent, store: StateStore) -> Reply | None:
+    if data.kind not in ("node", "cluster") or store.get("trust", data.infra_id) is not None:
+        return None
+    return _observe(store, data.infra_id, data.kind, None, 0.0, event)
+
+
+@mapemesh.on(catalogue.InfraUnregistered)
+def unregistered(data: catalogue.InfraUnregistered, *, store: StateStore) -> None:
+    store.delete("trust", data.infra_id)
+
+
+@mapemesh.on(catalogue.KnobApplied)
+def applied(data: catalogue.KnobApplied, *, event: CloudEvent, store: StateStore) -> Reply | None:
+    if data.request.startswith(S3_REQUEST):
+        return None
+    return _observe(store, data.node, "node", "knob_success", 1.0, event)
+
+
+@mapemesh.on(catalogue.KnobFailed)
+def failed(data: catalogue.KnobFailed, *, event: CloudEvent, store: StateStore) -> Reply | None:
+    if data.code not in NODE_FAULTS:
+        return None
+    return _observe(store, data.node, "node", "knob_success", 0.0, event)
+
+
+@mapemesh.on(catalogue.TelemetryReported)
+def telemetry(data: catalogue.TelemetryReported, *, event: CloudEvent, store: StateStore) -> Reply | None:
+    if data.asset_kind != "node":
+        return None
+    now = time.time()
+    found = store.get("trust", data.asset)
+    last = (found.value.get("last_telemetry") if found is not None else None)
+    if last is None:  # the first report: nothing to judge yet
+        return _observe(store, data.asset, "node", None, 0.0, event, {"last_telemetry": now})
+    allowed = 2 * config().telemetry_interval_s
+    gap = max(now - float(last), 1e-3)
+    return _observe(store, data.asset, "node", "telemetry_freshness", min(1.0, allowed / gap), event,
+                    {"last_telemetry": now})
+
+
+@mapemesh.on(catalogue.DeployStatus)
+def deployed(data: catalogue.DeployStatus, *, event: CloudEvent, store: StateStore) -> list[Reply] | None:
+    if data.status not in ("Applied", "Failed"):
+        return None
+    good = 1.0 if data.status == "Applied" else 0.0
+    replies = [_observe(store, cluster, "cluster", "deploy_success", good, event) for cluster in data.clusters]
+    return [r for r in replies if r is not None] or None
+
+
+trust_stage = mapemesh.stage(__name__, source="/mapemesh/trust")
+"""Each event's observation into the asset's trust record; a trust.updated when the credit moved."""
