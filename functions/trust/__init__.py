@@ -8,8 +8,12 @@
 | `knob.failed`                | knob_success (node)              | bad for hardware, permission, timeout; a bad |
 |                              |                                  | command (invalid, unsupported) is not the    |
 |                              |                                  | node's fault and counts for nothing           |
-| `telemetry.reported`         | telemetry_freshness (node)       | good within 2x the interval, less when later |
+| (any of the above, a node)   | telemetry_freshness (node)       | its newest telemetry in the store: good      |
+|                              |                                  | within 2x the interval, less when older      |
 | `deploy.status`              | deploy_success (each cluster)    | good when Applied, bad when Failed           |
+
+The function does not take every telemetry report (it would double the monitor's work under a telemetry
+stream): freshness is judged from the node's telemetry window each time something else is observed.
 
 The indices, their weights and the update rule come from `trust.yaml` beside this file, or the file
 MAPEMESH_TRUST_CONFIG names; `mapemesh.trust` is the model (windows of evidence, decay, the weighted credit).
@@ -48,12 +52,15 @@ def _observe(store: StateStore, asset: str, kind: str, index: str | None, good: 
     """One observation into the asset's record (None: only `extra`); a trust.updated reply when it moved enough."""
     cfg, now = config(), time.time()
     report: list[catalogue.TrustUpdated] = []
+    fresh = _freshness(store, asset, now, cfg) if kind == "node" else None
 
     def change(doc: dict[str, Any] | None) -> dict[str, Any]:
         report.clear()
         doc = {**(doc or {"asset_kind": kind}), **(extra or {})}
         if index is not None:
             doc = trust.observe(cfg, doc, index, good, now)
+        if fresh is not None and "telemetry_freshness" in cfg.indices:
+            doc = trust.observe(cfg, doc, "telemetry_freshness", fresh, now)
         value = round(trust.credit(cfg, doc, now), 4)
         doc["credit"], doc["updated"] = value, now
         doc["values"] = {name: round(v, 4) for name, v in trust.values(cfg, doc, now).items()}
@@ -66,6 +73,16 @@ def _observe(store: StateStore, asset: str, kind: str, index: str | None, good: 
 
     update(store, "trust", asset, change)
     return Reply(report[0], subject=asset) if report else None
+
+
+def _freshness(store: StateStore, asset: str, now: float, cfg: trust.TrustConfig) -> float | None:
+    """How fresh the node's newest telemetry is: 1 within twice the interval, less the older it is; None when it
+    never reported (nothing to judge)."""
+    newest = max((samples[-1][0] for samples in store.telemetry(asset).values() if samples), default=None)
+    if newest is None:
+        return None
+    allowed = 2 * cfg.telemetry_interval_s
+    return min(1.0, allowed / max(now - float(newest), 1e-3))
 
 
 @mapemesh.on(catalogue.InfraRegistered)
@@ -92,21 +109,6 @@ def failed(data: catalogue.KnobFailed, *, event: CloudEvent, store: StateStore) 
     if data.code not in NODE_FAULTS:
         return None
     return _observe(store, data.node, "node", "knob_success", 0.0, event)
-
-
-@mapemesh.on(catalogue.TelemetryReported)
-def telemetry(data: catalogue.TelemetryReported, *, event: CloudEvent, store: StateStore) -> Reply | None:
-    if data.asset_kind != "node":
-        return None
-    now = time.time()
-    found = store.get("trust", data.asset)
-    last = (found.value.get("last_telemetry") if found is not None else None)
-    if last is None:  # the first report: nothing to judge yet
-        return _observe(store, data.asset, "node", None, 0.0, event, {"last_telemetry": now})
-    allowed = 2 * config().telemetry_interval_s
-    gap = max(now - float(last), 1e-3)
-    return _observe(store, data.asset, "node", "telemetry_freshness", min(1.0, allowed / gap), event,
-                    {"last_telemetry": now})
 
 
 @mapemesh.on(catalogue.DeployStatus)
