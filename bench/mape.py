@@ -95,9 +95,14 @@ def project(root: Path, receiver: str) -> Path:
     return out
 
 
+AUTH: dict[str, str] = {}
+"""Headers every request of the bench's own sender carries (a bearer token where the broker asks for one)."""
+
+
 def post(http: httpx.Client, broker: str, data: catalogue.EventData, ids: list[str] | None = None) -> float:
     event = catalogue.make_event(data, "/bench")
     headers, body = to_binary(event)
+    headers.update(AUTH)
     response = http.post(broker + "/default/default", headers=headers, content=body)
     assert response.status_code == 202, response.text
     if ids is not None:
@@ -221,7 +226,8 @@ def breakdown(log: Path, traced: list[tuple[str, str, float]]) -> dict[str, list
 
 
 def post_raw(http: httpx.Client, broker: str, event_id: str) -> float:
-    headers = {"ce-specversion": "1.0", "ce-id": event_id, "ce-source": "/bench", "ce-type": "io.mapemesh.bench.hop"}
+    headers = {"ce-specversion": "1.0", "ce-id": event_id, "ce-source": "/bench", "ce-type": "io.mapemesh.bench.hop",
+               **AUTH}
     assert http.post(broker + "/default/default", headers=headers, content=b"{}").status_code == 202
     return time.time()
 

@@ -33,6 +33,7 @@ from mapemesh import endpoints, tokens
 from mapemesh import events as catalogue
 from mapemesh.eventing.binding import to_binary
 from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.identity.tokens import auth_headers
 
 SOURCE = "/mapemesh/telemetry-sdk"
 TIMEOUT_S = 5.0
@@ -88,6 +89,7 @@ def push(name: str, value: float, *, labels: dict[str, str] | None = None, asset
     event = sample(name, value, labels=labels, asset=asset, asset_kind=asset_kind, unit=unit)
     headers, body = to_binary(event)
     url = broker_url()
+    headers.update(auth_headers(url))  # this process's identity (MAPEMESH_IDENTITY), if it has one
     try:
         response = httpx.post(url, headers=headers, content=body, timeout=TIMEOUT_S)
     except httpx.HTTPError as exc:

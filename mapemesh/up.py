@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,8 @@ async def start_mesh(settings: Settings, env_hook: EnvHook | None = None) -> Run
     if settings.identities:
         env_hook = _identities(settings, env_hook)
         identity_env["MAPEMESH_IDENTITY_DIR"] = str((settings.data / "identity").resolve())
+        # this process's components (API, node shim, bridge, storage gateway) find their identities there too
+        os.environ.setdefault("MAPEMESH_IDENTITY_DIR", identity_env["MAPEMESH_IDENTITY_DIR"])
     broker = await start_broker(settings)
     host: LocalHost | None = None
     runner: web.AppRunner | None = None

@@ -30,6 +30,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from mapemesh import events as catalogue
 from mapemesh.eventing.binding import to_binary
 from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.identity.tokens import auth_headers
+from mapemesh.names import dns_name
 from mapemesh.node_shim.knobs.base import KnobError, Sysfs
 from mapemesh.node_shim.knobs.interval import TelemetryInterval
 
@@ -256,6 +258,7 @@ class Reporter:
         """'ok', 'refused' (a 4xx: it will not get better) or 'away' (try again later)."""
         assert self.broker is not None
         headers, body = to_binary(event)
+        headers.update(auth_headers(self.broker, dns_name("node-shim", self.node)))  # its identity's token
         try:
             async with http.post(self.broker, data=body, headers=headers,
                                  timeout=aiohttp.ClientTimeout(total=5)) as response:

@@ -177,7 +177,7 @@ async def _publish(ctx: ApiContext, data: catalogue.EventData, subject: str) -> 
 
     event = catalogue.make_event(data, SOURCE, subject=subject)
     try:
-        await sink.publish([event], url=ctx.broker)
+        await sink.publish([event], url=ctx.broker, identity="api")
     except sink.SinkError as exc:
         raise HTTPException(503, f"the broker did not take the event: {exc}") from None
     return event.id

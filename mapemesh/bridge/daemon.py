@@ -102,7 +102,7 @@ class Bridge:
 
     async def start(self) -> None:
         self.guard = Guard.from_environment(self.data)
-        self.poster = Poster(self.broker)
+        self.poster = Poster(self.broker, identity="bridge", data=self.data)
         self.client = MqttClient(self.mqtt_url, self.client_id, v5=self.v5, manual_ack=True,
                                  on_message=self._message)
         self.inbound = Inbound(self.client, self.poster, self.subscribe, self.stopping)

@@ -15,6 +15,7 @@ from mapemesh import endpoints
 from mapemesh.cli._common import data_dir
 from mapemesh.eventing.binding import to_binary, to_structured
 from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent, is_json_media_type, validate
+from mapemesh.identity.tokens import auth_headers
 
 DEFAULT_BROKER_PATH = "/default/default"
 
@@ -73,9 +74,11 @@ def broker_url(ctx: click.Context, given: str | None) -> str:
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the broker.")
 @click.option("--output", "-o", type=click.Choice(["human", "json"]), default="human", show_default=True)
 @click.pass_context
+@click.option("--as", "sender", default="operator", show_default=True, metavar="IDENTITY",
+              help="The mesh identity whose token goes with the event (DATA_DIR/identity; none there: no token).")
 def send(ctx: click.Context, broker: str | None, type_: str, source: str, id_: str | None,
          subject: str | None, data: str | None, data_file: Path | None, content_type: str,
-         exts: tuple[str, ...], structured: bool, timeout: float, output: str) -> None:
+         exts: tuple[str, ...], structured: bool, timeout: float, output: str, sender: str) -> None:
     """Post one CloudEvent and print the broker's answer.
 
     Exit status: 0 accepted, 1 rejected by the broker, 2 bad usage, 3 broker unreachable.
@@ -111,6 +114,7 @@ def send(ctx: click.Context, broker: str | None, type_: str, source: str, id_: s
     event = CloudEvent(attributes, payload)
     url = broker_url(ctx, broker)
     headers, body = to_structured(event) if structured else to_binary(event)
+    headers.update(auth_headers(url, sender, data_dir(ctx)))  # a broker with authentication-oidc asks for it
     try:
         response = httpx.post(url, headers=headers, content=body, timeout=timeout)
     except httpx.HTTPError as exc:

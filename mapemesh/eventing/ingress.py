@@ -17,6 +17,8 @@ knative/eventing `pkg/broker/ingress/ingress_handler.go`: anything else is a 400
 | body above the size limit                 | 413                                                     |
 | `knativebrokerttl` not an integer or <= 0 | 400                                                     |
 | the log cannot store the event            | 503 (nothing stored; retry)                             |
+| `authentication-oidc` on: no valid token  | 401; a sender the EventPolicies do not admit: 403       |
+|                                           | (`mapemesh.eventing.authz`, Knative's `VerifyRequest`)  |
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from mapemesh import tracing
+from mapemesh.eventing.authz import Authorizer
 from mapemesh.eventing.binding import BATCH, content_mode, from_http
 from mapemesh.eventing.brokers import BrokerRegistry
 from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent
@@ -126,6 +129,8 @@ class Ingress:
         """Batch requests answered 400 because the extension is off (a mapemesh component must never send one)."""
         self.router: Router | None = None
         """Chooses each event's subscriptions before it is stored, and delivers once it is (the dispatcher)."""
+        self.authorizer: Authorizer | None = None
+        """Knative's OIDC authentication and EventPolicy authorization, when the manifests turn them on."""
 
     def server(self, extra_routes: Mapping[str, Handler] | None = None) -> web.Server:
         """A low-level aiohttp server for the ingress, `GET /healthz` and `extra_routes` (GET paths).
@@ -152,6 +157,8 @@ class Ingress:
         return web.json_response({"status": "ok", "brokers": sorted(self.brokers.brokers),
                                   "manifest_errors": self.brokers.errors,
                                   "accept_batch": self.accept_batch, "batches_refused": self.batches_refused,
+                                  "authentication_oidc": bool(self.authorizer and self.authorizer.on),
+                                  "unauthorized": self.authorizer.refused if self.authorizer else 0,
                                   "log": {"appended": self.log.appended, "commits": self.log.commits,
                                           "fsyncs": self.log.syncs}})
 
@@ -171,6 +178,12 @@ class Ingress:
         broker = self.brokers.get(parts[0], parts[1]) if len(parts) == 2 else None
         if broker is None:
             return _error(404, f"no broker at {request.path} (the ingress path is /NAMESPACE/BROKER)")
+        subject = None
+        if self.authorizer is not None and self.authorizer.on:  # before the body, as Knative's VerifyRequest
+            found = self.authorizer.authenticate(broker.key, request.headers)
+            if isinstance(found, tuple):
+                return self._unauthorized(broker.key, *found)
+            subject = found
         length = request.content_length
         if length is not None and length > self.max_event_bytes:
             return _error(413, f"body of {length} bytes exceeds the limit of {self.max_event_bytes} bytes")
@@ -201,6 +214,10 @@ class Ingress:
         except MalformedEvent as exc:
             self._refused(broker.key, 400)
             return _malformed(exc)
+        if subject is not None and self.authorizer is not None:
+            denied = self.authorizer.authorize(broker.key, subject, events)
+            if denied is not None:
+                return self._unauthorized(broker.key, *denied)
         if events:
             routes = self.router.routes(broker.key, events) if self.router is not None else ()
             try:
@@ -225,6 +242,13 @@ class Ingress:
                             start_ns=started):
                         pass
         return web.Response(status=202)
+
+    def _unauthorized(self, broker: str, status: int, reason: str) -> web.Response:
+        assert self.authorizer is not None
+        self.authorizer.refused += 1
+        log.warning("refused a request to %s: %s", broker, reason)
+        self._refused(broker, status)
+        return _error(status, reason)
 
     def _refused(self, broker: str, status: int) -> None:
         if self.metrics is not None:

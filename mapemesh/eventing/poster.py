@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import aiohttp
 
 from mapemesh.eventing.binding import to_binary
 from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.identity.tokens import auth_headers
 
 log = logging.getLogger(__name__)
 RETRY_MAX_S = 5.0
@@ -28,8 +30,12 @@ class Poster:
     """Posts events to the broker's ingress, one per request in binary mode, until each is taken (aiohttp: it
     costs a fraction of httpx's CPU per request, and the bridge's rate is what it can post)."""
 
-    def __init__(self, broker: str, timeout_s: float = 10.0):
+    def __init__(self, broker: str, timeout_s: float = 10.0, identity: str | None = None,
+                 data: Path | None = None):
         self.broker = broker
+        self.identity, self.data = identity, data
+        """The mesh identity whose token goes with each request (the broker asks for one with
+        `authentication-oidc` on; from `data`'s identity folder); None: MAPEMESH_IDENTITY's, if any."""
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
         self.accepted = self.retried = 0
@@ -45,6 +51,7 @@ class Poster:
         """The broker's final status for `event`: 2xx, or a 4xx that is the event's fault (retries otherwise,
         without end unless `stopping` is set: then the last status, or 0)."""
         headers, body = to_binary(event)
+        headers.update(auth_headers(self.broker, self.identity, self.data))
         delay, status = 0.1, 0
         while True:
             try:

@@ -12,6 +12,7 @@ from aiohttp import web
 from mapemesh import endpoints
 from mapemesh import metrics as prometheus
 from mapemesh.aio import until_stopped
+from mapemesh.eventing.authz import Authorizer
 from mapemesh.eventing.brokers import BrokerRegistry
 from mapemesh.eventing.delivery import Dispatcher
 from mapemesh.eventing.ingress import Ingress
@@ -63,6 +64,16 @@ async def start_broker(settings: Settings) -> RunningBroker:
     dispatcher = Dispatcher(event_log, ingress, registry, resolver, metrics)
 
     ingress.metrics = metrics
+    from mapemesh.identity.guard import identity_dir
+
+    authorizer = Authorizer(identity_dir(settings.data))
+    authorizer.refresh(registry.found)
+    registry.on_change(lambda reg: authorizer.refresh(reg.found))
+    ingress.authorizer = authorizer
+    if authorizer.on:
+        log.info("authentication-oidc on: the ingress takes a request with a token of this mesh's identities only "
+                 "(%d EventPolicies, default-authorization-mode %s)", len(authorizer.policies),
+                 authorizer.features.authorization_mode)
 
     async def stats(request: web.BaseRequest) -> web.Response:
         return web.json_response(dispatcher.stats())

@@ -34,6 +34,7 @@ from mapemesh import tracing
 from mapemesh.eventing.binding import to_binary
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.identity.guard import sign_commands
+from mapemesh.identity.tokens import auth_headers
 
 ATTEMPTS = 3
 BACKOFF_S = 0.05
@@ -67,26 +68,30 @@ def _client(timeout_s: float) -> httpx.AsyncClient:
     return client
 
 
-async def publish(events: Sequence[CloudEvent], timeout_s: float = 10.0, url: str | None = None) -> None:
-    """Post each of `events` to the sink (or to the broker ingress `url`) in a request of its own, all at once;
-    SinkError unless every one was accepted."""
+async def publish(events: Sequence[CloudEvent], timeout_s: float = 10.0, url: str | None = None,
+                  identity: str | None = None) -> None:
+    """Post each of `events` to the sink (or to the broker ingress `url`) in a request of its own, all at once,
+    with the token of `identity` (default: this process's, MAPEMESH_IDENTITY); SinkError unless every one was
+    accepted."""
     if not events:
         return
     events = sign_commands(list(events))  # a command goes signed by this process's identity, if it has one
     url = url or sink_url()
     client = _client(timeout_s)
+    auth = auth_headers(url, identity)
     if len(events) == 1:
-        await _post(client, url, events[0])
+        await _post(client, url, events[0], auth)
         return
-    results = await asyncio.gather(*(_post(client, url, e) for e in events), return_exceptions=True)
+    results = await asyncio.gather(*(_post(client, url, e, auth) for e in events), return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
         raise SinkError(f"{len(failed)} of {len(events)} event(s) not accepted: {failed[0]}")
 
 
-async def _post(client: httpx.AsyncClient, url: str, event: CloudEvent) -> None:
+async def _post(client: httpx.AsyncClient, url: str, event: CloudEvent, auth: dict[str, str]) -> None:
     tracing.stamp(event.attributes)  # an event a function posts itself is in its trace too
     headers, body = to_binary(event)
+    headers.update(auth)
     problem = ""
     for attempt in range(1, ATTEMPTS + 1):
         wait = BACKOFF_S * 2 ** (attempt - 1)

@@ -84,7 +84,7 @@ class Gateway:
         self.ec = ECStore(self.store, self.layout, self.stores, self.data, on_access=self._accessed,
                           on_buckets=self._buckets_changed, sealer=sealer)
         self._known = self.policies()
-        self.poster = Poster(self.broker) if self.broker else None
+        self.poster = Poster(self.broker, identity=self.name, data=self.data) if self.broker else None
         self._queue: asyncio.Queue[catalogue.EventData] = asyncio.Queue(ACCESS_QUEUE)
         self.dropped = 0
         app = s3_app(self.ec)
