@@ -37,7 +37,8 @@ from mapemesh import metrics as prometheus
 from mapemesh import tokens, tracing
 from mapemesh.eventing.binding import from_http, to_binary
 from mapemesh.eventing.cloudevent import MalformedEvent
-from mapemesh.identity.guard import Guard, refusal
+from mapemesh.identity.guard import Guard, refusal, sign_as
+from mapemesh.names import dns_name
 from mapemesh.node_shim.knobs.base import KnobError
 from mapemesh.node_shim.shim import NodeShim
 from mapemesh.node_shim.telemetry import Reporter
@@ -205,5 +206,6 @@ class ShimServer:
             out = catalogue.make_event(reply, f"/mapemesh/node-shim/{self.shim.node}", subject=data.node,
                                        extensions={"node": data.node})
             tracing.stamp(out.attributes)  # the knob's result is the apply's child
-        headers, body = to_binary(out)
+        # signed by this node's shim: the trust function counts only results their node's agent reported
+        headers, body = to_binary(sign_as(out, dns_name("node-shim", self.shim.node), self.guard.root))
         return web.Response(status=200, headers=headers, body=body)

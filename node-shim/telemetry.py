@@ -30,6 +30,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from mapemesh import events as catalogue
 from mapemesh.eventing.binding import to_binary
 from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.identity.guard import sign_as
 from mapemesh.identity.tokens import auth_headers
 from mapemesh.names import dns_name
 from mapemesh.node_shim.knobs.base import KnobError, Sysfs
@@ -238,7 +239,10 @@ class Reporter:
         return out
 
     def _event(self, data: catalogue.EventData) -> CloudEvent:
-        return catalogue.make_event(data, f"/mapemesh/node-shim/{self.node}", subject=self.node)
+        event = catalogue.make_event(data, f"/mapemesh/node-shim/{self.node}", subject=self.node)
+        if isinstance(data, catalogue.KnobApplied | catalogue.KnobFailed):  # a knob result: signed by its reporter
+            return sign_as(event, dns_name("node-shim", self.node))
+        return event
 
     def reregister(self) -> None:
         """Register the node again at the next round (its knobs' options changed)."""

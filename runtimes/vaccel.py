@@ -167,14 +167,15 @@ class Resource:
         """Forget the session, and the real resource made for it (unregistered from the real session)."""
         if not self.is_registered(session):  # libvaccel: unregistering what is not registered is EINVAL
             raise VaccelError("the resource is not registered with this session", errno.EINVAL, session.backend)
-        self._sessions.discard(id(session))
-        session._resources.pop(id(self), None)
-        real = session._real_resources.pop(id(self), None)
-        if real is not None:
+        real = session._real_resources.get(id(self))
+        if real is not None:  # the real session first: if it refuses, both sides keep the registration
             try:
                 real.unregister(session._real)
             except Exception as exc:
                 raise _from_real(exc, "unregister") from exc
+            del session._real_resources[id(self)]
+        self._sessions.discard(id(session))
+        session._resources.pop(id(self), None)
 
     def is_registered(self, session: Session) -> bool:
         return id(session) in self._sessions
@@ -489,7 +490,7 @@ def _exec_local(library: Path, symbol: str, arg_read: list[Any] | None,
         reads = [vaccel_args.as_arg(a) for a in _args(arg_read)]
         writes = [vaccel_args.as_arg(a) for a in _args(arg_write)]
         buffers = [vaccel_args.encode(a) for a in (*reads, *writes)]
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise VaccelError(f"exec: {exc}", errno.EINVAL) from exc
     try:
         lib = ctypes.CDLL(str(library))

@@ -10,10 +10,10 @@ vaccel-python v0.3.0 does (`vaccel/arg.py`, `vaccel/_c_types/wrappers/*.py`):
 | `int` (and `bool`)                    | RAW (0)     | a C `int`, 4 bytes                         | int               |
 | `float`                               | RAW (0)     | a C `float`, 4 bytes (rounded to float32)  | float             |
 | `str`, `Path`                         | RAW (0)     | UTF-8 and a NUL                            | str, to the NUL   |
-| non-empty list/tuple of one such type | RAW (0)     | a C array of them (`[1, 2]`: 8 bytes)      | list              |
-| `Arg(value, ArgType.X)`               | X           | X's C type (`INT64`: `int64_t`, `FLOAT64`: | X's Python value  |
-|                                       |             | `double`, `_ARRAY`: an array of it,        |                   |
-|                                       |             | `STRING`: UTF-8 and a NUL)                 |                   |
+| non-empty list/tuple of ints, floats | RAW (0)     | a C array of them (`[1, 2]`: 8 bytes)      | list              |
+| `Arg(value, ArgType.X)`, X numeric    | X           | X's C type (`INT64`: `int64_t`, `FLOAT64`: | X's Python value  |
+| (INTn, UINTn, FLOAT32/64, arrays)     |             | `double`, `_ARRAY`: an array of it)        |                   |
+| `Arg(value, ArgType.X)`, X any other  | X           | as the untyped value above                 | as above          |
 
 Anything else (a dict, None, an empty list, a list of mixed types) is refused as vaccel-python refuses it ("No
 CType wrapper registered for ...", "CList cannot be empty", "All elements must be of the same type"), as a
@@ -65,8 +65,14 @@ class ArgType(IntEnum):
 
 
 SCALARS = {"INT8": "b", "INT16": "h", "INT32": "i", "INT64": "q", "UINT8": "B", "UINT16": "H", "UINT32": "I",
-           "UINT64": "Q", "FLOAT32": "f", "FLOAT64": "d", "BOOL": "?", "CHAR": "b", "UCHAR": "B"}
-"""Each numeric ArgType's C type as a `struct` code (native sizes: int8_t .. uint64_t, float, double, bool, char)."""
+           "UINT64": "Q", "FLOAT32": "f", "FLOAT64": "d"}
+"""The numeric ArgTypes (vaccel-python's `ArgTypeMapper._NUMERIC_TYPES`, their arrays too) and their C types as
+`struct` codes (native sizes: int8_t .. uint64_t, float, double). Only these change how a value is encoded; any
+other type (RAW, BUFFER, BOOL, CHAR, UCHAR, STRING, ...) tags the value, which is encoded as an untyped one is."""
+
+
+def _numeric(kind: ArgType) -> str | None:
+    return SCALARS.get(kind.name.removesuffix("_ARRAY"))
 
 
 class Arg:
@@ -118,51 +124,51 @@ def _list_code(items: Any) -> str:
 def encode(arg: Arg) -> bytes:
     """The bytes the C function gets for `arg` (ValueError: vaccel-python would refuse it too)."""
     data, kind = arg.data, arg.type
-    if not arg.typed:
-        if isinstance(data, list | tuple):
-            return struct.pack(f"={len(data)}{_list_code(data)}", *data)
-        code = _code(data)
-        if code == "s":
-            return bytes(data)
-        if code == "z":
-            return str(data).encode() + b"\0"
-        return struct.pack(f"={code}", data)
-    if kind in (ArgType.RAW, ArgType.BUFFER):
-        return bytes(data)
-    if kind is ArgType.STRING:
-        return str(data).encode() + b"\0"
-    name = kind.name.removesuffix("_ARRAY")
+    code = _numeric(kind) if arg.typed else None
+    if code is None:
+        return _encode_untyped(data)
     try:
         if kind.name.endswith("_ARRAY"):
-            return struct.pack(f"={len(data)}{SCALARS[name]}", *data)
-        return struct.pack(f"={SCALARS[name]}", data)
+            return struct.pack(f"={len(data)}{code}", *data)
+        return struct.pack(f"={code}", data)
     except (struct.error, TypeError) as exc:
         raise ValueError(f"{data!r:.40} is not a {kind.name} value: {exc}") from None
+
+
+def _encode_untyped(data: Any) -> bytes:
+    if isinstance(data, list | tuple):
+        return struct.pack(f"={len(data)}{_list_code(data)}", *data)
+    code = _code(data)
+    if code == "s":
+        return bytes(data)
+    if code == "z":
+        return str(data).encode() + b"\0"
+    return struct.pack(f"={code}", data)
 
 
 def decode(arg: Arg, raw: bytes) -> Any:
     """The Python value vaccel-python gives back for write argument `arg` whose buffer now holds `raw`."""
     data, kind = arg.data, arg.type
-    if not arg.typed:
-        if isinstance(data, list | tuple):
-            return list(struct.unpack(f"={len(data)}{_list_code(data)}", raw))
-        code = _code(data)
-        if code == "s":
-            if isinstance(data, bytearray):
-                data[:] = raw
-                return data
-            return bytes(raw)
-        if code == "z":
-            return raw.split(b"\0", 1)[0].decode(errors="replace")
-        return struct.unpack(f"={code}", raw)[0]
-    if kind in (ArgType.RAW, ArgType.BUFFER):
-        return bytes(raw)
-    if kind is ArgType.STRING:
-        return raw.split(b"\0", 1)[0].decode(errors="replace")
-    name = kind.name.removesuffix("_ARRAY")
+    code = _numeric(kind) if arg.typed else None
+    if code is None:
+        return _decode_untyped(data, raw)
     if kind.name.endswith("_ARRAY"):
-        return list(struct.unpack(f"={len(raw) // struct.calcsize(SCALARS[name])}{SCALARS[name]}", raw))
-    return struct.unpack(f"={SCALARS[name]}", raw)[0]
+        return list(struct.unpack(f"={len(raw) // struct.calcsize(code)}{code}", raw))
+    return struct.unpack(f"={code}", raw)[0]
+
+
+def _decode_untyped(data: Any, raw: bytes) -> Any:
+    if isinstance(data, list | tuple):
+        return list(struct.unpack(f"={len(data)}{_list_code(data)}", raw))
+    code = _code(data)
+    if code == "s":
+        if isinstance(data, bytearray):
+            data[:] = raw
+            return data
+        return bytes(raw)
+    if code == "z":
+        return raw.split(b"\0", 1)[0].decode(errors="replace")
+    return struct.unpack(f"={code}", raw)[0]
 
 
 def to_real(arg: Any, vaccel: Any) -> Any:

@@ -75,7 +75,7 @@ class Peer:
             return len(self.messages)
 
     def wait(self, topic: str, predicate: Callable[[mqtt.MQTTMessage], object] = bool, after: int = 0,
-             timeout: float = 5.0) -> mqtt.MQTTMessage:
+             timeout: float = 15.0) -> mqtt.MQTTMessage:
         """The first message on `topic` (after message number `after`) that satisfies `predicate`."""
         def found() -> mqtt.MQTTMessage | None:
             with self._lock:
@@ -83,7 +83,7 @@ class Peer:
         return wait_for(found, timeout, what=f"a message on {topic}")  # type: ignore[return-value]
 
     def wait_doc(self, topic: str, predicate: Callable[[dict[str, Any]], object] = bool, after: int = 0,
-                 timeout: float = 5.0) -> dict[str, Any]:
+                 timeout: float = 15.0) -> dict[str, Any]:
         """`wait` for a JSON message; its document."""
         return json.loads(self.wait(topic, lambda m: predicate(json.loads(m.payload)), after, timeout).payload)
 

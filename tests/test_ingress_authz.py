@@ -70,6 +70,13 @@ def test_a_token_verifies_only_as_issued(tmp_path):
         verify(mint(stranger, BROKER, now=1_000_001), BROKER, trust, now=1_000_100)
     with pytest.raises(TokenError, match="no certificate was issued"):
         verify(mint(Authority(tmp_path / "elsewhere").issue("intruder"), BROKER), BROKER, trust)
+    # re-issued with a new key (a certificate near its end is): the verifier reads the certificate again
+    verify(mint(operator, BROKER), BROKER, trust)  # its key now cached
+    for old in (tmp_path / "identity" / "certs" / "operator.pem", tmp_path / "identity" / "keys" / "operator.key"):
+        old.unlink()
+    renewed = authority.issue("operator")
+    assert renewed.cert.serial_number != operator.cert.serial_number
+    assert verify(mint(renewed, BROKER), BROKER, trust)["sub"] == SA + "operator"
 
 
 def _none_alg(subject: str) -> str:
@@ -148,10 +155,18 @@ def test_a_policy_that_cannot_be_ready_is_left_out():
                                        "name": "p", "namespace": "default"}}]}}
     star = {**POLICIES[0], "metadata": {"name": "star", "namespace": "default"},
             "spec": {"from": [{"sub": "system:*:default"}]}}
-    ready, errors = policies_from(_found(refs, star, POLICIES[0]))
+    specs = ({"from": [{"ref": "x"}]}, {"to": [{"selector": {"matchLabels": [1]}}]}, {"to": "all"}, "not a mapping",
+             {"filters": [{"exact": {"a": "1", "b": "2"}}]})
+    broken = [{**POLICIES[0], "metadata": {"name": f"broken-{i}", "namespace": "default"}, "spec": spec}
+              for i, spec in enumerate(specs)]
+    ready, errors = policies_from(_found(refs, star, *broken, POLICIES[0]))
     assert [p.name for p in ready] == ["commands"]
     assert any("refs" in e and "cannot be resolved" in e for e in errors)
     assert any("star" in e and "only allowed at the end" in e for e in errors)
+    assert all(any(f"broken-{i}" in e for e in errors) for i in range(len(broken)))
+    authz = Authorizer(Path("unused"))  # a malformed policy never takes the ingress down
+    authz.refresh(_found(_broker(), *broken, POLICIES[0], _features(**{"authentication-oidc": "enabled"})))
+    assert authz.authorize("default/default", SA + "operator", [_event()]) is None
 
 
 def _post(url: str, event: CloudEvent, token: str | None = None) -> httpx.Response:

@@ -13,7 +13,8 @@ manifests carry; and admits a short window only through `MAPEMESH_LOCAL_MIN_WIND
 
 Each rule: the broken Service is not ready with Knative's message as the reason, and the same Service fixed (its
 manifest, or the cluster's ConfigMap where that is the fix) is ready. The live test does the same through
-`mapemesh up` and `mapemesh status`, with a good Service serving throughout.
+`mapemesh up` and `mapemesh status`, with a good Service serving throughout; an update of a running Service that is
+refused leaves its last admitted revision serving, as a cluster's webhook does.
 """
 
 from __future__ import annotations
@@ -139,6 +140,8 @@ def test_a_short_window_runs_only_through_the_local_setting(tmp_path):
     assert refused == {} and ok["default/fn"].window_s == 0.1
     assert load(folder, [service(notes=notes(window="50ms"))], relaxed)[1] == {
         "default/fn": f"expected 100ms <= 50ms <= 1h0m0s: {AT}window"}
+    assert load(folder, [service(notes=notes(window="6500ms"))], relaxed)[1] == {  # from 6s on, Knative's rule
+        "default/fn": f"must be specified with at most second precision: {AT}window"}
     assert Settings.load({}).local_min_window_s == WINDOW_MIN_S
     for bad in ("7s", "0s", "PT1S", "fast"):
         with pytest.raises(ValueError, match="local_min_window"):
@@ -165,29 +168,39 @@ def test_the_suites_own_manifests_need_the_local_setting(tmp_path):
 def test_mapemesh_up_reports_each_refusal_and_serves_the_rest(tmp_path):
     from .test_serving import start_mesh
 
-    broken = {rule: RULES[rule][0][0] for rule in RULES}
-    docs = [service("good", notes=notes(window="6s"))]
-    for rule, doc in broken.items():
-        doc = copy.deepcopy(doc)
-        doc["metadata"]["name"] = rule
-        docs.append(doc)
+    good = service("good", notes=notes(window="6s"))
     root = tmp_path / "project"
     # MAPEMESH_LOCAL_MIN_WINDOW empty: unset, Knative's 6s
-    mesh = start_mesh(root, *docs, env={"MAPEMESH_LOCAL_MIN_WINDOW": ""})
-    try:  # start_mesh adds the bundle's ConfigMaps: without two of them, two rules bite
+    mesh = start_mesh(root, good, env={"MAPEMESH_LOCAL_MIN_WINDOW": ""})
+    status: Callable[[], dict] = lambda: httpx.get(mesh.serving + "/status").json()["functions"]  # noqa: E731
+    try:
+        assert mesh.post("good").status_code == 200
+        # start_mesh adds the bundle's ConfigMaps: without two of them, two more rules bite
         for name in ("config-autoscaler.yaml", "knative-serving-features.yaml"):
             (root / "knative" / name).unlink()
-        status: Callable[[], dict] = lambda: httpx.get(mesh.serving + "/status").json()["functions"]  # noqa: E731
-        wait_for(lambda: not status()["default/zero-initial-scale"]["ready"], what="the ConfigMaps' removal read")
+        docs = [good]
+        for rule in RULES:
+            doc = copy.deepcopy(RULES[rule][0][0])
+            doc["metadata"]["name"] = rule
+            docs.append(doc)
+        (root / "knative" / "app.yaml").write_text(yaml.safe_dump_all(docs))
+        wait_for(lambda: set(RULES) <= {k.split("/")[1] for k in status()}, what="the new Services read")
         rows = status()
-        assert rows["default/good"]["ready"]
         for rule in RULES:
             assert not rows[f"default/{rule}"]["ready"] and rows[f"default/{rule}"]["reason"] == RULES[rule][1]
         out = subprocess.run([sys.executable, "-m", "mapemesh", "status", "--data", str(mesh.data)],
                              capture_output=True, text=True, timeout=60, cwd=root)
         assert f"NOT READY: {RULES['timeout'][1]}" in out.stdout, out.stdout + out.stderr
-        assert mesh.post("good").status_code == 200  # the rest of the mesh runs on
-        fixed = [docs[0]]
+        assert rows["default/good"]["ready"] and mesh.post("good").status_code == 200  # the rest runs on
+        # A running Service's refused update: as on a cluster, the last admitted revision serves on, saying why.
+        (pid,) = wait_for(lambda: mesh.pids("good"), what="good's process")
+        docs[0] = service("good", notes=notes(window="5s"))
+        (root / "knative" / "app.yaml").write_text(yaml.safe_dump_all(docs))
+        wait_for(lambda: "refused" in (status()["default/good"]["reason"] or ""), what="the update refused")
+        row = status()["default/good"]
+        assert row["ready"] and row["window_s"] == 6.0 and f"expected 6s <= 5s <= 1h0m0s: {AT}window" in row["reason"]
+        assert mesh.post("good").headers["ce-pid"] == str(pid)
+        fixed = [good]
         for rule in RULES:
             for doc in RULES[rule][2]:
                 doc = copy.deepcopy(doc)
@@ -195,7 +208,8 @@ def test_mapemesh_up_reports_each_refusal_and_serves_the_rest(tmp_path):
                     doc["metadata"]["name"] = rule
                 fixed.append(doc)
         (root / "knative" / "app.yaml").write_text(yaml.safe_dump_all(fixed))
-        wait_for(lambda: all(row["ready"] for row in status().values()), what="every fixed Service ready")
+        wait_for(lambda: all(row["ready"] and not row["reason"] for row in status().values()),
+                 what="every fixed Service ready")
         assert mesh.post("timeout").status_code == 200
     finally:
         mesh.proc.terminate()

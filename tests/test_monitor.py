@@ -80,6 +80,10 @@ def test_registrations_apply_in_the_order_they_were_sent_not_delivered(store):
     assert unregister("2026-12-07T10:00:05Z") is None  # the old unregistration, redelivered
     assert store.get("infrastructure", "dev") is not None
     assert unregister("2026-12-07T10:00:10Z") is not None and store.get("infrastructure", "dev") is None
+    # a newer registration is not overwritten by an older one delivered after it (lower-case RFC 3339 too)
+    assert register("2026-12-07t10:00:20z") is not None
+    assert register("2026-12-07T10:00:15Z") is None
+    assert unregister("2026-12-07T10:00:17Z") is None and store.get("infrastructure", "dev") is not None
 
 
 def test_knob_results_update_mechanisms_and_plans(store):

@@ -17,7 +17,7 @@ from mapemesh.functions import trust as trust_function
 from mapemesh.policy import load_policy
 from mapemesh.state import from_environment
 
-from .conftest import REPO
+from .conftest import REPO, signed
 
 CONFIG = trust.TrustConfig.load(REPO / "functions" / "trust" / "trust.yaml")
 NAMES = sorted(CONFIG.indices)
@@ -100,30 +100,42 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("MAPEMESH_DATA", str(tmp_path))
     monkeypatch.setenv("MAPEMESH_STATE", "sqlite:")
     from_environment.cache_clear()
+    trust_function._guard.cache_clear()  # the trust anchor of this test's data directory
     yield from_environment()
     from_environment().close()
     from_environment.cache_clear()
+    trust_function._guard.cache_clear()
 
 
-def _call(data: catalogue.EventData) -> list[catalogue.EventData]:
-    reply = asyncio.run(trust_function.trust_stage(catalogue.make_event(data, source="/test")))
+def _call(data: catalogue.EventData, signer: str | None = None) -> list[catalogue.EventData]:
+    event = catalogue.make_event(data, source="/test")
+    if signer is not None:
+        event = signed(event, name=signer)
+    reply = asyncio.run(trust_function.trust_stage(event))
     return [] if reply is None else [catalogue.parse_data(reply)]
 
 
 def test_the_trust_function_follows_knob_results_and_says_when_the_credit_moves(store):
     [first] = _call(catalogue.InfraRegistered(infra_id="n1", kind="node", description={}))
     assert isinstance(first, catalogue.TrustUpdated) and first.credit == pytest.approx(0.5) and first.previous is None
+    # Results only from what applied the knob: unsigned, or signed by another identity, they count for nothing.
+    for forger in (None, "operator", "node-shim-n2"):
+        assert _call(catalogue.KnobFailed(node="n1", knob="CPUFrequency", request="f", code="hardware",
+                                          error="forged"), signer=forger) == []
+    assert store.get("trust", "n1").value["credit"] == pytest.approx(0.5)
     updates = []
     for i in range(6):
         updates += _call(catalogue.KnobFailed(node="n1", knob="CPUFrequency", request=f"r{i}", code="hardware",
-                                              error="the write failed"))
+                                              error="the write failed"), signer="node-shim-n1")
     assert updates and all(u.credit < u.previous for u in updates)
     doc = store.get("trust", "n1").value
     assert doc["values"]["knob_success"] < 0.5 and 0 <= doc["credit"] < 0.5
     # A bad command is not the node's fault; a bucket made through S3 is no knob apply.
     before = store.get("trust", "n1").value["indices"]
-    assert _call(catalogue.KnobFailed(node="n1", knob="CPUFrequency", request="r", code="invalid", error="x")) == []
-    assert _call(catalogue.KnobApplied(node="n1", knob="StoragePolicy", request="s3:abc", before={}, after={})) == []
+    assert _call(catalogue.KnobFailed(node="n1", knob="CPUFrequency", request="r", code="invalid", error="x"),
+                 signer="node-shim-n1") == []
+    assert _call(catalogue.KnobApplied(node="n1", knob="StoragePolicy", request="s3:abc", before={}, after={}),
+                 signer="n1") == []
     assert store.get("trust", "n1").value["indices"] == before
     _call(catalogue.InfraUnregistered(infra_id="n1"))
     assert store.get("trust", "n1") is None

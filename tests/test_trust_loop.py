@@ -16,7 +16,7 @@ import yaml
 from mapemesh import events as catalogue
 from mapemesh.eventing.binding import to_binary
 
-from .conftest import REPO, copy_knative, wait_for
+from .conftest import REPO, copy_knative, signed, wait_for
 from .test_serving import start_mesh
 
 
@@ -34,8 +34,9 @@ def test_a_failing_node_loses_credit_and_its_component_moves(tmp_path):
     mesh = start_mesh(project, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "unused"}},
                       env={"MAPEMESH_TRUST_CONFIG": str(tmp_path / "trust.yaml")}, api=True)
 
-    def post(data: catalogue.EventData) -> None:
-        headers, body = to_binary(catalogue.make_event(data, "/test"))
+    def post(data: catalogue.EventData, signer: str | None = None) -> None:
+        event = catalogue.make_event(data, "/test")
+        headers, body = to_binary(signed(event, mesh.data, signer) if signer else event)
         assert httpx.post(mesh.broker + "/default/default", headers=headers, content=body).status_code == 202
 
     def cli(*args: str) -> dict:
@@ -63,10 +64,16 @@ def test_a_failing_node_loses_credit_and_its_component_moves(tmp_path):
         post(catalogue.AppSubmitted(app_id="shop", description=app))
         assert wait_for(lambda: node_of_component() == "big" or None, timeout=60, what="web placed on big")
 
-        # big's knob applies keep failing (the hardware refuses): its credit falls under web's 0.45.
+        # big's knob applies keep failing (the hardware refuses), as big's node shim reports them (signed): its
+        # credit falls under web's 0.45. The same failures from anyone else count for nothing.
+        for i in range(4):
+            post(catalogue.KnobFailed(node="big", knob="CPUFrequency", request=f"forged-{i}", code="hardware",
+                                      error="forged"), signer="operator")
+        time.sleep(1.0)
+        assert trust_rows()["big"]["credit"] == 0.5
         for i in range(4):
             post(catalogue.KnobFailed(node="big", knob="CPUFrequency", request=f"apply-{i}", code="hardware",
-                                      error="writing scaling_setspeed failed: EIO"))
+                                      error="writing scaling_setspeed failed: EIO"), signer="node-shim-big")
             time.sleep(0.3)
         rows = wait_for(lambda: r if (r := trust_rows())["big"]["credit"] < 0.45 else None, timeout=30,
                         what="big's credit to fall")

@@ -148,7 +148,8 @@ A, T = vaccel.Arg, vaccel.ArgType
 session = vaccel.Session(vaccel.PluginType.CPU)
 lib = {lib!r}
 described = session.exec(lib, "describe", [b"raw", 1, 1.5, "text", A(7, T.INT64), A(2.5, T.FLOAT64),
-                                            A("hi", T.STRING), A([1, 2, 3], T.INT32_ARRAY)], [[0] * 16])
+                                            A("hi", T.STRING), A([1, 2, 3], T.INT32_ARRAY), A(True, T.BOOL),
+                                            A(5, T.RAW), A(b"buf", T.BUFFER), A([1, 2], T.UINT8_ARRAY)], [[0] * 24])
 total, reversed_ = session.exec(lib, "compute", [2, 0.25, A(2**40, T.INT64), A(0.125, T.FLOAT64), "abc"],
                                 [A(0.0, T.FLOAT64), bytes(4)])
 doubled = session.exec(lib, "mytestfunc", [A(-5, T.INT32)], [A(0, T.INT32)])
@@ -162,9 +163,11 @@ def test_one_c_library_gives_the_same_results_on_both_paths(built):
     local = answer(run(CALLS.format(lib=str(built["lib"])), {}, local=True))
     assert (real["backend"], local["backend"]) == ("vaccel", "mapemesh-local")
     [described] = real["described"]
-    pairs = [tuple(described[i:i + 2]) for i in range(0, 16, 2)]
-    # vaccel-python's own encoding for untyped values: RAW, 3 bytes, a 4-byte C int, a 4-byte C float, "text\0"
-    assert pairs == [(0, 3), (0, 4), (0, 4), (0, 5), (7, 8), (19, 8), (27, 3), (6, 12)]
+    pairs = [tuple(described[i:i + 2]) for i in range(0, 24, 2)]
+    # vaccel-python's own encoding for untyped values: RAW, 3 bytes, a 4-byte C int, a 4-byte C float, "text\0";
+    # numeric types in their C type; other types tag the value, encoded as untyped (BOOL True: a 4-byte int)
+    assert pairs == [(0, 3), (0, 4), (0, 4), (0, 5), (7, 8), (19, 8), (27, 3), (6, 12), (21, 4), (0, 4), (28, 3),
+                     (10, 2)]
     assert real["total"] == 2 + 0.25 + 2**40 + 0.125 and real["reversed"].startswith("cba")
     assert real["doubled"] == [-10]
     del real["backend"], local["backend"]
@@ -284,6 +287,8 @@ def _signature(obj: object) -> str:
     sig = inspect.signature(obj)  # type: ignore[arg-type]
     parts = []
     for p in sig.parameters.values():
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and "*" not in parts:
+            parts.append("*")
         default = p.default
         enum_member = hasattr(default, "name") and hasattr(default, "value")
         text = p.name if default is inspect.Parameter.empty else (

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
 from typing import Any
 
 import mapemesh
 from mapemesh import Reply
 from mapemesh import events as catalogue
-from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.eventing.cloudevent import CloudEvent, timestamp
 from mapemesh.loop.plan_store import record_result, sweep_now_and_then
 from mapemesh.state import StateStore, update
 
@@ -83,23 +82,26 @@ def removed(data: catalogue.AppRemoved, *, event: CloudEvent, store: StateStore)
 
 
 def _sent_at(event: CloudEvent) -> float:
-    """When the event's source sent it (its `time`; now when it has none)."""
-    raw = event.get("time")
-    try:
-        return datetime.fromisoformat(str(raw).replace("Z", "+00:00")).timestamp() if raw else time.time()
-    except ValueError:
-        return time.time()
+    """When the event's source sent it (its `time`; the ingress admits only RFC 3339 ones), now without one."""
+    found = timestamp(event.get("time"))
+    return found.timestamp() if found is not None else time.time()
 
 
 @mapemesh.on(catalogue.InfraRegistered)
 def registered(data: catalogue.InfraRegistered, *, event: CloudEvent, store: StateStore) -> Reply | None:
     """A node, cluster or continuum recorded (a node's mechanisms too). A registration sent before the latest
-    unregistration of the same id is stale (a broker redelivers and reorders: at least once, in no set order) and
-    changes nothing."""
+    unregistration of the same id, or before the registration recorded, is stale (a broker redelivers and reorders:
+    at least once, in no set order) and changes nothing. The times are the senders' (`time`): a sender whose clock
+    runs far ahead of another's wins against it; and a registration and an unregistration handled at the same
+    instant by two monitor processes are not ordered (the two checks and writes are not one transaction)."""
     sent = _sent_at(event)
     departed = store.get("departed", data.infra_id)
     if departed is not None and float(departed.value.get("at", 0)) >= sent:
         log.info("%s: a registration sent before its unregistration, ignored (event %s)", data.infra_id, event.id)
+        return None
+    current = store.get("infrastructure", data.infra_id)
+    if current is not None and float(current.value.get("registered_at", 0)) > sent:
+        log.info("%s: a registration older than the one recorded, ignored (event %s)", data.infra_id, event.id)
         return None
     store.put("infrastructure", data.infra_id, {"kind": data.kind, "description": data.description,
                                                 "registered_at": sent})

@@ -8,6 +8,8 @@
 | `knob.failed`                | knob_success (node)              | bad for hardware, permission, timeout; a bad |
 |                              |                                  | command (invalid, unsupported) is not the    |
 |                              |                                  | node's fault and counts for nothing           |
+| (a knob result not signed by its node's shim, the node itself or the bridge: counts for nothing, with identities |
+| on; anyone who can post or reply could forge one)                                                                 |
 | (any of the above, a node)   | telemetry_freshness (node)       | its newest telemetry in the store: good      |
 |                              |                                  | within 2x the interval, less when older      |
 | `deploy.status`              | deploy_success (each cluster)    | good when Applied, bad when Failed           |
@@ -24,6 +26,7 @@ turns it into a `state.changed` (`trust`), and placement policies see the credit
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from functools import lru_cache
@@ -34,8 +37,10 @@ import mapemesh
 from mapemesh import Reply, trust
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.identity.guard import Guard, reported_by_the_node
 from mapemesh.state import StateStore, update
 
+log = logging.getLogger(__name__)
 NODE_FAULTS = frozenset({"hardware", "permission", "timeout"})
 """knob.failed codes that say something about the node (the others are about the command)."""
 S3_REQUEST = "s3:"
@@ -97,16 +102,31 @@ def unregistered(data: catalogue.InfraUnregistered, *, store: StateStore) -> Non
     store.delete("trust", data.infra_id)
 
 
+@lru_cache(maxsize=1)
+def _guard() -> Guard:
+    return Guard.from_environment()
+
+
+def _reported(event: CloudEvent, node: str) -> bool:
+    """Whether a knob result for `node` comes from what applied the knob (signed by its node shim, the node itself
+    or the bridge; `guard.reported_by_the_node`): any other sender could forge one to move a credit."""
+    if reported_by_the_node(event, node, _guard().anchor()):
+        return True
+    log.warning("a knob result for %s not signed by its reporter (from %s), left out of its credit", node,
+                event.source)
+    return False
+
+
 @mapemesh.on(catalogue.KnobApplied)
 def applied(data: catalogue.KnobApplied, *, event: CloudEvent, store: StateStore) -> Reply | None:
-    if data.request.startswith(S3_REQUEST):
+    if data.request.startswith(S3_REQUEST) or not _reported(event, data.node):
         return None
     return _observe(store, data.node, "node", "knob_success", 1.0, event)
 
 
 @mapemesh.on(catalogue.KnobFailed)
 def failed(data: catalogue.KnobFailed, *, event: CloudEvent, store: StateStore) -> Reply | None:
-    if data.code not in NODE_FAULTS:
+    if data.code not in NODE_FAULTS or not _reported(event, data.node):
         return None
     return _observe(store, data.node, "node", "knob_success", 0.0, event)
 

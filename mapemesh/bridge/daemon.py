@@ -47,7 +47,7 @@ from mapemesh.bridge.inbound import Inbound, Poster
 from mapemesh.eventing.binding import from_http, to_binary
 from mapemesh.eventing.cloudevent import CloudEvent, MalformedEvent
 from mapemesh.files import write_atomically
-from mapemesh.identity.guard import Guard, refusal
+from mapemesh.identity.guard import Guard, refusal, sign_as
 
 log = logging.getLogger(__name__)
 SOURCE = "/mapemesh/bridge"
@@ -228,7 +228,8 @@ class Bridge:
         except lwm2m.KnobError as exc:
             reply = catalogue.KnobFailed(node=device, knob=data.knob, request=event.id, plan_id=data.plan_id,
                                          code=exc.code, error=str(exc))
-        return _reply(catalogue.make_event(reply, f"{SOURCE}/{device}", subject=device, extensions={"node": device}))
+        out = catalogue.make_event(reply, f"{SOURCE}/{device}", subject=device, extensions={"node": device})
+        return _reply(sign_as(out, "bridge", self.guard.root))  # the result's reporter, verifiable
 
     async def _refused(self, event: CloudEvent, receiver: str) -> web.Response | None:
         """A command not signed by an identity the command policy allows: audited, answered 403 (nothing done)."""

@@ -134,6 +134,7 @@ class Device:
         self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
         self._connack = threading.Event()
+        self._subscribed = threading.Event()
         self._refusal: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------------------
@@ -146,11 +147,13 @@ class Device:
                              protocol=mqtt.MQTTv5)
         client.on_socket_open = tcp_no_delay
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.will_set("unregister", self.name.encode(), qos=1)
         client.reconnect_delay_set(1, 10)
         self._connack.clear()
+        self._subscribed.clear()
         self._stopping.clear()
         self._refusal = None
         self._started_at = time.monotonic()
@@ -160,7 +163,9 @@ class Device:
             raise ConnectionError(f"device {self.name}: cannot reach the MQTT broker at {self.mqtt_url}: {exc}") \
                 from None
         client.loop_start()
-        if not self._connack.wait(timeout_s) or self._refusal is not None:
+        # started: connected and subscribed (the broker has taken the subscription, so a request sent from
+        # any connection from now on reaches this device)
+        if not self._connack.wait(timeout_s) or self._refusal is not None or not self._subscribed.wait(timeout_s):
             client.disconnect()
             client.loop_stop()
             raise ConnectionError(f"device {self.name}: the MQTT broker at {self.mqtt_url} "
@@ -375,6 +380,9 @@ class Device:
             client.subscribe(f"{self.name}/#", options=SubscribeOptions(qos=1, noLocal=True))
             self._publish(client, "announce", self.announcement())
         self._connack.set()
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int, _reasons: Any, _props: Any) -> None:
+        self._subscribed.set()
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if not self._stopping.is_set():

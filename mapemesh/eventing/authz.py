@@ -97,34 +97,61 @@ def subject_contained(subject: str, allowed: Iterable[str]) -> bool:
 
 
 def policies_from(found: manifests.ManifestSet) -> tuple[list[EventPolicy], list[str]]:
-    """The ready EventPolicies among the manifests, and why the others are not."""
+    """The ready EventPolicies among the manifests, and why the others are not (a malformed one is not ready; it
+    never takes the ingress down)."""
     out: list[EventPolicy] = []
     errors: list[str] = []
     for m in found.of(POLICY_API, "EventPolicy"):
-        spec = m.body.get("spec") or {}
-        where = f"{m.origin}: EventPolicy {m.key}"
-        subjects: list[str] = []
-        problem = None
-        for i, entry in enumerate(spec.get("from") or []):
-            if not isinstance(entry, dict) or ("ref" in entry) == ("sub" in entry):
-                problem = f"spec.from[{i}]: expected exactly one of ref, sub"
-            elif "ref" in entry:
-                problem = (f"spec.from[{i}].ref: {entry['ref'].get('kind')} {entry['ref'].get('name')}'s OIDC "
-                           "service account cannot be resolved without Kubernetes (use sub); the policy is not ready")
-            elif "*" in str(entry["sub"])[:-1]:
-                problem = f"spec.from[{i}].sub: '*' is only allowed at the end"
-            else:
-                subjects.append(str(entry["sub"]))
         try:
-            flt = compile_trigger_filter(None, spec.get("filters"))
-        except InvalidFilter as exc:
-            problem = f"spec.filters: {exc}"
-        if problem is not None:
-            errors.append(f"{where}: {problem}")
-            continue
-        to = tuple(t for t in spec.get("to") or [] if isinstance(t, dict))
-        out.append(EventPolicy(m.namespace, m.name, to, tuple(subjects), flt))
+            out.append(_policy(m))
+        except _NotReady as exc:
+            errors.append(f"{m.origin}: EventPolicy {m.key}: {exc}")
     return out, errors
+
+
+class _NotReady(ValueError):
+    pass
+
+
+def _policy(m: manifests.Manifest) -> EventPolicy:
+    spec = m.body.get("spec") or {}
+    if not isinstance(spec, dict):
+        raise _NotReady("spec must be a mapping")
+    subjects: list[str] = []
+    for i, entry in enumerate(_list(spec.get("from"), "spec.from")):
+        if not isinstance(entry, dict) or ("ref" in entry) == ("sub" in entry):
+            raise _NotReady(f"spec.from[{i}]: expected exactly one of ref, sub")
+        if "ref" in entry:
+            ref = entry["ref"] if isinstance(entry["ref"], dict) else {}
+            raise _NotReady(f"spec.from[{i}].ref: {ref.get('kind')} {ref.get('name')}'s OIDC service account cannot "
+                            "be resolved without Kubernetes (use sub); the policy is not ready")
+        sub = entry["sub"]
+        if not isinstance(sub, str) or not sub or "*" in sub[:-1]:
+            raise _NotReady(f"spec.from[{i}].sub: a subject, '*' only allowed at the end")
+        subjects.append(sub)
+    to = _list(spec.get("to"), "spec.to")
+    for i, target in enumerate(to):
+        ref, selector = (target.get("ref"), target.get("selector")) if isinstance(target, dict) else (None, None)
+        if (ref is None) == (selector is None) or not isinstance(ref or selector, dict):
+            raise _NotReady(f"spec.to[{i}]: expected exactly one of ref, selector (a mapping)")
+        if selector is not None and (not isinstance(selector.get("matchLabels") or {}, dict) or not all(
+                isinstance(e, dict) and e.get("operator") in ("In", "NotIn", "Exists", "DoesNotExist")
+                for e in _list(selector.get("matchExpressions"), f"spec.to[{i}].selector.matchExpressions"))):
+            raise _NotReady(f"spec.to[{i}].selector: matchLabels a mapping, matchExpressions with operators In, "
+                            "NotIn, Exists, DoesNotExist")
+    try:
+        flt = compile_trigger_filter(None, spec.get("filters"))
+    except InvalidFilter as exc:
+        raise _NotReady(f"spec.filters: {exc}") from None
+    return EventPolicy(m.namespace, m.name, tuple(to), tuple(subjects), flt)
+
+
+def _list(value: object, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _NotReady(f"{where} must be a list")
+    return value
 
 
 class Authorizer:
@@ -146,10 +173,12 @@ class Authorizer:
         return self.features.enabled("authentication-oidc")
 
     def refresh(self, found: manifests.ManifestSet) -> None:
-        self.features = EventingFeatures.from_objects(m.body for m in found.objects)
-        self.policies, self.errors = policies_from(found)
-        self.labels = {m.key: dict((m.body.get("metadata") or {}).get("labels") or {})
-                       for m in found.of(manifests.EVENTING_V1, "Broker")}
+        """Everything from the manifests, built first and then put in place at once."""
+        features = EventingFeatures.from_objects(m.body for m in found.objects)
+        policies, errors = policies_from(found)
+        labels = {m.key: {str(k): str(v) for k, v in ((m.body.get("metadata") or {}).get("labels") or {}).items()}
+                  for m in found.of(manifests.EVENTING_V1, "Broker")}
+        self.features, self.policies, self.errors, self.labels = features, policies, errors, labels
         self._trust, self._verified = None, {}  # certificates may have been issued or replaced meanwhile
         for error in self.errors:
             log.error("%s", error)

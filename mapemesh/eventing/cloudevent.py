@@ -220,3 +220,15 @@ def _check_timestamp(name: str, value: str) -> None:
         datetime.fromisoformat(checkable.replace("z", "Z").replace("t", "T"))
     except ValueError as exc:
         raise MalformedEvent(name, f"{value!r} is not a valid timestamp: {exc}") from None
+
+
+def timestamp(value: object) -> datetime | None:
+    """An RFC 3339 `time` as an aware datetime (lower-case `t`/`z` taken, a leap second `:60` read as `:59`, as the
+    ingress admits them); None for a value that is not one."""
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        return None
+    text = value[:17] + "59" + value[19:] if value[17:19] == "60" else value
+    try:
+        return datetime.fromisoformat(text.replace("z", "Z").replace("t", "T").replace("Z", "+00:00"))
+    except ValueError:
+        return None

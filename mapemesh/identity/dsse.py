@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.eventing.cloudevent import CloudEvent, timestamp
 from mapemesh.identity.pki import Identity, IdentityError, TrustStore
 
 PAYLOAD_TYPE = "https://cloudevents.io/verifiability/dsse/v0.1"
@@ -52,7 +52,9 @@ def _digest(value: bytes | str) -> bytes:
 def _time(value: object) -> str:
     if value is None:
         return ""
-    when = datetime.datetime.fromisoformat(str(value).replace("z", "Z").replace("Z", "+00:00"))
+    when = timestamp(value)
+    if when is None:
+        raise ValueError(f"{value!r} is not an RFC 3339 timestamp")
     return when.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 

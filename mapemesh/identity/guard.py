@@ -36,6 +36,7 @@ from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.identity.dsse import Unverified, sign, verify
 from mapemesh.identity.pki import Identity, IdentityError, TrustStore, subject_of
+from mapemesh.names import dns_name
 
 log = logging.getLogger(__name__)
 POLICY_FILE = Path(__file__).with_name("commands.yaml")
@@ -105,6 +106,11 @@ class Guard:
                 return str(exc)
         return self.trust if self.trust is not None else "no trust anchor"
 
+    def anchor(self) -> TrustStore | None:
+        """The trust anchor, when there is one (made once the authority exists)."""
+        found = self._trust()
+        return None if isinstance(found, str) else found
+
     def check(self, event: CloudEvent) -> Verdict:
         allowed_by = policy().get(event.type)
         if allowed_by is None or not self.on:
@@ -133,9 +139,41 @@ def refusal(receiver: str, event: CloudEvent, verdict: Verdict) -> catalogue.Aut
                                  reason=verdict.reason or verdict.rule)
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=8)
 def _signer(name: str, root: str) -> Identity:
     return Identity.load(Path(root), name)
+
+
+def sign_as(event: CloudEvent, name: str, root: Path | None = None) -> CloudEvent:
+    """`event` signed by the mesh identity `name` (in `root`, default `identity_dir()`): what reports a knob's
+    result does, so that its receivers know the report came from what applied the knob; unchanged when identities
+    are off or `name` has no identity there."""
+    if not enabled():
+        return event
+    try:
+        return sign(event, _signer(name, str(root or identity_dir())))
+    except IdentityError:
+        return event
+
+
+KNOB_REPORTERS = ("node-shim-{node}", "{node}", "bridge")
+"""Who may report a knob result for node NODE: its node shim, an agent that is the node (the storage gateway signs
+as its own name) and the MQTT bridge (for the far-edge devices behind it)."""
+
+
+def reported_by_the_node(event: CloudEvent, node: str, trust: TrustStore | None) -> bool:
+    """Whether `event` (a knob result for `node`) is signed by one of its `KNOB_REPORTERS`; always, with identities
+    off."""
+    if not enabled():
+        return True
+    if trust is None or not event.get("dssematerial"):
+        return False
+    try:
+        signer = verify(event, trust)
+    except Unverified:
+        return False
+    return signer in {subject_of(f.format(node=node) if f != "node-shim-{node}" else dns_name("node-shim", node))
+                      for f in KNOB_REPORTERS}
 
 
 def signer() -> Identity | None:

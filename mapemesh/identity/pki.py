@@ -156,6 +156,10 @@ class TrustStore:
             raise IdentityError(f"no trust anchor in {self.root / 'ca' / 'ca.pem'}: {exc}") from None
         self._keys: dict[str, ec.EllipticCurvePublicKey] = {}
 
+    def forget(self, subject: str) -> bool:
+        """Drop `subject`'s cached key (its certificate may have been re-issued with a new one); whether it was."""
+        return self._keys.pop(subject, None) is not None
+
     def public_key(self, subject: str) -> ec.EllipticCurvePublicKey:
         """The key of the certificate issued to `subject`, checked: signed by the authority, valid now, its name."""
         found = self._keys.get(subject)

@@ -19,7 +19,6 @@ component's key, and the verifier checks it against the certificate the authorit
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import os
 import time
@@ -87,15 +86,17 @@ def verify(token: str, audience: str, trust: TrustStore, now: float | None = Non
         raise TokenError(f"algorithm {header.get('alg') if isinstance(header, dict) else None!r} is not ES256")
     if not isinstance(claims, dict) or not isinstance(claims.get("sub"), str) or len(signature) != 64:
         raise TokenError("no subject, or a malformed signature")
-    try:
-        key = trust.public_key(claims["sub"])
-    except IdentityError as exc:
-        raise TokenError(str(exc)) from None
     der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
-    try:
-        key.verify(der, f"{parts[0]}.{parts[1]}".encode(), ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        raise TokenError(f"the signature is not {claims['sub']}'s") from None
+    signed = f"{parts[0]}.{parts[1]}".encode()
+    for attempt in (1, 2):  # the second with the certificate read again: it may have been re-issued (a new key)
+        try:
+            trust.public_key(claims["sub"]).verify(der, signed, ec.ECDSA(hashes.SHA256()))
+            break
+        except IdentityError as exc:
+            raise TokenError(str(exc)) from None
+        except InvalidSignature:
+            if attempt == 2 or not trust.forget(claims["sub"]):
+                raise TokenError(f"the signature is not {claims['sub']}'s") from None
     audiences = claims.get("aud") if isinstance(claims.get("aud"), list) else [claims.get("aud")]
     if audience not in audiences:
         raise TokenError(f"the token is for {claims.get('aud')!r}, not {audience!r}")
@@ -113,12 +114,23 @@ def audience_of(url: str) -> str | None:
     return BROKER_AUDIENCE.format(namespace=parts[-2], name=parts[-1]).lower() if len(parts) >= 2 else None
 
 
-@functools.lru_cache(maxsize=16)
+_identities: dict[tuple[str, str], tuple[int, Identity]] = {}
+
+
 def _identity(root: str, name: str) -> Identity | None:
+    """`name`'s identity in `root`, read again when its certificate file changes (re-issued); None while it has
+    none there (looked for again at the next call: it may be copied in later)."""
     try:
-        return Identity.load(Path(root), name)
-    except IdentityError:
+        stamp = (Path(root) / "certs" / f"{name}.pem").stat().st_mtime_ns
+    except OSError:
         return None
+    found = _identities.get((root, name))
+    if found is None or found[0] != stamp:
+        try:
+            found = _identities[(root, name)] = (stamp, Identity.load(Path(root), name))
+        except IdentityError:
+            return None
+    return found[1]
 
 
 def auth_headers(url: str, name: str | None = None, data: Path | None = None) -> dict[str, str]:

@@ -12,14 +12,13 @@ import tempfile
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from mapemesh import events as catalogue
-from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.eventing.cloudevent import CloudEvent, timestamp
 from mapemesh.loop.plans import Discard, Plan, schedule_cycle
 from mapemesh.policy.inputs import gather
 from mapemesh.policy.loader import Policy, PolicyFailure
@@ -57,13 +56,8 @@ class Replay:
 
 
 def _when(event: CloudEvent, fallback: float) -> float:
-    raw = event.attributes.get("time")
-    if isinstance(raw, str):
-        try:
-            return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            pass
-    return fallback
+    found = timestamp(event.attributes.get("time"))
+    return found.timestamp() if found is not None else fallback
 
 
 async def replay(policy: Policy, events: Iterable[CloudEvent], store: SQLiteStore | None = None) -> Replay:

@@ -214,7 +214,7 @@ def _annotations(annotations: dict[str, str], config: KnativeConfig, at: str,
             continue
         if not low_s <= seconds <= WINDOW_MAX_S or (name == "window" and seconds <= 0):
             errors.append(f"expected {_go(low_s)} <= {raw} <= 1h0m0s: {at}{key}")
-        elif whole and seconds != math.floor(seconds):
+        elif (whole or (name == "window" and seconds >= WINDOW_MIN_S)) and seconds != math.floor(seconds):
             errors.append(f"must be specified with at most second precision: {at}{key}")
     return errors
 

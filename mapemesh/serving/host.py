@@ -77,6 +77,9 @@ class LocalHost:
         self.zygote = Zygote()
         self.revisions: dict[str, Revision] = {}
         self.invalid: dict[str, str] = {}
+        """Services that cannot run, with Knative's reason (never admitted)."""
+        self.refused_updates: dict[str, str] = {}
+        """Running Services whose manifest is now refused: the last admitted revision serves on."""
         self._scaler: asyncio.Task[None] | None = None
         self._services: dict[str, ServiceSpec] = {}
         self.requests = metrics.Counts("revision_request_count", "Requests a Service's function answered",
@@ -111,10 +114,18 @@ class LocalHost:
             self._config_errors = config.errors
             for error in config.errors:  # Knative keeps its stock value for such a key, and so does the host
                 log.error("Knative config: %s (the stock value is used)", error)
-        specs, self.invalid = services_from(self.registry.found, self.min_window_s, config)
+        specs, invalid = services_from(self.registry.found, self.min_window_s, config)
+        # As on a cluster, where the webhook refuses the update and the last admitted revision serves on: a
+        # running Service whose manifest (or config) is now refused keeps its revision, saying why.
+        self.refused_updates = {key: reason for key, reason in invalid.items() if key in self.revisions}
+        self.invalid = {key: reason for key, reason in invalid.items() if key not in self.refused_updates}
         for key, reason in self.invalid.items():
             log.error("Service %s cannot run: %s", key, reason)
+        for key, reason in self.refused_updates.items():
+            log.error("Service %s: its manifest is refused (%s); the last admitted one serves on", key, reason)
         for key in list(self.revisions):
+            if key in self.refused_updates:
+                continue
             if key not in specs or specs[key] != self.revisions[key].spec:
                 self.revisions.pop(key).stop()
         for key, spec in specs.items():
@@ -186,6 +197,9 @@ class LocalHost:
     def status(self) -> dict[str, Any]:
         """Every function, runnable or not."""
         rows = {key: rev.status() for key, rev in self.revisions.items()}
+        for key, reason in self.refused_updates.items():
+            if key in rows:
+                rows[key]["reason"] = f"the latest manifest is refused, the last admitted one serves: {reason}"
         rows.update((key, status_row(None, ready=False, reason=reason)) for key, reason in self.invalid.items())
         return {"functions": dict(sorted(rows.items()))}
 

@@ -40,7 +40,7 @@ from mapemesh.eventing.binding import from_http, to_binary
 from mapemesh.eventing.cloudevent import MalformedEvent
 from mapemesh.eventing.poster import Poster
 from mapemesh.files import write_atomically
-from mapemesh.identity.guard import Guard, refusal
+from mapemesh.identity.guard import Guard, refusal, sign_as
 from mapemesh.names import dns_name
 from mapemesh.state import StateStore, update
 from mapemesh.storage import migrate
@@ -242,7 +242,7 @@ class Gateway:
             reply = catalogue.KnobFailed(node=self.name, knob=data.knob, request=event.id, plan_id=data.plan_id,
                                          code="invalid", error=getattr(exc, "message", None) or str(exc))
         out = catalogue.make_event(reply, f"{SOURCE}/{self.name}", subject=self.name, extensions={"node": self.name})
-        headers, body = to_binary(out)
+        headers, body = to_binary(sign_as(out, self.name, self.guard.root))  # the result's reporter, verifiable
         return web.Response(status=200, headers=headers, body=body)
 
 
