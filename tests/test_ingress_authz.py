@@ -210,6 +210,15 @@ def test_the_ingress_refuses_unknown_and_unadmitted_senders(tmp_path):
         stored = [e.event for e in read_all(data / "eventlog.db")]
         ids = [e.id for e in stored]  # the forgery only while authentication was off (posted until it was on)
         assert set(ids) == {forged.id, allowed.id} and ids[-1] == allowed.id and ids.count(allowed.id) == 1
+
+        def send(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "mapemesh", "--data", str(data), "events", "send",
+                                   "--broker", url, "--type", "io.mapemesh.knob.apply.v1", "--source", "/cli",
+                                   *args], capture_output=True, text=True, timeout=60)
+
+        assert send().returncode == 0  # as the operator, by default
+        refused = send("--as", "nobody")  # no such identity here: no token
+        assert refused.returncode == 1 and "401" in refused.stdout + refused.stderr
     finally:
         proc.terminate()
         proc.wait(20)
