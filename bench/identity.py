@@ -69,7 +69,7 @@ def _reactions(identities: bool, count: int) -> tuple[list[float], list[float], 
         data = root / "data"
         env = {**os.environ, "PYTHONPATH": str(REPO), "MAPEMESH_IDENTITIES": "on" if identities else "off"}
         if identities:
-            _oidc(manifests / "base" / "config-features-eventing.yaml")
+            _oidc(manifests / "base")
         proc = subprocess.Popen([sys.executable, "-m", "mapemesh", "--log-level", "warning", "up", "--manifests",
                                  str(manifests), "--data", str(data), "--port", "0", "--serving-port", "0",
                                  "--node-shim-port", "-1", "--api-port", "-1"], cwd=root, env=env)
@@ -100,11 +100,17 @@ def _reactions(identities: bool, count: int) -> tuple[list[float], list[float], 
     return reactions, hops, shim.refused
 
 
-def _oidc(features: Path) -> None:
-    """Turn Knative's `authentication-oidc` on in a copy of the bundle's config-features (knative-eventing)."""
+def _oidc(base: Path, policies: bool = True) -> None:
+    """Turn Knative's `authentication-oidc` on in a copy of the bundle's base/ (config-features of knative-eventing)
+    and add the shipped EventPolicies (`../authentication`, as the README says)."""
+    features = base / "config-features-eventing.yaml"
     doc = yaml.safe_load(features.read_text())
     doc["data"]["authentication-oidc"] = "enabled"
     features.write_text(yaml.safe_dump(doc))
+    if policies:
+        kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
+        kustomization["resources"].append("../authentication")
+        (base / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
 
 
 def _ingress(authenticated: bool, count: int) -> list[float]:
@@ -113,10 +119,11 @@ def _ingress(authenticated: bool, count: int) -> list[float]:
         root = Path(tmp)
         manifests = root / "knative"
         manifests.mkdir()
-        for name in ("broker.yaml", "config-features-eventing.yaml", "event-policies.yaml"):
+        for name in ("broker.yaml", "config-features-eventing.yaml"):  # a plain folder: every file is read
             shutil.copy(REPO / "knative" / "base" / name, manifests / name)
         if authenticated:
-            _oidc(manifests / "config-features-eventing.yaml")
+            _oidc(manifests, policies=False)
+            shutil.copy(REPO / "knative" / "authentication" / "event-policies.yaml", manifests / "event-policies.yaml")
         data = root / "data"
         headers = {}
         if authenticated:

@@ -159,7 +159,8 @@ def test_a_policy_that_cannot_be_ready_is_left_out():
              {"filters": [{"exact": {"a": "1", "b": "2"}}]})
     broken = [{**POLICIES[0], "metadata": {"name": f"broken-{i}", "namespace": "default"}, "spec": spec}
               for i, spec in enumerate(specs)]
-    ready, errors = policies_from(_found(refs, star, *broken, POLICIES[0]))
+    oidc = _features(**{"authentication-oidc": "enabled"})
+    ready, errors = policies_from(_found(refs, star, *broken, POLICIES[0], oidc))
     assert [p.name for p in ready] == ["commands"]
     assert any("refs" in e and "cannot be resolved" in e for e in errors)
     assert any("star" in e and "only allowed at the end" in e for e in errors)
@@ -167,6 +168,12 @@ def test_a_policy_that_cannot_be_ready_is_left_out():
     authz = Authorizer(Path("unused"))  # a malformed policy never takes the ingress down
     authz.refresh(_found(_broker(), *broken, POLICIES[0], _features(**{"authentication-oidc": "enabled"})))
     assert authz.authorize("default/default", SA + "operator", [_event()]) is None
+
+
+def test_an_event_policy_is_refused_while_authentication_is_off():
+    # Knative's webhook: "oidc-authentication feature not enabled" (eventpolicy_validation.go)
+    ready, errors = policies_from(_found(_broker(), POLICIES[0], _features()))
+    assert ready == [] and errors == ["test: EventPolicy default/commands: oidc-authentication feature not enabled"]
 
 
 def _post(url: str, event: CloudEvent, token: str | None = None) -> httpx.Response:
@@ -230,10 +237,7 @@ def test_the_demo_runs_with_authentication_on(tmp_path):
     change happens; a sender without a token is refused."""
     copy_knative(tmp_path)
     shutil.copytree(REPO / "functions", tmp_path / "functions", ignore=shutil.ignore_patterns("__pycache__"))
-    features = tmp_path / "knative" / "base" / "config-features-eventing.yaml"
-    doc = yaml.safe_load(features.read_text())
-    doc["data"]["authentication-oidc"] = "enabled"
-    features.write_text(yaml.safe_dump(doc))
+    enable_authentication(tmp_path / "knative" / "base")
     sysfs = tmp_path / "sysfs"
     subprocess.run([sys.executable, "-m", "mapemesh", "node-shim", "simulate", "--profile", "intel_pstate",
                     str(sysfs)], check=True, capture_output=True)
@@ -270,8 +274,21 @@ def test_the_demo_runs_with_authentication_on(tmp_path):
         reader.join(5)
 
 
-def test_the_shipped_policies_are_ready():
-    found = manifests.load(REPO / "knative")
+def enable_authentication(base: Path) -> None:
+    """What the README says to do in a bundle's base/: `authentication-oidc` on, `../authentication` listed."""
+    features = base / "config-features-eventing.yaml"
+    doc = yaml.safe_load(features.read_text())
+    doc["data"]["authentication-oidc"] = "enabled"
+    features.write_text(yaml.safe_dump(doc))
+    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
+    kustomization["resources"].append("../authentication")
+    (base / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+
+
+def test_the_shipped_policies_are_ready_with_authentication_on(tmp_path):
+    assert policies_from(manifests.load(REPO / "knative"))[0] == []  # the bundle as shipped: none (stock: off)
+    enable_authentication(copy_knative(tmp_path) / "base")
+    found = manifests.load(tmp_path / "knative")
     ready, errors = policies_from(found)
     assert errors == [] and ready, "knative/ ships EventPolicies for the default broker"
     assert {p.name for p in ready} >= {"mapemesh-components", "mapemesh-node-agents"}

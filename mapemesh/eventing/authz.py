@@ -18,7 +18,9 @@ An EventPolicy (`eventing.knative.dev/v1alpha1`) applies to a broker when its `s
 its namespace), names the Broker (`ref`), or selects it by labels (`selector`; `pkg/auth/event_policy.go`,
 `GetEventPoliciesForResource`). Its `spec.from` lists subjects (`sub`); a `from.ref` names a Kubernetes object whose
 OIDC service account Knative resolves, which one machine has none of: such a policy is not ready, and is left out as
-Knative leaves out a policy that is not ready (the reason is in the broker's manifest errors). Tokens are verified
+Knative leaves out a policy that is not ready (the reason is logged). While
+`authentication-oidc` is off, Knative's webhook refuses every EventPolicy ("oidc-authentication feature not
+enabled", `eventpolicy_validation.go`), and so does `policies_from`. Tokens are verified
 against the mesh's identity authority (`mapemesh.identity.tokens`). Without `authentication-oidc` every request is
 taken, as in Knative.
 """
@@ -101,7 +103,11 @@ def policies_from(found: manifests.ManifestSet) -> tuple[list[EventPolicy], list
     never takes the ingress down)."""
     out: list[EventPolicy] = []
     errors: list[str] = []
+    oidc = EventingFeatures.from_objects(m.body for m in found.objects).enabled("authentication-oidc")
     for m in found.of(POLICY_API, "EventPolicy"):
+        if not oidc:  # Knative's webhook: eventpolicy_validation.go, EventPolicy.Validate
+            errors.append(f"{m.origin}: EventPolicy {m.key}: oidc-authentication feature not enabled")
+            continue
         try:
             out.append(_policy(m))
         except _NotReady as exc:
