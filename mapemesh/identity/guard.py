@@ -156,13 +156,14 @@ def sign_as(event: CloudEvent, name: str, root: Path | None = None) -> CloudEven
         return event
 
 
-KNOB_REPORTERS = ("node-shim-{node}", "{node}", "bridge")
-"""Who may report a knob result for node NODE: its node shim, an agent that is the node (the storage gateway signs
-as its own name) and the MQTT bridge (for the far-edge devices behind it)."""
+def knob_reporters(node: str) -> frozenset[str]:
+    """Who may report a knob result for `node`: its node shim, an agent that is the node (the storage gateway signs
+    as its own name) and the MQTT bridge (for the far-edge devices behind it), as subjects."""
+    return frozenset(subject_of(name) for name in (dns_name("node-shim", node), node, "bridge"))
 
 
 def reported_by_the_node(event: CloudEvent, node: str, trust: TrustStore | None) -> bool:
-    """Whether `event` (a knob result for `node`) is signed by one of its `KNOB_REPORTERS`; always, with identities
+    """Whether `event` (a knob result for `node`) is signed by one of its `knob_reporters`; always, with identities
     off."""
     if not enabled():
         return True
@@ -172,8 +173,7 @@ def reported_by_the_node(event: CloudEvent, node: str, trust: TrustStore | None)
         signer = verify(event, trust)
     except Unverified:
         return False
-    return signer in {subject_of(f.format(node=node) if f != "node-shim-{node}" else dns_name("node-shim", node))
-                      for f in KNOB_REPORTERS}
+    return signer in knob_reporters(node)
 
 
 def signer() -> Identity | None:
