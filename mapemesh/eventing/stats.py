@@ -50,7 +50,7 @@ class BrokerMetrics:
         self.filter_events = prometheus.Counts("mt_broker_filter_event_count", "Events dispatched to triggers' "
                                                "subscribers", ("trigger_name", "response_code", "response_code_class"))
         self.registry = prometheus.registry(self.ingress_events, self.filter_events)
-        self._dispatch = prometheus.histogram(self.registry, "mt_broker_filter_event_dispatch_latencies",
+        self._dispatch = prometheus.Latencies(self.registry, "mt_broker_filter_event_dispatch_latencies",
                                               "Time to dispatch an event to a trigger's subscriber (ms)",
                                               ("trigger_name", "response_code"))
 
@@ -71,7 +71,7 @@ class BrokerMetrics:
         """One delivery attempt to the trigger's subscriber: its answer (None: none came) and how long it took."""
         code = str(status or 0)
         self.filter_events.add(trigger, code, prometheus.code_class(status))
-        self._dispatch.labels(trigger, code).observe(seconds * 1000)
+        self._dispatch.observe(seconds * 1000, trigger, code)
 
     def latency(self, trigger: str, seconds: float) -> None:
         """Record one successful delivery's latency."""

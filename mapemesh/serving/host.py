@@ -87,7 +87,7 @@ class LocalHost:
         self.metrics = metrics.registry(self.requests, metrics.Gauges(
             "autoscaler_actual_pods", "Function processes running per Service", ("namespace_name", "service_name"),
             lambda: {tuple(key.split("/", 1)): len(rev.instances) for key, rev in list(self.revisions.items())}))
-        self.latencies = metrics.histogram(self.metrics, "revision_request_latencies",
+        self.latencies = metrics.Latencies(self.metrics, "revision_request_latencies",
                                            "Time to a Service's answer in milliseconds",
                                            ("namespace_name", "service_name", "response_code"))
         registry.on_change(lambda _: self.reload())
@@ -105,7 +105,7 @@ class LocalHost:
         finally:
             namespace, _, name = rev.spec.key.partition("/")
             self.requests.add(namespace, name, str(status), metrics.code_class(status))
-            self.latencies.labels(namespace, name, str(status)).observe((time.perf_counter() - started) * 1000)
+            self.latencies.observe((time.perf_counter() - started) * 1000, namespace, name, str(status))
 
     def reload(self) -> None:
         """Start, replace or stop revisions to match the Service manifests."""

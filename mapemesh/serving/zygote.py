@@ -176,8 +176,9 @@ async def serve(fn: Invocable, sock: socket.socket, concurrency: int) -> None:
     """A function process: answer each request frame with the function's reply, until the host closes the
     connection or stops the process (SIGTERM: the function's `stop` runs first, and the spans it holds go out)."""
     reader, writer = await asyncio.open_connection(sock=sock)
-    stopping = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+    # SIGTERM ends the stream as the host closing it would: the loop below stops reading (no task per frame to
+    # race a stop signal against), what runs finishes (the host's SIGKILL bounds it), then the function's `stop`.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, reader.feed_eof)
     await fn.start()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency))  # for sync functions
     tasks: set[asyncio.Task[None]] = set()
@@ -202,22 +203,14 @@ async def serve(fn: Invocable, sock: socket.socket, concurrency: int) -> None:
             frame = wire.encode(answer, None)
         writer.write(frame)
 
-    stopped = asyncio.create_task(stopping.wait())
     try:
-        while True:
-            reading = asyncio.create_task(wire.read(reader))
-            await asyncio.wait({reading, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if not reading.done():
-                reading.cancel()
-                return
-            frame = reading.result()
-            if frame is None:
-                return
+        while (frame := await wire.read(reader)) is not None:
             task = asyncio.create_task(handle(*frame))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.wait(set(tasks))
     finally:
-        stopped.cancel()
         await fn.stop()
 
 
