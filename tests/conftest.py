@@ -46,6 +46,7 @@ LIVE_FIXTURES = frozenset({
     "mesh", "mesh_factory", "mesh_replies", "loop_factory", "reaction",  # `mapemesh up`
     "redis_url",  # redis-server
     "mosquitto_url",  # mosquitto
+    "demo", "chromium",  # `make run`'s demo; headless Chromium (tests/test_dashboard.py)
 })
 """Fixtures that start processes: a test that uses one is live."""
 PROCESS_NAMES = frozenset({"subprocess", "Popen", "multiprocessing", "create_subprocess_exec", "start_mesh",
@@ -128,13 +129,18 @@ class BrokerProcess:
         return self.data / "eventlog.db"
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return stop(self.proc, sig)
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    """Send `sig` to a process still running, wait up to `timeout` seconds, then kill it; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def start_broker(data: Path, manifests: Path, *extra: str) -> BrokerProcess:

@@ -114,7 +114,9 @@ ROUTES = [("POST", "/apps/deploy"), ("GET", "/apps/list_all/"), ("GET", "/apps/s
           ("DELETE", "/apps/remove/x"), ("POST", "/ml/deploy_ml"), ("GET", "/ml/list_all/"), ("GET", "/ml/status/x"),
           ("DELETE", "/ml/remove/x"), ("POST", "/infra/register"), ("GET", "/infra/list/"),
           ("GET", "/infra/trust/"), ("DELETE", "/infra/unregister/x"), ("GET", "/manage/ping"), ("GET", "/manage/mode"),
-          ("PUT", "/manage/mode/1"), ("GET", "/events/stream"), ("GET", "/telemetry/x")]
+          ("PUT", "/manage/mode/1"), ("PUT", "/manage/override/on"), ("GET", "/events/stream"), ("GET", "/telemetry/x"),
+          ("GET", "/dashboard/now"), ("GET", "/dashboard/continuum"), ("GET", "/dashboard/policies"),
+          ("GET", "/trace/x")]
 
 
 def test_every_route_of_the_openapi_document_is_covered_here(client):
@@ -125,7 +127,8 @@ def test_every_route_of_the_openapi_document_is_covered_here(client):
     covered = {(m, p.replace("/ml/status/x", "/ml/status/{model_uid}").replace("/ml/remove/x", "/ml/remove/{model_uid}")
                 .replace("/infra/unregister/x", "/infra/unregister/{infra_id}").replace("/manage/mode/1",
                                                                                        "/manage/mode/{mode}")
-                .replace("/telemetry/x", "/telemetry/{asset}"))
+                .replace("/telemetry/x", "/telemetry/{asset}").replace("/trace/x", "/trace/{ident}")
+                .replace("/manage/override/on", "/manage/override/{state}"))
                for m, p in covered}
     assert documented == covered
     assert spec["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
@@ -564,3 +567,134 @@ def test_telemetry_gives_an_assets_samples_within_the_window(client, store):
     assert set(every) == {"latency_ms", "queue"} and len(every["latency_ms"]) == 2
     assert client.get("/telemetry/shop/web", params={"window": 0}, headers=AUTH).status_code == 422
     assert client.get("/telemetry/nothing-here", headers=AUTH).json()["metrics"] == {}
+
+
+# -- the dashboard's reads and page (mapemesh/api/dashboard.py, page.py; the browser tests: test_dashboard.py) --
+
+def test_override_publishes_mode_changed_and_keeps_the_mode(client, store, ingress):
+    store.put("settings", "mode", {"mode": "ml", "manual_override": False})
+    r = client.put("/manage/override/on", headers=AUTH)
+    assert r.status_code == 200 and r.json()["mode"] == "ml"
+    [event] = ingress.of(catalogue.ModeChanged)
+    assert event["data"] == {"mode": "ml", "manual_override": True, "previous": "ml"}
+    assert locs(client.put("/manage/override/maybe", headers=AUTH)) == [["path", "state"]]
+
+
+def test_event_stream_tail_starts_that_many_positions_before_the_end(client, tmp_path):
+    _log_with(tmp_path / "eventlog.db", 5)
+    assert [g["id"] for g in _sse(client.get("/events/stream?tail=2&limit=2", headers=AUTH).text)] == [4, 5]
+    assert [g["id"] for g in _sse(client.get("/events/stream?tail=2&after=0&limit=1", headers=AUTH).text)] == [1]
+    assert [g["id"] for g in _sse(client.get("/events/stream?tail=2&limit=1",
+                                             headers={**AUTH, "Last-Event-ID": "1"}).text)] == [2]
+
+
+def test_dashboard_continuum_places_nodes_devices_knobs_and_targets(client, store):
+    from mapemesh.api.dashboard import MAX_POINTS
+
+    store.put("infrastructure", "c1", {"kind": "cluster", "description": {"MLSysOpsCluster": {
+        "cluster_id": "c1", "nodes": ["n1", "dev1", "gone"]}}})
+    store.put("infrastructure", "n1", {"kind": "node", "description": {"MLSysOpsNode": {
+        "name": "n1", "environment": {"node_type": "native"}}}})
+    store.put("infrastructure", "dev1", {"kind": "node", "description": {"MLSysOpsNode": {
+        "name": "dev1", "continuum_layer": "far_edge", "mechanism_states": {"FarEdgeRadio": {"tx_power": 3}}}}})
+    store.put("mechanisms", "n1/CPUFrequency", {"state": {"governor": "powersave"}, "updated": 5.0})
+    add_app(store)
+    store.put("deployments", "demo-app", {"placement": {"web": ["c1"], "worker": ["c1"]},
+                                          "nodes": {"worker": "n1", "web": "dev1"}})
+    now = time.time()
+    store.append_telemetry("demo-app/web", [("latency_ms", 30.0 - i / 10, now - 200 + i) for i in range(150)])
+    doc = client.get("/dashboard/continuum", headers=AUTH).json()
+    assert doc["clusters"] == [{"cluster_id": "c1", "nodes": ["n1", "dev1", "gone"],
+                                "apps": ["demo-app/web", "demo-app/worker"]}]
+    nodes = {n["node"]: n for n in doc["nodes"]}
+    assert nodes["n1"]["knobs"] == {"CPUFrequency": {"state": {"governor": "powersave"}, "updated": 5.0}}
+    assert nodes["n1"]["apps"] == ["demo-app/worker"] and nodes["n1"]["cluster"] == "c1"
+    assert nodes["dev1"]["far_edge"] and nodes["dev1"]["knobs"]["FarEdgeRadio"]["state"] == {"tx_power": 3}
+    [app] = doc["applications"]
+    [target] = app["targets"]
+    assert (target["component"], target["metric"], target["target"], target["relation"]) == \
+        ("web", "latency_ms", 20.0, "lower_or_equal")
+    assert len(target["samples"]) == MAX_POINTS and target["latest"] == target["samples"][-1][1] == 15.1
+    assert target["met"] is True
+    short = client.get("/dashboard/continuum", params={"window": 10}, headers=AUTH).json()
+    assert len(short["applications"][0]["targets"][0]["samples"]) < 15
+
+
+def test_dashboard_policies_lists_each_policys_verdicts_per_asset_and_failures(client, store):
+    store.put("settings", "mode", {"mode": "ml", "manual_override": True})
+    store.put("policies", "cpu-frequency", {
+        "name": "cpu-frequency", "status": "active", "analyses": 1, "failures": 1,
+        "declaration": {"scope": "global", "mechanisms": ["CPUFrequency"], "machine_learning": True},
+        "recent_failures": [{"at": 3.0, "asset": "n2", "method": "analyze", "error": "boom", "traceback": "..."}]})
+    store.put("policy_contexts", "cpu-frequency/n1", {"analyses": 2, "last_verdict": {"at": 2.0, "verdict": True}})
+    store.put("policy_contexts", "cpu-frequency/n3", {"analyses": 1, "last_verdict": {"at": 4.0, "verdict": False}})
+    doc = client.get("/dashboard/policies", headers=AUTH).json()
+    assert (doc["mode"], doc["manual_override"]) == ("ml", True)
+    [row] = doc["policies"]
+    assert row["kind"] == "ml" and row["analyses"] == 4 and row["failures"] == 1
+    assert [(v["asset"], v["verdict"]) for v in row["verdicts_by_asset"]] == [("n3", False), ("n1", True)]
+    assert row["recent_failures"] == [{"at": 3.0, "asset": "n2", "method": "analyze", "error": "boom"}]
+
+
+def test_dashboard_now_says_what_it_cannot_reach_and_counts_the_backlog(client, tmp_path):
+    from mapemesh.api.dashboard import backlog
+
+    doc = client.get("/dashboard/now", headers=AUTH).json()
+    assert doc["functions"] is None and doc["triggers"] is None and doc["backlog"] is None
+    assert set(doc["errors"]) == {"serving", "broker"}
+
+    async def fill() -> None:
+        log = EventLog(tmp_path / "broker.db")
+        made = [catalogue.make_event(catalogue.AppRemoved(app_id=f"a{i}"), "/test") for i in range(3)]
+        await log.append("default/default", made, [["default/monitor", "default/trust"], ["default/monitor"], []])
+        await log.close()
+
+    asyncio.run(fill())
+    found = backlog(tmp_path / "broker.db", time.time() + 10)
+    assert found["pending"] == 3 and found["oldest_age_s"] >= 10
+    assert {k: v["pending"] for k, v in found["by_trigger"].items()} == {"default/monitor": 2, "default/trust": 1}
+    assert backlog(tmp_path / "none.db", time.time()) == {"pending": 0, "oldest_age_s": None, "by_trigger": {}}
+
+
+def test_trace_gives_a_chain_from_the_log_and_404_for_an_unknown_id(client, tmp_path):
+    from mapemesh.eventing.ingress import stamp
+
+    assert client.get("/trace/nothing", headers=AUTH).status_code == 404  # no log yet
+
+    async def fill() -> str:
+        log = EventLog(tmp_path / "eventlog.db")
+        event = catalogue.make_event(catalogue.AppRemoved(app_id="a"), "/test")
+        stamp(event)
+        await log.append("default/default", [event])
+        await log.close()
+        return event.id
+
+    ident = asyncio.run(fill())
+    doc = client.get(f"/trace/{ident}", headers=AUTH).json()
+    assert [e["id"] for e in doc["events"]] == [ident] and doc["events"][0]["latency_ms"] == 0
+    assert "not-there" in client.get("/trace/not-there", headers=AUTH).json()["detail"]
+
+
+def test_the_page_is_served_without_the_token_under_a_strict_csp(client):
+    import re
+
+    r = client.get("/ui", follow_redirects=False)
+    assert r.status_code == 308 and r.headers["location"] == "/ui/"
+    page = client.get("/ui/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "connect-src 'self'" in csp and "unsafe" not in csp
+    # every file the page and its modules name is served, with its type
+    names = set(re.findall(r'(?:src|href)="([\w.]+\.(?:js|css))"', page.text))
+    seen: set[str] = set()
+    while names - seen:
+        name = (names - seen).pop()
+        seen.add(name)
+        served = client.get(f"/ui/{name}")
+        assert served.status_code == 200, name
+        assert served.headers["content-type"].startswith("text/css" if name.endswith(".css") else "text/javascript")
+        names |= set(re.findall(r'from "\./([\w.]+\.js)"', served.text))
+    assert {"app.js", "stream.js", "loop.js", "now.js", "continuum.js", "policies.js", "caps.js"} <= seen
+    for bad in ("nope.js", "..%2Fapp.py", "dashboard.py"):
+        assert client.get(f"/ui/{bad}").status_code == 404
+    assert not [path for path in client.get("/openapi.json").json()["paths"] if path.startswith("/ui")]

@@ -2,7 +2,8 @@
 
 Every action becomes a CloudEvent posted to the broker (`app.submitted`, `app.removed`, `infra.registered`,
 `infra.unregistered`, `mode.changed`); the monitor function records it and the loop takes it from there. Every
-read comes from the state store. Each route but `/healthz` and the OpenAPI document needs
+read comes from the state store. The dashboard's reads are in `mapemesh.api.dashboard`, its page in
+`mapemesh.api.page`. Each route but `/healthz`, the OpenAPI document and the page's static files needs
 `Authorization: Bearer <token>`, the token in `DATA_DIR/api.token` (`401` without it). Bad input gets `422`
 with the field path (FastAPI's `{"detail": [{"loc": [...], "msg": ..., "type": ...}]}`), unknown ids `404`,
 an id taken by something else `409`, a broker that does not take the event `503`.
@@ -32,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mapemesh import __version__, descriptions, metrics, tokens
 from mapemesh import events as catalogue
-from mapemesh.api import views
+from mapemesh.api import dashboard, page, views
 from mapemesh.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ _ID = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,251}[A-Za-z0-9])?$"
 """Infrastructure ids: letters, digits, '-', '_', '.' (they appear in URLs and in the state store's keys)."""
 MODES = {"0": "heuristic", "1": "ml", "heuristic": "heuristic", "ml": "ml"}
 """`PUT /manage/mode/{mode}`: MLSysOps sends 0 (heuristic) or 1 (ML)."""
+OVERRIDES = {"on": True, "off": False}
+"""`PUT /manage/override/{state}`."""
 
 
 @dataclass(slots=True)
@@ -61,6 +64,9 @@ class ApiContext:
     event_log: Path
     ping: Callable[[], Awaitable[dict[str, Any]]] | None = None
     """The mesh's components and whether they answer (for `/manage/ping`)."""
+    data: Path | None = None
+    """The data directory, whose endpoints.json says where the embedded mesh's components are (for
+    `/dashboard/now`); None: none beside this API."""
     submit_wait_s: float = 5.0
     """How long a submission waits for the monitor to record it before answering (accepted either way)."""
     pending: dict[str, tuple[str, float]] = field(default_factory=dict)
@@ -467,17 +473,32 @@ def create_app(ctx: ApiContext) -> FastAPI:
         doc = found.value if found else {}
         return {"mode": doc.get("mode", "heuristic"), "manual_override": bool(doc.get("manual_override", False))}
 
+    async def change_mode(mode: str | None, override: bool | None) -> tuple[str, str]:
+        """Publish `mode.changed` with the given mode or override (None: as it is now); the mode and the event id."""
+        found = await asyncio.to_thread(ctx.store.get, "settings", "mode")
+        doc = found.value if found else {}
+        previous = doc.get("mode", "heuristic")
+        chosen = previous if mode is None else mode
+        manual = bool(doc.get("manual_override", False)) if override is None else override
+        event_id = await _publish(ctx, catalogue.ModeChanged(mode=chosen, manual_override=manual,  # type: ignore[arg-type]
+                                                             previous=previous), "continuum")
+        return chosen, event_id
+
     @manage.put("/mode/{mode}", response_model=ModeAccepted)
     async def set_mode(mode: Annotated[Literal["0", "1", "heuristic", "ml"],
                                        PathParam(description="0 or heuristic; 1 or ml.")]) -> ModeAccepted:
         """Switch the management mode: heuristic (0) or ML (1) policies."""
-        found = await asyncio.to_thread(ctx.store.get, "settings", "mode")
-        doc = found.value if found else {}
-        previous = doc.get("mode", "heuristic")
-        event_id = await _publish(ctx, catalogue.ModeChanged(mode=MODES[mode],  # type: ignore[arg-type]
-                                                             manual_override=bool(doc.get("manual_override", False)),
-                                                             previous=previous), "continuum")
-        return ModeAccepted(mode=MODES[mode], event_id=event_id, message=f"mode {MODES[mode]} sent to the mesh")
+        chosen, event_id = await change_mode(MODES[mode], None)
+        return ModeAccepted(mode=chosen, event_id=event_id, message=f"mode {chosen} sent to the mesh")
+
+    @manage.put("/override/{state}", response_model=ModeAccepted)
+    async def set_override(state: Annotated[Literal["on", "off"],
+                                            PathParam(description="on: the loop makes no plans; off: it does.")]
+                           ) -> ModeAccepted:
+        """mapemesh: switch the manual override on (the policies make no plans; operators act by hand) or off; the
+        mode stays as it is."""
+        mode, event_id = await change_mode(None, OVERRIDES[state])
+        return ModeAccepted(mode=mode, event_id=event_id, message=f"manual override {state} sent to the mesh")
 
     # -- the mesh's events, live --
 
@@ -494,12 +515,15 @@ def create_app(ctx: ApiContext) -> FastAPI:
                                                      description="Only event types starting with this.")] = None,
             limit: Annotated[int | None, Query(ge=1, le=100_000, description="Stop after this many events.")] = None,
             timeout_s: Annotated[float | None, Query(gt=0, le=86_400, description="Stop after this long.")] = None,
+            tail: Annotated[int | None, Query(ge=1, le=100_000, description="Start this many log positions before "
+                                                                           "the end (when neither `after` nor "
+                                                                           "`Last-Event-ID` is given).")] = None,
     ) -> StreamingResponse:
         """The mesh's events as they are logged (server-sent events, for live views)."""
         # A reconnecting EventSource sends Last-Event-ID: it wins over the URL's `after`, so it resumes.
         last = (request.headers.get("last-event-id") or "").strip()
         start = int(last) if last.isascii() and last.isdigit() and len(last) <= 18 else after
-        return StreamingResponse(_sse(ctx, request, start, type_prefix, limit, timeout_s),
+        return StreamingResponse(_sse(ctx, request, start, type_prefix, limit, timeout_s, tail),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     # -- telemetry: what `mapemesh.telemetry.get` reads --
@@ -518,13 +542,15 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     for router in (apps, ml, infra, manage, stream, telemetry):
         app.include_router(router)
+    app.include_router(dashboard.router(ctx), dependencies=secured)
+    app.include_router(page.router())
     return app
 
 
 async def _sse(ctx: ApiContext, request: Request, after: int | None, type_prefix: str | None, limit: int | None,
-               timeout_s: float | None) -> AsyncIterator[bytes]:
-    """Tail the durable event log (read-only) from `after` (None: its end) as server-sent events, until the
-    client goes, `limit` or `timeout_s` is reached, or the API stops."""
+               timeout_s: float | None, tail: int | None = None) -> AsyncIterator[bytes]:
+    """Tail the durable event log (read-only) from `after` (None: its end, or `tail` positions before it) as
+    server-sent events, until the client goes, `limit` or `timeout_s` is reached, or the API stops."""
     path = ctx.event_log
     from mapemesh.eventing.log import last_seq, open_readonly, read_after
 
@@ -538,7 +564,7 @@ async def _sse(ctx: ApiContext, request: Request, after: int | None, type_prefix
     yield b": mapemesh events\n\n"
     try:
         if after is None:
-            after = await asyncio.to_thread(last_seq, db) if db else 0
+            after = max(0, (await asyncio.to_thread(last_seq, db) if db else 0) - (tail or 0))
         while (deadline is None or loop.time() < deadline) and (limit is None or sent < limit) \
                 and not ctx.closing.is_set():
             if db is None:

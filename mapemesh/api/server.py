@@ -56,7 +56,7 @@ async def start_api(settings: Settings, ingress_url: str, ping: Any = None) -> R
     store = open_store(settings.state, data=settings.data)
     token = tokens.ensure(settings.data, TOKEN_FILE)
     ctx = ApiContext(store=store, token=token, broker=ingress_url,
-                     event_log=settings.event_log_file, ping=ping)
+                     event_log=settings.event_log_file, ping=ping, data=settings.data)
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
