@@ -212,6 +212,11 @@ async def serve(fn: Invocable, sock: socket.socket, concurrency: int) -> None:
             await asyncio.wait(set(tasks))
     finally:
         await fn.stop()
+        # The process leaves now; a second SIGTERM (the host and the fork server both send one when the mesh stops)
+        # must not land in the window where asyncio.run has closed the loop's wakeup pipe but not yet removed its
+        # handler ("Exception ignored when trying to write to the signal wakeup fd", on the mesh's stderr).
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
