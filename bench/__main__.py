@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import accel, coldstart, identity, ingress, mape, mqtt, routing, storage
+from bench import accel, coldstart, identity, ingress, jobs, mape, mqtt, routing, storage
 
 BENCHMARKS = {"ingress": ingress.main, "routing": routing.main, "coldstart": coldstart.main, "mape": mape.main,
               "accel": accel.main, "mqtt": mqtt.main, "storage": storage.main,
-              "identity": identity.main}
+              "identity": identity.main, "jobs": jobs.main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -352,6 +352,19 @@ class TrustUpdated(EventData):
     cause: str | None = Field(None, description="The id of the event that moved it.")
 
 
+class NodeIsolated(EventData):
+    event_type: ClassVar[str] = "io.mapemesh.node.isolated.v1"
+    summary: ClassVar[str] = ("A node was isolated (seed 5.3: a compromised or malfunctioning node) or let back in: "
+                              "placement leaves an isolated node out until an isolation with isolated=false.")
+    node: NonEmpty
+    isolated: bool = Field(True, description="False: the isolation is lifted.")
+    reason: NonEmpty
+    by: NonEmpty = Field(description="Who decided: trust (its credit fell under the threshold), a policy, an operator.")
+    credit: float | None = Field(None, ge=0, le=1, description="The node's trust credit then, when trust decided.")
+    location: dict[str, Any] | None = Field(
+        None, description="Where the node is (its description's location, the GPS fix of seed 5.3), to find it.")
+
+
 class AuthRefused(EventData):
     event_type: ClassVar[str] = "io.mapemesh.auth.refused.v1"
     summary: ClassVar[str] = ("A command was refused where it would have been applied (seed 7.1.4): unsigned, not "
@@ -378,6 +391,6 @@ CATALOGUE: dict[str, type[EventData]] = {
         AccelRequested, AccelReplied,
         MqttRefused, FarEdgeDeployRequested, FarEdgeStep, FarEdgeDeployed,
         StorageAccessed, StorageMigration,
-        TrustUpdated, AuthRefused,
+        TrustUpdated, AuthRefused, NodeIsolated,
     )
 }

@@ -6,8 +6,8 @@ a description that does not fit gets a `DescriptionError` naming the field path 
 (sensors, network resources, power, most platform requirements) are kept as given; the parts mapemesh acts
 on (placement, containers, ports, env, QoS metrics, hardware) are checked. mapemesh's own additions are marked
 as such (`replicas`, `function`, `runtime_class_name`, `replica_scheduling`, `image_per_architecture`,
-`mechanisms`, `mechanism_options`, `mechanism_states`, `storage`, `min_trust`). JSON Schemas are exported with
-the event schemas (`make schemas`).
+`mechanisms`, `mechanism_options`, `mechanism_states`, `storage`, `min_trust`, a node's `location` and
+`isolated`). JSON Schemas are exported with the event schemas (`make schemas`).
 """
 
 from __future__ import annotations
@@ -184,6 +184,15 @@ class Environment(_Open):
     container_runtime: list[str] | None = None
 
 
+class Location(_Open):
+    """A position (WGS 84 degrees; altitude in metres, accuracy as the receiver gives it)."""
+
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+    altitude: float | None = None
+    accuracy: float | None = None
+
+
 class Node(_Strict):
     name: NonEmpty
     continuum_layer: str | None = None
@@ -203,6 +212,11 @@ class Node(_Strict):
         None, description="mapemesh: each knob's state when the node shim registered the node.")
     sdf: dict[str, Any] | None = Field(
         None, description="mapemesh: a far-edge device's IETF SDF description, as its gateway announced it.")
+    location: Location | None = Field(
+        None, description="mapemesh: where the node is (seed 5.3: its GPS fix); upstream has only `mobility`.")
+    isolated: dict[str, Any] | None = Field(
+        None, description="mapemesh: set by the monitor while the node is isolated (io.mapemesh.node.isolated.v1): "
+                          "reason, by, at; placement leaves it out.")
 
 
 class NodeDescription(_Strict):

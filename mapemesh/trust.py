@@ -54,6 +54,8 @@ class TrustConfig:
     """A `trust.updated` event when the credit moved this much since the last one."""
     telemetry_interval_s: float = 5.0
     """The reporting interval telemetry freshness is judged against."""
+    isolate_below: float | None = None
+    """A node whose credit falls under this is isolated (`node.isolated`, seed 5.3); None: never."""
 
     @classmethod
     def parse(cls, doc: Any) -> TrustConfig:
@@ -73,13 +75,16 @@ class TrustConfig:
         if not any(i.weight > 0 for i in indices.values()):
             raise TrustConfigError("indices: at least one index needs a weight above 0")
         rule = doc.get("update") or {}
-        unknown = (set(rule) - {"window_s", "half_life_s", "strength", "report_delta", "telemetry_interval_s"}) | (
+        unknown = (set(rule) - {"window_s", "half_life_s", "strength", "report_delta", "telemetry_interval_s",
+                                "isolate_below"}) | (
             set(doc) - {"indices", "update"})
         if unknown:
             raise TrustConfigError(f"unknown field(s) {', '.join(sorted(unknown))}")
-        values = {k: _number(v, f"update.{k}") for k, v in rule.items()}
-        if any(v <= 0 for k, v in values.items() if k != "report_delta") or values.get("report_delta", 0.02) < 0:
-            raise TrustConfigError(f"update: every value above 0 (report_delta >= 0), got {values}")
+        values = {k: _number(v, f"update.{k}") for k, v in rule.items() if not (k == "isolate_below" and v is None)}
+        if any(v <= 0 for k, v in values.items() if k not in ("report_delta", "isolate_below")) \
+                or values.get("report_delta", 0.02) < 0 or not 0 <= values.get("isolate_below", 0) <= 1:
+            raise TrustConfigError(f"update: every value above 0 (report_delta >= 0, isolate_below in [0, 1]), "
+                                   f"got {values}")
         return cls(indices, **values)
 
     @classmethod

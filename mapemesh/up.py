@@ -184,7 +184,14 @@ def _identities(settings: Settings, env_hook: EnvHook | None) -> EnvHook:
 
 async def _start_shim(settings: Settings, mesh: RunningMesh) -> None:
     """This machine's node shim, on /sys, or on a simulated tree when /sys has no cpufreq (and say so)."""
-    from mapemesh.node_shim.daemon import CPUFREQ, default_node, simulated_root, start_node_shim, write_trigger
+    from mapemesh.node_shim.daemon import (
+        CPUFREQ,
+        HostDrainer,
+        default_node,
+        simulated_root,
+        start_node_shim,
+        write_trigger,
+    )
 
     if settings.sysfs_root:
         root = Path(settings.sysfs_root)
@@ -200,7 +207,8 @@ async def _start_shim(settings: Settings, mesh: RunningMesh) -> None:
                                       interval_s=settings.telemetry_interval_s,
                                       services=mesh.host.services,
                                       # The knob applies in a worker thread; the host's processes are the loop's.
-                                      on_vaccel_change=lambda: loop.call_soon_threadsafe(mesh.host.apply_env))
+                                      on_vaccel_change=lambda: loop.call_soon_threadsafe(mesh.host.apply_env),
+                                      drainer=HostDrainer(mesh.host, loop))
     mesh.shim_trigger = write_trigger(settings.deployed_manifests, node, mesh.shim.url)
     shim = mesh.shim
     # New or removed accelerated functions change the vAccelPlugin knob's options: tell the loop.

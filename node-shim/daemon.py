@@ -23,6 +23,7 @@ from mapemesh import endpoints
 from mapemesh.events.catalogue import KnobApply
 from mapemesh.identity.guard import Guard
 from mapemesh.node_shim.knobs.base import Knob, KnobError, Sysfs
+from mapemesh.node_shim.knobs.fpga import Drainer, DrainFailed
 from mapemesh.node_shim.knobs.interval import TelemetryInterval
 from mapemesh.node_shim.server import ShimServer, token
 from mapemesh.node_shim.shim import Baselines, Journal, NodeShim
@@ -37,13 +38,15 @@ def build_knobs(sysfs: Sysfs, interval: TelemetryInterval, nvml: Any = None) -> 
     """Every knob this machine (or simulated tree) has; a missing kind of hardware is left out, and logged."""
     from mapemesh.node_shim.knobs.cpufreq import CPUFrequency
     from mapemesh.node_shim.knobs.nvml import NVIDIAGPUFrequency
+    from mapemesh.node_shim.knobs.radio import RADIO_FILE, FileRadio, RadioConfig
     from mapemesh.node_shim.knobs.rapl import RAPLPowerCap
 
     knobs: dict[str, Knob] = {interval.name: interval}
     for name, present, make in (("CPUFrequency", sysfs.exists(CPUFREQ), lambda: CPUFrequency(sysfs)),
                                 ("RAPLPowerCap", any(sysfs.path(POWERCAP).glob("intel-rapl:*")),
                                  lambda: RAPLPowerCap(sysfs)),
-                                ("NVIDIAGPUFrequency", True, lambda: NVIDIAGPUFrequency(nvml))):
+                                ("NVIDIAGPUFrequency", True, lambda: NVIDIAGPUFrequency(nvml)),
+                                ("RadioConfig", sysfs.exists(RADIO_FILE), lambda: RadioConfig(FileRadio(sysfs)))):
         if not present:
             log.info("no %s knob: %s has no such hardware", name, sysfs.root)
             continue
@@ -94,6 +97,26 @@ def trigger(node: str, url: str, namespace: str = "default", broker: str = "defa
                      "subscriber": {"uri": url.rstrip("/") + "/"}}}
 
 
+class HostDrainer:
+    """The FPGABitstream knob's `Drainer` on one machine: the local host's `drain` and `release`, called from the
+    knob's worker thread on the host's event loop."""
+
+    def __init__(self, host: Any, loop: asyncio.AbstractEventLoop):
+        self.host = host
+        self.loop = loop
+
+    def drain(self, services: list[str], timeout_s: float) -> None:
+        future = asyncio.run_coroutine_threadsafe(self.host.drain(services, timeout_s), self.loop)
+        try:
+            future.result(timeout_s + 5)
+        except TimeoutError as exc:  # the host released them again (or, its loop stuck, is told to stop trying)
+            future.cancel()
+            raise DrainFailed(f"{', '.join(services)} still ran requests after {timeout_s:g}s") from exc
+
+    def release(self, services: list[str]) -> None:
+        asyncio.run_coroutine_threadsafe(self.host.release(services), self.loop).result(30)
+
+
 @dataclass
 class RunningShim:
     """A started node shim."""
@@ -123,17 +146,20 @@ class RunningShim:
 
 async def start_node_shim(node: str, data: Path, *, sysfs_root: Path | None = None, broker: str | None = None,
                           host: str = "127.0.0.1", port: int = 0, interval_s: float = 5.0,
-                          nvml: Any = None, services: Any = None, on_vaccel_change: Any = None) -> RunningShim:
+                          nvml: Any = None, services: Any = None, on_vaccel_change: Any = None,
+                          drainer: Drainer | None = None) -> RunningShim:
     """Start a node shim: knobs on `sysfs_root` (default `/`), API on host:port, telemetry to `broker`.
 
     `services` (a callable: namespace/name -> ServiceSpec, the local function host's `services`) gives the
     vAccelPlugin knob the accelerated functions this node runs, and `on_vaccel_change` tells their host at once
     when a plugin choice changes (without it the host finds the change in DATA_DIR/vaccel-plugins.json within a
-    second).
+    second). On a node with an FPGA manager, `drainer` (the host's `drain` and `release`, see `HostDrainer`) holds
+    the functions that use the FPGA while the FPGABitstream knob reconfigures it.
     """
+    from mapemesh.node_shim.knobs.fpga import MANAGERS, FPGABitstream
     from mapemesh.node_shim.knobs.vaccel import VAccelPlugin
     from mapemesh.runtimes.vaccel import CHOICES_FILE
-    from mapemesh.runtimes.vaccel_hook import accel_functions
+    from mapemesh.runtimes.vaccel_hook import accel_functions, fpga_functions
 
     sysfs = Sysfs(sysfs_root or "/")
     interval = TelemetryInterval(interval_s)
@@ -141,6 +167,13 @@ async def start_node_shim(node: str, data: Path, *, sysfs_root: Path | None = No
     functions = (lambda: accel_functions(services())) if services is not None else None
     knobs["vAccelPlugin"] = VAccelPlugin(data / CHOICES_FILE, functions=functions, on_change=on_vaccel_change,
                                          gpu_present=lambda: "NVIDIAGPUFrequency" in knobs)
+    if any(sysfs.path(MANAGERS).glob("fpga*")):
+        try:
+            knobs["FPGABitstream"] = FPGABitstream(
+                sysfs, data / "node-shim" / node / "fpga.json", drainer=drainer,
+                functions=(lambda: fpga_functions(services())) if services is not None else None)
+        except KnobError as exc:
+            log.info("no FPGABitstream knob: %s", exc)
     Baselines(data / "node-shim" / node / "baseline.json").apply(knobs)
     shim = NodeShim(node, knobs, Journal(data / "node-shim" / node / "journal.jsonl"))
     if host not in ("127.0.0.1", "::1", "localhost"):

@@ -1,5 +1,10 @@
 """Simulated hardware trees: the sysfs files of a CPU frequency driver and RAPL, written under a folder.
 
+Two profiles add edge hardware to an ARM board: `fpga` (a ZCU102: an FPGA manager under
+/sys/class/fpga_manager/fpga0, bitstreams in /lib/firmware, INA226 power monitors under /sys/class/hwmon) and
+`wireless` (an edge node's radio: `radio.RADIO_FILE`, its state, and `radio.GPS_FILE`, the GPS fix as a Teltonika
+router's `/gps/position/status` answers it).
+
 This is for development and tests on machines without the hardware (or without root). `create(root, profile)`
 writes the files a kernel would show under `/sys`, with the values it would show (frequencies in kHz), and the
 knob drivers read and write them through `Sysfs(root)` exactly as they read and write `/sys` on a real machine.
@@ -16,7 +21,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-PROFILES = ("intel_pstate", "acpi-cpufreq", "arm")
+CPUFREQ_PROFILES = ("intel_pstate", "acpi-cpufreq", "arm")
+"""One profile per kind of CPU frequency driver; `fpga` and `wireless` are ARM boards (cpufreq-dt) with more."""
+PROFILES = (*CPUFREQ_PROFILES, "fpga", "wireless")
 MARKER = ".mapemesh-simulated"
 CPU_DIR = "sys/devices/system/cpu"
 POWERCAP_DIR = "sys/class/powercap"
@@ -48,7 +55,24 @@ _PROFILES: dict[str, _Profile] = {
         driver="cpufreq-dt", governors=_GENERIC_GOVERNORS, governor="schedutil",
         min_khz=600_000, max_khz=2_400_000, cur_khz=1_200_000,
         available_khz=(2_400_000, 1_800_000, 1_500_000, 1_200_000, 1_000_000, 600_000), rapl=False),
+    # The ZCU102's Cortex-A53 (cpufreq-dt), with its FPGA fabric and INA226 monitors (`_write_fpga`).
+    "fpga": _Profile(
+        driver="cpufreq-dt", governors=_GENERIC_GOVERNORS, governor="schedutil",
+        min_khz=299_999, max_khz=1_199_999, cur_khz=1_199_999,
+        available_khz=(1_199_999, 599_999, 399_999, 299_999), rapl=False),
 }
+_PROFILES["wireless"] = _PROFILES["arm"]
+
+FPGA_MANAGER = "sys/class/fpga_manager/fpga0"
+FIRMWARE_DIR = "lib/firmware"
+# A bitstream's start as bootgen writes it: padding, the bus-width pattern, the sync word; then configuration data.
+_PREAMBLE = b"\xff" * 32 + bytes.fromhex("000000bb11220044ffffffffffffffffaa995566")
+BITSTREAMS = {"base.bit.bin": _PREAMBLE + b"\x20\x00\x00\x00" * 256,  # full designs
+              "conv2d.bit.bin": _PREAMBLE + b"\x30\x00\x80\x01" * 256,
+              "rp0_fft.bin": _PREAMBLE + b"\x30\x00\x40\x00" * 64,  # partial ones for reconfigurable partition rp0
+              "rp0_fir.bin": _PREAMBLE + b"\x30\x00\x40\x01" * 64}
+# (rail, microwatts): three of the ZCU102's INA226 rails (seed 3.3: PL fabric, PS full-power domain, PS DDR)
+_INA226 = (("vccint", 2_150_000), ("vccpsintfp", 1_320_000), ("vcc_psddr", 410_000))
 
 _INTEL_PSTATE = {"status": "active", "min_perf_pct": "19", "max_perf_pct": "100", "no_turbo": "0",
                  "num_pstates": "35", "turbo_pct": "33"}
@@ -90,6 +114,12 @@ def create(root: Path, profile: str, cpus: int = 4) -> Path:
             _write(cpu_dir / "intel_pstate" / name, value)
     if spec.rapl:
         _write_rapl(root / POWERCAP_DIR)
+    if profile == "fpga":
+        _write_fpga(root)
+    if profile == "wireless":
+        from mapemesh.node_shim.knobs import radio
+
+        radio.simulate(root)
     # The marker goes last: a tree that was only half written is not mistaken for a finished one.
     _write(root / MARKER, profile)
     log.debug("simulated %s tree with %d cpus under %s", profile, cpus, root)
@@ -135,6 +165,21 @@ def _write_rapl(powercap: Path) -> None:
         }
         for file, value in files.items():
             _write(powercap / f"intel-rapl:{zone}" / file, value)
+
+
+def _write_fpga(root: Path) -> None:
+    files = {"name": "Xilinx ZynqMP FPGA Manager", "state": "operating", "flags": "0", "firmware": "",
+             "status": ""}
+    for name, value in files.items():
+        _write(root / FPGA_MANAGER / name, value)
+    for name, content in BITSTREAMS.items():
+        (root / FIRMWARE_DIR).mkdir(parents=True, exist_ok=True)
+        (root / FIRMWARE_DIR / name).write_bytes(content)
+    for n, (rail, microwatts) in enumerate(_INA226):
+        folder = root / "sys/class/hwmon" / f"hwmon{n}"
+        _write(folder / "name", "ina226")
+        _write(folder / "power1_input", str(microwatts))
+        _write(folder / "power1_label", rail)
 
 
 def _write(path: Path, value: str) -> None:

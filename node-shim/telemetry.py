@@ -1,4 +1,7 @@
-"""What the node shim reports: CPU utilisation and load, memory, CPU frequencies, RAPL power, GPU figures.
+"""What the node shim reports: CPU utilisation and load, memory, CPU frequencies, RAPL power, GPU figures, board power.
+
+Board power is what the INA2xx monitors under /sys/class/hwmon read (the ZCU102's rails: the FPGA fabric reports
+nothing else, seed 3.5), per rail and in total.
 
 `Collector.collect()` reads them (from `/proc`, and from the same sysfs root and NVML handle the knobs use,
 so a simulated tree reports its own frequencies). `Reporter` sends them to the broker as
@@ -64,7 +67,8 @@ class Collector:
         Each sample carries the time it was taken, so one sent late (the broker was away) is not taken for new.
         """
         out: list[catalogue.Metric] = []
-        for part in (self._cpu_utilization, self._load, self._memory, self._frequencies, self._rapl, self._gpus):
+        for part in (self._cpu_utilization, self._load, self._memory, self._frequencies, self._rapl, self._gpus,
+                     self._board_power):
             try:
                 out += part()
             except (OSError, ValueError, KnobError) as exc:
@@ -140,6 +144,18 @@ class Collector:
         return [catalogue.Metric(name=name, value=float(value)) for name, value in knob.telemetry().items()]
 
 
+    def _board_power(self) -> list[catalogue.Metric]:
+        from mapemesh.node_shim.knobs.fpga import board_power
+
+        rails = board_power(self.sysfs)
+        out = [catalogue.Metric(name="node_board_power_watts", value=round(watts, 3), unit="W", labels={"rail": rail})
+               for rail, watts in rails.items()]
+        if rails:
+            out.insert(0, catalogue.Metric(name="node_board_power_total_watts", value=round(sum(rails.values()), 3),
+                                           unit="W"))
+        return out
+
+
 def node_description(node: str, sysfs: Sysfs, knobs: dict[str, Any], proc: Path = Path("/proc")) -> dict[str, Any]:
     """The node as an MLSysOps node description (what registration sends)."""
     cpu: dict[str, Any] = {"cores": os.cpu_count() or 1, "architecture": _architecture()}
@@ -160,9 +176,19 @@ def node_description(node: str, sysfs: Sysfs, knobs: dict[str, Any], proc: Path 
         gpus = gpu.get_options().get("gpus") or gpu.get_options()
         first = next(iter(gpus.values()), {}) if isinstance(gpus, dict) else {}
         hardware["gpu"] = {"model": first.get("name"), "count": len(gpus) if isinstance(gpus, dict) else 1}
-    actions = {"CPUFrequency": "cpu_frequency", "NVIDIAGPUFrequency": "gpu_frequency", "RAPLPowerCap": "power_cap"}
+    fpga = knobs.get("FPGABitstream")
+    if fpga is not None:
+        hardware["fpga"] = {"managers": _json_safe(fpga.managers)}
+    actions = {"CPUFrequency": "cpu_frequency", "NVIDIAGPUFrequency": "gpu_frequency", "RAPLPowerCap": "power_cap",
+               "FPGABitstream": "fpga_bitstream", "RadioConfig": "radio_config"}
+    extra: dict[str, Any] = {}
+    from mapemesh.node_shim.knobs.radio import position
+
+    location = position(sysfs)
+    if location is not None:  # the MLSysOps node schema has no place for it (only `mobility`): an added field
+        extra["location"] = location
     return {"MLSysOpsNode": {
-        "name": node, "hardware": hardware,
+        "name": node, "hardware": hardware, **extra,
         "environment": {"os": platform.system().lower(), "node_type": "native"},
         "permitted_actions": sorted(actions[k] for k in knobs if k in actions),
         "mechanisms": sorted(knobs),

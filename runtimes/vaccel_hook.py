@@ -12,7 +12,9 @@ passes it to the host; the core imports nothing from here.
 | `changed()` | whether the file's inode, mtime or size differ from the last call's (a `stat`: cheap to poll) |
 
 `accel_functions(services)` lists the accelerated functions among a host's Services, name -> {service,
-priority}: the vAccelPlugin knob's `functions` option.
+priority}: the vAccelPlugin knob's `functions` option. `fpga_functions(services)` lists those that use the FPGA
+(label `mapemesh.dev/fpga`: the partial region they use, or `fabric`), name -> {service, region}: what the
+FPGABitstream knob drains before it reconfigures the fabric.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from typing import Any
 
 from mapemesh.runtimes import vaccel
 from mapemesh.serving.spec import ServiceSpec
+
+FPGA_LABEL = "mapemesh.dev/fpga"
+"""A Service that uses the FPGA: the value names its partial region (DFX), or `fabric` for the whole fabric."""
 
 
 class VaccelEnv:
@@ -63,3 +68,9 @@ def accel_functions(services: Mapping[str, ServiceSpec]) -> dict[str, dict[str, 
     """The accelerated functions among `services` (namespace/name -> spec): name -> {service, priority}."""
     return {name: {"service": key, "priority": spec.priority} for key, spec in services.items()
             if (name := spec.labels.get(vaccel.ACCEL_LABEL))}
+
+
+def fpga_functions(services: Mapping[str, ServiceSpec]) -> dict[str, dict[str, Any]]:
+    """The Services among `services` that use the FPGA: name -> {service, region}."""
+    return {spec.name: {"service": key, "region": region} for key, spec in services.items()
+            if (region := spec.labels.get(FPGA_LABEL))}

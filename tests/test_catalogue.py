@@ -18,7 +18,7 @@ LOOP_TYPES = {
     "knob.apply", "knob.applied", "knob.failed", "deploy.requested", "deploy.status", "app.submitted",
     "app.removed", "infra.registered", "infra.unregistered", "mode.changed", "accel.requested", "accel.replied",
     "mqtt.refused", "faredge.deploy.requested", "faredge.step", "faredge.deployed", "storage.accessed",
-    "storage.migration", "trust.updated", "auth.refused",
+    "storage.migration", "trust.updated", "auth.refused", "node.isolated",
 }
 
 

@@ -59,7 +59,7 @@ def changed(root: Path, before: dict[str, str]) -> set[str]:
     return {name for name, path in now.items() if path.stat().st_mtime_ns != 0 or path.read_text() != before[name]}
 
 
-@pytest.fixture(params=simulate.PROFILES)
+@pytest.fixture(params=simulate.CPUFREQ_PROFILES)
 def profile(request: pytest.FixtureRequest) -> str:
     return request.param
 

@@ -1,7 +1,9 @@
 """The execute stage: a scheduled plan in, each mechanism's command out to whoever applies it.
 
 - Knob mechanisms (CPUFrequency, RAPLPowerCap, NVIDIAGPUFrequency, ...) go to the node shim of the plan's
-  node as `knob.apply` events with the extension `node` (the shim's Trigger filters on it).
+  node as `knob.apply` events with the extension `node` (the shim's Trigger filters on it) and `knob` (the
+  mechanism: an adapter function that applies one mechanism for every cluster, UPFSelect or JobOrder, filters
+  on that).
 - Placement mechanisms go to the deploy function as one `deploy.requested`:
   `ClusterPlacement` `{"placement": {component: [cluster, ...]}}` and
   `ComponentPlacement` `{"nodes": {component: node}}`; the plan's asset is the application.
@@ -49,7 +51,8 @@ def commands(plan: catalogue.PlanScheduled) -> list[CloudEvent]:
         else:
             data = catalogue.KnobApply(node=plan.asset, knob=mechanism, command=command, plan_id=plan.plan_id,
                                        requested_by=f"policy/{plan.policy}")
-            out.append(catalogue.make_event(data, SOURCE, subject=plan.asset, extensions={"node": plan.asset}))
+            out.append(catalogue.make_event(data, SOURCE, subject=plan.asset,
+                                           extensions={"node": plan.asset, "knob": mechanism}))
     if deploy:
         data = catalogue.DeployRequested(app_id=plan.asset, plan_id=plan.plan_id, placement=placement, nodes=nodes)
         out.append(catalogue.make_event(data, SOURCE, subject=plan.asset))

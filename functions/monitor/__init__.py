@@ -2,8 +2,10 @@
 
 Telemetry lands in the asset's window; applications and infrastructure are recorded or removed; knob and
 deploy results update the mechanism's state and the plan's status (Success once every mechanism of the
-plan reported back, Failed as soon as one failed); a mode change is recorded. Each answers with a
-`io.mapemesh.state.changed.v1` reply naming the asset and what changed, which the analyze stage takes.
+plan reported back, Failed as soon as one failed); a mode change is recorded; a node's isolation (or its end) is
+marked in its description (`MLSysOpsNode.isolated`, kept across its registrations), which placement honours.
+Each answers with a `io.mapemesh.state.changed.v1` reply naming the asset and what changed, which the analyze
+stage takes.
 """
 
 from __future__ import annotations
@@ -103,7 +105,13 @@ def registered(data: catalogue.InfraRegistered, *, event: CloudEvent, store: Sta
     if current is not None and float(current.value.get("registered_at", 0)) > sent:
         log.info("%s: a registration older than the one recorded, ignored (event %s)", data.infra_id, event.id)
         return None
-    store.put("infrastructure", data.infra_id, {"kind": data.kind, "description": data.description,
+    description = data.description
+    # The node does not know it is isolated: it stays so across its registrations, and across a departure.
+    isolation = _isolation(current.value) if current is not None else (
+        departed.value.get("isolated") if departed is not None else None)
+    if data.kind == "node" and isolation:
+        description = _with_isolation(description, isolation)
+    store.put("infrastructure", data.infra_id, {"kind": data.kind, "description": description,
                                                 "registered_at": sent})
     if data.kind == "node":
         _record_mechanisms(store, data.infra_id, data.description)
@@ -120,7 +128,9 @@ def unregistered(data: catalogue.InfraUnregistered, *, event: CloudEvent, store:
     if previous is not None and float(previous.value.get("registered_at", 0)) > sent:
         log.info("%s: an unregistration sent before its registration, ignored (event %s)", data.infra_id, event.id)
         return None
-    update(store, "departed", data.infra_id, lambda doc: {"at": max(sent, float((doc or {}).get("at", 0)))})
+    isolation = _isolation(previous.value if previous else None)
+    update(store, "departed", data.infra_id, lambda doc: {
+        **({"isolated": isolation} if isolation else {}), "at": max(sent, float((doc or {}).get("at", 0)))})
     store.delete("infrastructure", data.infra_id)
     _forget_contexts(store, data.infra_id)
     kind = str(previous.value.get("kind", "node")) if previous else "node"
@@ -133,7 +143,18 @@ def applied(data: catalogue.KnobApplied, *, store: StateStore) -> None:
     doing, which no policy is asked about (it is in their next inputs), so the hop would always be dropped."""
     update(store, "mechanisms", f"{data.node}/{data.knob}",
            lambda doc: {**(doc or {}), "state": data.after, "updated": time.time()})
-    record_result(store, data.plan_id, data.knob, True, None)
+    record_result(store, data.plan_id, data.knob, True, None, _idle_note(data))
+
+
+def _idle_note(data: catalogue.KnobApplied) -> str | None:
+    """What the plan's status says of a change that needed its accelerator idle (a knob whose state has
+    `last_reconfiguration.needs_idle`, the FPGABitstream's): the functions drained for it."""
+    last = data.after.get("last_reconfiguration") if not data.noop else None
+    if not isinstance(last, dict) or not last.get("needs_idle"):
+        return None
+    drained = [str(s) for s in last.get("drained") or []]
+    return ("needed the accelerator idle (as a reboot would): "
+            + (f"drained {', '.join(drained)} first, released after" if drained else "no function used it"))
 
 
 @mapemesh.on(catalogue.KnobFailed)
@@ -157,6 +178,43 @@ def mode(data: catalogue.ModeChanged, *, event: CloudEvent, store: StateStore) -
     """The management mode and manual override."""
     store.put("settings", "mode", {"mode": data.mode, "manual_override": data.manual_override})
     return _changed("continuum", "continuum", ["mode"], event)
+
+
+def _isolation(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The isolation marked in an infrastructure record's node description, or None."""
+    doc = ((record or {}).get("description") or {}) if isinstance(record, dict) else {}
+    node = doc.get("MLSysOpsNode") if isinstance(doc, dict) else None
+    return node.get("isolated") if isinstance(node, dict) else None
+
+
+def _with_isolation(description: dict[str, Any], isolation: dict[str, Any] | None) -> dict[str, Any]:
+    node = {k: v for k, v in (description.get("MLSysOpsNode") or {}).items() if k != "isolated"}
+    return {**description, "MLSysOpsNode": {**node, **({"isolated": isolation} if isolation else {})}}
+
+
+@mapemesh.on(catalogue.NodeIsolated)
+def isolated(data: catalogue.NodeIsolated, *, event: CloudEvent, store: StateStore) -> Reply | None:
+    """A node isolated (or let back in): marked in its description, so placement leaves it out; the placement
+    policies are asked again (a component on it moves away)."""
+    mark = {"reason": data.reason, "by": data.by, "at": _sent_at(event),
+            **({"credit": data.credit} if data.credit is not None else {}),
+            **({"location": data.location} if data.location else {})} if data.isolated else None
+    found: list[bool] = []
+
+    def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+        found.clear()
+        if doc is None or doc.get("kind") != "node":
+            return doc
+        found.append(True)
+        return {**doc, "description": _with_isolation(doc.get("description") or {}, mark)}
+
+    update(store, "infrastructure", data.node, change)
+    if not found:
+        log.warning("isolation of %s: no such node registered (event %s)", data.node, event.id)
+        return None
+    log.warning("node %s %s by %s: %s", data.node, "isolated" if data.isolated else "let back in", data.by,
+                data.reason)
+    return _changed(data.node, "node", ["isolated"], event)
 
 
 @mapemesh.on(catalogue.TrustUpdated)

@@ -14,6 +14,12 @@
 |                              |                                  | within 2x the interval, less when older      |
 | `deploy.status`              | deploy_success (each cluster)    | good when Applied, bad when Failed           |
 
+When a node's credit falls under `isolate_below` (trust.yaml's update rule), the function also answers with
+`io.mapemesh.node.isolated.v1` (seed 5.3: the isolation of a compromised or malfunctioning node, with its GPS
+position from its description): the monitor marks the node isolated and placement leaves it out. It says so once
+per fall under the threshold; letting the node back in is an operator's (or a policy's) `node.isolated` with
+`isolated: false`.
+
 The function does not take every telemetry report (it would double the monitor's work under a telemetry
 stream): freshness is judged from the node's telemetry window each time something else is observed.
 
@@ -53,10 +59,11 @@ def config() -> trust.TrustConfig:
 
 
 def _observe(store: StateStore, asset: str, kind: str, index: str | None, good: float, cause: CloudEvent,
-             extra: dict[str, Any] | None = None) -> Reply | None:
-    """One observation into the asset's record (None: only `extra`); a trust.updated reply when it moved enough."""
+             extra: dict[str, Any] | None = None) -> list[Reply] | None:
+    """One observation into the asset's record (None: only `extra`); a trust.updated reply when it moved enough, and
+    a node.isolated when a node's credit fell under `isolate_below`."""
     cfg, now = config(), time.time()
-    report: list[catalogue.TrustUpdated] = []
+    report: list[catalogue.EventData] = []
     fresh = _freshness(store, asset, now, cfg) if kind == "node" else None
 
     def change(doc: dict[str, Any] | None) -> dict[str, Any]:
@@ -74,10 +81,24 @@ def _observe(store: StateStore, asset: str, kind: str, index: str | None, good: 
             report.append(catalogue.TrustUpdated(asset=asset, asset_kind=kind, credit=value,  # type: ignore[arg-type]
                                                  previous=previous, indices=doc["values"], cause=cause.id))
             doc["reported"] = value
+        below = kind == "node" and cfg.isolate_below is not None and value < cfg.isolate_below
+        if below and not doc.get("isolated"):
+            report.append(catalogue.NodeIsolated(
+                node=asset, reason=f"trust credit {value:.2f} fell under {cfg.isolate_below:.2f}", by="trust",
+                credit=value, location=_location(store, asset)))
+        doc["isolated"] = below
         return doc
 
     update(store, "trust", asset, change)
-    return Reply(report[0], subject=asset) if report else None
+    return [Reply(data, subject=asset) for data in report] or None
+
+
+def _location(store: StateStore, node: str) -> dict[str, Any] | None:
+    """The node's position as its description gives it (seed 5.3: the GPS fix), None when it gives none."""
+    record = store.get("infrastructure", node)
+    description = (record.value.get("description") or {}) if record else {}
+    location = (description.get("MLSysOpsNode") or {}).get("location") if isinstance(description, dict) else None
+    return location if isinstance(location, dict) else None
 
 
 def _freshness(store: StateStore, asset: str, now: float, cfg: trust.TrustConfig) -> float | None:
@@ -91,7 +112,7 @@ def _freshness(store: StateStore, asset: str, now: float, cfg: trust.TrustConfig
 
 
 @mapemesh.on(catalogue.InfraRegistered)
-def registered(data: catalogue.InfraRegistered, *, event: CloudEvent, store: StateStore) -> Reply | None:
+def registered(data: catalogue.InfraRegistered, *, event: CloudEvent, store: StateStore) -> list[Reply] | None:
     if data.kind not in ("node", "cluster") or store.get("trust", data.infra_id) is not None:
         return None
     return _observe(store, data.infra_id, data.kind, None, 0.0, event)
@@ -118,14 +139,14 @@ def _reported(event: CloudEvent, node: str) -> bool:
 
 
 @mapemesh.on(catalogue.KnobApplied)
-def applied(data: catalogue.KnobApplied, *, event: CloudEvent, store: StateStore) -> Reply | None:
+def applied(data: catalogue.KnobApplied, *, event: CloudEvent, store: StateStore) -> list[Reply] | None:
     if data.request.startswith(S3_REQUEST) or not _reported(event, data.node):
         return None
     return _observe(store, data.node, "node", "knob_success", 1.0, event)
 
 
 @mapemesh.on(catalogue.KnobFailed)
-def failed(data: catalogue.KnobFailed, *, event: CloudEvent, store: StateStore) -> Reply | None:
+def failed(data: catalogue.KnobFailed, *, event: CloudEvent, store: StateStore) -> list[Reply] | None:
     if data.code not in NODE_FAULTS or not _reported(event, data.node):
         return None
     return _observe(store, data.node, "node", "knob_success", 0.0, event)
@@ -137,7 +158,7 @@ def deployed(data: catalogue.DeployStatus, *, event: CloudEvent, store: StateSto
         return None
     good = 1.0 if data.status == "Applied" else 0.0
     replies = [_observe(store, cluster, "cluster", "deploy_success", good, event) for cluster in data.clusters]
-    return [r for r in replies if r is not None] or None
+    return [r for found in replies for r in found or ()] or None
 
 
 trust_stage = mapemesh.stage(__name__, source="/mapemesh/trust")

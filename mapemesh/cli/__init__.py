@@ -21,6 +21,7 @@ from mapemesh.cli.node_shim import node_shim
 from mapemesh.cli.northbound import apps, infra, manage, ml, watch
 from mapemesh.cli.policy import policy
 from mapemesh.cli.render import render
+from mapemesh.cli.simulate import simulate
 from mapemesh.cli.storage import storage
 from mapemesh.cli.trace import trace
 
@@ -58,6 +59,7 @@ cli.add_command(manage)
 cli.add_command(watch)
 cli.add_command(build)
 cli.add_command(function)
+cli.add_command(simulate)
 cli.add_command(bridge)
 
 

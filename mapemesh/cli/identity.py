@@ -59,8 +59,9 @@ def list_identities(ctx: click.Context, data: Path | None) -> None:
         click.echo(f"{subject_of(path.stem):60} until {cert.not_valid_after_utc:%Y-%m-%d}")
 
 
-SIGNERS = ("execute", "deploy")
-"""The functions that send commands (the default command policy's senders): each gets its key in a Secret."""
+SIGNERS = ("execute", "deploy", "trust", "upf", "jobs")
+"""The functions that sign what they send (the default command policy's senders, and the mechanism adapters' knob
+results): each gets its key in a Secret."""
 
 
 @identity.command("export")

@@ -22,7 +22,8 @@ def node_shim() -> None:
               help="Data directory (token, journal, endpoints.json) [default: the global --data].")
 @click.option("--sysfs-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Drive the knobs in this tree instead of / (see `node-shim simulate`).")
-@click.option("--simulate", "profile", type=click.Choice(["intel_pstate", "acpi-cpufreq", "arm"]), default=None,
+@click.option("--simulate", "profile", default=None,
+              type=click.Choice(["intel_pstate", "acpi-cpufreq", "arm", "fpga", "wireless"]),
               help="Drive a simulated tree of this kind (made once in DATA_DIR/simulated-sysfs) instead of /.")
 @click.option("--broker", default=None,
               help="Broker URL for telemetry and registration [default: K_SINK (a SinkBinding's), else the broker "
@@ -111,8 +112,9 @@ def serve(ctx: click.Context, node: str | None, data: Path | None, sysfs_root: P
 
 
 @node_shim.command("simulate")
-@click.option("--profile", type=click.Choice(["intel_pstate", "acpi-cpufreq", "arm"]), required=True,
-              help="Which kind of machine: its cpufreq driver, governors, frequencies and RAPL domains.")
+@click.option("--profile", type=click.Choice(["intel_pstate", "acpi-cpufreq", "arm", "fpga", "wireless"]),
+              required=True, help="Which kind of machine: its cpufreq driver, governors, frequencies and RAPL "
+              "domains; `fpga` a ZCU102 (FPGA manager, bitstreams, INA226), `wireless` an edge radio and GPS.")
 @click.option("--cpus", type=click.IntRange(1, 256), default=4, show_default=True)
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def simulate_cmd(profile: str, cpus: int, directory: Path) -> None:

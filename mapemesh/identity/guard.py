@@ -1,13 +1,14 @@
 """Commands are checked where they are applied: who may send which command, deny by default, and the audit.
 
 The events that command something (`COMMANDS`: knob.apply, which includes the storage gateway's StoragePolicy
-and far-edge radios, deploy.requested and faredge.deploy.requested) are accepted only when signed (`dsse`) by an
-identity the command policy allows for that type; any other event passes. The default policy
+and far-edge radios, deploy.requested, faredge.deploy.requested and node.isolated) are accepted only when signed
+(`dsse`) by an identity the command policy allows for that type; any other event passes. The default policy
 (`commands.yaml` beside this file; MAPEMESH_COMMAND_POLICY names another):
 
     io.mapemesh.knob.apply.v1: [execute, operator]
     io.mapemesh.deploy.requested.v1: [execute]
     io.mapemesh.faredge.deploy.requested.v1: [deploy]
+    io.mapemesh.node.isolated.v1: [trust, operator]
 
 A refused command changes nothing; the receiver answers it as refused and says so in an
 `io.mapemesh.auth.refused.v1` event and a log line naming the sender (the verified signer, else the event's
@@ -156,10 +157,16 @@ def sign_as(event: CloudEvent, name: str, root: Path | None = None) -> CloudEven
         return event
 
 
+MECHANISM_ADAPTERS = ("upf", "jobs")
+"""The functions that apply a cluster's mechanism through an outside system's API (`mapemesh.adapters`): UPFSelect
+through a 5G core, JobOrder through a datacenter scheduler. Like the bridge, each reports for the nodes behind it."""
+
+
 def knob_reporters(node: str) -> frozenset[str]:
     """Who may report a knob result for `node`: its node shim, an agent that is the node (the storage gateway signs
-    as its own name) and the MQTT bridge (for the far-edge devices behind it), as subjects."""
-    return frozenset(subject_of(name) for name in (dns_name("node-shim", node), node, "bridge"))
+    as its own name), the MQTT bridge (for the far-edge devices behind it) and the mechanism adapters, as
+    subjects."""
+    return frozenset(subject_of(name) for name in (dns_name("node-shim", node), node, "bridge", *MECHANISM_ADAPTERS))
 
 
 def reported_by_the_node(event: CloudEvent, node: str, trust: TrustStore | None) -> bool:

@@ -214,8 +214,9 @@ def dispatch(store: StateStore, plan_id: str, status: str = "Pending", reason: s
 
 
 def record_result(store: StateStore, plan_id: str | None, mechanism: str | None, ok: bool,
-                  detail: str | None) -> None:
-    """Record one mechanism's result (None: every placement mechanism of the plan, from the deploy function)."""
+                  detail: str | None, note: str | None = None) -> None:
+    """Record one mechanism's result (None: every placement mechanism of the plan, from the deploy function);
+    `note`: what a user should know of a success (`notes[mechanism]`: a reconfiguration that drained functions)."""
     if not plan_id:
         return
 
@@ -226,6 +227,8 @@ def record_result(store: StateStore, plan_id: str | None, mechanism: str | None,
         names = [mechanism] if mechanism else [m for m in plan.get("mechanisms") or {} if m in DEPLOY_MECHANISMS]
         for name in names or ["deploy"]:
             results[name] = "applied" if ok else f"failed: {detail}"
+            if ok and note:
+                plan["notes"] = {**(plan.get("notes") or {}), name: note}
         mechanism_label = ", ".join(names) or "deploy"
         plan["results"] = results
         if plan.get("status") in FINAL:

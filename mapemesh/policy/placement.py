@@ -6,8 +6,9 @@ checked against each node's `MLSysOpsNode` description (`continuum_layer`, `labe
 `hardware.gpu`, `hardware.memory` in GiB), and a component's `min_trust` against the node's reputation credit
 (the trust function's, in the policy's `system_description["trust"]`). A far-edge device (layer `far_edge`)
 takes only a component that asks for that layer or names it (as the seed's far-edge nodes are tainted), and
-labels such as `extra.resources.fhp/tinymml:true` pick the AI-ready ones. Every reason a node does not fit is
-kept, so a policy can say why a component has nowhere to go.
+labels such as `extra.resources.fhp/tinymml:true` pick the AI-ready ones. A node isolated by the monitor (its
+description's `isolated`, seed 5.3) takes nothing. Every reason a node does not fit is kept, so a policy can say
+why a component has nowhere to go.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ def misfits(component: Mapping[str, Any], node_name: str, node: Mapping[str, Any
             trust: Mapping[str, Any] | None = None) -> list[str]:
     """Why `node` cannot run `component` (empty: it can); `trust`: the credits, {asset: credit}."""
     why = []
+    isolation = node.get("isolated")
+    if isolation:  # seed 5.3: a compromised or malfunctioning node is isolated; nothing is placed on it
+        why.append(f"the node is isolated ({(isolation or {}).get('reason') or 'no reason given'})")
     distrust = untrusted(component, node_name, trust)
     if distrust:
         why.append(distrust)

@@ -124,6 +124,8 @@ class Revision:
         self.error: str | None = None
         self.prepared = False
         self.stopped = False
+        self.held = False
+        """Drained (`hold`): requests wait in the queue and no process runs until `release`."""
         self.cold_starts = 0
         self._ids = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -195,6 +197,30 @@ class Revision:
             self.scale()
         return True
 
+    def hold(self) -> None:
+        """Drain: new requests wait in the queue (none fails for it), the processes finish what they took and stop,
+        and none starts until `release` (the accelerator they use is being reconfigured, say)."""
+        self.held = True
+        for inst in list(self.instances):
+            inst.draining = True
+            self._retire_if_drained(inst, "was drained")
+        log.info("%s: held (%d process(es) finishing)", self.spec.key, len(self.instances))
+
+    @property
+    def idle(self) -> bool:
+        """Held, and no process of it runs or starts."""
+        return self.held and not self.instances and not self.starting
+
+    def release(self) -> None:
+        """Serve again: the requests that waited are handed to new processes."""
+        if not self.held:
+            return
+        self.held = False
+        log.info("%s: released (%d request(s) waited)", self.spec.key, len(self.queue))
+        self.dispatch()
+        if not self.queue and self.spec.min_scale:
+            self.scale()
+
     def _timed_out(self, waiting: Waiting) -> None:
         if waiting in self.queue:
             self.queue.remove(waiting)
@@ -209,14 +235,14 @@ class Revision:
                 self.dispatch()
                 return
 
-    def _retire_if_drained(self, inst: Instance, reason: str = "was replaced after a timeout") -> None:
+    def _retire_if_drained(self, inst: Instance, reason: str | None = None) -> None:
         if inst.draining and not inst.in_flight:
             self._remove(inst)
-            inst.kill(reason)
+            inst.kill(reason or ("was drained" if self.held else "was replaced after a timeout"))
 
     def dispatch(self) -> None:
         """Hand queued requests to processes with room; start processes when all are full."""
-        if self.stopped:
+        if self.stopped or self.held:
             return
         while self.queue:
             inst = min((i for i in self.instances if i.alive and not i.draining
@@ -276,8 +302,8 @@ class Revision:
             return
         inst.reader_task = asyncio.get_running_loop().create_task(self._read(inst, reader))
         self.instances.append(inst)
-        if env is not self.env:  # the environment changed while it started: it serves nothing, and goes
-            inst.draining = True
+        if env is not self.env or self.held:  # the environment changed (or a drain began) while it started: it
+            inst.draining = True  # serves nothing, and goes
             self._retire_if_drained(inst, "was started with an environment since replaced")
         log.info("%s: process %d started (%d running)", self.spec.key, pid, len(self.instances))
         self.dispatch()
@@ -317,7 +343,7 @@ class Revision:
 
     def scale(self) -> None:
         """Keep min-scale processes; stop those idle longer than the window (the last one: retention)."""
-        if self.stopped or self.error is not None:
+        if self.stopped or self.held or self.error is not None:
             return
         now = time.monotonic()
         if self.prepared:
@@ -353,17 +379,18 @@ class Revision:
         return status_row(self.spec, ready=self.error is None, reason=self.error,
                            pids=[i.pid for i in self.instances], starting=self.starting,
                            in_flight=sum(len(i.in_flight) for i in self.instances), queued=len(self.queue),
-                           cold_starts=self.cold_starts)
+                           cold_starts=self.cold_starts, held=self.held)
 
 
 def status_row(spec: ServiceSpec | None, *, ready: bool, reason: str | None, pids: list[int] | None = None,
-                starting: int = 0, in_flight: int = 0, queued: int = 0, cold_starts: int = 0) -> dict[str, Any]:
+                starting: int = 0, in_flight: int = 0, queued: int = 0, cold_starts: int = 0,
+                held: bool = False) -> dict[str, Any]:
     """One function's status; every function has every key, so scripts can rely on them."""
     pids = pids or []
     return {
         "ready": ready, "reason": reason, "processes": len(pids), "pids": pids,
         "scaled_to_zero": not pids and not starting, "in_flight": in_flight, "queued": queued,
-        "cold_starts": cold_starts,
+        "cold_starts": cold_starts, "held": held,
         "runtime_class": (spec.runtime_class if spec else None) or "default",
         "runs_as": "a local process (forked); the runtime class applies on a cluster",
         "min_scale": spec.min_scale if spec else None, "max_scale": spec.max_scale if spec else None,

@@ -3,7 +3,9 @@
 `POST /{namespace}/{name}` invokes the Service's function through its activator (`activator.Revision`: the
 queue, the processes forked by the zygote through `forkserver.Zygote`, scale to zero). The host keeps one
 revision per Service in the manifests, replaces a revision when its Service changes, restarts a Service's
-processes when the env its `EnvHook` gives changes (`envhook`), and counts requests as Knative's queue-proxy does.
+processes when the env its `EnvHook` gives changes (`envhook`), drains Services on request (`drain`, `release`: the
+node shim's FPGABitstream knob, before it reconfigures the accelerator they use), and counts requests as Knative's
+queue-proxy does.
 
 | answer | when |
 |---|---|
@@ -165,6 +167,28 @@ class LocalHost:
                 log.exception("%s: the env hook's environment could not be applied", key)
         self._env_retry = failed  # the next poll tries again
         return restarted
+
+    async def drain(self, keys: list[str], timeout_s: float) -> None:
+        """Hold the Services `keys` (`Revision.hold`: their requests wait, none fails) until none of their processes
+        runs; TimeoutError (and they are released) when that takes longer than `timeout_s`."""
+        held = [rev for key in keys if (rev := self.revisions.get(key)) is not None]
+        for rev in held:
+            rev.hold()
+        deadline = time.monotonic() + timeout_s
+        while not all(rev.idle for rev in held):
+            if time.monotonic() >= deadline:
+                busy = [rev.spec.key for rev in held if not rev.idle]
+                for rev in held:
+                    rev.release()
+                raise TimeoutError(f"{', '.join(busy)} still ran requests after {timeout_s:g}s")
+            await asyncio.sleep(SCALE_EVERY_S)
+
+    async def release(self, keys: list[str]) -> None:
+        """Let held Services serve again (what waited is handed to new processes)."""
+        for key in keys:
+            rev = self.revisions.get(key)
+            if rev is not None:
+                rev.release()
 
     async def start(self) -> None:
         """Create the revisions and begin scaling."""

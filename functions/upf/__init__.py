@@ -1,0 +1,82 @@
+"""The UPFSelect adapter (seed 5.2): a `knob.apply` of a cluster's `UPFSelect` mechanism in, the 5G core's slice
+configuration API called, `knob.applied` (every UE's UPF before and after, read back) or `knob.failed` out.
+
+The command is `{"command": "set", "ue": UE, "upf": UPF}`; the asset is the node the cluster's 5G core is
+registered as (its `UPFSelect` options name the UPFs and their addresses, `mapemesh.sim.core5g` registers one).
+The core's API (`mapemesh.adapters.endpoint`: per cluster, from the endpoints file) is asked to steer the UE's PDU
+session to the UPF at that address, as the SMF is configured in 5.2:
+
+    POST {API}/slices/{UE}  {"upf_address": ADDRESS}      GET {API}/slices  ->  {UE: {"upf": NAME, ...}}
+
+An unknown UE or UPF, or a command of another shape, fails as `invalid`; an API that does not answer as
+`timeout`; one that answers an error, or reads back another UPF, as `hardware` (`mapemesh.adapters.through`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+
+import mapemesh
+from mapemesh import adapters
+from mapemesh import events as catalogue
+from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.state import StateStore
+
+log = logging.getLogger(__name__)
+SOURCE = "/mapemesh/upf"
+KNOB = "UPFSelect"
+
+
+def _slices(answer: httpx.Response) -> dict[str, Any]:
+    answer.raise_for_status()
+    return {ue: (s or {}).get("upf") for ue, s in sorted(answer.json().items())}
+
+
+def _address(store: StateStore, node: str, upf: str) -> str:
+    doc = store.get("mechanisms", f"{node}/{KNOB}")
+    upfs = {u.get("name"): u for u in ((doc.value.get("options") if doc else None) or {}).get("upfs") or []}
+    if upf not in upfs or not upfs[upf].get("address"):
+        raise ValueError(f"{node} offers no UPF {upf} (it offers {', '.join(sorted(map(str, upfs))) or 'none'})")
+    return str(upfs[upf]["address"])
+
+
+@mapemesh.on(catalogue.KnobApply)
+async def apply(data: catalogue.KnobApply, *, event: CloudEvent, store: StateStore) -> CloudEvent:
+    """Steer the UE's user plane to the UPF, read back."""
+    if data.knob != KNOB:
+        return adapters.failed(event, data, "unknown_knob", f"this adapter applies {KNOB}, not {data.knob}", SOURCE)
+    command = data.command
+    if command.get("command", "set") != "set" or set(command) - {"command", "ue", "upf"} or not command.get("ue") \
+            or not command.get("upf"):
+        return adapters.failed(event, data, "invalid", f"{KNOB} takes {{command: set, ue, upf}}", SOURCE)
+    ue, upf = str(command["ue"]), str(command["upf"])
+    try:
+        address = _address(store, data.node, upf)
+        api = adapters.endpoint(store, KNOB, data.node)
+    except ValueError as exc:
+        return adapters.failed(event, data, "invalid", str(exc), SOURCE)
+    except adapters.Unconfigured as exc:
+        return adapters.failed(event, data, "unsupported", str(exc), SOURCE)
+
+    async def steer(client: httpx.AsyncClient) -> tuple[dict[str, Any], dict[str, Any]]:
+        before = _slices(await client.get(f"{api}/slices"))
+        if ue not in before:
+            raise adapters.Refused(f"it serves no UE {ue}")
+        answer = await client.post(f"{api}/slices/{ue}", json={"upf_address": address})
+        if answer.status_code in (404, 422):
+            raise adapters.Refused(answer.text)
+        answer.raise_for_status()
+        after = _slices(await client.get(f"{api}/slices"))
+        if after.get(ue) != upf:
+            raise adapters.Unapplied(f"it reads back {ue} on {after.get(ue)}, not {upf}")
+        log.info("%s: UE %s moved from UPF %s to %s", data.node, ue, before.get(ue), upf)
+        return before, after
+
+    return await adapters.through(event, data, SOURCE, api, "the 5G core", steer)
+
+
+upf = mapemesh.stage(__name__, source=SOURCE)
+"""UPFSelect commands applied through the cluster's 5G core."""

@@ -1,0 +1,108 @@
+"""Mechanism adapters: functions that apply a cluster's mechanism by calling an outside system's HTTP API (a 5G
+core's slice configuration for `UPFSelect`, a datacenter scheduler's order for `JobOrder`), answering as a node
+shim does.
+
+| call                                     | does                                                                    |
+|------------------------------------------|-------------------------------------------------------------------------|
+| `endpoint(store, mechanism, asset)`      | the API's base URL for the asset's cluster, from the endpoints file     |
+| `applied(event, data, before, after)`    | the `knob.applied` answer, signed by this function's identity           |
+| `failed(event, data, code, error)`       | the `knob.failed` answer, signed likewise                               |
+| `await through(event, data, source, api, | `exchange(client)` run against the API (it gives the state before and   |
+| what, exchange)`                         | after, read back): `applied`, or `failed` (`Refused`: invalid; no       |
+|                                          | answer: timeout; an error answer or a wrong read-back: hardware)        |
+
+The endpoints file (YAML; the one MAPEMESH_MECHANISM_ENDPOINTS names, a ConfigMap mounted in a cluster) maps each
+mechanism to its API per cluster: `{UPFSelect: {CLUSTER: URL}, JobOrder: {CLUSTER: URL}}`. An asset's cluster is
+the `cluster_id` of its registered `MLSysOpsNode` description (its own name when it has none). The file is read
+on each command, so an operator's edit holds from the next one. The URL comes from the operator's file, never from
+a registration: whoever may register infrastructure may not point an adapter at an address of their choosing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from mapemesh import events as catalogue
+from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.identity.guard import sign_as
+from mapemesh.state import StateStore
+
+ENDPOINTS_ENV = "MAPEMESH_MECHANISM_ENDPOINTS"
+TIMEOUT_S = 10.0
+
+
+class Unconfigured(LookupError):
+    """No endpoint for the asset's cluster."""
+
+
+class Refused(ValueError):
+    """The outside system refused the command as wrong (an unknown UE, another batch): the command's fault."""
+
+
+class Unapplied(RuntimeError):
+    """The outside system accepted the command but reads back something else."""
+
+
+def cluster_of(store: StateStore, asset: str) -> str:
+    """The cluster the asset belongs to, as its registration says (the asset's own name otherwise)."""
+    doc = store.get("infrastructure", asset)
+    node = ((doc.value.get("description") or {}).get("MLSysOpsNode") or {}) if doc is not None else {}
+    return str(node.get("cluster_id") or asset)
+
+
+def endpoint(store: StateStore, mechanism: str, asset: str) -> str:
+    """The base URL of `mechanism`'s API for `asset`'s cluster; Unconfigured when the file names none."""
+    path = os.environ.get(ENDPOINTS_ENV)
+    if not path:
+        raise Unconfigured(f"{ENDPOINTS_ENV} names no endpoints file, so {mechanism} has no API to call")
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise Unconfigured(f"endpoints file {path}: {exc}") from None
+    cluster = cluster_of(store, asset)
+    url = ((doc.get(mechanism) or {}) if isinstance(doc, dict) else {}).get(cluster)
+    if not url:
+        raise Unconfigured(f"endpoints file {path} names no {mechanism} API for cluster {cluster}")
+    return str(url).rstrip("/")
+
+
+def _answer(data: catalogue.KnobApplied | catalogue.KnobFailed, source: str) -> CloudEvent:
+    node = data.node
+    out = catalogue.make_event(data, source, subject=node, extensions={"node": node})
+    name = os.environ.get("MAPEMESH_IDENTITY")
+    return sign_as(out, name) if name else out  # the result's reporter, verifiable
+
+
+def applied(event: CloudEvent, data: catalogue.KnobApply, before: dict[str, Any], after: dict[str, Any],
+            source: str) -> CloudEvent:
+    """The command's result: the mechanism's state before and after (read back)."""
+    return _answer(catalogue.KnobApplied(node=data.node, knob=data.knob, request=event.id, plan_id=data.plan_id,
+                                                before=before, after=after, noop=before == after), source)
+
+
+def failed(event: CloudEvent, data: catalogue.KnobApply, code: str, error: str, source: str) -> CloudEvent:
+    """The command's failure (`code` as the node shim's: invalid, unsupported, hardware, timeout, ...)."""
+    return _answer(catalogue.KnobFailed(node=data.node, knob=data.knob, request=event.id, plan_id=data.plan_id,
+                                               code=code, error=error), source)  # type: ignore[arg-type]
+
+
+async def through(event: CloudEvent, data: catalogue.KnobApply, source: str, api: str, what: str,
+                  exchange: Callable[[httpx.AsyncClient], Awaitable[tuple[dict[str, Any], dict[str, Any]]]]
+                  ) -> CloudEvent:
+    """Apply the command with `exchange` against `what` at `api`, and answer as a node shim does."""
+    try:
+        async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
+            before, after = await exchange(client)
+    except Refused as exc:
+        return failed(event, data, "invalid", f"{what} refused it: {exc}", source)
+    except httpx.TimeoutException as exc:
+        return failed(event, data, "timeout", f"{what} at {api} did not answer: {exc}", source)
+    except (httpx.HTTPError, ValueError, Unapplied) as exc:
+        return failed(event, data, "hardware", f"{what} at {api}: {exc}", source)
+    return applied(event, data, before, after, source)
