@@ -7,9 +7,15 @@ shim does.
 | `endpoint(store, mechanism, asset)`      | the API's base URL for the asset's cluster, from the endpoints file     |
 | `applied(event, data, before, after)`    | the `knob.applied` answer, signed by this function's identity           |
 | `failed(event, data, code, error)`       | the `knob.failed` answer, signed likewise                               |
+| `document(answer)`                       | an answer's JSON object (`Malformed` when it is not one)                |
 | `await through(event, data, source, api, | `exchange(client)` run against the API (it gives the state before and   |
 | what, exchange)`                         | after, read back): `applied`, or `failed` (`Refused`: invalid; no       |
-|                                          | answer: timeout; an error answer or a wrong read-back: hardware)        |
+|                                          | answer in time: timeout; an error answer, a malformed one or a wrong    |
+|                                          | read-back: hardware)                                                    |
+
+Time: each HTTP call may take CALL_TIMEOUT_S (5 s) and the whole exchange (up to four calls) DEADLINE_S (20 s), so
+an adapter answers `knob.applied` or `knob.failed` well inside its Trigger's delivery timeout (PT30S in
+knative/base/upf.yaml and jobs.yaml): a slow API ends as a `timeout` failure, not as a delivery the broker gave up.
 
 The endpoints file (YAML; the one MAPEMESH_MECHANISM_ENDPOINTS names, a ConfigMap mounted in a cluster) maps each
 mechanism to its API per cluster: `{UPFSelect: {CLUSTER: URL}, JobOrder: {CLUSTER: URL}}`. An asset's cluster is
@@ -20,6 +26,7 @@ a registration: whoever may register infrastructure may not point an adapter at 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -34,7 +41,10 @@ from mapemesh.identity.guard import sign_as
 from mapemesh.state import StateStore
 
 ENDPOINTS_ENV = "MAPEMESH_MECHANISM_ENDPOINTS"
-TIMEOUT_S = 10.0
+CALL_TIMEOUT_S = 5.0
+"""One HTTP call's limit (connect, read, write, pool)."""
+DEADLINE_S = 20.0
+"""The whole exchange's limit: well inside the adapters' Trigger delivery timeout (PT30S)."""
 
 
 class Unconfigured(LookupError):
@@ -47,6 +57,23 @@ class Refused(ValueError):
 
 class Unapplied(RuntimeError):
     """The outside system accepted the command but reads back something else."""
+
+
+class Malformed(ValueError):
+    """The outside system answered, but not with the document its API describes."""
+
+
+def document(answer: httpx.Response) -> dict[str, Any]:
+    """The answer's JSON object; HTTPStatusError on an error status, Malformed when the body is not a JSON object."""
+    answer.raise_for_status()
+    try:
+        doc = answer.json()
+    except ValueError:
+        raise Malformed(f"{answer.request.method} {answer.request.url.path} answered no JSON") from None
+    if not isinstance(doc, dict):
+        raise Malformed(f"{answer.request.method} {answer.request.url.path} answered a JSON "
+                        f"{type(doc).__name__}, not an object")
+    return doc
 
 
 def cluster_of(store: StateStore, asset: str) -> str:
@@ -95,14 +122,18 @@ def failed(event: CloudEvent, data: catalogue.KnobApply, code: str, error: str, 
 async def through(event: CloudEvent, data: catalogue.KnobApply, source: str, api: str, what: str,
                   exchange: Callable[[httpx.AsyncClient], Awaitable[tuple[dict[str, Any], dict[str, Any]]]]
                   ) -> CloudEvent:
-    """Apply the command with `exchange` against `what` at `api`, and answer as a node shim does."""
+    """Apply the command with `exchange` against `what` at `api` (within DEADLINE_S), and answer as a node shim
+    does."""
     try:
-        async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
+        async with asyncio.timeout(DEADLINE_S), httpx.AsyncClient(timeout=CALL_TIMEOUT_S) as client:
             before, after = await exchange(client)
     except Refused as exc:
         return failed(event, data, "invalid", f"{what} refused it: {exc}", source)
     except httpx.TimeoutException as exc:
-        return failed(event, data, "timeout", f"{what} at {api} did not answer: {exc}", source)
+        return failed(event, data, "timeout", f"{what} at {api} did not answer in {CALL_TIMEOUT_S:g} s: {exc}",
+                      source)
+    except TimeoutError:
+        return failed(event, data, "timeout", f"{what} at {api} did not finish in {DEADLINE_S:g} s", source)
     except (httpx.HTTPError, ValueError, Unapplied) as exc:
         return failed(event, data, "hardware", f"{what} at {api}: {exc}", source)
     return applied(event, data, before, after, source)

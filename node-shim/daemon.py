@@ -31,6 +31,9 @@ from mapemesh.node_shim.telemetry import Collector, Reporter, node_description
 
 log = logging.getLogger(__name__)
 CPUFREQ = "sys/devices/system/cpu/cpu0/cpufreq"
+DELIVERY_TIMEOUT = "PT60S"
+"""How long the broker waits for the shim to answer a knob command (the Trigger's `delivery.timeout`): Knative's
+default, 30 s, is shorter than an FPGA reconfiguration may take (its drain, `fpga.DRAIN_TIMEOUT_S`, then the load)."""
 POWERCAP = "sys/class/powercap"
 
 
@@ -86,7 +89,7 @@ def trigger_name(node: str) -> str:
 
 def trigger(node: str, url: str, namespace: str = "default", broker: str = "default") -> dict[str, Any]:
     """The Trigger that brings this node's knob commands to its shim (the node's name, which may be longer than a
-    label value can be, in an annotation)."""
+    label value can be, in an annotation), waiting for the knob's answer up to DELIVERY_TIMEOUT."""
     return {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
             "metadata": {"name": trigger_name(node), "namespace": namespace,
                          "labels": {"app.kubernetes.io/part-of": "mapemesh",
@@ -94,7 +97,8 @@ def trigger(node: str, url: str, namespace: str = "default", broker: str = "defa
                          "annotations": {"mapemesh.dev/node": node}},
             "spec": {"broker": broker,
                      "filters": [{"exact": {"type": KnobApply.event_type}}, {"exact": {"node": node}}],
-                     "subscriber": {"uri": url.rstrip("/") + "/"}}}
+                     "subscriber": {"uri": url.rstrip("/") + "/"},
+                     "delivery": {"timeout": DELIVERY_TIMEOUT}}}
 
 
 class HostDrainer:
@@ -109,8 +113,8 @@ class HostDrainer:
         future = asyncio.run_coroutine_threadsafe(self.host.drain(services, timeout_s), self.loop)
         try:
             future.result(timeout_s + 5)
-        except TimeoutError as exc:  # the host released them again (or, its loop stuck, is told to stop trying)
-            future.cancel()
+        except TimeoutError as exc:  # the host released them again, or is told to stop trying (its drain then
+            future.cancel()          # releases them as it is cancelled; the knob releases them once more)
             raise DrainFailed(f"{', '.join(services)} still ran requests after {timeout_s:g}s") from exc
 
     def release(self, services: list[str]) -> None:

@@ -13,8 +13,9 @@ passes it to the host; the core imports nothing from here.
 
 `accel_functions(services)` lists the accelerated functions among a host's Services, name -> {service,
 priority}: the vAccelPlugin knob's `functions` option. `fpga_functions(services)` lists those that use the FPGA
-(label `mapemesh.dev/fpga`: the partial region they use, or `fabric`), name -> {service, region}: what the
-FPGABitstream knob drains before it reconfigures the fabric.
+(label `mapemesh.dev/fpga`: the partial region they use, or `fabric`), namespace/name -> {service, region}: what
+the FPGABitstream knob drains before it reconfigures the fabric (keyed as the host keys them, so that two Services
+of one name in two namespaces are both drained).
 """
 
 from __future__ import annotations
@@ -71,6 +72,6 @@ def accel_functions(services: Mapping[str, ServiceSpec]) -> dict[str, dict[str, 
 
 
 def fpga_functions(services: Mapping[str, ServiceSpec]) -> dict[str, dict[str, Any]]:
-    """The Services among `services` that use the FPGA: name -> {service, region}."""
-    return {spec.name: {"service": key, "region": region} for key, spec in services.items()
+    """The Services among `services` that use the FPGA: namespace/name -> {service, region}."""
+    return {spec.key: {"service": key, "region": region} for key, spec in services.items()
             if (region := spec.labels.get(FPGA_LABEL))}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -266,3 +267,32 @@ def test_make_images_builds_every_image_or_says_there_is_no_engine(tmp_path, ans
                   if p.stem.startswith(("policy-", "accel-"))}
     built = " ".join(calls)
     assert all(f"mapemesh/{name}:0.1.0-urunc" in built for name in unikernels), calls
+
+
+def test_the_node_shim_sees_the_hosts_firmware_and_radio_files_where_its_knobs_look():
+    # `--sysfs-root /host`: the FPGABitstream knob lists bitstreams under /host/lib/firmware, the RadioConfig knob
+    # reads (and rewrites) /host/etc/mapemesh/radio.json and the GPS fix beside it; without the host's folders
+    # there, a cluster's shim offers no bitstream and no radio.
+    from mapemesh.node_shim.knobs.fpga import FIRMWARE
+    from mapemesh.node_shim.knobs.radio import GPS_FILE, RADIO_FILE
+
+    def shim(bundle: str) -> dict:
+        [daemonset] = [o for o in render(bundle) if o["kind"] == "DaemonSet"
+                       and o["metadata"]["name"] == "mapemesh-node-shim"]
+        return daemonset["spec"]["template"]["spec"]
+
+    pod = shim("knative/overlays/cluster")
+    [container] = pod["containers"]
+    args = container["args"]
+    root = args[args.index("--sysfs-root") + 1]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert Path(GPS_FILE).parent == Path(RADIO_FILE).parent
+    for folder, writable in ((FIRMWARE, False), (str(Path(RADIO_FILE).parent), True)):
+        mount = mounts[f"{root}/{folder}"]
+        host = volumes[mount["name"]]["hostPath"]
+        assert host["path"] == f"/{folder}" and host.get("type") in (None, "", "DirectoryOrCreate")
+        assert mount.get("readOnly", False) is not writable
+    # The local overlay's shims drive a simulated tree: nothing of the host is mounted.
+    assert not [v for v in shim("knative/overlays/local")["volumes"] if "hostPath" in v
+                and v["hostPath"]["path"] != "/var/lib/mapemesh"]

@@ -38,13 +38,18 @@ def test_the_job_order_policy_beats_first_come_first_served_on_a_fixed_seed(caps
     policy = _module(POLICIES / "job_order" / "policy.py")
     cluster, batch = jobs.batch(SEED)
     fcfs = jobs.simulate(cluster, batch, [j.id for j in batch])
+    alone = {name: jobs.simulate(cluster, batch, o) for name, o in policy.candidate_orders(cluster, batch).items()}
     order = policy.chosen_order(cluster, batch)
     ordered = jobs.simulate(cluster, batch, order)
     with capsys.disabled():
-        print(f"\nJobOrder, seed {SEED}, {len(batch)} jobs on {cluster.gpus} GPUs: utilisation job-order policy "
-              f"{ordered.utilisation:.4f} (makespan {ordered.makespan_s / 3600:.2f} h) vs FCFS "
+        print(f"\nJobOrder, seed {SEED}, {len(batch)} jobs on {cluster.gpus} GPUs: utilisation "
+              + ", ".join(f"{name} alone {o.utilisation:.4f}" for name, o in alone.items())
+              + f"; chosen {ordered.utilisation:.4f} (makespan {ordered.makespan_s / 3600:.2f} h) vs FCFS "
               f"{fcfs.utilisation:.4f} (makespan {fcfs.makespan_s / 3600:.2f} h)")
     assert sorted(order) == sorted(j.id for j in batch)
+    # The best-fit list schedule on its own beats first come, first served; the policy takes the best candidate.
+    assert alone["best-fit"].utilisation > fcfs.utilisation and alone["best-fit"].makespan_s < fcfs.makespan_s
+    assert ordered.utilisation == max(o.utilisation for o in alone.values())
     assert ordered.utilisation > fcfs.utilisation and ordered.makespan_s < fcfs.makespan_s
 
 
@@ -89,6 +94,48 @@ def _core_inputs(core, context, at):
             "mechanisms": {"UPFSelect": {"options": options, "state": core.state()}}}
 
 
+def _job_inputs(options, state, context, current_plan=None):
+    return {"context": context, "current_plan": current_plan,
+            "mechanisms": {"JobOrder": {"options": options, "state": state}}}
+
+
+def test_the_job_order_policy_plans_a_batch_again_when_its_plan_did_not_take():
+    policy = load_policy(POLICIES / "job_order" / "policy.py")
+    module = _module(POLICIES / "job_order" / "policy.py")
+    decl = asyncio.run(policy.initialize())
+    sim = SimulatedScheduler(name="scheduler-1", cluster="dc-1", seed=SEED)
+    options = sim.description()["MLSysOpsNode"]["mechanism_options"]["JobOrder"]
+    plan, context = asyncio.run(policy.plan(_job_inputs(options, {}, dict(decl.context))))
+    ours = dict(plan)
+    assert asyncio.run(policy.analyze(_job_inputs(options, {}, context, ours)))[0] is False  # in hand
+    # The plan failed or was discarded (the loop no longer gives it as the current plan): again, after RETRY_S.
+    assert asyncio.run(policy.analyze(_job_inputs(options, {}, context, None)))[0] is False  # not on every analysis
+    later = {**context, "planned_at": context["planned_at"] - module.RETRY_S - 1}
+    assert asyncio.run(policy.analyze(_job_inputs(options, {}, later, None)))[0] is True
+    # Still in hand but not in the scheduler's state after REPLAN_S (timed out, dropped under an override): again.
+    assert asyncio.run(policy.analyze(_job_inputs(options, {}, later, ours)))[0] is False
+    stale = {**context, "planned_at": context["planned_at"] - module.REPLAN_S - 1}
+    assert asyncio.run(policy.analyze(_job_inputs(options, {}, stale, ours)))[0] is True
+    again, _ = asyncio.run(policy.plan(_job_inputs(options, {}, stale, ours)))
+    assert again == plan
+    ordered = {"batch": f"batch-{SEED}", "order": plan["JobOrder"]["order"]}
+    assert asyncio.run(policy.analyze(_job_inputs(options, ordered, stale, ours)))[0] is False  # it took
+
+
+def test_the_job_order_policy_puts_a_job_the_cluster_can_never_start_last_and_says_why():
+    policy = load_policy(POLICIES / "job_order" / "policy.py")
+    decl = asyncio.run(policy.initialize())
+    cluster = jobs.Cluster((jobs.Switch("a", 8, 2), jobs.Switch("b", 8, 2)))
+    batch = [jobs.Job("huge", 64, 10.0), jobs.Job("x", 8, 5.0), jobs.Job("y", 4, 20.0)]
+    options = {"batch": "b1", "jobs": [j.describe() for j in batch], "cluster": cluster.describe()}
+    inputs = _job_inputs(options, {}, dict(decl.context))
+    assert asyncio.run(policy.analyze(inputs))[0] is True
+    plan, _ = asyncio.run(policy.plan(inputs))  # a PolicyFailure (no tuple) if Unplaceable escaped
+    command = plan["JobOrder"]
+    assert command["order"][-1] == "huge" and sorted(command["order"]) == ["huge", "x", "y"]
+    assert set(command["unplaceable"]) == {"huge"} and "never fits" in command["unplaceable"]["huge"]
+
+
 def test_the_upf_policy_moves_away_under_load_and_back_when_calm_without_flapping():
     policy = load_policy(POLICIES / "upf_select" / "policy.py")
     decl = asyncio.run(policy.initialize())
@@ -120,11 +167,60 @@ def test_the_upf_policy_moves_away_under_load_and_back_when_calm_without_flappin
     assert step() is None
 
 
+def test_the_upf_policy_passes_over_a_ue_on_a_upf_not_offered_and_plans_nothing_without_upfs():
+    policy = load_policy(POLICIES / "upf_select" / "policy.py")
+    decl = asyncio.run(policy.initialize())
+    core = example("core-1", "edge-1", None)
+    core.ues["ue-2"], core.slices["ue-2"] = 50.0, "upf-near"
+    core.slices["ue-1"] = "upf-far"
+    core.upf("upf-near").load_mbps = 920
+    inputs = _core_inputs(core, dict(decl.context), time.time() + 10)
+    knob = inputs["mechanisms"]["UPFSelect"]
+    # ue-1 is on a UPF with telemetry that the core's options no longer offer: passed over, not a KeyError.
+    knob["options"]["upfs"] = [u for u in knob["options"]["upfs"] if u["name"] != "upf-far"]
+    knob["state"] = {"ue-1": "upf-far", "ue-2": "upf-near"}
+    verdict, context = asyncio.run(policy.analyze(inputs))
+    assert verdict is True
+    plan, _ = asyncio.run(policy.plan({**inputs, "context": context}))
+    assert plan == {"UPFSelect": {"command": "set", "ue": "ue-2", "upf": "upf-mid"}}  # ue-1 passed over
+    empty = {**inputs, "mechanisms": {"UPFSelect": {"options": {}, "state": {"ue-2": "upf-near"}}}}
+    assert asyncio.run(policy.analyze(empty))[0] is False
+    assert asyncio.run(policy.plan(empty))[0] == {}
+
+
 def test_the_upf_policy_counts_the_load_the_ue_would_add():
     upf = _module(POLICIES / "upf_select" / "policy.py")
     assert upf.expected_latency("b", "b", 10.0, 0.5, 100, 1000) == 10.0  # where it is: as measured
     assert upf.expected_latency("a", "b", 10.0, 0.5, 100, 1000) == pytest.approx(12.5)  # 0.5 / 0.4 headroom
     assert upf.expected_latency("a", "b", 10.0, 0.99, 100, 1000) == pytest.approx(10.0)  # saturated either way
+
+
+def test_placement_puts_no_component_on_the_simulated_core_or_scheduler():
+    from mapemesh.policy.placement import candidates
+
+    core, scheduler = example("core-1", "edge-1", None), SimulatedScheduler(name="scheduler-1", cluster="dc-1")
+    worker = {"MLSysOpsNode": {"name": "worker-1", "cluster_id": "w-1", "continuum_layer": "edge",
+                               "hardware": {"cpu": {"cores": 1, "architecture": "amd64"}}}}
+    nodes = {"core-1": core.description(), "scheduler-1": scheduler.description(), "worker-1": worker}
+    component = {"metadata": {"name": "c"}}  # asks for nothing: any compute node will do
+    fits, why = candidates(component, nodes)
+    assert fits == ["worker-1"]
+    assert why == {"core-1": ["a 5G core, not a place to run components"],
+                   "scheduler-1": ["a job scheduler, not a place to run components"]}
+    app = {"MLSysOpsApp": {"name": "a", "components": [component]}}
+    system = {"nodes": nodes, "clusters": {}, "trust": {}}
+    for policy, mechanism, wanted in (("cluster_placement", "ClusterPlacement", {"placement": {"c": ["w-1"]}}),
+                                      ("node_placement", "ComponentPlacement", {"nodes": {"c": "worker-1"}})):
+        loaded = load_policy(POLICIES / policy / "policy.py")
+        decl = asyncio.run(loaded.initialize())
+        plan, _ = asyncio.run(loaded.plan({"context": dict(decl.context), "application_description": app,
+                                           "system_description": system, "mechanisms": {}, "telemetry": {}}))
+        assert plan == {mechanism: wanted}, policy  # edge-1 (the core's cluster) would win a tie on its name
+    del nodes["worker-1"]
+    loaded = load_policy(POLICIES / "node_placement" / "policy.py")
+    verdict, context = asyncio.run(loaded.analyze({"context": {}, "application_description": app,
+                                                   "system_description": system}))
+    assert verdict is False and "a 5G core" in context["unplaceable"]["c"]["core-1"][0]
 
 
 # -- the adapters against the simulators' APIs --
@@ -181,6 +277,105 @@ def test_the_upf_adapter_steers_the_ue_through_the_cores_api_and_reads_it_back(a
     assert moved.before == {"ue-1": "upf-near"} and moved.after == {"ue-1": "upf-far"}
     assert [f.code for f in (no_ue, no_upf, bad)] == ["invalid"] * 3
     assert "upf-moon" in no_upf.error
+
+
+def test_the_upf_adapter_takes_the_upfs_address_from_the_core_not_from_the_registration(adapter_env):
+    from mapemesh.functions.upf import apply
+
+    store, endpoints = adapter_env
+
+    async def run() -> catalogue.EventData:
+        core = example("core-1", "edge-1", None)
+        await core.start()
+        try:
+            _register(store, core)
+            # Whoever may register forges the core's options: upf-far "at" the near UPF's address, and elsewhere.
+            forged = {"upfs": [{"name": "upf-far", "address": "10.45.0.1", "max_bandwidth_mbps": 1000.0},
+                               {"name": "upf-near", "address": "203.0.113.66", "max_bandwidth_mbps": 1000.0}],
+                      "ues": ["ue-1"]}
+            store.put("mechanisms", "core-1/UPFSelect", {"options": forged, "state": core.state()})
+            endpoints.write_text(yaml.safe_dump({"UPFSelect": {"edge-1": core.url}}))
+            e = _apply("core-1", "UPFSelect", {"command": "set", "ue": "ue-1", "upf": "upf-far"})
+            out = catalogue.parse_data(await apply(catalogue.parse_data(e), event=e, store=store))
+            assert core.moves == [("ue-1", "upf-far")]  # the address the core gives for upf-far, 10.45.2.1
+            return out
+        finally:
+            await core.stop()
+
+    moved = asyncio.run(run())
+    assert isinstance(moved, catalogue.KnobApplied) and moved.after == {"ue-1": "upf-far"}
+
+
+@pytest.fixture
+def odd_api():
+    """An API on loopback that answers what `answers` says: {path: JSON body, or (delay in s, JSON body)}."""
+    from aiohttp import web
+
+    answers: dict[str, object] = {}
+
+    async def serve(request: web.Request) -> web.Response:
+        answer = answers.get(request.path, {})
+        if isinstance(answer, tuple):
+            await asyncio.sleep(answer[0])
+            answer = answer[1]
+        return web.json_response(answer)
+
+    async def start():
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", serve)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        return runner, f"http://127.0.0.1:{port}"
+
+    return answers, start
+
+
+def test_the_adapters_answer_a_malformed_or_slow_api_with_a_failure(adapter_env, odd_api, monkeypatch):
+    from mapemesh import adapters
+    from mapemesh.functions.jobs import apply as order
+    from mapemesh.functions.upf import apply as steer
+
+    store, endpoints = adapter_env
+    answers, start = odd_api
+    monkeypatch.setattr(adapters, "CALL_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(adapters, "DEADLINE_S", 1.0)
+    upf = {"command": "set", "ue": "ue-1", "upf": "upf-far"}
+    job = {"command": "set", "batch": "b", "order": ["j"]}
+    upfs = {"upf-far": {"address": "10.45.2.1"}}
+    cases = [  # (knob, command, the API's answers, the failure's code)
+        ("UPFSelect", upf, {"/upfs": ["upf-far"]}, "hardware"),  # a JSON list, not an object
+        ("UPFSelect", upf, {"/upfs": {"upf-far": "10.45.2.1"}}, "hardware"),
+        ("UPFSelect", upf, {"/upfs": upfs, "/slices": []}, "hardware"),
+        ("UPFSelect", upf, {"/upfs": upfs, "/slices": {"ue-1": "upf-near"}}, "hardware"),
+        ("JobOrder", job, {"/order": "batch-7"}, "hardware"),
+        ("JobOrder", job, {"/order": {"batch": "b", "order": "j"}}, "hardware"),
+        ("JobOrder", job, {"/order": (2.0, {})}, "timeout"),  # one call past CALL_TIMEOUT_S
+        ("UPFSelect", upf, {"/upfs": (0.4, upfs), "/slices": (0.4, {"ue-1": {"upf": "upf-near"}})},
+         "timeout"),  # each call in time, the exchange past DEADLINE_S
+    ]
+
+    async def run() -> list[catalogue.EventData]:
+        runner, url = await start()
+        try:
+            endpoints.write_text(yaml.safe_dump({"UPFSelect": {"fake": url}, "JobOrder": {"fake": url}}))
+            out = []
+            for knob, command, api, _ in cases:
+                answers.clear()
+                answers.update(api)
+                e = _apply("fake", knob, command)
+                apply = steer if knob == "UPFSelect" else order
+                out.append(catalogue.parse_data(await apply(catalogue.parse_data(e), event=e, store=store)))
+            return out
+        finally:
+            await runner.cleanup()
+
+    results = asyncio.run(run())
+    assert all(isinstance(r, catalogue.KnobFailed) for r in results), results
+    assert [r.code for r in results] == [code for *_, code in cases], [r.error for r in results]
+    assert "not an object" in results[0].error and "did not finish in 1 s" in results[-1].error
 
 
 def test_the_job_adapter_sends_the_order_to_the_scheduler_and_reads_it_back(adapter_env):

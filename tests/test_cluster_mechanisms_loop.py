@@ -111,7 +111,8 @@ def test_a_load_rise_moves_the_ues_user_plane_and_the_calm_brings_it_back(mesh_a
     # Each result is signed by the adapter, which may report for the core's node (the trust function counts it).
     trust = TrustStore(mesh.data / "identity")
     assert {verify(e, trust) for e in _applied_events(mesh, "UPFSelect")} == {subject_of("upf")}
-    assert subject_of("upf") in knob_reporters("core-1")
+    assert subject_of("upf") in knob_reporters("core-1", "UPFSelect")
+    assert subject_of("upf") not in knob_reporters("core-1", "CPUFrequency")
 
 
 def test_an_arriving_batch_is_ordered_by_the_policy_and_the_order_reaches_the_scheduler(mesh_and_sims, capsys):

@@ -42,14 +42,16 @@ class Kernel(Sysfs):
 
 
 class Drain:
-    """A Drainer that records its calls (in the kernel's log) and can refuse."""
+    """A Drainer that records its calls (in the kernel's log) and can refuse, or break (`refuse` an exception)."""
 
-    def __init__(self, log: list[Any], refuse: bool = False):
+    def __init__(self, log: list[Any], refuse: bool | BaseException = False):
         self.log = log
         self.refuse = refuse
 
     def drain(self, services: list[str], timeout_s: float) -> None:
         self.log.append(("drain", tuple(services)))
+        if isinstance(self.refuse, BaseException):
+            raise self.refuse
         if self.refuse:
             raise DrainFailed(f"{', '.join(services)} still ran requests after {timeout_s:g}s")
 
@@ -57,9 +59,9 @@ class Drain:
         self.log.append(("release", tuple(services)))
 
 
-FUNCTIONS = {"detect": {"service": "default/detect", "region": "fabric"},
-             "fft": {"service": "default/fft", "region": "rp0"},
-             "fir": {"service": "default/fir", "region": "rp1"}}
+FUNCTIONS = {"default/detect": {"service": "default/detect", "region": "fabric"},
+             "default/fft": {"service": "default/fft", "region": "rp0"},
+             "default/fir": {"service": "default/fir", "region": "rp1"}}
 
 
 @pytest.fixture
@@ -68,7 +70,8 @@ def tree(tmp_path: Path) -> Path:
 
 
 def make(tree: Path, tmp_path: Path, *, fail: set[str] | None = None, oserror: set[str] | None = None,
-         refuse: bool = False, functions: dict[str, Any] | None = None) -> tuple[FPGABitstream, list[Any]]:
+         refuse: bool | BaseException = False, functions: dict[str, Any] | None = None
+         ) -> tuple[FPGABitstream, list[Any]]:
     log: list[Any] = []
     knob = FPGABitstream(Kernel(tree, log, fail, oserror), tmp_path / "fpga.json", drainer=Drain(log, refuse),
                          functions=lambda: dict(FUNCTIONS if functions is None else functions))
@@ -144,6 +147,9 @@ def test_partial_load_sets_the_flag_and_drains_only_its_region(tree: Path, tmp_p
     {"command": "load", "bitstream": "base.bit.bin", "manager": "fpga7"},
     {"command": "flash", "bitstream": "base.bit.bin"},
     {"command": "load", "bitstream": "base.bit.bin", "reboot": True},
+    {"command": "load", "bitstream": "base.bit.bin", "force": "yes"},
+    # rp0's bitstream (its name says so) into rp1: it would reprogram rp0 under rp0's running function.
+    {"command": "load", "bitstream": "rp0_fir.bin", "partial": True, "region": "rp1"},
 ])
 def test_a_bad_command_is_refused_with_nothing_changed(tree: Path, tmp_path: Path, command: dict[str, Any]) -> None:
     (tree / "lib/firmware/notes.txt").write_text("not a bitstream")
@@ -196,23 +202,64 @@ def test_a_failed_first_load_cannot_be_rolled_back_and_says_so(tree: Path, tmp_p
     assert flags(tree) == "0"
 
 
-def test_nothing_is_written_when_the_drain_fails(tree: Path, tmp_path: Path) -> None:
-    knob, log = make(tree, tmp_path, refuse=True)
+@pytest.mark.parametrize("refuse", [True, RuntimeError("the host's loop is gone")])
+def test_nothing_is_written_when_the_drain_fails_and_the_functions_are_let_go(
+        tree: Path, tmp_path: Path, refuse: bool | BaseException) -> None:
+    knob, log = make(tree, tmp_path, refuse=refuse)
     with pytest.raises(DrainFailed) as caught:
         knob.apply({"command": "load", "bitstream": "conv2d.bit.bin"})
     assert caught.value.code == "timeout"
-    assert log == [("drain", ("default/detect", "default/fft", "default/fir"))]
+    everyone = ("default/detect", "default/fft", "default/fir")
+    assert log == [("drain", everyone), ("release", everyone)]  # a drain cut short may have held some of them
     assert firmware(tree) == "" and flags(tree) == "0"
+
+
+def test_a_partial_bitstream_whose_name_names_no_region_drains_every_function(tree: Path, tmp_path: Path) -> None:
+    knob, log = make(tree, tmp_path)
+    (tree / "lib/firmware/fir_small.bin").write_bytes((tree / "lib/firmware/rp0_fir.bin").read_bytes())
+    after = knob.apply({"command": "load", "bitstream": "fir_small.bin", "partial": True, "region": "rp1"})
+    everyone = ("default/detect", "default/fft", "default/fir")
+    assert log[0] == ("drain", everyone) and log[-1] == ("release", everyone)  # which region it writes is not known
+    assert after["managers"]["fpga0"]["partials"] == {"rp1": "fir_small.bin"}
+    # A region it loaded is known from then on: rp1's bitstream is refused for rp0.
+    (tree / "lib/firmware/rp1_fft.bin").write_bytes((tree / "lib/firmware/rp0_fft.bin").read_bytes())
+    knob_without_functions, _ = make(tree, tmp_path, functions={})
+    with pytest.raises(InvalidCommand, match="programs region 'rp1'"):
+        knob_without_functions.apply({"command": "load", "bitstream": "rp1_fft.bin", "partial": True, "region": "rp0"})
+
+
+def test_a_failed_partial_load_into_an_empty_region_undid_nothing_and_says_so(tree: Path, tmp_path: Path) -> None:
+    knob, _ = make(tree, tmp_path, fail={"rp0_fft.bin"})
+    knob.apply({"command": "load", "bitstream": "base.bit.bin"})
+    with pytest.raises(HardwareError) as caught:
+        knob.apply({"command": "load", "bitstream": "rp0_fft.bin", "partial": True, "region": "rp0"})
+    assert not caught.value.rolled_back  # rp0 held nothing to load again
+    assert knob.get_state()["managers"]["fpga0"]["partials"] == {}
 
 
 def test_functions_that_cannot_be_drained_keep_the_fabric_as_it_is(tree: Path, tmp_path: Path) -> None:
     knob = FPGABitstream(Sysfs(tree), tmp_path / "fpga.json", functions=lambda: dict(FUNCTIONS))
-    with pytest.raises(Unsupported):
+    with pytest.raises(Unsupported, match="force"):
         knob.apply({"command": "load", "bitstream": "conv2d.bit.bin"})
     assert firmware(tree) == ""
+    last = knob.apply({"command": "load", "bitstream": "conv2d.bit.bin", "force": True})["last_reconfiguration"]
+    assert firmware(tree) == "conv2d.bit.bin" and last["drained"] == [] and last["forced"] is True
     idle = FPGABitstream(Sysfs(tree), tmp_path / "fpga.json", functions=dict)
-    assert idle.apply({"command": "load", "bitstream": "conv2d.bit.bin"})["managers"]["fpga0"]["last_reconfiguration"][
-        "drained"] == []
+    last = idle.apply({"command": "load", "bitstream": "base.bit.bin"})["managers"]["fpga0"]["last_reconfiguration"]
+    assert last["drained"] == [] and last["forced"] is False
+
+
+def test_where_no_one_knows_the_functions_only_force_reprograms(tree: Path, tmp_path: Path) -> None:
+    # A cluster's shim: the functions run in pods, and nothing on the node can drain them.
+    knob = FPGABitstream(Sysfs(tree), tmp_path / "fpga.json")
+    assert knob.get_options()["functions"] is None
+    with pytest.raises(Unsupported, match='"force": true'):
+        knob.apply({"command": "load", "bitstream": "rp0_fft.bin", "partial": True, "region": "rp0"})
+    assert firmware(tree) == "" and not (tmp_path / "fpga.json").exists()
+    after = knob.apply({"command": "load", "bitstream": "rp0_fft.bin", "partial": True, "region": "rp0",
+                        "force": True})
+    assert firmware(tree) == "rp0_fft.bin" and flags(tree) == "1"
+    assert after["last_reconfiguration"]["forced"] is True and after["last_reconfiguration"]["drained"] == []
 
 
 def test_no_fpga_manager_no_knob(tmp_path: Path) -> None:
@@ -264,7 +311,8 @@ def test_the_shim_offers_the_knob_and_drains_through_the_host(tmp_path: Path) ->
             headers = {"Authorization": f"Bearer {(tmp_path / 'data' / 'node-shim.token').read_text().strip()}"}
             async with httpx.AsyncClient(base_url=running.url, headers=headers) as http:
                 described = (await http.get("/knobs/FPGABitstream")).json()
-                assert described["options"]["functions"] == {"fft": {"service": "default/fft", "region": "rp0"}}
+                assert described["options"]["functions"] == {"default/fft": {"service": "default/fft",
+                                                                             "region": "rp0"}}
                 answer = await http.post("/knobs/FPGABitstream", json={"command": "load", "bitstream": "rp0_fir.bin",
                                                                        "partial": True, "region": "rp0"})
                 assert answer.status_code == 200, answer.text

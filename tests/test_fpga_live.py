@@ -30,7 +30,7 @@ def test_a_reconfiguration_waits_for_the_fpga_function_and_fails_no_request(tmp_
         token = (mesh.data / "node-shim.token").read_text().strip()
         api = httpx.Client(base_url=shim, headers={"Authorization": f"Bearer {token}"}, timeout=60)
         options = api.get("/knobs/FPGABitstream").json()["options"]
-        assert options["functions"] == {"fft": {"service": "default/fft", "region": "rp0"}}
+        assert options["functions"] == {"default/fft": {"service": "default/fft", "region": "rp0"}}
 
         answers: dict[str, httpx.Response] = {}
         running = threading.Thread(target=lambda: answers.update(

@@ -89,7 +89,41 @@ def test_an_isolation_is_a_command_only_trust_or_an_operator_may_send(store, tmp
 
 def test_isolating_an_unknown_node_changes_nothing(store) -> None:
     assert call(catalogue.NodeIsolated(node="ghost", reason="x", by="operator")) is None
-    assert store.get("infrastructure", "ghost") is None
+    assert store.get("infrastructure", "ghost") is None and store.get("departed", "ghost") is None
+
+
+def test_a_node_let_back_in_while_it_was_away_comes_back_free(store) -> None:
+    call(catalogue.InfraRegistered(infra_id="edge-1", kind="node", description=node()))
+    call(catalogue.NodeIsolated(node="edge-1", reason="anomalous I/Q samples", by="trust"))
+    call(catalogue.InfraUnregistered(infra_id="edge-1"))
+    assert call(catalogue.NodeIsolated(node="edge-1", isolated=False, reason="inspected", by="operator")) is None
+    call(catalogue.InfraRegistered(infra_id="edge-1", kind="node", description=node()))
+    assert "isolated" not in nodes(store)["edge-1"]["MLSysOpsNode"]
+    # And one isolated while away comes back isolated.
+    call(catalogue.InfraUnregistered(infra_id="edge-1"))
+    call(catalogue.NodeIsolated(node="edge-1", reason="stolen", by="operator"))
+    call(catalogue.InfraRegistered(infra_id="edge-1", kind="node", description=node()))
+    assert nodes(store)["edge-1"]["MLSysOpsNode"]["isolated"]["reason"] == "stolen"
+
+
+def test_a_registration_keeps_an_isolation_recorded_while_it_was_handled(store, monkeypatch) -> None:
+    # Two monitor processes: one records the node's registration, the other its isolation, between the first's
+    # read and its write. The registration must not write the node back unisolated.
+    call(catalogue.InfraRegistered(infra_id="edge-1", kind="node", description=node()))
+    isolated = {**node(), "MLSysOpsNode": {**node()["MLSysOpsNode"], "isolated": {"reason": "x", "by": "trust"}}}
+    read = store.get
+    raced: list[bool] = []
+
+    def get(kind: str, key: str):
+        found = read(kind, key)
+        if kind == "infrastructure" and not raced:
+            raced.append(True)
+            store.put("infrastructure", key, {**found.value, "description": isolated})
+        return found
+
+    monkeypatch.setattr(store, "get", get)
+    call(catalogue.InfraRegistered(infra_id="edge-1", kind="node", description=node()))
+    assert raced and nodes(store)["edge-1"]["MLSysOpsNode"]["isolated"]["reason"] == "x"
 
 
 @pytest.fixture
@@ -143,3 +177,9 @@ def test_a_drain_before_a_reconfiguration_shows_in_the_plan(store) -> None:
     assert plan["status"] == "Success" and plan["results"] == {"FPGABitstream": "applied"}
     assert "needed the accelerator idle" in plan["notes"]["FPGABitstream"]
     assert "default/detect" in plan["notes"]["FPGABitstream"]
+    # Where nothing could drain (a cluster's shim), the operator's force is what the plan says.
+    store.put("plans", "p2", {"plan_id": "p2", "status": "Pending", "mechanisms": {"FPGABitstream": {}}})
+    call(catalogue.KnobApplied(node="zcu102", knob="FPGABitstream", request="r2", plan_id="p2", before={},
+                               after={"managers": {}, "last_reconfiguration": {**last, "drained": [],
+                                                                               "forced": True}}))
+    assert "force" in store.get("plans", "p2").value["notes"]["FPGABitstream"]

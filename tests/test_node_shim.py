@@ -319,3 +319,24 @@ def test_a_shims_trigger_has_a_valid_name_whatever_the_node_is_called(node, expe
     doc = trigger(node, "http://10.0.0.1:8082")
     assert doc["metadata"]["annotations"]["mapemesh.dev/node"] == node  # a label value could not hold it
     assert trigger_name(node + "x") != name
+
+
+def test_a_shims_trigger_waits_longer_for_a_knob_than_an_fpga_reconfiguration_takes():
+    # Knative's default delivery timeout (30 s) is shorter than a command that first drains an FPGA's functions may
+    # take: the broker would give up on it, and the command's result would be lost.
+    from mapemesh.eventing.deliveryspec import DEFAULT_TIMEOUT_S
+    from mapemesh.eventing.triggers import load_triggers
+    from mapemesh.node_shim.daemon import Pod, pod_trigger, trigger
+    from mapemesh.node_shim.knobs.fpga import DRAIN_TIMEOUT_S
+
+    from .test_bundle import as_manifests, render
+
+    docs = [trigger("worker-1", "http://10.0.0.1:8082"),  # `mapemesh up`'s and `node-shim serve`'s
+            pod_trigger("worker-2", Pod("shim-x", "default", "uid", "10.0.0.2"), 8082)]  # the DaemonSet's
+    triggers, _ = load_triggers(as_manifests([*render("knative"), *docs]))  # under the bundle's eventing settings
+    mine = {t.name: t for t in triggers if t.name.startswith("node-shim-")}
+    assert set(mine) == {"node-shim-worker-1", "node-shim-worker-2"}
+    for t in mine.values():
+        assert t.reason is None
+        # the drain, the shim's margin on the host's drain (HostDrainer), and time to program the fabric
+        assert t.delivery.timeout == 60.0 >= DRAIN_TIMEOUT_S + 5 + 30 > DEFAULT_TIMEOUT_S

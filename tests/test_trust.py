@@ -118,11 +118,18 @@ def _call(data: catalogue.EventData, signer: str | None = None) -> list[catalogu
 def test_the_trust_function_follows_knob_results_and_says_when_the_credit_moves(store):
     [first] = _call(catalogue.InfraRegistered(infra_id="n1", kind="node", description={}))
     assert isinstance(first, catalogue.TrustUpdated) and first.credit == pytest.approx(0.5) and first.previous is None
-    # Results only from what applied the knob: unsigned, or signed by another identity, they count for nothing.
-    for forger in (None, "operator", "node-shim-n2"):
+    # Results only from what applied the knob: unsigned, or signed by another identity, they count for nothing; a
+    # mechanism adapter reports only its own knob (upf: UPFSelect, jobs: JobOrder), not the node's CPUFrequency.
+    for forger in (None, "operator", "node-shim-n2", "upf", "jobs"):
         assert _call(catalogue.KnobFailed(node="n1", knob="CPUFrequency", request="f", code="hardware",
                                           error="forged"), signer=forger) == []
     assert store.get("trust", "n1").value["credit"] == pytest.approx(0.5)
+    assert _call(catalogue.KnobFailed(node="n1", knob="JobOrder", request="j", code="hardware", error="forged"),
+                 signer="upf") == []
+    _call(catalogue.InfraRegistered(infra_id="core-1", kind="node", description={}))
+    [counted] = _call(catalogue.KnobFailed(node="core-1", knob="UPFSelect", request="u", code="hardware",
+                                           error="the core reads back another UPF"), signer="upf")
+    assert counted.asset == "core-1" and counted.credit < 0.5  # the adapter's own knob: counted
     updates = []
     for i in range(6):
         updates += _call(catalogue.KnobFailed(node="n1", knob="CPUFrequency", request=f"r{i}", code="hardware",

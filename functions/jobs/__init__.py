@@ -2,16 +2,17 @@
 the scheduler's configuration endpoint, `knob.applied` (the batch and order before and after, read back) or
 `knob.failed` out.
 
-The command is `{"command": "set", "batch": BATCH, "order": [JOB, ...]}`; the asset is the node the datacenter's
-scheduler is registered as (its `JobOrder` options are the arriving batch and the cluster's occupancy;
-`mapemesh.sim.datacenter` registers one). The scheduler's API (`mapemesh.adapters.endpoint`: per cluster, from
-the endpoints file):
+The command is `{"command": "set", "batch": BATCH, "order": [JOB, ...]}` (and, from the job-order policy, perhaps
+`"unplaceable": {JOB: WHY}`, the jobs it put last because the cluster can never start them: logged, not sent); the
+asset is the node the datacenter's scheduler is registered as (its `JobOrder` options are the arriving batch and the
+cluster's occupancy; `mapemesh.sim.datacenter` registers one). The scheduler's API
+(`mapemesh.adapters.endpoint`: per cluster, from the endpoints file):
 
     PUT {API}/order  {"batch": BATCH, "order": [...]}      GET {API}/order  ->  {"batch": ..., "order": [...]}
 
 A batch the scheduler does not have, an order that is not a permutation of it, or a command of another shape
-fails as `invalid`; an API that does not answer as `timeout`; one that answers an error, or reads back another
-order, as `hardware` (`mapemesh.adapters.through`).
+fails as `invalid`; an API that does not answer in time as `timeout`; one that answers an error or a malformed
+document, or reads back another order, as `hardware` (`mapemesh.adapters.through`).
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ KNOB = "JobOrder"
 
 
 def _order(answer: httpx.Response) -> dict[str, Any]:
-    answer.raise_for_status()
-    doc = answer.json()
-    return {"batch": doc.get("batch"), "order": list(doc.get("order") or [])}
+    doc = adapters.document(answer)
+    order = doc.get("order") or []
+    if not isinstance(order, list):
+        raise adapters.Malformed(f"GET /order answered {doc}, not {{batch, order: [job, ...]}}")
+    return {"batch": doc.get("batch"), "order": [str(j) for j in order]}
 
 
 @mapemesh.on(catalogue.KnobApply)
@@ -44,11 +47,13 @@ async def apply(data: catalogue.KnobApply, *, event: CloudEvent, store: StateSto
     if data.knob != KNOB:
         return adapters.failed(event, data, "unknown_knob", f"this adapter applies {KNOB}, not {data.knob}", SOURCE)
     command = data.command
-    if command.get("command", "set") != "set" or set(command) - {"command", "batch", "order"} \
+    if command.get("command", "set") != "set" or set(command) - {"command", "batch", "order", "unplaceable"} \
             or not command.get("batch") or not isinstance(command.get("order"), list):
         return adapters.failed(event, data, "invalid", f"{KNOB} takes {{command: set, batch, order: [job, ...]}}",
                                SOURCE)
     wanted = {"batch": str(command["batch"]), "order": [str(j) for j in command["order"]]}
+    for job, why in (command.get("unplaceable") or {}).items() if isinstance(command.get("unplaceable"), dict) else ():
+        log.warning("%s: batch %s: job %s put last: %s", data.node, wanted["batch"], job, why)
     try:
         api = adapters.endpoint(store, KNOB, data.node)
     except adapters.Unconfigured as exc:

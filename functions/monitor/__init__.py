@@ -101,18 +101,31 @@ def registered(data: catalogue.InfraRegistered, *, event: CloudEvent, store: Sta
     if departed is not None and float(departed.value.get("at", 0)) >= sent:
         log.info("%s: a registration sent before its unregistration, ignored (event %s)", data.infra_id, event.id)
         return None
+
+    def newer(doc: dict[str, Any] | None) -> bool:
+        return doc is not None and float(doc.get("registered_at", 0)) > sent
+
     current = store.get("infrastructure", data.infra_id)
-    if current is not None and float(current.value.get("registered_at", 0)) > sent:
+    stale = [newer(current.value if current is not None else None)]
+
+    def record(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+        stale[0] = newer(doc)  # a registration recorded between a Conflict and the retry
+        if stale[0]:
+            return doc
+        description = data.description
+        # The node does not know it is isolated: it stays so across its registrations, and across a departure.
+        # Merged in the write itself, so that an isolation recorded since the read is kept, not overwritten.
+        isolation = _isolation(doc) if doc is not None else (
+            departed.value.get("isolated") if departed is not None else None)
+        if data.kind == "node" and isolation:
+            description = _with_isolation(description, isolation)
+        return {"kind": data.kind, "description": description, "registered_at": sent}
+
+    if not stale[0]:
+        update(store, "infrastructure", data.infra_id, record, read=[current])
+    if stale[0]:
         log.info("%s: a registration older than the one recorded, ignored (event %s)", data.infra_id, event.id)
         return None
-    description = data.description
-    # The node does not know it is isolated: it stays so across its registrations, and across a departure.
-    isolation = _isolation(current.value) if current is not None else (
-        departed.value.get("isolated") if departed is not None else None)
-    if data.kind == "node" and isolation:
-        description = _with_isolation(description, isolation)
-    store.put("infrastructure", data.infra_id, {"kind": data.kind, "description": description,
-                                                "registered_at": sent})
     if data.kind == "node":
         _record_mechanisms(store, data.infra_id, data.description)
     return _changed(data.infra_id, data.kind, ["description"], event)
@@ -153,8 +166,11 @@ def _idle_note(data: catalogue.KnobApplied) -> str | None:
     if not isinstance(last, dict) or not last.get("needs_idle"):
         return None
     drained = [str(s) for s in last.get("drained") or []]
-    return ("needed the accelerator idle (as a reboot would): "
-            + (f"drained {', '.join(drained)} first, released after" if drained else "no function used it"))
+    if last.get("forced"):
+        done = "nothing could drain its functions: the command's force said they were idle"
+    else:
+        done = f"drained {', '.join(drained)} first, released after" if drained else "no function used it"
+    return "needed the accelerator idle (as a reboot would): " + done
 
 
 @mapemesh.on(catalogue.KnobFailed)
@@ -195,7 +211,8 @@ def _with_isolation(description: dict[str, Any], isolation: dict[str, Any] | Non
 @mapemesh.on(catalogue.NodeIsolated)
 def isolated(data: catalogue.NodeIsolated, *, event: CloudEvent, store: StateStore) -> Reply | None:
     """A node isolated (or let back in): marked in its description, so placement leaves it out; the placement
-    policies are asked again (a component on it moves away)."""
+    policies are asked again (a component on it moves away). A node that departed keeps the mark (or loses it) for
+    when it registers again."""
     mark = {"reason": data.reason, "by": data.by, "at": _sent_at(event),
             **({"credit": data.credit} if data.credit is not None else {}),
             **({"location": data.location} if data.location else {})} if data.isolated else None
@@ -209,8 +226,18 @@ def isolated(data: catalogue.NodeIsolated, *, event: CloudEvent, store: StateSto
         return {**doc, "description": _with_isolation(doc.get("description") or {}, mark)}
 
     update(store, "infrastructure", data.node, change)
+    # What a departed node comes back with (`registered`): a lift clears it even while the node is registered, so
+    # that an isolation it departed with does not come back after its next departure.
+    kept = None
+    if not found or mark is None:
+        kept = update(store, "departed", data.node, lambda doc: None if doc is None else {
+            **{k: v for k, v in doc.items() if k != "isolated"}, **({"isolated": mark} if mark else {})})
     if not found:
-        log.warning("isolation of %s: no such node registered (event %s)", data.node, event.id)
+        if kept is None:
+            log.warning("isolation of %s: no such node registered (event %s)", data.node, event.id)
+        else:
+            log.warning("node %s, departed, %s by %s: %s", data.node, "isolated" if data.isolated else "let back in",
+                        data.by, data.reason)
         return None
     log.warning("node %s %s by %s: %s", data.node, "isolated" if data.isolated else "let back in", data.by,
                 data.reason)

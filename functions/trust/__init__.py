@@ -128,10 +128,11 @@ def _guard() -> Guard:
     return Guard.from_environment()
 
 
-def _reported(event: CloudEvent, node: str) -> bool:
-    """Whether a knob result for `node` comes from what applied the knob (signed by its node shim, the node itself
-    or the bridge; `guard.reported_by_the_node`): any other sender could forge one to move a credit."""
-    if reported_by_the_node(event, node, _guard().anchor()):
+def _reported(event: CloudEvent, node: str, knob: str) -> bool:
+    """Whether a result of `knob` for `node` comes from what applied the knob (signed by its node shim, the node
+    itself, the bridge or the adapter of that knob; `guard.reported_by_the_node`): any other sender could forge one
+    to move a credit."""
+    if reported_by_the_node(event, node, knob, _guard().anchor()):
         return True
     log.warning("a knob result for %s not signed by its reporter (from %s), left out of its credit", node,
                 event.source)
@@ -140,14 +141,14 @@ def _reported(event: CloudEvent, node: str) -> bool:
 
 @mapemesh.on(catalogue.KnobApplied)
 def applied(data: catalogue.KnobApplied, *, event: CloudEvent, store: StateStore) -> list[Reply] | None:
-    if data.request.startswith(S3_REQUEST) or not _reported(event, data.node):
+    if data.request.startswith(S3_REQUEST) or not _reported(event, data.node, data.knob):
         return None
     return _observe(store, data.node, "node", "knob_success", 1.0, event)
 
 
 @mapemesh.on(catalogue.KnobFailed)
 def failed(data: catalogue.KnobFailed, *, event: CloudEvent, store: StateStore) -> list[Reply] | None:
-    if data.code not in NODE_FAULTS or not _reported(event, data.node):
+    if data.code not in NODE_FAULTS or not _reported(event, data.node, data.knob):
         return None
     return _observe(store, data.node, "node", "knob_success", 0.0, event)
 

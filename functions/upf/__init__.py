@@ -2,14 +2,17 @@
 configuration API called, `knob.applied` (every UE's UPF before and after, read back) or `knob.failed` out.
 
 The command is `{"command": "set", "ue": UE, "upf": UPF}`; the asset is the node the cluster's 5G core is
-registered as (its `UPFSelect` options name the UPFs and their addresses, `mapemesh.sim.core5g` registers one).
-The core's API (`mapemesh.adapters.endpoint`: per cluster, from the endpoints file) is asked to steer the UE's PDU
-session to the UPF at that address, as the SMF is configured in 5.2:
+registered as (its `UPFSelect` options name the UPFs, `mapemesh.sim.core5g` registers one). The core's API
+(`mapemesh.adapters.endpoint`: per cluster, from the operator's endpoints file) says which address the UPF has, and
+is asked to steer the UE's PDU session to the UPF at that address, as the SMF is configured in 5.2:
 
-    POST {API}/slices/{UE}  {"upf_address": ADDRESS}      GET {API}/slices  ->  {UE: {"upf": NAME, ...}}
+    GET {API}/upfs  ->  {UPF: {"address": ADDRESS, ...}}      GET {API}/slices  ->  {UE: {"upf": NAME, ...}}
+    POST {API}/slices/{UE}  {"upf_address": ADDRESS}
 
-An unknown UE or UPF, or a command of another shape, fails as `invalid`; an API that does not answer as
-`timeout`; one that answers an error, or reads back another UPF, as `hardware` (`mapemesh.adapters.through`).
+The address is the core's, never the registration's: a registration is not signed, and whoever may register could
+otherwise steer a UE's traffic to an address of their choosing. A UPF the core does not list, an unknown UE, or a
+command of another shape fails as `invalid`; an API that does not answer in time as `timeout`; one that answers an
+error or a malformed document, or reads back another UPF, as `hardware` (`mapemesh.adapters.through`).
 """
 
 from __future__ import annotations
@@ -31,16 +34,17 @@ KNOB = "UPFSelect"
 
 
 def _slices(answer: httpx.Response) -> dict[str, Any]:
-    answer.raise_for_status()
-    return {ue: (s or {}).get("upf") for ue, s in sorted(answer.json().items())}
+    slices = adapters.document(answer)
+    if not all(isinstance(s, dict) for s in slices.values()):
+        raise adapters.Malformed(f"GET /slices answered {slices}, not {{UE: {{upf, ...}}}}")
+    return {str(ue): s.get("upf") for ue, s in sorted(slices.items())}
 
 
-def _address(store: StateStore, node: str, upf: str) -> str:
-    doc = store.get("mechanisms", f"{node}/{KNOB}")
-    upfs = {u.get("name"): u for u in ((doc.value.get("options") if doc else None) or {}).get("upfs") or []}
-    if upf not in upfs or not upfs[upf].get("address"):
-        raise ValueError(f"{node} offers no UPF {upf} (it offers {', '.join(sorted(map(str, upfs))) or 'none'})")
-    return str(upfs[upf]["address"])
+def _addresses(answer: httpx.Response) -> dict[str, str]:
+    upfs = adapters.document(answer)
+    if not all(isinstance(u, dict) and u.get("address") for u in upfs.values()):
+        raise adapters.Malformed(f"GET /upfs answered {upfs}, not {{UPF: {{address, ...}}}}")
+    return {str(name): str(u["address"]) for name, u in upfs.items()}
 
 
 @mapemesh.on(catalogue.KnobApply)
@@ -54,14 +58,15 @@ async def apply(data: catalogue.KnobApply, *, event: CloudEvent, store: StateSto
         return adapters.failed(event, data, "invalid", f"{KNOB} takes {{command: set, ue, upf}}", SOURCE)
     ue, upf = str(command["ue"]), str(command["upf"])
     try:
-        address = _address(store, data.node, upf)
         api = adapters.endpoint(store, KNOB, data.node)
-    except ValueError as exc:
-        return adapters.failed(event, data, "invalid", str(exc), SOURCE)
     except adapters.Unconfigured as exc:
         return adapters.failed(event, data, "unsupported", str(exc), SOURCE)
 
     async def steer(client: httpx.AsyncClient) -> tuple[dict[str, Any], dict[str, Any]]:
+        addresses = _addresses(await client.get(f"{api}/upfs"))
+        if upf not in addresses:
+            raise adapters.Refused(f"it has no UPF {upf} (it has {', '.join(sorted(addresses)) or 'none'})")
+        address = addresses[upf]
         before = _slices(await client.get(f"{api}/slices"))
         if ue not in before:
             raise adapters.Refused(f"it serves no UE {ue}")

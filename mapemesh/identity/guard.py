@@ -157,21 +157,23 @@ def sign_as(event: CloudEvent, name: str, root: Path | None = None) -> CloudEven
         return event
 
 
-MECHANISM_ADAPTERS = ("upf", "jobs")
-"""The functions that apply a cluster's mechanism through an outside system's API (`mapemesh.adapters`): UPFSelect
-through a 5G core, JobOrder through a datacenter scheduler. Like the bridge, each reports for the nodes behind it."""
+MECHANISM_ADAPTERS = {"upf": "UPFSelect", "jobs": "JobOrder"}
+"""The functions that apply a cluster's mechanism through an outside system's API (`mapemesh.adapters`), each with
+the one knob it applies: UPFSelect through a 5G core, JobOrder through a datacenter scheduler. Like the bridge, each
+reports for the nodes behind it, but only the results of its own knob."""
 
 
-def knob_reporters(node: str) -> frozenset[str]:
-    """Who may report a knob result for `node`: its node shim, an agent that is the node (the storage gateway signs
-    as its own name), the MQTT bridge (for the far-edge devices behind it) and the mechanism adapters, as
-    subjects."""
-    return frozenset(subject_of(name) for name in (dns_name("node-shim", node), node, "bridge", *MECHANISM_ADAPTERS))
+def knob_reporters(node: str, knob: str) -> frozenset[str]:
+    """Who may report a result of `knob` for `node`: its node shim, an agent that is the node (the storage gateway
+    signs as its own name), the MQTT bridge (for the far-edge devices behind it) and the mechanism adapter whose
+    knob it is, as subjects. An adapter reporting another knob (a `upf`-signed CPUFrequency failure) is not one."""
+    adapters = [name for name, its in MECHANISM_ADAPTERS.items() if its == knob]
+    return frozenset(subject_of(name) for name in (dns_name("node-shim", node), node, "bridge", *adapters))
 
 
-def reported_by_the_node(event: CloudEvent, node: str, trust: TrustStore | None) -> bool:
-    """Whether `event` (a knob result for `node`) is signed by one of its `knob_reporters`; always, with identities
-    off."""
+def reported_by_the_node(event: CloudEvent, node: str, knob: str, trust: TrustStore | None) -> bool:
+    """Whether `event` (a result of `knob` for `node`) is signed by one of its `knob_reporters`; always, with
+    identities off."""
     if not enabled():
         return True
     if trust is None or not event.get("dssematerial"):
@@ -180,7 +182,7 @@ def reported_by_the_node(event: CloudEvent, node: str, trust: TrustStore | None)
         signer = verify(event, trust)
     except Unverified:
         return False
-    return signer in knob_reporters(node)
+    return signer in knob_reporters(node, knob)
 
 
 def signer() -> Identity | None:

@@ -7,8 +7,9 @@ checked against each node's `MLSysOpsNode` description (`continuum_layer`, `labe
 (the trust function's, in the policy's `system_description["trust"]`). A far-edge device (layer `far_edge`)
 takes only a component that asks for that layer or names it (as the seed's far-edge nodes are tainted), and
 labels such as `extra.resources.fhp/tinymml:true` pick the AI-ready ones. A node isolated by the monitor (its
-description's `isolated`, seed 5.3) takes nothing. Every reason a node does not fit is kept, so a policy can say
-why a component has nowhere to go.
+description's `isolated`, seed 5.3) takes nothing, and neither does a system registered as a node only to offer a
+mechanism (its `environment.node_type` one of NOT_COMPUTE: a 5G core, a job scheduler, a storage gateway). Every
+reason a node does not fit is kept, so a policy can say why a component has nowhere to go.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any
 
 FAR_EDGE = "far_edge"
 """The layer of far-edge devices (the MQTT bridge registers NextGenGW's so)."""
+NOT_COMPUTE = {"5g-core": "a 5G core", "job-scheduler": "a job scheduler", "storage-gateway": "a storage gateway"}
+"""`environment.node_type`s of systems registered as nodes to offer a cluster mechanism (`mapemesh.sim.core5g`,
+`mapemesh.sim.datacenter`, or the real ones behind the adapters), with what each is: no place to run components."""
 _QUANTITY = re.compile(r"^\s*([0-9.]+)\s*([KMGTP]i?)?\s*$")
 _BYTES = {None: 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
@@ -74,6 +78,10 @@ def misfits(component: Mapping[str, Any], node_name: str, node: Mapping[str, Any
             trust: Mapping[str, Any] | None = None) -> list[str]:
     """Why `node` cannot run `component` (empty: it can); `trust`: the credits, {asset: credit}."""
     why = []
+    environment = node.get("environment")
+    node_type = environment.get("node_type") if isinstance(environment, dict) else None
+    if node_type in NOT_COMPUTE:
+        why.append(f"{NOT_COMPUTE[node_type]}, not a place to run components")
     isolation = node.get("isolated")
     if isolation:  # seed 5.3: a compromised or malfunctioning node is isolated; nothing is placed on it
         why.append(f"the node is isolated ({(isolation or {}).get('reason') or 'no reason given'})")

@@ -149,6 +149,8 @@ class Revision:
         if self.stopped:
             return
         self.prepared = True
+        if self.held:  # created during a drain: its processes start once it is released
+            return
         wanted = min(self.spec.initial_scale, self.spec.max_scale)
         for _ in range(wanted - len(self.instances) - self.starting):
             self._start_instance()

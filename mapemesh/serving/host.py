@@ -125,15 +125,21 @@ class LocalHost:
             log.error("Service %s cannot run: %s", key, reason)
         for key, reason in self.refused_updates.items():
             log.error("Service %s: its manifest is refused (%s); the last admitted one serves on", key, reason)
+        held: set[str] = set()
         for key in list(self.revisions):
             if key in self.refused_updates:
                 continue
             if key not in specs or specs[key] != self.revisions[key].spec:
-                self.revisions.pop(key).stop()
+                old = self.revisions.pop(key)
+                old.stop()
+                if old.held:
+                    held.add(key)
         for key, spec in specs.items():
             if key not in self.revisions:
                 rev = self.revisions[key] = Revision(spec, self.zygote, self.base, self.queue_limit,
                                                      self.platform_env)
+                if key in held:  # replaced during a drain: the accelerator is still being reconfigured
+                    rev.hold()
                 try:
                     rev.set_overrides(self._env_for(spec))
                 except Exception:  # run it with its own env rather than not at all
@@ -170,25 +176,24 @@ class LocalHost:
 
     async def drain(self, keys: list[str], timeout_s: float) -> None:
         """Hold the Services `keys` (`Revision.hold`: their requests wait, none fails) until none of their processes
-        runs; TimeoutError (and they are released) when that takes longer than `timeout_s`."""
-        held = [rev for key in keys if (rev := self.revisions.get(key)) is not None]
-        for rev in held:
+        runs; TimeoutError when that takes longer than `timeout_s`. A drain that does not end (timed out, cancelled,
+        failed) releases them. A revision replaced meanwhile is replaced by a held one (`reload`), waited for too."""
+        for rev in _revisions(self.revisions, keys):
             rev.hold()
         deadline = time.monotonic() + timeout_s
-        while not all(rev.idle for rev in held):
-            if time.monotonic() >= deadline:
-                busy = [rev.spec.key for rev in held if not rev.idle]
-                for rev in held:
-                    rev.release()
-                raise TimeoutError(f"{', '.join(busy)} still ran requests after {timeout_s:g}s")
-            await asyncio.sleep(SCALE_EVERY_S)
+        try:
+            while not all(rev.idle for rev in _revisions(self.revisions, keys)):
+                if time.monotonic() >= deadline:
+                    busy = [rev.spec.key for rev in _revisions(self.revisions, keys) if not rev.idle]
+                    raise TimeoutError(f"{', '.join(busy)} still ran requests after {timeout_s:g}s")
+                await asyncio.sleep(SCALE_EVERY_S)
+        except BaseException:
+            _release(self.revisions, keys)
+            raise
 
     async def release(self, keys: list[str]) -> None:
         """Let held Services serve again (what waited is handed to new processes)."""
-        for key in keys:
-            rev = self.revisions.get(key)
-            if rev is not None:
-                rev.release()
+        _release(self.revisions, keys)
 
     async def start(self) -> None:
         """Create the revisions and begin scaling."""
@@ -280,6 +285,16 @@ class LocalHost:
         if reason is not None:
             return _error(503, f"Service {key} cannot run: {reason}")
         return _error(404, f"no Service {key}")
+
+
+def _revisions(revisions: dict[str, Revision], keys: list[str]) -> list[Revision]:
+    """The running revisions of the Services `keys` (those the host has)."""
+    return [rev for key in keys if (rev := revisions.get(key)) is not None]
+
+
+def _release(revisions: dict[str, Revision], keys: list[str]) -> None:
+    for rev in _revisions(revisions, keys):
+        rev.release()
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:

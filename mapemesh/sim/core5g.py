@@ -6,13 +6,16 @@ the UEs whose PDU sessions go through one of them; the slice configuration API t
 | `GET /slices`                         | `{UE: {"upf": NAME, "upf_address": ADDRESS}}`                              |
 | `POST /slices/{UE}` `{"upf_address"}` | the UE's user plane moved to the UPF at that address (SMF configuration);  |
 |                                       | 404 an unknown UE, 422 no UPF at the address                               |
-| `GET /upfs`                           | each UPF's telemetry now                                                   |
+| `GET /upfs`                           | `{UPF: {"address", "max_bandwidth_mbps", "latency_ms", "traffic_mbps",     |
+|                                       | "bandwidth_percent"}}`: each UPF's address (the adapter's only source of   |
+|                                       | one) and telemetry now                                                    |
 | `PUT /upfs/{UPF}/load` `{"mbps"}`     | the UPF's other traffic (a test's or demo's lever: peak and calm hours)    |
 
 A UPF's utilisation is its traffic (the other traffic plus its UEs') over its bandwidth to the gNodeB, and its
 latency base / max(0.05, 1 - utilisation): a queue that slows as it fills. CPU and memory follow the utilisation.
-Into the mesh: the core as node NAME of cluster CLUSTER offering `UPFSelect` (options: the UPFs with their
-addresses and bandwidth, and the UEs; state: each UE's UPF), and every interval `upf_latency_ms:UPF`,
+Into the mesh: the core as node NAME of cluster CLUSTER offering `UPFSelect` (options: the UPFs by name with their
+bandwidth, and the UEs; state: each UE's UPF; `environment.node_type` `5g-core`, so placement puts no component on
+it), and every interval `upf_latency_ms:UPF`,
 `upf_cpu_percent:UPF`, `upf_memory_percent:UPF`, `upf_bandwidth_percent:UPF`, `upf_traffic_mbps:UPF` and
 `ue_traffic_mbps:UE`.
 """
@@ -72,8 +75,8 @@ class SimulatedCore(Simulator):
         return {"MLSysOpsNode": {
             "name": self.name, "cluster_id": self.cluster, "continuum_layer": "edge",
             "environment": {"node_type": "5g-core"}, "mechanisms": [KNOB],
-            "mechanism_options": {KNOB: {"upfs": [{"name": u.name, "address": u.address,
-                                                   "max_bandwidth_mbps": u.max_bandwidth_mbps} for u in self.upfs],
+            "mechanism_options": {KNOB: {"upfs": [{"name": u.name, "max_bandwidth_mbps": u.max_bandwidth_mbps}
+                                                  for u in self.upfs],
                                          "ues": sorted(self.ues)}},
             "mechanism_states": {KNOB: self.state()}}}
 
@@ -117,7 +120,11 @@ class SimulatedCore(Simulator):
         return web.json_response({"ue": ue, "upf": found[0].name, "upf_address": address})
 
     async def _upfs(self, request: web.Request) -> web.Response:
-        return web.json_response({m.name: m.value for m in self.metrics()})
+        return web.json_response({u.name: {
+            "address": u.address, "max_bandwidth_mbps": u.max_bandwidth_mbps,
+            "latency_ms": round(self.latency_ms(u), 3), "traffic_mbps": round(self.traffic_mbps(u), 3),
+            "bandwidth_percent": round(100 * min(1.0, self.traffic_mbps(u) / u.max_bandwidth_mbps), 2)}
+            for u in self.upfs})
 
     async def _load(self, request: web.Request) -> web.Response:
         name = request.match_info["upf"]

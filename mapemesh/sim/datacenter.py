@@ -12,7 +12,8 @@ The cluster and the scheduler are `mapemesh.jobs`'s model; a batch is made from 
 
 Until an order comes the scheduler serves first come, first served. Into the mesh: the scheduler as node NAME of
 cluster CLUSTER offering `JobOrder` (options: the arriving batch's jobs and the cluster's occupancy; state: the
-batch and order it serves by), registered again when a batch arrives; every interval `gpu_occupancy:SWITCH` and
+batch and order it serves by; `environment.node_type` `job-scheduler`, so placement puts no component on it),
+registered again when a batch arrives; every interval `gpu_occupancy:SWITCH` and
 `ocs_uplink_occupancy:SWITCH` (fractions busy) and `job_batch_size`.
 """
 

@@ -18,7 +18,16 @@ Commands:
 - `{"command": "load", "bitstream": "base.bit.bin"}`: a full reload;
 - `{"command": "load", "bitstream": "rp0_fft.bin", "partial": true, "region": "rp0"}`: a partial bitstream into
   one region (`region` names it for the record and for the drain);
-- `"manager": "fpga1"` picks another FPGA manager than the first.
+- `"manager": "fpga1"` picks another FPGA manager than the first;
+- `"force": true` lets a load go on where nothing can drain the functions that use the FPGA (see below): the
+  operator asserts that the fabric's users are idle.
+
+Which region a partial bitstream programs is in the bitstream, not in the command: the knob takes it from the
+file's name, which starts with the region and `_` (`rp0_fft.bin` programs rp0; the simulated tree's follow the
+rule). A partial load whose bitstream's name starts with its `region` drains that region's functions (and the whole
+fabric's); one whose name starts with another region the knob knows of (a function's label, or a region it loaded)
+is refused before anything happens; one whose name names no known region drains every function that uses the FPGA,
+as a full load does, since what it reprograms is not known.
 
 The bitstream must be a `.bit`, `.bin` or `.bit.bin` file inside the firmware folder (no absolute path, no `..`,
 no link out of it) with the Xilinx sync word near its start (other firmware lives in /lib/firmware too): checked
@@ -31,9 +40,14 @@ Reconfiguration needs the accelerator idle (the seed's own approach is a reboot)
 its `Drainer` (the local function host) to hold the functions that use the FPGA (the Services labelled
 `mapemesh.dev/fpga`, with the region or `fabric` as the value: a full reload drains them all, a partial one those
 of its region and those of the whole fabric) and waits until none of them runs a request; it lets them go again
-once the fabric is programmed or put back. A drain that does not finish in time fails the command with `timeout`
-and nothing is written. The state's `last_reconfiguration` says what was drained (`needs_idle: true`); the monitor
-stage puts it in the plan's `notes`, so the plan's status shows that the change needed the accelerator idle.
+once the fabric is programmed or put back, and after a drain that failed. A drain that does not finish in time
+fails the command with `timeout` and nothing is written; it is kept well under the 60 s the shim's Trigger gives a
+knob command (`delivery.timeout`), so that the command's result still reaches the loop. Where nothing knows the
+functions (a cluster's shim: the functions run in pods, not in a local host) or nothing can drain those that use the
+FPGA, a load is refused as `unsupported` unless the command says `"force": true`. The state's
+`last_reconfiguration` says what was drained (`needs_idle: true`; `forced: true` when the operator's word stood in
+for a drain); the monitor stage puts it in the plan's `notes`, so the plan's status shows that the change needed the
+accelerator idle.
 
 The fabric's only telemetry is power (seed 3.5): `board_power` reads the board's INA2xx monitors through hwmon
 (`power1_input` in microwatts, `power1_label` the rail), which the shim reports as `node_board_power_watts`.
@@ -73,7 +87,9 @@ SYNC_WITHIN = 4096
 """A bitstream has its sync word within this many bytes (after a .bit's header, a .bin's padding and bus width)."""
 FABRIC = "fabric"
 """The label value of a function that uses the whole fabric (drained by any reconfiguration)."""
-DRAIN_TIMEOUT_S = 30.0
+DRAIN_TIMEOUT_S = 20.0
+"""How long a reconfiguration waits for the functions to be idle: with the host's margin and the programming, well
+under the shim's Trigger's delivery timeout (`daemon.DELIVERY_TIMEOUT`), past which the broker gives up on it."""
 _REGION = re.compile(r"^[a-z0-9]([-_a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -107,7 +123,7 @@ class FPGABitstream:
         self.record = record
         """What the knob loaded (the kernel does not say): {manager: {full, partials, last_reconfiguration}}."""
         self.functions = functions
-        """The functions that use the FPGA, name -> {service, region}; None: not known here."""
+        """The functions that use the FPGA, namespace/name -> {service, region}; None: not known here."""
         self.drainer = drainer
         self.drain_timeout_s = drain_timeout_s
         self.changed = False
@@ -156,7 +172,7 @@ class FPGABitstream:
 
     def apply(self, command: Command) -> dict[str, Any]:
         options = self.get_options()
-        check_keys(command, {"command", "bitstream", "partial", "region", "manager"}, options)
+        check_keys(command, {"command", "bitstream", "partial", "region", "manager", "force"}, options)
         action = command.get("command", "load")
         if action != "load":
             raise InvalidCommand(f"command must be 'load', not {action!r}", options=options)
@@ -173,9 +189,13 @@ class FPGABitstream:
                                  f"{FABRIC!r}), not {region!r}", options=options)
         if not partial and region is not None:
             raise InvalidCommand("region goes with a partial bitstream only", options=options)
+        force = command.get("force", False)
+        if not isinstance(force, bool):
+            raise InvalidCommand(f"force must be true or false, not {force!r}", options=options)
         bitstream = self.check_bitstream(command.get("bitstream"), options)
-
         record = self._read_record()
+        scope = self._scope(bitstream, region, record, options["functions"], options) if partial else None
+
         mine = record.get(manager) or {"full": None, "partials": {}}
         base = f"{MANAGERS}/{manager}"
         loaded = mine["partials"].get(region) if partial else mine["full"]
@@ -183,8 +203,12 @@ class FPGABitstream:
             self.changed = False
             return self.get_state()
 
-        services = self._users(region if partial else None)
-        drained = self._drain(services)
+        if options["functions"] is None and not force:
+            raise Unsupported("nothing on this node knows which functions use the FPGA (on a cluster they run in "
+                              "pods), so none can be drained: reprogramming could pull the fabric from under one; "
+                              'once they are idle, say so with "force": true', options=options)
+        services = self._users(options["functions"] or {}, scope)
+        drained, forced = self._drain(services, force)
         try:
             self._program(base, bitstream, partial, mine, region)
         finally:
@@ -194,7 +218,8 @@ class FPGABitstream:
         else:
             mine["full"], mine["partials"] = bitstream, {}  # a full bitstream replaces every region's
         mine["last_reconfiguration"] = {"manager": manager, "bitstream": bitstream, "partial": partial,
-                                        "region": region, "needs_idle": True, "drained": drained, "at": time.time()}
+                                        "region": region, "needs_idle": True, "drained": drained,
+                                        "forced": forced, "at": time.time()}
         record[manager] = mine
         self._write_record(record)
         self.changed = True
@@ -223,24 +248,48 @@ class FPGABitstream:
                                  "bitstream (other firmware lives in that folder too)", options=options)
         return name
 
-    def _users(self, region: str | None) -> list[str]:
-        """The Services to drain: every FPGA function for a full reload; the region's and the fabric's for a partial."""
-        known = self.functions() if self.functions is not None else {}
+    def _scope(self, bitstream: str, region: str, record: dict[str, Any], functions: dict[str, dict[str, Any]] | None,
+               options: dict[str, Any]) -> str | None:
+        """The region a partial bitstream reprograms, from its name (`rp0_fft.bin`: rp0); None when the name names
+        no known region (all is drained); InvalidCommand when it names another known region than `region`."""
+        prefix, underscore, _ = Path(bitstream).name.partition("_")
+        if underscore and prefix == region:
+            return region
+        known = {str(f.get("region")) for f in (functions or {}).values() if f.get("region") not in (None, FABRIC)}
+        known |= {r for entry in record.values() if isinstance(entry, dict) for r in entry.get("partials") or {}}
+        if underscore and prefix in known:
+            raise InvalidCommand(f"bitstream {bitstream!r} programs region {prefix!r} (its name says so), not "
+                                 f"{region!r}", options=options)
+        log.info("%s names no known region: every function that uses the FPGA is drained", bitstream)
+        return None
+
+    @staticmethod
+    def _users(known: dict[str, dict[str, Any]], region: str | None) -> list[str]:
+        """The Services to drain: every FPGA function for a full reload (or a partial one into an unknown region);
+        the region's and the fabric's for a partial one."""
         return sorted({str(f["service"]) for f in known.values()
                        if region is None or f.get("region") in (region, FABRIC, None)})
 
-    def _drain(self, services: list[str]) -> list[str]:
+    def _drain(self, services: list[str], force: bool) -> tuple[list[str], bool]:
+        """Hold `services` until idle: (what was drained, whether `force` stood in for a drain that was impossible).
+        Whatever goes wrong, they are released again before the error is raised."""
+        if self.functions is None:
+            return [], True  # apply refused this without force
         if not services:
-            return []
+            return [], False
         if self.drainer is None:
-            raise Unsupported(f"{', '.join(services)} use the FPGA and nothing here can drain them first")
+            if not force:
+                raise Unsupported(f"{', '.join(services)} use the FPGA and nothing here can drain them first; once "
+                                  'they are idle, say so with "force": true')
+            return [], True
         try:
             self.drainer.drain(services, self.drain_timeout_s)
-        except DrainFailed:
-            raise
-        except Exception as exc:
+        except BaseException as exc:  # a drain cut short (or cancelled) may have left some of them held
+            self._release(services)
+            if isinstance(exc, DrainFailed) or not isinstance(exc, Exception):
+                raise
             raise DrainFailed(f"could not drain {', '.join(services)} before reconfiguring: {exc}") from exc
-        return services
+        return services, False
 
     def _release(self, services: list[str]) -> None:
         if self.drainer is None or not services:
@@ -282,8 +331,8 @@ class FPGABitstream:
         except KnobError as exc:
             log.error("rollback of %s: could not load the previous bitstream again: %s", self.sysfs.path(base), exc)
             return False
-        if not again:  # a region with nothing loaded before has nothing to go back to; a fabric whose bitstream
-            return partial  # this knob did not load (the boot's) cannot be loaded again
+        if not again:  # nothing was undone: a region with nothing loaded before has nothing to go back to, and a
+            return False  # fabric whose bitstream this knob did not load (the boot's) cannot be loaded again
         return operating
 
     def _read_record(self) -> dict[str, Any]:

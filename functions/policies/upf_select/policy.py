@@ -10,7 +10,8 @@ The expected latency of a UE on a UPF is the latency measured there now, or, for
 grown by the load the UE would add (a queue: latency ~ 1 / (1 - utilisation)). A UE moves to the UPF with the
 lowest expected latency only when it beats the current one by HYSTERESIS (a fraction) and by MIN_GAIN_MS, and only
 on a reading taken SETTLE_S after the last move was planned: a load rise moves it away, and it comes back when the
-load is calm, without flapping in between. One UE per plan.
+load is calm, without flapping in between. One UE per plan. A UE whose UPF the core does not offer (or has no
+reading of) is passed over, and a core that offers no UPF gets no plan.
 """
 
 HYSTERESIS = 0.2
@@ -52,14 +53,15 @@ def _wanted(context, mechanisms, telemetry):
     """(UE, the UPF it should move to) for the first UE that should move; None when none should."""
     knob = (mechanisms or {}).get("UPFSelect") or {}
     options, state = knob.get("options") or {}, knob.get("state") or {}
-    capacity = {u["name"]: float(u.get("max_bandwidth_mbps") or 0) for u in options.get("upfs") or []}
+    capacity = {u["name"]: float(u.get("max_bandwidth_mbps") or 0)
+                for u in options.get("upfs") or [] if isinstance(u, dict) and u.get("name")}
     latency = _latest(telemetry, "upf_latency_ms")
     utilisation = {name: value / 100.0 for name, (_, value) in _latest(telemetry, "upf_bandwidth_percent").items()}
     traffic = _latest(telemetry, "ue_traffic_mbps")
     settled = float(context.get("planned_at") or 0) + SETTLE_S
     for ue, current in sorted(state.items()):
-        if current not in latency or latency[current][0] < settled:
-            continue  # no reading of its UPF since the last move settled
+        if current not in capacity or current not in latency or latency[current][0] < settled:
+            continue  # a UPF not offered, or no reading of it since the last move settled
         ue_mbps = traffic.get(ue, (0.0, 0.0))[1]
         expected = {upf: expected_latency(upf, current, latency[upf][1], utilisation.get(upf, 0.0), ue_mbps, cap)
                     for upf, cap in capacity.items() if upf in latency}
