@@ -70,8 +70,9 @@ async def main(env_hook: EnvHook | None = None) -> None:
               f"{settings.data / TOKEN_FILE}; OpenAPI at {mesh.api.url}/docs)\n  function host {mesh.serving_url} "
               f"({len(mesh.host.revisions)} functions from {settings.manifests})\n"
               f"  node shim {mesh.shim.url + ' for node ' + node if mesh.shim else '(none)'}\n"
-              # The token rides in the fragment, which the browser keeps to itself (mapemesh.api.page).
-              f"  dashboard {mesh.api.url}/ui/#token={token}\n", flush=True)
+              # The token rides in the fragment, which the browser keeps to itself (mapemesh.api.page); as
+              # Jupyter's link does, it carries the token, so this line is as secret as the token file.
+              f"  dashboard {mesh.api.url}/ui/" + (f"#token={token}" if token else "") + "\n", flush=True)
         tasks.append(asyncio.create_task(_live_view(mesh.api.url, token or "", start)))
         await asyncio.sleep(0.3)  # the view is following before the demo acts
         async with httpx.AsyncClient(base_url=mesh.api.url, headers={"Authorization": f"Bearer {token}"},

@@ -252,8 +252,8 @@ def test_the_mode_switch_changes_the_mode_through_the_api(demo, chromium):
 
     try:
         for button, wanted in (("#mode-ml", {"mode": "ml", "manual_override": False}),
-                               ("#override-toggle", {"mode": "ml", "manual_override": True}),
-                               ("#override-toggle", {"mode": "ml", "manual_override": False}),
+                               ("#override-on", {"mode": "ml", "manual_override": True}),
+                               ("#override-off", {"mode": "ml", "manual_override": False}),
                                ("#mode-heuristic", {"mode": "heuristic", "manual_override": False})):
             click(chromium, button, button)
             wait_for(lambda wanted=wanted: mode() == wanted, what=f"the mesh's mode to become {wanted}")
@@ -288,3 +288,27 @@ def test_without_the_token_the_page_refuses_and_the_data_routes_answer_401(demo,
         for headers in ({}, {"Authorization": "Bearer not-the-token"}):
             assert httpx.request(method, demo.api + path, headers=headers, timeout=10).status_code == 401, path
     assert httpx.get(demo.api + "/ui/", timeout=10).status_code == 200  # the page itself holds no data
+
+
+def test_events_the_page_cannot_show_do_not_break_the_live_stream(demo, chromium):
+    """Events are anyone's who may post to the broker: a type that is an Object.prototype name, a plan id that is
+    no string, an event larger than the page reads. Each is that event's loss only: the stream stays open (no
+    reconnect, which would fetch the same event again) and the next event is shown."""
+    open_page(chromium, demo, "loop")
+    until(chromium, css('#stream[data-state="open"]'), what="the live stream")
+    chromium.execute_script("window.mapemeshDashboard.dashboard.stream.opened = 0;"
+                            "const s = window.mapemeshDashboard.dashboard.stream, on = s.onState;"
+                            "s.onState = (state, why) => { if (state === 'open') s.opened++; on(state, why); };")
+    cap = chromium.execute_script("return window.mapemeshDashboard.caps.MAX_BUFFER")
+    odd = [({"type": "constructor"}, b'{"plan_id": 5}'), ({"type": "io.mapemesh.plan.proposed.v1"}, b'{"plan_id": 7}'),
+           ({"type": "toString", "datacontenttype": "text/plain"}, b"\x01" * min(cap // 5, (1 << 20) - 4096))]
+    with httpx.Client(timeout=30) as http:
+        for attrs, data in odd:
+            event = CloudEvent({"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/test/odd", **attrs}, data)
+            headers, body = to_binary(event)
+            assert http.post(demo.broker + "/default/default", headers=headers, content=body).status_code == 202
+        post(demo, http, "/test/probe/after-the-odd-ones")
+    until(chromium, lambda d: shown(d, "/test/probe/after-the-odd-ones"), what="the event after the odd ones")
+    assert chromium.execute_script("return window.mapemeshDashboard.dashboard.stream.opened") == 0, "it reconnected"
+    assert css('#stream[data-state="open"]')(chromium)
+    assert severe(chromium) == []

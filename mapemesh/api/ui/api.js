@@ -8,7 +8,14 @@ export class Refused extends Error {}
 export function takeToken() {
   const found = /(?:^#|&)token=([^&]*)/.exec(location.hash);
   if (found) {
-    sessionStorage.setItem(KEY, decodeURIComponent(found[1]));
+    let token = null;
+    try {
+      token = decodeURIComponent(found[1]);
+    } catch {
+      token = null;  // a mangled link: ask for the token instead
+    }
+    if (token) sessionStorage.setItem(KEY, token);
+    else sessionStorage.removeItem(KEY);
     history.replaceState(null, "", location.pathname + location.search);  // not left in the address bar
   }
   return sessionStorage.getItem(KEY);

@@ -33,18 +33,28 @@ class Dashboard {
       button.addEventListener("click", () => this.show(button.dataset.view));
     }
     window.addEventListener("hashchange", () => this.show(location.hash.slice(1)));
+    document.addEventListener("visibilitychange", () => {  // a tab in the background polls nothing
+      if (!document.hidden && this.active) this.show(this.active);
+    });
   }
 
   resume(view) {
+    const lastId = this.stream ? this.stream.lastId : null;  // a new token resumes where the stream was
     this.halt();
-    this.stream = new EventStream({onEvent: (e) => this.onEvent(e), onState: (s, why) => this.onStream(s, why)});
+    this.stream = new EventStream({onEvent: (e) => this.onEvent(e), onState: (s, why) => this.onStream(s, why), lastId});
     this.stream.run();
     this.show(view);
   }
 
   onEvent(event) {
-    this.loop.onEvent(event);
-    this.policies.onEvent(event);
+    // Events are anyone's who may post to the broker: one a view cannot read is that event's loss, not the stream's.
+    for (const view of [this.loop, this.policies]) {
+      try {
+        view.onEvent(event);
+      } catch (error) {
+        console.warn(`event ${event.seq} (${event.type}) not shown: ${error.message}`);
+      }
+    }
   }
 
   onStream(state, why) {
@@ -70,7 +80,7 @@ class Dashboard {
   async poll(round) {
     const view = this.active;
     const target = this[view];
-    if (!target || round !== this.round) return;
+    if (!target || round !== this.round || document.hidden) return;
     if (target.refresh) {
       try {
         await target.refresh();

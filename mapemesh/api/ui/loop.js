@@ -88,10 +88,11 @@ export class LoopView {
   onEvent({seq, type, event}) {
     const data = event.data && typeof event.data === "object" ? event.data : {};
     const name = type.startsWith(P) ? type.slice(P.length) : type;
-    if (STATUS[name] && data.plan_id) this.updatePlan(data.plan_id, STATUS[name](data), event.time);
+    const planId = typeof data.plan_id === "string" && data.plan_id ? data.plan_id : null;
+    if (Object.hasOwn(STATUS, name) && planId) this.updatePlan(planId, STATUS[name](data), event.time);
     if (!this.everything && (PLUMBING.has(type) || (name === "policy.analyze.replied.v1" && !data.verdict && !data.error))) return;
     if (name === "telemetry.reported.v1" && !this.everything && this.foldTelemetry(String(data.asset))) return;
-    const [stage, describe] = FORMATS[name] ||
+    const [stage, describe] = (Object.hasOwn(FORMATS, name) && FORMATS[name]) ||
       [type.startsWith(P) ? name.split(".")[0] : "event", () => `${type} from ${event.source}`];
     let text;
     try {
@@ -99,11 +100,11 @@ export class LoopView {
     } catch {
       text = short(data);
     }
-    const row = el("li", {class: `stage-${stage}`, dataType: type, dataSeq: seq, dataPlan: data.plan_id || null,
+    const row = el("li", {class: `stage-${stage}`, dataType: type, dataSeq: seq, dataPlan: planId,
                           dataSeen: (Date.now() / 1000).toFixed(3)},
                    el("time", {text: clock((Date.parse(event.time) || Date.now()) / 1000)}),
                    el("span", {class: "stage", text: stage}), el("span", {class: "text", text}));
-    if (data.plan_id) row.addEventListener("click", () => this.openTrace(data.plan_id));
+    if (planId) row.addEventListener("click", () => this.openTrace(planId));
     this.timeline.prepend(row);
     while (this.timeline.childElementCount > MAX_TIMELINE) this.timeline.lastElementChild.remove();
   }

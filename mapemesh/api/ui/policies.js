@@ -24,8 +24,8 @@ export class PoliciesView {
       el("div", {class: "buttons"},
          button("mode-heuristic", "heuristic", () => this.send("manage/mode/heuristic", "mode heuristic")),
          button("mode-ml", "ML", () => this.send("manage/mode/ml", "mode ML")),
-         button("override-toggle", "manual override", () => this.send(`manage/override/${this.override ? "off" : "on"}`,
-                                                                      `manual override ${this.override ? "off" : "on"}`))),
+         button("override-on", "override on", () => this.send("manage/override/on", "manual override on")),
+         button("override-off", "override off", () => this.send("manage/override/off", "manual override off"))),
       el("p", {class: "small muted", text: "Manual override on: the policies make no plans; operators act by hand."}),
       this.message);
     this.list = el("div");
@@ -54,12 +54,15 @@ export class PoliciesView {
     this.controls.dataset.override = String(override);
     this.controls.querySelector("#mode-heuristic").classList.toggle("active", mode === "heuristic");
     this.controls.querySelector("#mode-ml").classList.toggle("active", mode === "ml");
-    this.controls.querySelector("#override-toggle").classList.toggle("active", override);
+    this.controls.querySelector("#override-on").classList.toggle("active", override);
+    this.controls.querySelector("#override-off").classList.toggle("active", !override);
     this.onChange(mode, override);
   }
 
-  onEvent({type, event}) {
-    if (type === "io.mapemesh.mode.changed.v1" && event.data) this.showMode(event.data.mode, !!event.data.manual_override);
+  onEvent({type}) {
+    // What the event says is whoever posted it; what the mode is, the API says (the monitor recorded it).
+    if (type !== "io.mapemesh.mode.changed.v1") return;
+    for (const ms of [300, 1500]) setTimeout(() => this.refresh().catch(() => {}), ms);  // once the monitor has it
   }
 
   render(doc) {

@@ -1,13 +1,16 @@
 // The mesh's events from `/events/stream`, read with fetch so the request carries the bearer token (EventSource
 // cannot send it). It reconnects with backoff and resumes with `Last-Event-ID`, so no event is missed or repeated.
+// An event larger than MAX_BUFFER is skipped (its id still counts), never a reason to reconnect: reconnecting would
+// fetch the same event again, forever.
 import {BASE, Refused, headers} from "./api.js";
 import {MAX_BUFFER, RECONNECT_MAX_MS, RECONNECT_MIN_MS, STREAM_TAIL} from "./caps.js";
 
 export class EventStream {
-  constructor({onEvent, onState}) {
+  constructor({onEvent, onState, lastId = null}) {
     this.onEvent = onEvent;
     this.onState = onState;
-    this.lastId = null;
+    this.lastId = lastId;
+    this.received = false;  // an event came through on this connection (the backoff starts again only then)
     this.stopped = false;
     this.controller = null;
   }
@@ -31,7 +34,7 @@ export class EventStream {
         if (response.status === 401) throw new Refused("the API refused the token (401)");
         if (!response.ok || !response.body) throw new Error(`the stream answered ${response.status}`);
         this.onState("open", "");
-        delay = RECONNECT_MIN_MS;
+        this.received = false;
         await this.read(response.body);
         if (!this.stopped) this.onState("reconnecting", "the stream ended");
       } catch (error) {
@@ -43,6 +46,7 @@ export class EventStream {
         this.onState("reconnecting", error.message || String(error));
       }
       this.controller.abort();  // whatever is left of this response is not read
+      if (this.received) delay = RECONNECT_MIN_MS;
       await new Promise((resolve) => setTimeout(resolve, delay));
       delay = Math.min(delay * 2, RECONNECT_MAX_MS);
     }
@@ -51,6 +55,7 @@ export class EventStream {
   async read(body) {
     const reader = body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
+    let skipping = false;  // inside an event too large to keep: drop it up to its end
     try {
       for (;;) {
         const {value, done} = await reader.read();
@@ -58,14 +63,26 @@ export class EventStream {
         buffer += value;
         let end;
         while ((end = buffer.indexOf("\n\n")) >= 0) {
-          this.dispatch(buffer.slice(0, end));
+          if (skipping) skipping = false;
+          else this.dispatch(buffer.slice(0, end));
           buffer = buffer.slice(end + 2);
         }
-        if (buffer.length > MAX_BUFFER) throw new Error("an event larger than the page reads: reconnecting");
+        if (buffer.length > MAX_BUFFER) {
+          if (!skipping) this.skip(buffer);
+          skipping = true;
+          buffer = buffer.slice(-1);  // a "\n" that may begin the event's end
+        }
       }
     } finally {
       reader.releaseLock();
     }
+  }
+
+  skip(start) {
+    const id = /^id: ?(\d+)$/m.exec(start.slice(0, 200));
+    if (id) this.lastId = Number(id[1]);
+    this.received = true;
+    console.warn(`event ${id ? id[1] : "?"} skipped: larger than the page reads (${MAX_BUFFER} characters)`);
   }
 
   dispatch(block) {
@@ -89,6 +106,7 @@ export class EventStream {
     } catch {
       return;  // not an event (the ingress refuses what could make one)
     }
-    this.onEvent({seq: this.lastId, type: type || event.type, event});
+    this.received = true;
+    if (event && typeof event === "object") this.onEvent({seq: this.lastId, type: String(type || event.type), event});
   }
 }
