@@ -8,8 +8,9 @@ shim does.
 | `applied(event, data, before, after)`    | the `knob.applied` answer, signed by this function's identity           |
 | `failed(event, data, code, error)`       | the `knob.failed` answer, signed likewise                               |
 | `document(answer)`                       | an answer's JSON object (`Malformed` when it is not one)                |
-| `await through(event, data, source, api, | `exchange(client)` run against the API (it gives the state before and   |
-| what, exchange)`                         | after, read back): `applied`, or `failed` (`Refused`: invalid; no       |
+| `await through(event, data, source,      | `exchange(client, api)` run against the asset's API (`endpoint`: none   |
+| store, what, exchange)`                  | is `unsupported`), giving the state before and after, read back:        |
+|                                          | `applied`, or `failed` (`Refused`: invalid; no                          |
 |                                          | answer in time: timeout; an error answer, a malformed one or a wrong    |
 |                                          | read-back: hardware)                                                    |
 
@@ -119,14 +120,18 @@ def failed(event: CloudEvent, data: catalogue.KnobApply, code: str, error: str, 
                                                code=code, error=error), source)  # type: ignore[arg-type]
 
 
-async def through(event: CloudEvent, data: catalogue.KnobApply, source: str, api: str, what: str,
-                  exchange: Callable[[httpx.AsyncClient], Awaitable[tuple[dict[str, Any], dict[str, Any]]]]
+async def through(event: CloudEvent, data: catalogue.KnobApply, source: str, store: StateStore, what: str,
+                  exchange: Callable[[httpx.AsyncClient, str], Awaitable[tuple[dict[str, Any], dict[str, Any]]]]
                   ) -> CloudEvent:
-    """Apply the command with `exchange` against `what` at `api` (within DEADLINE_S), and answer as a node shim
-    does."""
+    """Apply the command with `exchange` against `what` at the asset's API for the command's mechanism (within
+    DEADLINE_S), and answer as a node shim does."""
+    try:
+        api = endpoint(store, data.knob, data.node)
+    except Unconfigured as exc:
+        return failed(event, data, "unsupported", str(exc), source)
     try:
         async with asyncio.timeout(DEADLINE_S), httpx.AsyncClient(timeout=CALL_TIMEOUT_S) as client:
-            before, after = await exchange(client)
+            before, after = await exchange(client, api)
     except Refused as exc:
         return failed(event, data, "invalid", f"{what} refused it: {exc}", source)
     except httpx.TimeoutException as exc:

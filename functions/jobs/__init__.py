@@ -54,12 +54,8 @@ async def apply(data: catalogue.KnobApply, *, event: CloudEvent, store: StateSto
     wanted = {"batch": str(command["batch"]), "order": [str(j) for j in command["order"]]}
     for job, why in (command.get("unplaceable") or {}).items() if isinstance(command.get("unplaceable"), dict) else ():
         log.warning("%s: batch %s: job %s put last: %s", data.node, wanted["batch"], job, why)
-    try:
-        api = adapters.endpoint(store, KNOB, data.node)
-    except adapters.Unconfigured as exc:
-        return adapters.failed(event, data, "unsupported", str(exc), SOURCE)
 
-    async def send(client: httpx.AsyncClient) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def send(client: httpx.AsyncClient, api: str) -> tuple[dict[str, Any], dict[str, Any]]:
         before = _order(await client.get(f"{api}/order"))
         answer = await client.put(f"{api}/order", json=wanted)
         if answer.status_code in (404, 409, 422):
@@ -71,7 +67,7 @@ async def apply(data: catalogue.KnobApply, *, event: CloudEvent, store: StateSto
         log.info("%s: batch %s ordered (%d jobs)", data.node, wanted["batch"], len(wanted["order"]))
         return before, after
 
-    return await adapters.through(event, data, SOURCE, api, "the scheduler", send)
+    return await adapters.through(event, data, SOURCE, store, "the scheduler", send)
 
 
 jobs = mapemesh.stage(__name__, source=SOURCE)

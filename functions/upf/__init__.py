@@ -57,12 +57,8 @@ async def apply(data: catalogue.KnobApply, *, event: CloudEvent, store: StateSto
             or not command.get("upf"):
         return adapters.failed(event, data, "invalid", f"{KNOB} takes {{command: set, ue, upf}}", SOURCE)
     ue, upf = str(command["ue"]), str(command["upf"])
-    try:
-        api = adapters.endpoint(store, KNOB, data.node)
-    except adapters.Unconfigured as exc:
-        return adapters.failed(event, data, "unsupported", str(exc), SOURCE)
 
-    async def steer(client: httpx.AsyncClient) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def steer(client: httpx.AsyncClient, api: str) -> tuple[dict[str, Any], dict[str, Any]]:
         addresses = _addresses(await client.get(f"{api}/upfs"))
         if upf not in addresses:
             raise adapters.Refused(f"it has no UPF {upf} (it has {', '.join(sorted(addresses)) or 'none'})")
@@ -80,7 +76,7 @@ async def apply(data: catalogue.KnobApply, *, event: CloudEvent, store: StateSto
         log.info("%s: UE %s moved from UPF %s to %s", data.node, ue, before.get(ue), upf)
         return before, after
 
-    return await adapters.through(event, data, SOURCE, api, "the 5G core", steer)
+    return await adapters.through(event, data, SOURCE, store, "the 5G core", steer)
 
 
 upf = mapemesh.stage(__name__, source=SOURCE)

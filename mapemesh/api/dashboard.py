@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sqlite3
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -124,6 +123,7 @@ async def mesh_now(data: Path | None, log_file: Path) -> dict[str, Any]:
 
 def backlog(log_file: Path, now: float) -> dict[str, Any]:
     """Deliveries the broker has not made yet (pending, retries included): per Trigger, with the oldest's age."""
+    from mapemesh.eventing.log import backlog as pending
     from mapemesh.eventing.log import open_readonly
 
     out: dict[str, Any] = {"pending": 0, "oldest_age_s": None, "by_trigger": {}}
@@ -131,10 +131,7 @@ def backlog(log_file: Path, now: float) -> dict[str, Any]:
         return out
     db = open_readonly(log_file)
     try:
-        rows = db.execute("SELECT d.subscription, COUNT(*), MIN(e.received_ns) FROM deliveries d JOIN events e "
-                          "ON e.seq = d.seq WHERE d.state = 'pending' GROUP BY d.subscription").fetchall()
-    except sqlite3.OperationalError:  # a log being created: no tables yet
-        rows = []
+        rows = pending(db)
     finally:
         db.close()
     for subscription, count, oldest in rows:

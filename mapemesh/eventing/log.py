@@ -520,6 +520,17 @@ def last_seq(db: sqlite3.Connection) -> int:
     return int(db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0)
 
 
+def backlog(db: sqlite3.Connection) -> list[tuple[str, int, int]]:
+    """Deliveries not made yet, per subscription: (subscription, how many, the oldest one's arrival in ns); a log
+    still being created has none."""
+    try:
+        rows = db.execute("SELECT d.subscription, COUNT(*), MIN(e.received_ns) FROM deliveries d JOIN events e "
+                          "ON e.seq = d.seq WHERE d.state = 'pending' GROUP BY d.subscription").fetchall()
+    except sqlite3.OperationalError:  # no tables yet
+        return []
+    return [(str(s), int(n), int(oldest)) for s, n, oldest in rows]
+
+
 def read_all(path: Path) -> list[LoggedEvent]:
     """Every event in a log file, opened read-only (for tools and tests; the broker need not run)."""
     db = open_readonly(path)
