@@ -18,7 +18,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import aiohttp
@@ -103,10 +103,15 @@ class _Lane:
 
     scheduled_through: int = 0
     """The highest seq handed to a delivery task (later ones come from the ingress or the backlog)."""
-    in_memory: int = 0
+    held: set[int] = field(default_factory=set)
+    """The seqs handed to a delivery task and not finished (at most the window, plus late announcements)."""
     backlogged: bool = False
     """Pending deliveries beyond `scheduled_through` wait in the log, to be read back in order."""
     limit: asyncio.Semaphore | None = None
+
+    @property
+    def in_memory(self) -> int:
+        return len(self.held)
 
 
 @dataclass(slots=True)
@@ -202,7 +207,7 @@ class Dispatcher:
 
     def accepted(self, broker: str, events: Sequence[CloudEvent], seqs: list[int],
                  routes: Sequence[Sequence[str]]) -> None:
-        """The events and their routes are durable: deliver them."""
+        """The events and their routes are durable: deliver them (each once, announced in whatever order)."""
         now = time.time_ns()
         for event, seq, keys in zip(events, seqs, routes, strict=True):
             if not keys:
@@ -211,8 +216,17 @@ class Dispatcher:
             for key in keys:
                 self.metrics.count(key, "accepted")
                 lane = self._lanes.setdefault(key, _Lane())
+                if seq in lane.held:
+                    continue  # read back from the log by a refill before it was announced here
                 if seq <= lane.scheduled_through:
-                    continue  # already read back from the log by a refill
+                    # Announced after a later event of this trigger (a reply, answered once committed, overtakes
+                    # an event still waiting for its fsync), or read back by a refill and finished already: the
+                    # log says which. Taken beyond the window if it must: a refill reads after
+                    # scheduled_through only.
+                    delivery = self.log.delivery(key, seq)
+                    if delivery is not None and delivery.state == "pending":
+                        self._take(key, lane, logged, _Resume())
+                    continue
                 if lane.backlogged or lane.in_memory >= self.window:
                     lane.backlogged = True  # it waits in the log; a refill takes it in order
                     continue
@@ -224,6 +238,9 @@ class Dispatcher:
         """Read a trigger's next pending deliveries back from the log, in log order (synchronous)."""
         lane.backlogged = False  # an accepted() skipped from now on sets it again
         room = self.window - lane.in_memory
+        if room <= 0:  # late announcements took it beyond the window: read again once it has room
+            lane.backlogged = True
+            return
         rows = self.log.pending_after(key, lane.scheduled_through, room)
         events = self.log.get(d.seq for d in rows)
         for d in rows:
@@ -240,7 +257,7 @@ class Dispatcher:
 
     def _take(self, key: str, lane: _Lane, logged: LoggedEvent, resume: _Resume) -> None:
         lane.scheduled_through = max(lane.scheduled_through, logged.seq)
-        lane.in_memory += 1
+        lane.held.add(logged.seq)
         trigger = self.triggers.triggers.get(key)
         partition = partition_key(logged.event) if trigger is not None and trigger.ordered else None
         if partition is None:
@@ -253,9 +270,9 @@ class Dispatcher:
         self._ordered[(key, partition)] = deque([(logged, resume)])
         self._spawn(self._drain_partition(key, partition))
 
-    def _done(self, key: str) -> None:
+    def _done(self, key: str, seq: int) -> None:
         lane = self._lanes[key]
-        lane.in_memory -= 1
+        lane.held.discard(seq)
         if lane.backlogged and lane.in_memory <= self.window // 2 and not self._stopping:
             self._refill(key, lane)
 
@@ -306,7 +323,7 @@ class Dispatcher:
                         if d.not_before_ns == DEAD_LETTER_NEXT else None
                     resume = _Resume(d.attempts, d.not_before_ns, last)
         finally:
-            self._done(key)
+            self._done(key, logged.seq)
 
     def _limit(self, key: str) -> asyncio.Semaphore:
         lane = self._lanes.setdefault(key, _Lane())

@@ -65,7 +65,8 @@ class Router(Protocol):
 
     def accepted(self, broker: str, events: Sequence[CloudEvent], seqs: list[int],
                  routes: Sequence[Sequence[str]]) -> None:
-        """The events are durable: start delivering them."""
+        """The events are durable: start delivering them. Calls come in any order: a reply is announced once it
+        is committed, an event posted to the ingress once it is fsynced, so a later seq can come first."""
         ...
 
 
