@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -223,9 +224,14 @@ class Dispatcher:
                     # an event still waiting for its fsync), or read back by a refill and finished already: the
                     # log says which. Taken beyond the window if it must: a refill reads after
                     # scheduled_through only.
-                    delivery = self.log.delivery(key, seq)
-                    if delivery is not None and delivery.state == "pending":
+                    try:
+                        d = self.log.delivery(key, seq)
+                    except sqlite3.Error:  # cannot tell: deliver it (at least once) rather than strand it
+                        log.exception("reading the delivery of event %d to %s failed", seq, key)
                         self._take(key, lane, logged, _Resume())
+                        continue
+                    if d is not None and d.state == "pending":
+                        self._take(key, lane, logged, _Resume(d.attempts, d.not_before_ns))
                     continue
                 if lane.backlogged or lane.in_memory >= self.window:
                     lane.backlogged = True  # it waits in the log; a refill takes it in order
@@ -265,7 +271,11 @@ class Dispatcher:
             return
         queue = self._ordered.get((key, partition))
         if queue is not None:
-            queue.append((logged, resume))
+            # In log order, whatever order they were announced in (the one being delivered has left the queue).
+            at = len(queue)
+            while at > 0 and queue[at - 1][0].seq > logged.seq:
+                at -= 1
+            queue.insert(at, (logged, resume))
             return
         self._ordered[(key, partition)] = deque([(logged, resume)])
         self._spawn(self._drain_partition(key, partition))
@@ -282,13 +292,12 @@ class Dispatcher:
         task.add_done_callback(self._tasks.discard)
 
     async def _drain_partition(self, key: str, partition: str) -> None:
-        # One delivery at a time, in arrival order; the head leaves only once it is finished.
+        # One delivery at a time, in log order; the queue holds those not started (the task exists while it runs).
         queue = self._ordered[(key, partition)]
         try:
             while queue:
-                logged, resume = queue[0]
+                logged, resume = queue.popleft()
                 await self._deliver(key, logged, resume)
-                queue.popleft()
         finally:
             del self._ordered[(key, partition)]
 
