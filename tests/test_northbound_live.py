@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,30 @@ def test_watch_prints_the_mesh_events(mesh):
     assert len(events) == 5 and all(e["specversion"] == "1.0" for e in events)
     human = cli(mesh, "watch", "--after", "0", "--limit", "1", "--type", "io.mapemesh.infra.registered", timeout=60)
     assert "node live-node registered" in human.stdout
+
+
+def test_clients_that_leave_the_event_stream_mid_read_do_not_crash_the_api(mesh):
+    """A client that goes cancels the stream's await, not the log read its thread is running: the connection must
+    not be closed under that read (it was, and the process died of a segfault in libsqlite3, now and then, when
+    the dashboard's page closed its stream)."""
+    from mapemesh.eventing.binding import to_binary
+    from mapemesh.eventing.cloudevent import CloudEvent
+
+    broker = json.loads((mesh.data / "endpoints.json").read_text())["broker"] + "/default/default"
+    with httpx.Client(timeout=30) as http:
+        for i in range(1500):  # a log long enough that each stream spends its time in reads of 500 events
+            event = CloudEvent({"specversion": "1.0", "id": f"filler-{i}", "source": "/test/filler",
+                                "type": "io.example.filler"}, b"x" * 2048)
+            headers, body = to_binary(event)
+            assert http.post(broker, headers=headers, content=body).status_code == 202
+        for n in range(60):
+            # A type nothing has: the stream reads the whole log and sends nothing, so it is reading when we leave.
+            with http.stream("GET", mesh.api + "/events/stream", params={"after": 0, "type": "io.example.none"},
+                             headers=mesh.auth) as stream:
+                next(stream.iter_bytes())  # its opening comment
+                time.sleep(0.003 * (n % 10))
+        assert mesh.proc.poll() is None, "the mesh died"
+        assert http.get(mesh.api + "/manage/ping", headers=mesh.auth).status_code == 200
 
 
 # -- end to end: the upstream sample application ----------------------------------------------------------------

@@ -12,6 +12,7 @@ an id taken by something else `409`, a broker that does not take the event `503`
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import re
 import time
@@ -557,19 +558,28 @@ async def _sse(ctx: ApiContext, request: Request, after: int | None, type_prefix
     def connect() -> Any:
         return open_readonly(path) if path.exists() else None
 
-    db = await asyncio.to_thread(connect)
+    # The connection lives on one thread of its own: a client that goes interrupts the await, not the read the
+    # thread is running, so closing it anywhere else could close it under a running query (SQLite then reads freed
+    # memory: the API's process crashed with a segfault in libsqlite3 when a page closed its stream).
+    reader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="api-events-stream")
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s if timeout_s else None
-    sent, last_beat = 0, loop.time()
-    yield b": mapemesh events\n\n"
+
+    def on_reader(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        return loop.run_in_executor(reader, fn, *args)
+
+    db = None
     try:
+        db = await on_reader(connect)
+        deadline = loop.time() + timeout_s if timeout_s else None
+        sent, last_beat = 0, loop.time()
+        yield b": mapemesh events\n\n"
         if after is None:
-            after = max(0, (await asyncio.to_thread(last_seq, db) if db else 0) - (tail or 0))
+            after = max(0, (await on_reader(last_seq, db) if db else 0) - (tail or 0))
         while (deadline is None or loop.time() < deadline) and (limit is None or sent < limit) \
                 and not ctx.closing.is_set():
             if db is None:
-                db = await asyncio.to_thread(connect)
-            rows = await asyncio.to_thread(read_after, db, after, 500) if db else []
+                db = await on_reader(connect)
+            rows = await on_reader(read_after, db, after, 500) if db else []
             for logged in rows:
                 after = logged.seq
                 if type_prefix and not logged.event.type.startswith(type_prefix):
@@ -587,6 +597,7 @@ async def _sse(ctx: ApiContext, request: Request, after: int | None, type_prefix
                     last_beat = loop.time()
                     yield b": keep-alive\n\n"
                 await asyncio.sleep(0.1)
-    finally:
+    finally:  # after whatever read is running, on the same thread
         if db is not None:
-            db.close()
+            reader.submit(db.close)
+        reader.shutdown(wait=False)
