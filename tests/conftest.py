@@ -85,6 +85,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.live)
 
 
+def jsonl(path: Path) -> list[dict]:
+    """The complete lines of a JSON-lines file another process appends to (its last line may be half written),
+    parsed; none when it does not exist yet."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1] if line.strip()]
+
+
 def wait_for(condition: Callable[[], object], timeout: float = 15.0, interval: float = 0.02,
              what: str = "condition") -> object:
     """Poll `condition` until it returns something truthy; fail the test after `timeout` seconds."""

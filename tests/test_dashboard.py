@@ -25,7 +25,7 @@ from mapemesh.eventing.binding import to_binary
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.node_shim import simulate
 
-from .conftest import REPO, stop, wait_for
+from .conftest import REPO, jsonl, stop, wait_for
 from .test_northbound_live import LiveMesh
 
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -194,10 +194,10 @@ def test_the_page_loads_without_console_errors_and_shows_the_demo_app_and_the_no
 
 def test_a_knob_change_is_in_the_loop_view_within_2_s_of_the_shim_applying_it(demo, chromium):
     open_page(chromium, demo, "loop")
-    seen_before = len(demo.journal.read_text().splitlines())
+    seen_before = len(jsonl(demo.journal))
 
     def applied() -> dict | None:
-        entries = [json.loads(line) for line in demo.journal.read_text().splitlines()[seen_before:]]
+        entries = jsonl(demo.journal)[seen_before:]
         return next((e for e in entries if e.get("plan_id") and not e.get("error") and not e.get("noop")), None)
 
     entry = wait_for(applied, timeout=30, what="the node shim to apply a policy's knob change")

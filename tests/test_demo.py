@@ -13,7 +13,7 @@ import time
 
 import httpx
 
-from .conftest import REPO, wait_for
+from .conftest import REPO, jsonl, wait_for
 
 
 def test_the_demo_shows_a_knob_change_made_by_a_policy_then_stops_on_ctrl_c(tmp_path):
@@ -46,7 +46,7 @@ def test_the_demo_shows_a_knob_change_made_by_a_policy_then_stops_on_ctrl_c(tmp_
         journal = tmp_path / "data" / "node-shim" / "demo-node" / "journal.jsonl"
 
         def to_max() -> list[dict]:
-            applied = [json.loads(line) for line in journal.read_text().splitlines()]
+            applied = jsonl(journal)
             return [a for a in applied if a["requested_by"] == "policy/cpu-frequency"
                     and a["command"].get("frequency") == "max" and not a.get("error")]
 

@@ -40,7 +40,7 @@ from mapemesh.eventing.log import read_all
 from mapemesh.identity import Authority, TrustStore
 from mapemesh.identity.tokens import TokenError, audience_of, mint, verify
 
-from .conftest import REPO, copy_knative, wait_for
+from .conftest import REPO, copy_knative, jsonl, wait_for
 
 BROKER = "eventing.knative.dev/broker/default/default"
 SA = "system:serviceaccount:default:"
@@ -256,7 +256,7 @@ def test_the_demo_runs_with_authentication_on(tmp_path):
 
         def to_max() -> list[dict]:
             assert proc.poll() is None, "".join(lines)[-4000:]
-            applied = [json.loads(line) for line in journal.read_text().splitlines()] if journal.exists() else []
+            applied = jsonl(journal)
             return [a for a in applied if a["requested_by"] == "policy/cpu-frequency"
                     and a["command"].get("frequency") == "max" and not a.get("error")]
 
