@@ -19,7 +19,7 @@ from mapemesh import events as catalogue
 from mapemesh.eventing.binding import to_binary
 from mapemesh.eventing.log import read_all
 
-from .conftest import signed, wait_for
+from .conftest import jsonl, signed, wait_for
 from .test_deploy_apply import TOKEN, FakeApiServer
 from .test_serving import free_port, start_mesh
 
@@ -103,8 +103,7 @@ def test_a_knob_command_reaches_its_nodes_shim_only(tmp_path):
             return plan
 
         def journal(node: str) -> list[dict]:
-            path = mesh.data / "node-shim" / node / "journal.jsonl"
-            return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+            return jsonl(mesh.data / "node-shim" / node / "journal.jsonl")
 
         sent = send("node-b")
         wait_for(lambda: any(j.get("plan_id") == sent for j in journal("node-b")), timeout=30,
