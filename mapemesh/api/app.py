@@ -555,8 +555,16 @@ async def _sse(ctx: ApiContext, request: Request, after: int | None, type_prefix
     path = ctx.event_log
     from mapemesh.eventing.log import last_seq, open_readonly, read_after
 
+    opened: list[Any] = []  # written on the reader thread only: a connect the client's departure cut off is closed
+
     def connect() -> Any:
-        return open_readonly(path) if path.exists() else None
+        if path.exists():
+            opened.append(open_readonly(path))
+        return opened[-1] if opened else None
+
+    def close() -> None:
+        for connection in opened:
+            connection.close()
 
     # The connection lives on one thread of its own: a client that goes interrupts the await, not the read the
     # thread is running, so closing it anywhere else could close it under a running query (SQLite then reads freed
@@ -598,6 +606,5 @@ async def _sse(ctx: ApiContext, request: Request, after: int | None, type_prefix
                     yield b": keep-alive\n\n"
                 await asyncio.sleep(0.1)
     finally:  # after whatever read is running, on the same thread
-        if db is not None:
-            reader.submit(db.close)
+        reader.submit(close)
         reader.shutdown(wait=False)
