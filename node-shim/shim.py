@@ -61,9 +61,7 @@ class Journal:
         """The entries, oldest first (the last `limit` ones)."""
         if not self.path.exists():
             return []
-        with self._lock:  # not in the middle of this process's own append
-            text = self.path.read_text(encoding="utf-8")
-        lines = text.split("\n")[:-1]  # complete lines only
+        lines = self.path.read_text(encoding="utf-8").split("\n")[:-1]  # complete lines only
         return [json.loads(line) for line in (lines[-limit:] if limit else lines) if line.strip()]
 
 
