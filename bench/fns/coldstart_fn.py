@@ -1,8 +1,9 @@
 """The function the cold-start benchmark invokes: it says when it started and when its event arrived.
 
 Written for functions-framework (the CloudEvents SDK's event in and out), as a user writes one: the figures
-include mapemesh's conversion at the boundary. `native` is the same with mapemesh's own event (the framework's
-typed path), for the conversion's cost in the same run."""
+include mapemesh's conversion at the boundary. `native` is the same on the invocation path mapemesh had before
+functions took the SDK's event (mapemesh's own event, the sync function in the process's worker thread), the
+baseline `bench/coldstart.py` measures beside it in the same run."""
 
 import time
 
@@ -17,8 +18,9 @@ def probe(event: CloudEvent) -> CloudEvent:
 
 
 class _Native:
-    """The same probe on mapemesh's own event, with no conversion at the boundary (the path typed handlers take):
-    next to `probe` in the same run, the cost of handing a user function the SDK's event."""
+    """The same probe on the previous invocation path: mapemesh's own event (no conversion at the boundary), the
+    sync function run in the process's thread pool, the process serving on an event loop (an `Invocable` that is
+    not a `Function` gets `zygote.serve`), as every function process did before."""
 
     name = "native"
 
@@ -29,7 +31,7 @@ class _Native:
         return None
 
     async def call(self, event, executor=None):  # type: ignore[no-untyped-def]
-        # In the host's thread pool as the sync `probe` is: the two differ by the boundary alone.
+        # In the process's thread pool, as a sync function ran before.
         if executor is None:
             return self._probe(event)
         import asyncio

@@ -103,6 +103,19 @@ class Startable:
         except Exception:
             log.exception("function %s: on_start failed", self.name)
 
+    def start_blocking(self) -> None:
+        """`start` from a thread with no event loop (the hook runs on the process's loop; without a hook no loop is
+        started)."""
+        if self.on_start is None:
+            self._started = True
+        elif not self._started:
+            _on_process_loop(self.start())
+
+    def stop_blocking(self) -> None:
+        """`stop` from a thread with no event loop."""
+        if self.on_stop is not None and self._started:
+            _on_process_loop(self.stop())
+
     def start_soon(self) -> None:
         """Run `on_start` now on the process's event loop, without waiting for it."""
         asyncio.run_coroutine_threadsafe(self.start(), _process_loop())
@@ -151,7 +164,7 @@ class Function(Startable):
         """`call` from functions-framework's thread: a sync function runs in that thread (so requests run side by
         side, as under functions-framework alone), an async one on the process's loop."""
         if not self._started:
-            _on_process_loop(self.start())
+            self.start_blocking()
         if self.is_async:
             return _on_process_loop(self.call(event))
         with tracing.handling(event.attributes, self.name, extra={"mapemesh.function": self.name}):

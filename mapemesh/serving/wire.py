@@ -8,6 +8,7 @@ Frame: 8-byte big-endian lengths (header, data), then the header (JSON) and the 
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from typing import Any
 
@@ -33,3 +34,25 @@ async def read(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes] | N
         return orjson.loads(head), data
     except (asyncio.IncompleteReadError, ConnectionError, OSError, orjson.JSONDecodeError):
         return None  # the other side is gone (or mangled the stream): the same for the caller
+
+
+def read_blocking(sock: socket.socket) -> tuple[dict[str, Any], bytes] | None:
+    """`read` on a blocking socket (a function process that serves on its main thread), reading no byte past the
+    frame; None when the stream ended or broke."""
+    try:
+        head_len, data_len = _LENGTHS.unpack(_exactly(sock, _LENGTHS.size))
+        head = _exactly(sock, head_len)
+        return orjson.loads(head), _exactly(sock, data_len) if data_len else b""
+    except (EOFError, OSError, orjson.JSONDecodeError):
+        return None
+
+
+def _exactly(sock: socket.socket, size: int) -> bytes:
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
+        n = sock.recv_into(view[got:], size - got)
+        if n == 0:
+            raise EOFError
+        got += n
+    return bytes(buffer)

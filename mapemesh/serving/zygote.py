@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -35,7 +36,7 @@ from mapemesh import tracing
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.serving import wire
 from mapemesh.serving.errors import FunctionError, PermanentError, TemporaryError
-from mapemesh.serving.function import Invocable, load
+from mapemesh.serving.function import Function, Invocable, load
 
 log = logging.getLogger(__name__)
 IMPORTING = "MAPEMESH_ZYGOTE_IMPORT"
@@ -161,7 +162,12 @@ def spawn(request: dict[str, object], fd: int, control: socket.socket, children:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         for key, value in dict(request.get("env") or {}).items():  # type: ignore[union-attr]
             os.environ[str(key)] = str(value)
-        asyncio.run(serve(fn, socket.socket(fileno=os.dup(fd)), int(request.get("concurrency") or 1)))
+        served = socket.socket(fileno=os.dup(fd))
+        concurrency = int(request.get("concurrency") or 1)  # type: ignore[call-overload]
+        if isinstance(fn, Function) and not fn.is_async and concurrency == 1:
+            serve_blocking(fn, served)
+        else:
+            asyncio.run(serve(fn, served, concurrency))
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0
     except BaseException:
@@ -186,21 +192,9 @@ async def serve(fn: Invocable, sock: socket.socket, concurrency: int) -> None:
     async def handle(header: dict[str, object], data: bytes) -> None:
         event = CloudEvent(dict(header["attrs"]), data or None)  # type: ignore[arg-type]
         try:
-            reply = await fn.call(event, pool)
-            frame = wire.encode({"id": header["id"], "ok": True,
-                                 "attrs": None if reply is None else reply.attributes},
-                                None if reply is None else reply.data)
+            frame = _answer(header["id"], await fn.call(event, pool))
         except Exception as exc:
-            answer: dict[str, object] = {"id": header["id"], "ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            if isinstance(exc, PermanentError):
-                log.warning("function %s refused an event: %s", fn.name, exc)
-                answer["permanent"] = True
-            elif isinstance(exc, TemporaryError):
-                log.info("function %s asks for a retry in %gs: %s", fn.name, exc.delay, exc)
-                answer["retry_after"] = exc.retry_after
-            else:
-                log.exception("function %s failed", fn.name)
-            frame = wire.encode(answer, None)
+            frame = _failure(fn.name, header["id"], exc)
         writer.write(frame)
 
     try:
@@ -217,6 +211,56 @@ async def serve(fn: Invocable, sock: socket.socket, concurrency: int) -> None:
         # handler ("Exception ignored when trying to write to the signal wakeup fd", on the mesh's stderr).
         asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def serve_blocking(fn: Function, sock: socket.socket) -> None:
+    """A sync function taking one request at a time (`containerConcurrency: 1`): frames are read and answered on
+    the process's main thread, and the function runs in it as functions-framework's worker thread runs it (no event
+    loop running there; async hooks and awaitables on the process's loop, `Function.invoke`). No thread handoff per
+    request and no event loop to set up after the fork: the warm path's largest cost in a function process on a
+    small machine (two thread wake-ups, ~0.1 ms here: `bench/coldstart.py`).
+
+    SIGTERM ends the stream as in `serve`: it only wakes the wait for the next frame (`set_wakeup_fd`), so a
+    call under way finishes and is answered; then the function's `stop`."""
+    wakeup_r, wakeup_w = os.pipe()
+    os.set_blocking(wakeup_w, False)
+    signal.set_wakeup_fd(wakeup_w)
+    signal.signal(signal.SIGTERM, lambda *_: None)  # the byte in the wake-up pipe is what counts
+    sock.setblocking(True)
+    try:
+        while wakeup_r not in select.select([sock, wakeup_r], [], [])[0]:
+            frame = wire.read_blocking(sock)
+            if frame is None:
+                return
+            header, data = frame
+            try:
+                answer = _answer(header["id"], fn.invoke(CloudEvent(dict(header["attrs"]), data or None)))
+            except Exception as exc:
+                answer = _failure(fn.name, header["id"], exc)
+            sock.sendall(answer)
+    finally:
+        fn.stop_blocking()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM at shutdown (see `serve`) finds no pipe
+
+
+def _answer(request_id: object, reply: CloudEvent | None) -> bytes:
+    return wire.encode({"id": request_id, "ok": True, "attrs": None if reply is None else reply.attributes},
+                       None if reply is None else reply.data)
+
+
+def _failure(name: str, request_id: object, exc: Exception) -> bytes:
+    """The answer for a call that raised: `PermanentError` not retried, `TemporaryError` with its delay, anything
+    else a failure the broker retries (logged with its traceback)."""
+    answer: dict[str, object] = {"id": request_id, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    if isinstance(exc, PermanentError):
+        log.warning("function %s refused an event: %s", name, exc)
+        answer["permanent"] = True
+    elif isinstance(exc, TemporaryError):
+        log.info("function %s asks for a retry in %gs: %s", name, exc.delay, exc)
+        answer["retry_after"] = exc.retry_after
+    else:
+        log.exception("function %s failed", name)
+    return wire.encode(answer, None)
 
 
 if __name__ == "__main__":
