@@ -3,7 +3,10 @@ invocation path in the same run.
 
 `mapemesh up` runs a broker and the local function host. The probe function is written for functions-framework
 (the CloudEvents SDK's event in and out), as users write one. Two Services run it: `cold` scales to zero after
-100 ms idle (every event finds no process: a cold start), `warm` keeps a process (`min-scale: 1`). Beside each,
+100 ms idle (every event finds no process: a cold start), `warm` keeps a process (`min-scale: 1`); both take one
+request at a time (`containerConcurrency: 1`), so the sync probe runs on its process's main thread. `warm-cc0` is
+`warm` with Knative's default `containerConcurrency: 0` (any number at once): its process serves on an event loop
+and runs the probe in a worker thread. Beside each,
 `cold-previous` and `warm-previous` run the same probe on the invocation path mapemesh had before functions took
 the SDK's event: mapemesh's own event, no conversion at the boundary, the sync function in the process's worker
 thread, the function process on an event loop (`bench/fns/coldstart_fn.py` `native`). Their ratios are the cost
@@ -44,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 N = 50
 ROUNDS = 5
-KINDS = ("warm", "warm-previous", "cold", "cold-previous")
+PAIRS = (("warm", "warm-previous"), ("warm-cc0", "warm-cc0-previous"), ("cold", "cold-previous"))
 TARGET_P50_MS, TARGET_P99_MS = 50.0, 150.0
 TARGET_VS_PREVIOUS = 1.10
 
@@ -89,11 +92,13 @@ def manifests(root: Path, receiver: str) -> Path:
     cold = {"autoscaling.knative.dev/initial-scale": "0", "autoscaling.knative.dev/window": "100ms"}
     warm = {"autoscaling.knative.dev/min-scale": "1"}
     for name, target, notes in (("cold", "probe", cold), ("cold-previous", "native", cold),
-                                ("warm", "probe", warm), ("warm-previous", "native", warm)):
+                                ("warm", "probe", warm), ("warm-previous", "native", warm),
+                                ("warm-cc0", "probe", warm), ("warm-cc0-previous", "native", warm)):
         docs.append({"apiVersion": "serving.knative.dev/v1", "kind": "Service",
                      "metadata": {"name": name, "namespace": "default"},
                      "spec": {"template": {"metadata": {"annotations": notes}, "spec": {
-                         "containerConcurrency": 1, "containers": [{"image": "bench/probe", "env": [
+                         "containerConcurrency": 0 if "cc0" in name else 1,
+                         "containers": [{"image": "bench/probe", "env": [
                              {"name": "FUNCTION_SOURCE", "value": "fns/coldstart_fn.py"},
                              {"name": "FUNCTION_TARGET", "value": target}]}]}}}})
         docs.append({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
@@ -196,12 +201,12 @@ def main(quick: bool = False) -> bool:
         try:
             found = wait(lambda: _endpoints(data), what="mapemesh up")
             broker, serving = found["broker"], found["serving"]  # type: ignore[index]
-            for name in ("warm", "warm-previous"):
+            for name in ("warm", "warm-previous", "warm-cc0", "warm-cc0-previous"):
                 wait(lambda n=name: httpx.get(serving + "/status").json()["functions"][f"default/{n}"]["processes"]
                      == 1, what=f"the {name} function's process")
             # each path and its previous one in alternating rounds: the machine's noise falls on both alike
-            results: dict[str, tuple[list[float], list[float]]] = {kind: ([], []) for kind in KINDS}
-            for pair in (("warm", "warm-previous"), ("cold", "cold-previous")):
+            results: dict[str, tuple[list[float], list[float]]] = {kind: ([], []) for pair in PAIRS for kind in pair}
+            for pair in PAIRS:
                 for _ in range(ROUNDS):
                     for kind in pair:
                         h, r = measure(broker, serving, receiver, kind, N // ROUNDS)
@@ -217,20 +222,20 @@ def main(quick: bool = False) -> bool:
                for kind, (h, r) in results.items()}
     cold = summary["cold"]["to_handler_ms"]
     vs_previous = {kind: summary[kind]["to_reply_ms"]["p50"] / summary[f"{kind}-previous"]["to_reply_ms"]["p50"]
-                   for kind in ("warm", "cold")}
+                   for kind, _ in PAIRS}
     cold_ok = cold["p50"] <= TARGET_P50_MS and cold["p99"] <= TARGET_P99_MS and min(cold_starts.values()) >= N
     previous_ok = max(vs_previous.values()) <= TARGET_VS_PREVIOUS
     ok = cold_ok and previous_ok
     print(f"\ncold start: {N} events each, broker -> Trigger -> function -> reply -> broker -> receiver")
-    print(f"{'invocation':14} {'to handler p50':>15} {'p99':>8} {'to reply p50':>13} {'p99':>8}")
+    print(f"{'invocation':18} {'to handler p50':>15} {'p99':>8} {'to reply p50':>13} {'p99':>8}")
     for kind, s in summary.items():
-        print(f"{kind:14} {s['to_handler_ms']['p50']:13.1f}ms {s['to_handler_ms']['p99']:6.1f}ms "
+        print(f"{kind:18} {s['to_handler_ms']['p50']:13.1f}ms {s['to_handler_ms']['p99']:6.1f}ms "
               f"{s['to_reply_ms']['p50']:11.1f}ms {s['to_reply_ms']['p99']:6.1f}ms")
     print(f"cold starts counted by the host: {cold_starts['cold']} ({cold_starts['cold-previous']} on the previous "
           f"path); targets: cold to handler p50 <= {TARGET_P50_MS:g} ms, p99 <= {TARGET_P99_MS:g} ms: "
           f"{'OK' if cold_ok else 'MISSED'}")
-    print(f"p50 to reply against the previous path (SDK event and sync function on the process's thread / "
-          f"mapemesh's event in a worker thread): warm {vs_previous['warm']:.2f}, cold {vs_previous['cold']:.2f}; "
+    print("p50 to reply against the previous path (SDK event / mapemesh's event in a worker thread): "
+          f"{', '.join(f'{kind} {ratio:.2f}' for kind, ratio in vs_previous.items())}; "
           f"target <= {TARGET_VS_PREVIOUS:.2f}: {'OK' if previous_ok else 'MISSED'}")
     conversion_us = boundary_cost_us()
     share = conversion_us / 1000 / summary["warm"]["to_reply_ms"]["p50"]
