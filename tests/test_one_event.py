@@ -18,6 +18,7 @@ import pytest
 
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.eventing.log import read_all
+from mapemesh.eventing.poster import Poster
 from mapemesh.serving import sink
 
 from .conftest import REPO
@@ -79,6 +80,29 @@ def test_extra_events_are_posted_one_per_request_to_a_knative_strict_broker(brok
         assert (got.get("subject"), got.data) == (event.get("subject"), event.data)
     health = httpx.get(broker.url + "/healthz").json()
     assert health["accept_batch"] is False and health["batches_refused"] == 0
+
+
+def test_an_event_without_a_content_type_arrives_without_one_from_the_sink_and_the_poster(broker):
+    """Binary mode carries datacontenttype as Content-Type: the HTTP client must not add one of its own (aiohttp
+    would say application/octet-stream)."""
+    plain = [CloudEvent({"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/test", "type": "com.example.raw"},
+                        data) for data in (b"raw bytes", None)]
+    asyncio.run(sink.publish(plain, url=broker.ingress))
+    posted = CloudEvent({"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/test", "type": "com.example.raw"},
+                        b"more bytes")
+
+    async def post() -> int:
+        poster = Poster(broker.ingress)
+        try:
+            return await poster.post(posted)
+        finally:
+            await poster.close()
+
+    assert asyncio.run(post()) == 202
+    stored = {e.event.id: e.event for e in read_all(broker.log_file)}
+    for event in [*plain, posted]:
+        got = stored[event.id]
+        assert "datacontenttype" not in got.attributes and got.data == event.data
 
 
 def test_k_sink_is_where_extra_events_go(monkeypatch):

@@ -24,6 +24,9 @@ from mapemesh.identity.tokens import auth_headers
 
 log = logging.getLogger(__name__)
 RETRY_MAX_S = 5.0
+NO_CONTENT_TYPE = frozenset({"Content-Type"})
+"""aiohttp adds `application/octet-stream` to a body without one; in binary mode that would become the event's
+datacontenttype."""
 
 
 class Poster:
@@ -55,7 +58,8 @@ class Poster:
         delay, status = 0.1, 0
         while True:
             try:
-                async with self.http.post(self.broker, headers=headers, data=body) as response:
+                async with self.http.post(self.broker, headers=headers, data=body,
+                                          skip_auto_headers=NO_CONTENT_TYPE) as response:
                     status = response.status
                     text = await response.text() if status >= 300 else ""
                 if 200 <= status < 300:

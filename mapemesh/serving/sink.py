@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 
-import httpx
+import aiohttp
 
 from mapemesh import tracing
 from mapemesh.eventing.binding import to_binary
 from mapemesh.eventing.cloudevent import CloudEvent
+from mapemesh.eventing.poster import NO_CONTENT_TYPE
 from mapemesh.identity.guard import sign_commands
 from mapemesh.identity.tokens import auth_headers
 
@@ -45,8 +45,8 @@ class SinkError(RuntimeError):
     """The sink is not configured or did not accept the events."""
 
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
-"""One client per event loop: its connections belong to the loop that opened them."""
+_sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+"""One session per event loop: its connections belong to the loop that opened them."""
 
 
 def sink_url() -> str:
@@ -60,12 +60,30 @@ def sink_url() -> str:
     raise SinkError("no sink: set K_SINK (or MAPEMESH_BROKER_URL) to the broker's URL")
 
 
-def _client(timeout_s: float) -> httpx.AsyncClient:
+async def _session() -> aiohttp.ClientSession:
+    """The running loop's session (aiohttp: about a fifth of httpx's CPU per request, `bench/mape.py`'s stages post
+    on every reaction). It is closed when the loop shuts down (`asyncio.run`'s `shutdown_asyncgens`)."""
     loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None:
-        client = _clients[loop] = httpx.AsyncClient(timeout=timeout_s)
-    return client
+    session = _sessions.get(loop)
+    if session is None or session.closed:
+        for other in [other for other in _sessions if other.is_closed()]:  # loops that ended
+            del _sessions[other]
+            _closers.pop(other, None)
+        session = _sessions[loop] = aiohttp.ClientSession()
+        closer = _close_at_shutdown(session)
+        await closer.__anext__()  # the loop now tracks it: its shutdown closes the session
+        _closers[loop] = closer
+    return session
+
+
+_closers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
+
+
+async def _close_at_shutdown(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        await session.close()
 
 
 async def publish(events: Sequence[CloudEvent], timeout_s: float = 10.0, url: str | None = None,
@@ -77,18 +95,19 @@ async def publish(events: Sequence[CloudEvent], timeout_s: float = 10.0, url: st
         return
     events = sign_commands(list(events))  # a command goes signed by this process's identity, if it has one
     url = url or sink_url()
-    client = _client(timeout_s)
+    session, limit = await _session(), aiohttp.ClientTimeout(total=timeout_s)
     auth = auth_headers(url, identity)
     if len(events) == 1:
-        await _post(client, url, events[0], auth)
+        await _post(session, url, events[0], auth, limit)
         return
-    results = await asyncio.gather(*(_post(client, url, e, auth) for e in events), return_exceptions=True)
+    results = await asyncio.gather(*(_post(session, url, e, auth, limit) for e in events), return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
         raise SinkError(f"{len(failed)} of {len(events)} event(s) not accepted: {failed[0]}")
 
 
-async def _post(client: httpx.AsyncClient, url: str, event: CloudEvent, auth: dict[str, str]) -> None:
+async def _post(session: aiohttp.ClientSession, url: str, event: CloudEvent, auth: dict[str, str],
+                limit: aiohttp.ClientTimeout) -> None:
     tracing.stamp(event.attributes)  # an event a function posts itself is in its trace too
     headers, body = to_binary(event)
     headers.update(auth)
@@ -96,16 +115,19 @@ async def _post(client: httpx.AsyncClient, url: str, event: CloudEvent, auth: di
     for attempt in range(1, ATTEMPTS + 1):
         wait = BACKOFF_S * 2 ** (attempt - 1)
         try:
-            response = await client.post(url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+            async with session.post(url, data=body, headers=headers, timeout=limit,
+                                    skip_auto_headers=NO_CONTENT_TYPE) as response:
+                status, text = response.status, "" if response.status < 300 else await response.text()
+                retry_after = response.headers.get("Retry-After")
+        except (aiohttp.ClientError, TimeoutError) as exc:
             problem = f"{type(exc).__name__}: {exc}"
         else:
-            if 200 <= response.status_code < 300:
+            if 200 <= status < 300:
                 return
-            problem = f"{response.status_code} {response.text[:200]}"
-            if response.status_code not in (429,) and response.status_code < 500:
+            problem = f"{status} {text[:200]}"
+            if status not in (429,) and status < 500:
                 break  # the event itself was refused: sending it again changes nothing
-            wait = max(wait, min(_retry_after(response.headers.get("Retry-After")), RETRY_AFTER_MAX_S))
+            wait = max(wait, min(_retry_after(retry_after), RETRY_AFTER_MAX_S))
         if attempt < ATTEMPTS:
             await asyncio.sleep(wait)
     raise SinkError(f"publishing event {event.id} ({event.type}) to {url}: {problem}")
