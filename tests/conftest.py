@@ -38,7 +38,7 @@ LIVE_MODULES = frozenset({
     "test_accel_live", "test_northbound_live", "test_serving", "test_loop", "test_demo", "test_deferral",
     "test_cluster_e2e", "test_deploy_e2e", "test_cli", "test_cluster_components", "test_functions_ecosystem",
     "test_function_runtime", "test_durability", "test_policy_cli", "test_storage_gateway", "test_storage_loop",
-    "test_trust_loop",
+    "test_trust_loop", "test_function_process",
 })
 """Modules whose every test starts processes."""
 LIVE_FIXTURES = frozenset({

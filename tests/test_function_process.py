@@ -2,7 +2,8 @@
 
 A sync `Function` with `containerConcurrency: 1` is served on the process's main thread (`zygote.serve_blocking`);
 any other on an event loop with a worker thread (`zygote.serve`). Both must give the same answers, stop the same way
-(end of stream or SIGTERM: a call under way is answered first) and give the function the same surroundings."""
+(end of stream or SIGTERM: a call under way is answered first; a signal the function handles itself does not stop it)
+and give the function the same surroundings (its start hook when the process starts, no event loop in its thread)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import asyncio
 import os
 import signal
 import socket
-import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,19 +23,25 @@ from mapemesh.serving.forkserver import Zygote
 from .conftest import wait_for
 
 SOURCE = '''
-import asyncio, os, threading, time
+import asyncio, os, signal, threading, time
+from pathlib import Path
 from cloudevents.http import CloudEvent
 import mapemesh
 
+HERE = Path(__file__).parent
 STARTED = []
+USR1 = []
+signal.signal(signal.SIGUSR1, lambda *_: USR1.append(1))  # a signal the function handles itself
 
 async def hook():
     STARTED.append(asyncio.get_running_loop() is not None)
+    (HERE / f"started-{os.getpid()}").touch()
 
 @mapemesh.function(on_start=hook)
 def fn(event):
     kind = event["type"]
     if kind == "slow":
+        (HERE / f"slow-{os.getpid()}").touch()
         time.sleep(float(event.get("seconds", "1")))
     if kind == "boom":
         raise RuntimeError("boom")
@@ -52,7 +58,8 @@ def fn(event):
         loop = "none"
     return CloudEvent({"id": "re-" + event["id"], "source": "/fn", "type": "done", "loop": loop,
                        "started": str(STARTED), "pid": str(os.getpid()),
-                       "main": str(threading.current_thread() is threading.main_thread())}, event.data)
+                       "main": str(threading.current_thread() is threading.main_thread()),
+                       "usr1": str(len(USR1))}, event.data)
 '''
 
 
@@ -93,7 +100,7 @@ def exited(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:  # the zygote reaps its children; until it does, a zombie
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped meanwhile (reading a reaped process's file: ESRCH)
         return True
 
 
@@ -103,6 +110,8 @@ PATHS = [pytest.param(1, id="main-thread"), pytest.param(2, id="event-loop")]
 @pytest.mark.parametrize("concurrency", PATHS)
 def test_both_paths_give_the_same_answers(zygote, tmp_path, concurrency):
     pid, sock = spawn(zygote, tmp_path, concurrency)
+    # the start hook runs when the process starts, not with its first event (a warm process is ready when idle)
+    wait_for(lambda: (tmp_path / f"started-{pid}").exists(), timeout=10, what="the start hook, before any event")
     ok = ask(sock, "t")
     assert ok["ok"] is True and ok["id"] == 7 and ok["data"] == b'{"x": 1}'
     assert ok["attrs"]["type"] == "done" and ok["attrs"]["pid"] == str(pid)
@@ -126,7 +135,7 @@ def test_sigterm_lets_the_call_under_way_answer_then_the_process_leaves(zygote, 
     pid, sock = spawn(zygote, tmp_path, concurrency)
     assert ask(sock, "t")["ok"] is True
     send(sock, "slow", seconds="0.5")
-    time.sleep(0.2)
+    wait_for(lambda: (tmp_path / f"slow-{pid}").exists(), timeout=10, what="the slow call to start")
     os.kill(pid, signal.SIGTERM)
     answer = wire.read_blocking(sock)
     assert answer is not None and answer[0]["ok"] is True and answer[0]["attrs"]["type"] == "done"
@@ -141,6 +150,27 @@ def test_sigterm_ends_an_idle_process(zygote, tmp_path, concurrency):
     os.kill(pid, signal.SIGTERM)
     assert wire.read_blocking(sock) is None
     wait_for(lambda: exited(pid), timeout=10, what="the process to leave")
+
+
+@pytest.mark.parametrize("concurrency", PATHS)
+def test_a_signal_the_function_handles_does_not_stop_the_process(zygote, tmp_path, concurrency):
+    pid, sock = spawn(zygote, tmp_path, concurrency)
+    assert ask(sock, "t")["attrs"]["usr1"] == "0"
+    os.kill(pid, signal.SIGUSR1)
+    wait_for(lambda: ask(sock, "t")["attrs"]["usr1"] == "1", timeout=10, what="the handler to run")
+    assert not exited(pid)
+
+
+@pytest.mark.parametrize("concurrency", PATHS)
+def test_a_host_that_leaves_mid_call_ends_the_process_quietly(capfd, zygote, tmp_path, concurrency):
+    # capfd first: the fork server (and so the function process) writes to the stderr it captures
+    pid, sock = spawn(zygote, tmp_path, concurrency)
+    assert ask(sock, "t")["ok"] is True
+    send(sock, "slow", seconds="0.3")
+    wait_for(lambda: (tmp_path / f"slow-{pid}").exists(), timeout=10, what="the slow call to start")
+    sock.close()  # the host stopped the process's revision: the answer has nowhere to go
+    wait_for(lambda: exited(pid), timeout=10, what="the process to leave")
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_a_broken_frame_ends_the_process_without_an_answer(zygote, tmp_path):

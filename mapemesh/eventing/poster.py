@@ -58,10 +58,10 @@ class Poster:
         delay, status = 0.1, 0
         while True:
             try:
-                async with self.http.post(self.broker, headers=headers, data=body,
+                async with self.http.post(self.broker, headers=headers, data=body, allow_redirects=False,
                                           skip_auto_headers=NO_CONTENT_TYPE) as response:
                     status = response.status
-                    text = await response.text() if status >= 300 else ""
+                    text = await response.text(errors="replace") if status >= 300 else ""
                 if 200 <= status < 300:
                     self.accepted += 1
                     return status

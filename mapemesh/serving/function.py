@@ -8,8 +8,9 @@ and an `on_start` hook. mapemesh's stages use typed handlers instead (`mapemesh.
 
 Both kinds are `Invocable`: `call(event)` runs one event, with mapemesh's event in and out (converted to and from
 the SDK's at the edge, `mapemesh.eventing.sdk`), and raises `PermanentError` / `TemporaryError` as the function
-did. The local host's function processes (`zygote.serve`), the functions-framework adapter (`entry.serve`) and
-the tests all go through it, so one file gives the same answers everywhere.
+did; `Function.invoke` is the same from a thread with no event loop. The local host's function processes
+(`zygote.serve`, and `zygote.serve_blocking` through `invoke`), the functions-framework adapter (`entry.serve`,
+through `invoke`) and the tests all go through them, so one file gives the same answers everywhere.
 """
 
 from __future__ import annotations

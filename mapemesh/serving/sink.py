@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import AsyncGenerator, Sequence
 
 import aiohttp
@@ -62,20 +63,24 @@ def sink_url() -> str:
 
 async def _session() -> aiohttp.ClientSession:
     """The running loop's session (aiohttp: about a fifth of httpx's CPU per request, `bench/mape.py`'s stages post
-    on every reaction). It is closed when the loop shuts down (`asyncio.run`'s `shutdown_asyncgens`)."""
+    on every reaction). It is closed when the loop shuts down (`asyncio.run`'s `shutdown_asyncgens`). No proxy:
+    the sink is the broker beside the function (`HTTP_PROXY` and the like are not read; with aiohttp's `trust_env`
+    reading them took about as much CPU per request as the whole request with httpx, here)."""
     loop = asyncio.get_running_loop()
-    session = _sessions.get(loop)
-    if session is None or session.closed:
+    with _sessions_lock:  # loops in several threads (a process's own loop beside the adapter's, say)
+        session = _sessions.get(loop)
+        if session is not None and not session.closed:
+            return session
         for other in [other for other in _sessions if other.is_closed()]:  # loops that ended
-            del _sessions[other]
+            _sessions.pop(other, None)
             _closers.pop(other, None)
         session = _sessions[loop] = aiohttp.ClientSession()
-        closer = _close_at_shutdown(session)
-        await closer.__anext__()  # the loop now tracks it: its shutdown closes the session
-        _closers[loop] = closer
+        closer = _closers[loop] = _close_at_shutdown(session)
+    await closer.__anext__()  # the loop now tracks it: its shutdown closes the session
     return session
 
 
+_sessions_lock = threading.Lock()
 _closers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
 
 
@@ -115,9 +120,11 @@ async def _post(session: aiohttp.ClientSession, url: str, event: CloudEvent, aut
     for attempt in range(1, ATTEMPTS + 1):
         wait = BACKOFF_S * 2 ** (attempt - 1)
         try:
-            async with session.post(url, data=body, headers=headers, timeout=limit,
+            # No redirect: a 3xx is not the broker taking the event (aiohttp would follow it as a GET).
+            async with session.post(url, data=body, headers=headers, timeout=limit, allow_redirects=False,
                                     skip_auto_headers=NO_CONTENT_TYPE) as response:
-                status, text = response.status, "" if response.status < 300 else await response.text()
+                status = response.status
+                text = "" if status < 300 else await response.text(errors="replace")
                 retry_after = response.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError) as exc:
             problem = f"{type(exc).__name__}: {exc}"

@@ -214,30 +214,50 @@ async def serve(fn: Invocable, sock: socket.socket, concurrency: int) -> None:
 
 
 def serve_blocking(fn: Function, sock: socket.socket) -> None:
-    """A sync function taking one request at a time (`containerConcurrency: 1`): frames are read and answered on
-    the process's main thread, and the function runs in it as functions-framework's worker thread runs it (no event
-    loop running there; async hooks and awaitables on the process's loop, `Function.invoke`). No thread handoff per
-    request and no event loop to set up after the fork: the warm path's largest cost in a function process on a
-    small machine (two thread wake-ups, ~0.1 ms here: `bench/coldstart.py`).
+    """A sync function taking one request at a time (the host's capacity 1: `containerConcurrency: 1`): frames are
+    read and answered on the process's main thread, and the function runs in it as functions-framework's worker
+    thread runs it (no event loop running there; async hooks and awaitables on the process's loop,
+    `Function.invoke`). No thread handoff per request and no event loop to set up after the fork: the warm path's
+    largest cost in a function process on a small machine (two thread wake-ups, ~0.1 ms here: `bench/coldstart.py`).
 
-    SIGTERM ends the stream as in `serve`: it only wakes the wait for the next frame (`set_wakeup_fd`), so a
-    call under way finishes and is answered; then the function's `stop`."""
+    As in `serve`: the start hook runs before the first frame is read; SIGTERM ends the stream (a call under way
+    finishes and is answered: SIGTERM is blocked while the function runs, so its own system calls are not
+    interrupted, and only wakes the wait for the next frame); then the function's `stop`. Other signals the
+    function handles itself do not stop the process."""
+    fn.start_blocking()
     wakeup_r, wakeup_w = os.pipe()
+    os.set_blocking(wakeup_r, False)
     os.set_blocking(wakeup_w, False)
+    stopping: list[bool] = []
     signal.set_wakeup_fd(wakeup_w)
-    signal.signal(signal.SIGTERM, lambda *_: None)  # the byte in the wake-up pipe is what counts
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     sock.setblocking(True)
+    waiting = select.poll()
+    waiting.register(sock, select.POLLIN)
+    waiting.register(wakeup_r, select.POLLIN)
+    term = {signal.SIGTERM}
     try:
-        while wakeup_r not in select.select([sock, wakeup_r], [], [])[0]:
+        while not stopping:
+            ready = {fd for fd, _ in waiting.poll()}
+            if wakeup_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wakeup_r, 512)  # a signal's byte: a SIGTERM set `stopping`; any other is the function's
+                continue
             frame = wire.read_blocking(sock)
             if frame is None:
                 return
             header, data = frame
+            signal.pthread_sigmask(signal.SIG_BLOCK, term)
             try:
                 answer = _answer(header["id"], fn.invoke(CloudEvent(dict(header["attrs"]), data or None)))
             except Exception as exc:
                 answer = _failure(fn.name, header["id"], exc)
-            sock.sendall(answer)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, term)  # a SIGTERM that came meanwhile is handled here
+            try:
+                sock.sendall(answer)
+            except OSError:  # the host has gone (it stopped this process): nobody to answer
+                return
     finally:
         fn.stop_blocking()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM at shutdown (see `serve`) finds no pipe
