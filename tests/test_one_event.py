@@ -105,6 +105,54 @@ def test_an_event_without_a_content_type_arrives_without_one_from_the_sink_and_t
         assert "datacontenttype" not in got.attributes and got.data == event.data
 
 
+async def _publish_against(handler, events: list[CloudEvent]) -> list[str]:
+    """Publish `events` through the sink to an aiohttp server answering with `handler`; the requests it saw."""
+    from aiohttp import web
+
+    seen: list[str] = []
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        seen.append(f"{request.method} {request.path}")
+        return await handler(request, len(seen))
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        await sink.publish(events, url=f"http://127.0.0.1:{runner.addresses[0][1]}/ns/broker")
+    finally:
+        await runner.cleanup()
+    return seen
+
+
+def test_a_redirect_is_not_an_acceptance():
+    from aiohttp import web
+
+    paths: list[str] = []
+
+    async def handler(request, n):  # a redirect to a page that would answer 200 to a GET
+        paths.append(request.path)
+        if request.path == "/elsewhere":
+            return web.Response(status=200, text="a page")
+        raise web.HTTPFound("/elsewhere")
+
+    with pytest.raises(sink.SinkError, match="302"):
+        asyncio.run(_publish_against(handler, [_event(1)]))
+    assert paths == ["/ns/broker"]  # not followed, and not tried again (a 3xx is the event's answer)
+
+
+def test_a_5xx_whose_body_is_not_text_is_retried():
+    from aiohttp import web
+
+    async def handler(request, n):  # the first answer a 503 whose body is not UTF-8, then accepted
+        return web.Response(status=503, body=b"\xff\xfe busy") if n == 1 else web.Response(status=202)
+
+    assert asyncio.run(_publish_against(handler, [_event(1)])) == ["POST /ns/broker", "POST /ns/broker"]
+
+
 def test_k_sink_is_where_extra_events_go(monkeypatch):
     monkeypatch.setenv("K_SINK", "http://sink.example/ns/b")
     monkeypatch.setenv("MAPEMESH_BROKER_URL", "http://broker.example")
