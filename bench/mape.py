@@ -16,6 +16,7 @@ of background load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -266,12 +267,16 @@ def main(quick: bool = False) -> bool:
                                          f"{str(report)!r})"], cwd=REPO, env=env)
                 time.sleep(2.0)  # let the background load settle
                 begin = _report(report)
-                cpu_begin = _cpu_seconds(proc.pid)
+                names = _process_names(proc.pid, (_endpoints(data) or {}).get("serving"))
+                cpu_begin = _cpu_by_pid(proc.pid)
                 reactions, hops, traced = measure(http, broker, shim, data, count)
-                cpu_end = _cpu_seconds(proc.pid)
+                cpu_end = _cpu_by_pid(proc.pid)
+                names.update(_process_names(proc.pid, (_endpoints(data) or {}).get("serving")))
                 end = _report(report)
                 achieved = (end[0] - begin[0]) / max(1e-9, end[1] - begin[1])
-                cpu_per_event_ms = (cpu_end - cpu_begin) * 1000 / max(1, end[0] - begin[0] + len(reactions))
+                events = end[0] - begin[0] + len(reactions)
+                cpu_split = _cpu_split(cpu_begin, cpu_end, names, events)
+                cpu_per_event_ms = sum(cpu_split.values())
         finally:
             if load is not None:
                 load.kill()
@@ -303,7 +308,8 @@ def main(quick: bool = False) -> bool:
     from bench import loopcost
 
     counts = loopcost.measure()
-    print(f"CPU of the mesh (broker, host, functions) per event under the background load: {cpu_per_event_ms:.2f} ms")
+    print(f"CPU of the mesh (broker, host, functions) per event under the background load: {cpu_per_event_ms:.2f} ms "
+          "(" + ", ".join(f"{name} {ms:.2f}" for name, ms in cpu_split.items() if ms >= 0.005) + ")")
     for path, label in (("reaction", "per reaction"), ("background", "per unwatched background telemetry event")):
         print(f"store round trips {label}: {sum(counts[path].values())} ("
               + ", ".join(f"{k} {v}" for k, v in counts[path].items()) + ")")
@@ -311,7 +317,7 @@ def main(quick: bool = False) -> bool:
     (RESULTS / "mape.json").write_text(json.dumps({
         "benchmark": "mape", "reactions": count, "background_events_per_s": BACKGROUND_RATE,
         "results": summary, "ratio_to_one_hop_p50": ratio, "background_accepted_per_s": achieved,
-        "cpu_ms_per_event": cpu_per_event_ms,
+        "cpu_ms_per_event": cpu_per_event_ms, "cpu_ms_per_event_by_process": cpu_split,
         "store_round_trips": {path: {"total": sum(c.values()), **c} for path, c in counts.items()},
         "hops_ms": {hop: {"p50": statistics.median(v), "p99": pct(v, 99), "n": len(v)}
                     for hop, v in hops_by_stage.items() if v},
@@ -336,6 +342,11 @@ def _endpoints(data: Path) -> dict[str, str] | None:
 
 def _cpu_seconds(root: int) -> float:
     """User and system CPU seconds of process `root` and every process below it (Linux /proc)."""
+    return sum(_cpu_by_pid(root).values())
+
+
+def _cpu_by_pid(root: int) -> dict[int, float]:
+    """User and system CPU seconds of process `root` and of each process below it (Linux /proc)."""
     ticks = os.sysconf("SC_CLK_TCK")
     parents: dict[int, int] = {}
     used: dict[int, float] = {}
@@ -354,4 +365,25 @@ def _cpu_seconds(root: int) -> float:
         children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
         tree.update(children)
         frontier += children
-    return sum(used.get(pid, 0.0) for pid in tree)
+    return {pid: used[pid] for pid in tree if pid in used}
+
+
+def _process_names(root: int, serving: str | None) -> dict[int, str]:
+    """Each function process's Service (from the local host's `/status`), and the mesh's own process."""
+    names = {root: "broker, log and local host"}
+    if serving:
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            for service, row in httpx.get(serving + "/status", timeout=10).json()["functions"].items():
+                names.update({int(pid): service.split("/", 1)[-1] for pid in row.get("pids", [])})
+    return names
+
+
+def _cpu_split(begin: dict[int, float], end: dict[int, float], names: dict[int, str],
+               events: int) -> dict[str, float]:
+    """ms of CPU per event by process name over the window (a process that started in it from zero; the fork
+    server and anything unnamed as "other")."""
+    split: dict[str, float] = {}
+    for pid, seconds in end.items():
+        name = names.get(pid, "other")
+        split[name] = split.get(name, 0.0) + (seconds - begin.get(pid, 0.0)) * 1000 / max(1, events)
+    return dict(sorted(split.items(), key=lambda kv: -kv[1]))
