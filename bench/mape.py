@@ -340,11 +340,6 @@ def _endpoints(data: Path) -> dict[str, str] | None:
     return found if "broker" in found else None
 
 
-def _cpu_seconds(root: int) -> float:
-    """User and system CPU seconds of process `root` and every process below it (Linux /proc)."""
-    return sum(_cpu_by_pid(root).values())
-
-
 def _cpu_by_pid(root: int) -> dict[int, float]:
     """User and system CPU seconds of process `root` and of each process below it (Linux /proc)."""
     ticks = os.sysconf("SC_CLK_TCK")

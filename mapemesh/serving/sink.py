@@ -46,8 +46,8 @@ class SinkError(RuntimeError):
     """The sink is not configured or did not accept the events."""
 
 
-_sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
-"""One session per event loop: its connections belong to the loop that opened them."""
+_sessions: dict[asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncGenerator[None, None]]] = {}
+"""One session per event loop (its connections belong to the loop that opened them), with what closes it."""
 
 
 def sink_url() -> str:
@@ -68,20 +68,19 @@ async def _session() -> aiohttp.ClientSession:
     reading them took about as much CPU per request as the whole request with httpx, here)."""
     loop = asyncio.get_running_loop()
     with _sessions_lock:  # loops in several threads (a process's own loop beside the adapter's, say)
-        session = _sessions.get(loop)
-        if session is not None and not session.closed:
-            return session
+        found = _sessions.get(loop)
+        if found is not None and not found[0].closed:
+            return found[0]
         for other in [other for other in _sessions if other.is_closed()]:  # loops that ended
             _sessions.pop(other, None)
-            _closers.pop(other, None)
-        session = _sessions[loop] = aiohttp.ClientSession()
-        closer = _closers[loop] = _close_at_shutdown(session)
+        session = aiohttp.ClientSession()
+        closer = _close_at_shutdown(session)
+        _sessions[loop] = (session, closer)
     await closer.__anext__()  # the loop now tracks it: its shutdown closes the session
     return session
 
 
 _sessions_lock = threading.Lock()
-_closers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
 
 
 async def _close_at_shutdown(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
