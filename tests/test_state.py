@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from mapemesh.state import Conflict, StateStore, open_store, update
+from mapemesh.state import Conflict, StateStore, Write, open_store, update, update_many
 from mapemesh.state.sqlite import SQLiteStore
 
 from .conftest import wait_for
@@ -195,3 +195,104 @@ def test_telemetry_names_with_colons_stay_apart(store):
     store.append_telemetry("a:b", [("c", 1.0, now)])
     store.append_telemetry("a", [("b:c", 2.0, now)])
     assert store.latest("a:b") == {"c": 1.0} and store.latest("a") == {"b:c": 2.0}
+
+
+def test_get_many_reads_several_documents_at_once(store):
+    store.put("applications", "a", {"n": 1})
+    store.put("applications", "b", {"n": 2})
+    store.put("settings", "mode", {"mode": "ml"})
+    store.delete("applications", "b")
+    found = store.get_many([("applications", "a"), ("applications", "b"), ("settings", "mode"),
+                            ("plans", "none"), ("applications", "a")])
+    assert [None if f is None else (f.value, f.version) for f in found] == [
+        ({"n": 1}, 1), None, ({"mode": "ml"}, 1), None, ({"n": 1}, 1)]
+    assert store.get_many([]) == []
+    with pytest.raises(ValueError, match="unknown kind"):
+        store.get_many([("applications", "a"), ("aplications", "x")])
+
+
+def test_commit_writes_all_or_nothing(store):
+    store.put("plans", "p", {"status": "Queued"})
+    store.put("cycles", "c", {"queued": ["p"]})
+    assert store.commit([Write("plans", "p", {"status": "Scheduled"}, 1), Write("cycles", "c", None, 1),
+                         Write("settings", "scheduler", {"cycle": 1}, 0)]) == [2, 2, 1]
+    assert store.get("plans", "p").value == {"status": "Scheduled"}
+    assert store.get("cycles", "c") is None
+    # One expectation fails (the last one): nothing of the commit happens, and the Conflict names it.
+    with pytest.raises(Conflict) as failed:
+        store.commit([Write("plans", "p", {"status": "Pending"}, 2), Write("applications", "new", {"x": 1}),
+                      Write("settings", "scheduler", {"cycle": 2}, 7)])
+    assert (failed.value.kind, failed.value.key, failed.value.expected, failed.value.current) == (
+        "settings", "scheduler", 7, 1)
+    assert store.get("plans", "p").value == {"status": "Scheduled"} and store.get("plans", "p").version == 2
+    assert store.get("applications", "new") is None
+    assert "new" not in store.list("applications")
+    # A delete of a document that is not there: version 0, nothing changes; a tombstone keeps numbers rising.
+    assert store.commit([Write("cycles", "gone", None)]) == [0]
+    assert store.commit([Write("cycles", "c", {"again": True}, 0)]) == [3]
+    assert store.commit([]) == []
+
+
+def test_commit_refuses_bad_writes_and_changes_nothing(store):
+    store.put("plans", "p", {"n": 1})
+    with pytest.raises(ValueError, match="written twice"):
+        store.commit([Write("plans", "p", {"n": 2}), Write("plans", "p", {"n": 3})])
+    with pytest.raises(ValueError, match="unknown kind"):
+        store.commit([Write("plans", "p", {"n": 2}), Write("plan", "q", {"n": 3})])
+    assert store.get("plans", "p").value == {"n": 1} and store.get("plans", "p").version == 1
+
+
+def test_update_many_changes_several_documents_in_one_write(store):
+    store.put("cycles", "c", {"queued": ["p"]})
+    calls = []
+
+    def change(docs):
+        calls.append(dict(docs))
+        cycle = docs[("cycles", "c")]
+        return {("cycles", "c"): {**cycle, "queued": []}, ("plans", "p"): {"status": "Scheduled"},
+                ("settings", "absent"): None}
+
+    written = update_many(store, [("cycles", "c"), ("plans", "p"), ("settings", "absent")], change)
+    assert written[("cycles", "c")].value == {"queued": []} and written[("cycles", "c")].version == 2
+    assert written[("plans", "p")].version == 1 and written[("settings", "absent")] is None
+    assert calls == [{("cycles", "c"): {"queued": ["p"]}, ("plans", "p"): None, ("settings", "absent"): None}]
+    with pytest.raises(ValueError, match="was not read"):
+        update_many(store, [("plans", "p")], lambda docs: {("plans", "q"): {}})
+
+
+def test_update_many_retries_on_a_conflict_with_fresh_documents(store):
+    store.put("settings", "counter", {"n": 0})
+    seen = []
+
+    def change(docs):
+        seen.append(docs[("settings", "counter")]["n"])
+        if len(seen) == 1:  # another writer gets in between the read and the write
+            store.put("settings", "counter", {"n": 10})
+        return {("settings", "counter"): {"n": docs[("settings", "counter")]["n"] + 1},
+                ("plans", "p"): {"counter_was": docs[("settings", "counter")]["n"]}}
+
+    update_many(store, [("settings", "counter"), ("plans", "p")], change)
+    assert seen == [0, 10]
+    assert store.get("settings", "counter").value == {"n": 11}
+    assert store.get("plans", "p").value == {"counter_was": 10} and store.get("plans", "p").version == 1
+
+
+def _bump_many_in_process(url: str, n: int) -> None:
+    s = open_store(url)
+    for _ in range(n):
+        update_many(s, [("settings", "a"), ("settings", "b")], lambda docs: {
+            ref: {"n": (doc or {"n": 0})["n"] + 1} for ref, doc in docs.items()})
+    s.close()
+
+
+def test_concurrent_multi_document_updates_are_not_lost(store_url):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_bump_many_in_process, args=(store_url, 20)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    s = open_store(store_url)
+    assert [d.value for d in s.get_many([("settings", "a"), ("settings", "b")])] == [{"n": 80}, {"n": 80}]
+    s.close()

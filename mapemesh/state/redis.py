@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import orjson
 
-from mapemesh.state.base import Conflict, Document, Sample, Versioned, check_kind
+from mapemesh.state.base import Conflict, Document, Ref, Sample, Versioned, Write, check_kind, check_writes
 
 # KEYS: doc, kind set. ARGV: expected version ("" for any), value, key. A deleted document keeps its hash
 # without `d` (a tombstone), so version numbers never repeat. Returns {new version, current} or
@@ -43,6 +43,42 @@ redis.call('SREM', KEYS[2], ARGV[2])
 return {current, current}
 """
 
+# A commit: KEYS are each write's doc and kind set, in turn; ARGV each write's expected version ("" for any), op
+# ("p" put, "d" delete), value and key, in turn. Every expectation is checked before anything is written (a script
+# runs alone: all or none). Returns the new versions, or {-1, the failing write's index (1-based), its current}.
+_COMMIT = """
+local n = #KEYS / 2
+local lasts, currents = {}, {}
+for i = 1, n do
+  local doc = KEYS[2 * i - 1]
+  local last = tonumber(redis.call('HGET', doc, 'v') or '0')
+  local current = last
+  if redis.call('HEXISTS', doc, 'd') == 0 then current = 0 end
+  local expected = ARGV[4 * i - 3]
+  if expected ~= '' and tonumber(expected) ~= current then return {-1, i, current} end
+  lasts[i], currents[i] = last, current
+end
+local out = {}
+for i = 1, n do
+  local doc, kind, key = KEYS[2 * i - 1], KEYS[2 * i], ARGV[4 * i]
+  if ARGV[4 * i - 2] == 'p' then
+    redis.call('HSET', doc, 'v', lasts[i] + 1, 'd', ARGV[4 * i - 1])
+    redis.call('SADD', kind, key)
+    out[i] = lasts[i] + 1
+  else
+    if currents[i] > 0 then
+      redis.call('HDEL', doc, 'd')
+      redis.call('HSET', doc, 'v', lasts[i] + 1)
+      out[i] = lasts[i] + 1
+    else
+      out[i] = 0
+    end
+    redis.call('SREM', kind, key)
+  end
+end
+return out
+"""
+
 
 class RedisStore:
     """State in Redis (`redis://host:port/db`)."""
@@ -56,6 +92,7 @@ class RedisStore:
         self._redis.ping()  # fail now, clearly, if the server cannot be reached
         self._put = self._redis.register_script(_PUT)
         self._delete = self._redis.register_script(_DELETE)
+        self._commit = self._redis.register_script(_COMMIT)
         self._seq = itertools.count()
 
     def _doc(self, kind: str, key: str) -> str:
@@ -66,6 +103,35 @@ class RedisStore:
         check_kind(kind)
         version, data = self._redis.hmget(self._doc(kind, key), "v", "d")
         return None if data is None else Versioned(orjson.loads(data), int(version))
+
+    def get_many(self, refs: Sequence[Ref]) -> list[Versioned | None]:
+        """Several documents in one round trip (MULTI/EXEC: one snapshot): each ref's document, or None."""
+        for kind, _ in refs:
+            check_kind(kind)
+        if not refs:
+            return []
+        pipe = self._redis.pipeline(transaction=True)
+        for kind, key in refs:
+            pipe.hmget(self._doc(kind, key), "v", "d")
+        return [None if data is None else Versioned(orjson.loads(data), int(version))
+                for version, data in pipe.execute()]
+
+    def commit(self, writes: Sequence[Write]) -> list[int]:
+        """Several writes in one script: all or none (Conflict: none). Each document's new version."""
+        check_writes(writes)
+        if not writes:
+            return []
+        keys: list[str] = []
+        args: list[str | bytes] = []
+        for w in writes:
+            keys += [self._doc(w.kind, w.key), f"{self.prefix}kind:{w.kind}"]
+            args += ["" if w.expected_version is None else str(w.expected_version),
+                     "d" if w.value is None else "p", b"" if w.value is None else orjson.dumps(w.value), w.key]
+        result = [int(x) for x in self._commit(keys=keys, args=args)]
+        if result and result[0] < 0:
+            failed = writes[result[1] - 1]
+            raise Conflict(failed.kind, failed.key, int(failed.expected_version or 0), result[2])
+        return result
 
     def put(self, kind: str, key: str, value: Document, *, expected_version: int | None = None) -> int:
         """Write; with `expected_version` (0: must not exist) raise Conflict unless it matches. New version."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import orjson
 
-from mapemesh.state.base import Conflict, Document, Sample, Versioned, check_kind
+from mapemesh.state.base import Conflict, Document, Ref, Sample, Versioned, Write, check_kind, check_writes
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs(
@@ -53,23 +53,52 @@ class SQLiteStore:
         row = self._db().execute("SELECT value, version FROM docs WHERE kind = ? AND key = ?", (kind, key)).fetchone()
         return None if row is None or row[0] is None else Versioned(orjson.loads(row[0]), row[1])
 
+    def get_many(self, refs: Sequence[Ref]) -> list[Versioned | None]:
+        """Several documents in one query (one snapshot): each ref's document, or None."""
+        for kind, _ in refs:
+            check_kind(kind)
+        if not refs:
+            return []
+        found: dict[Ref, Versioned] = {}
+        for start in range(0, len(refs), 400):  # 800 parameters a query, well under SQLite's limit
+            chunk = refs[start:start + 400]
+            where = " OR ".join(["(kind = ? AND key = ?)"] * len(chunk))
+            rows = self._db().execute(f"SELECT kind, key, value, version FROM docs WHERE value IS NOT NULL AND "
+                                      f"({where})", [part for ref in chunk for part in ref])
+            found.update({(kind, key): Versioned(orjson.loads(value), version) for kind, key, value, version in rows})
+        return [found.get((kind, key)) for kind, key in refs]
+
     def put(self, kind: str, key: str, value: Document, *, expected_version: int | None = None) -> int:
         """Write; with `expected_version` (0: must not exist) raise Conflict unless it matches. New version."""
-        check_kind(kind)
-        blob = orjson.dumps(value)
+        return self.commit([Write(kind, key, value, expected_version)])[0]
+
+    def commit(self, writes: Sequence[Write]) -> list[int]:
+        """Several writes in one transaction: all or none (Conflict: none). Each document's new version."""
+        check_writes(writes)
+        blobs = [None if w.value is None else orjson.dumps(w.value) for w in writes]
         db = self._db()
         now = time.time()
+        versions: list[int] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            last = self._check(db, kind, key, expected_version)
-            db.execute("INSERT INTO docs(kind, key, version, value, updated) VALUES (?, ?, ?, ?, ?) "
-                       "ON CONFLICT (kind, key) DO UPDATE SET version = excluded.version, value = excluded.value, "
-                       "updated = excluded.updated", (kind, key, last + 1, blob, now))
+            for w, blob in zip(writes, blobs, strict=True):
+                last = self._check(db, w.kind, w.key, w.expected_version)
+                if blob is not None:
+                    db.execute("INSERT INTO docs(kind, key, version, value, updated) VALUES (?, ?, ?, ?, ?) "
+                               "ON CONFLICT (kind, key) DO UPDATE SET version = excluded.version, "
+                               "value = excluded.value, updated = excluded.updated",
+                               (w.kind, w.key, last + 1, blob, now))
+                    versions.append(last + 1)
+                else:
+                    existed = db.execute("UPDATE docs SET value = NULL, version = version + 1, updated = ? "
+                                         "WHERE kind = ? AND key = ? AND value IS NOT NULL",
+                                         (now, w.kind, w.key)).rowcount > 0
+                    versions.append(last + 1 if existed else 0)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return last + 1
+        return versions
 
     @staticmethod
     def _check(db: sqlite3.Connection, kind: str, key: str, expected: int | None) -> int:
