@@ -7,10 +7,10 @@ Two paths are counted:
 - a background telemetry event about a node that no policy watches (the policies declare the metrics they
   read, and this event reports another one).
 
-A round trip is one call to the store (`get`, `put`, `delete`, `list`, `append_telemetry`, `telemetry`,
-`latest`); `update()` is a read and a write. `make bench` (mape) prints the counts next to the reaction's
-latency; tests/test_loop_cost.py holds the issue's budget (at most 8 round trips per reaction, at most 2 per
-unwatched telemetry event).
+A round trip is one call to the store (`get`, `get_many`, `put`, `commit`, `delete`, `list`, `append_telemetry`,
+`telemetry`, `latest`); `update()` and `update_many()` are a read and a write. `make bench` (mape) prints the
+counts next to the reaction's latency; tests/test_loop_cost.py holds the issue's budget (at most 8 round trips per
+reaction, at most 2 per unwatched telemetry event).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.serving.errors import TemporaryError
 
 REPO = Path(__file__).resolve().parent.parent
-CALLS = ("get", "put", "delete", "list", "append_telemetry", "telemetry", "latest")
+CALLS = ("get", "get_many", "put", "commit", "delete", "list", "append_telemetry", "telemetry", "latest")
 APP = {"MLSysOpsApp": {"name": "shop", "components": [{"metadata": {"name": "web"}, "qos_metrics": [
     {"application_metric_id": "latency_ms", "target": 20, "relation": "lower_or_equal"}]}]}}
 

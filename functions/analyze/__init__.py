@@ -40,7 +40,7 @@ from mapemesh.policy.inputs import matches
 from mapemesh.policy.loader import Declaration
 from mapemesh.serving import sink
 from mapemesh.serving.errors import TemporaryError
-from mapemesh.state import StateStore
+from mapemesh.state import StateStore, Versioned
 
 log = logging.getLogger(__name__)
 SOURCE = "/mapemesh/analyze"
@@ -114,14 +114,16 @@ def relevant(declaration: Declaration, changed: list[str]) -> bool:
 
 
 def _one(store: StateStore, policy: str, declaration: Declaration, asset: str, mode: str,
-         change: catalogue.StateChanged, cause: str | None, deferred: bool) -> CloudEvent | None:
-    """The request to send now; a deferral event when it is not due yet; None when coalesced."""
+         change: catalogue.StateChanged, cause: str | None, deferred: bool,
+         context: Versioned | None) -> CloudEvent | None:
+    """The request to send now; a deferral event when it is not due yet; None when coalesced (`context`: the
+    (policy, asset) document as just read)."""
     hop = tracing.current.get()
     rerun = {"asset_kind": change.asset_kind if change.asset == asset else "node", "changed": change.changed,
              "cause": cause, "traceparent": hop.traceparent if hop is not None else None}
     saved: dict[str, Any] = {}
     wait = contexts.claim(store, policy, asset, declaration.analyze_interval_s, rerun=rerun, deferred=deferred,
-                          into=saved)
+                          into=saved, read=[context])
     if wait is None:
         return None
     if wait > 0:
@@ -178,20 +180,29 @@ def release(store: StateStore, policy: str, asset: str) -> CloudEvent | None:
 @mapemesh.on(catalogue.StateChanged)
 def changed(change: catalogue.StateChanged, *, event: CloudEvent, store: StateStore) -> list[CloudEvent]:
     """Ask every policy bound to the changed asset for a verdict."""
-    mode, manual = contexts.mode_of(store)  # read each time: a mode change must hold for the very next event
-    out: list[CloudEvent | None] = []
     only = event.get("policy")  # a rerun or deferral for one policy (see contexts), or a policy just registered
     deferred = only is not None and event.get(contexts.DEFERRED) == "true"
     # A policy just registered may be newer than the cached registry: read it afresh for a rerun.
     policies = registry.active(store) if only is not None else _cached("policies", lambda: registry.active(store))
+    bound: list[tuple[str, Declaration, list[str]]] = []
     for name, (declaration, _doc) in sorted(policies.items()):
         if only is not None and name != only:
             continue
         if not relevant(declaration, change.changed):
             continue
         assets = [a for a in bound_assets(store, declaration, change) if _offers(store, a, declaration)]
-        if not assets:
-            continue
+        if assets:
+            bound.append((name, declaration, assets))
+    if not bound:
+        return []  # no policy is concerned: nothing read from the store
+    # The mode (read each time: a mode change must hold for the very next event) and every context to claim, in
+    # one round trip.
+    pairs = [(name, asset) for name, _, assets in bound for asset in assets]
+    found = store.get_many([contexts.MODE, *(contexts.context_ref(name, asset) for name, asset in pairs)])
+    mode, manual = contexts.mode_in(found[0].value if found[0] is not None else None)
+    read = dict(zip(pairs, found[1:], strict=True))
+    out: list[CloudEvent | None] = []
+    for name, declaration, assets in bound:
         if manual:
             registry.record(store, name, asset=change.asset, method="analyze", skipped="manual override")
             continue
@@ -199,8 +210,8 @@ def changed(change: catalogue.StateChanged, *, event: CloudEvent, store: StateSt
             registry.record(store, name, asset=change.asset, method="analyze",
                             skipped="heuristic mode (the policy uses machine learning)")
             continue
-        out += [_one(store, name, declaration, asset, mode, change, change.cause or event.id, deferred)
-                for asset in assets]
+        out += [_one(store, name, declaration, asset, mode, change, change.cause or event.id, deferred,
+                     read[(name, asset)]) for asset in assets]
     return [r for r in out if r is not None]
 
 

@@ -152,11 +152,10 @@ def unregistered(data: catalogue.InfraUnregistered, *, event: CloudEvent, store:
 
 @mapemesh.on(catalogue.KnobApplied)
 def applied(data: catalogue.KnobApplied, *, store: StateStore) -> None:
-    """A mechanism's new state, and its plan's result. No `state.changed`: a mechanism's state is the loop's own
-    doing, which no policy is asked about (it is in their next inputs), so the hop would always be dropped."""
-    update(store, "mechanisms", f"{data.node}/{data.knob}",
-           lambda doc: {**(doc or {}), "state": data.after, "updated": time.time()})
-    record_result(store, data.plan_id, data.knob, True, None, _idle_note(data))
+    """A mechanism's new state, and its plan's result (one write of both). No `state.changed`: a mechanism's state
+    is the loop's own doing, which no policy is asked about (it is in their next inputs), so the hop would always
+    be dropped."""
+    record_result(store, data.plan_id, data.knob, True, None, _idle_note(data), state=(data.node, data.after))
 
 
 def _idle_note(data: catalogue.KnobApplied) -> str | None:

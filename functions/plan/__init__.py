@@ -108,9 +108,6 @@ def on_plan(store: StateStore, reply: catalogue.PolicyPlanReplied, event_id: str
     problem = _malformed(reply.plan, declaration) if reply.plan else None
     if problem is not None:
         registry.record(store, reply.policy, asset=reply.asset, method="plan", error=problem)
-    elif reply.plan and contexts.mode_of(store)[1]:
-        registry.record(store, reply.policy, asset=reply.asset, method="plan", skipped="manual override")
-        problem = "manual override"
     if not reply.plan or problem is not None:
         return _done(None, contexts.answered(store, reply.policy, reply.asset, ANALYZE, **answer)[1])
     now = time.time()
@@ -119,9 +116,13 @@ def on_plan(store: StateStore, reply: catalogue.PolicyPlanReplied, event_id: str
     plan = Plan(plan_id=plan_id, policy=reply.policy, asset=reply.asset, mechanisms=reply.plan,
                 core=declaration.core, created=now, updated=now,
                 inputs={"cause": cause, "request": reply.request, "telemetry": reply.inputs.get("telemetry")})
-    new = plan_store.queue(store, plan)  # False: the same reply again (the scheduler decides the plan once)
-    _, rerun = contexts.answered(store, reply.policy, reply.asset, ANALYZE, **answer,
-                                 plan={"plan_id": plan_id, "mechanisms": reply.plan} if new else None)
+    # The plan and the answer in one write; not new: the same reply again (the scheduler decides the plan once).
+    recorded = contexts.Answer(**answer)
+    _, manual = plan_store.propose(store, plan, recorded)
+    if manual:  # nothing was written
+        registry.record(store, reply.policy, asset=reply.asset, method="plan", skipped="manual override")
+        return _done(None, contexts.answered(store, reply.policy, reply.asset, ANALYZE, **answer)[1])
+    rerun = recorded.again(reply.policy, reply.asset, ANALYZE)
     data = catalogue.PlanProposed(plan_id=plan_id, policy=reply.policy, asset=reply.asset, mechanisms=reply.plan,
                                   core=declaration.core, cause=cause)
     return _done(catalogue.make_event(data, SOURCE, subject=reply.asset), rerun)

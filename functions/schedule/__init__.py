@@ -27,7 +27,6 @@ from mapemesh.loop.plan_store import (
     PLAN_TIMEOUT_S,
     cycle_number,
     decide,
-    save_decision,
     sweep,
     sweep_now_and_then,
 )
@@ -53,9 +52,7 @@ def _announce(plan: Plan, mechanism: str | None = None) -> CloudEvent:
 def proposed(proposed: catalogue.PlanProposed, *, store: StateStore) -> list[CloudEvent]:
     """Schedule the plans queued in the proposed plan's cycle; announce each one scheduled or discarded."""
     decisions, _ = decide(store, proposed.cause or proposed.plan_id, proposed.plan_id)
-    for plan, _, version in decisions:
-        save_decision(store, plan, version)
-    return [_announce(plan, mechanism) for plan, mechanism, _ in decisions]
+    return [_announce(plan, mechanism) for plan, mechanism in decisions]
 
 
 schedule = mapemesh.stage(__name__, source=SOURCE, before=sweep_now_and_then)

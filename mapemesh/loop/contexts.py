@@ -24,12 +24,14 @@ outright (no SIGTERM) leaves `deferred_until` behind, and the next change after 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from mapemesh import events as catalogue
 from mapemesh import tracing
 from mapemesh.eventing.cloudevent import CloudEvent
-from mapemesh.state import StateStore, update
+from mapemesh.policy.inputs import still_current
+from mapemesh.state import StateStore, Versioned, update
 
 STALE_DEFERRAL_S = 30.0
 """A deferral whose event was lost (dead-lettered after its retries) is taken over this long after it was due."""
@@ -44,16 +46,30 @@ def key(policy: str, asset: str) -> str:
     return f"{policy}/{asset}"
 
 
+def context_ref(policy: str, asset: str) -> tuple[str, str]:
+    """The (policy, asset) document's ref (`mapemesh.state.Ref`)."""
+    return "policy_contexts", key(policy, asset)
+
+
+MODE = ("settings", "mode")
+"""Where the management mode is kept (a ref, to read it with other documents: `mode_in`)."""
+
+
 def mode_of(store: StateStore) -> tuple[str, bool]:
     """(management mode, manual override) as the state store has them; heuristic and off by default."""
-    doc = store.get("settings", "mode")
-    value = doc.value if doc else {}
+    doc = store.get(*MODE)
+    return mode_in(doc.value if doc else None)
+
+
+def mode_in(doc: dict[str, Any] | None) -> tuple[str, bool]:
+    """`mode_of` from the mode's document as read (None: never set)."""
+    value = doc or {}
     return str(value.get("mode") or "heuristic"), bool(value.get("manual_override"))
 
 
 def claim(store: StateStore, policy: str, asset: str, interval_s: float, now: float | None = None, *,
           rerun: dict[str, Any] | None = None, deferred: bool = False,
-          into: dict[str, Any] | None = None) -> float | None:
+          into: dict[str, Any] | None = None, read: list[Versioned | None] | None = None) -> float | None:
     """May (policy, asset) be analyzed now?
 
     0 (`NOW`): yes, and the analysis is recorded as in flight until the plan stage sees its answer. Seconds: not
@@ -62,10 +78,10 @@ def claim(store: StateStore, policy: str, asset: str, interval_s: float, now: fl
     in flight, which then runs once more when it has answered (with `rerun`, the first change that came
     meanwhile: the new analysis reads the state as it is then). So one (policy, asset) has one analysis at a
     time, on the latest state, and no change is lost. `into` receives the document as written (the request
-    builder then need not read it again).
+    builder then need not read it again). `read`: `[the document as the caller just read it]` (not read again).
     """
     now = time.time() if now is None else now
-    current = store.get("policy_contexts", key(policy, asset))
+    current = read.pop() if read else store.get("policy_contexts", key(policy, asset))
     if current is not None and not deferred:  # the common case under a stream of telemetry: nothing to write
         doc = current.value
         since, due = doc.get("in_flight_since"), doc.get("deferred_until")
@@ -142,34 +158,53 @@ def release(store: StateStore, policy: str, asset: str, source: str) -> CloudEve
     return again(policy, asset, rerun[0], source) if rerun[0] else None
 
 
+@dataclass
+class Answer:
+    """A policy's answer for (policy, asset) as its context document records it (`answered`): its new context
+    (and the one `initialize` declared), its verdict, the plan it made, and whether the analysis is `over`."""
+
+    context: dict[str, Any] | None = None
+    declared: dict[str, Any] | None = None
+    verdict: bool | None = None
+    plan: dict[str, Any] | None = None
+    over: bool = True
+    rerun: dict[str, Any] | None = field(default=None, init=False)
+    """What `apply` found to analyze again (a change that came while the analysis was in flight)."""
+
+    def apply(self, doc: dict[str, Any] | None, asset: str) -> dict[str, Any]:
+        """The context document with this answer recorded (for a versioned write: it may run more than once)."""
+        now = time.time()
+        doc = dict(doc or {})
+        if self.context is not None:
+            doc.update(context=self.context, declared=self.declared)
+        if self.verdict is not None:
+            doc["analyses"] = int(doc.get("analyses", 0)) + 1
+            doc["verdicts"] = int(doc.get("verdicts", 0)) + (1 if self.verdict else 0)
+            doc["last_verdict"] = {"at": now, "asset": asset, "verdict": self.verdict}
+        if self.plan is not None:
+            doc["current_plan"] = self.plan
+            doc["plans"] = int(doc.get("plans", 0)) + 1
+        self.rerun = None
+        if self.over:
+            doc.pop("in_flight_since", None)
+            self.rerun = doc.pop("rerun", None)
+        return doc
+
+    def again(self, policy: str, asset: str, source: str) -> CloudEvent | None:
+        """The rerun `apply` found, as the event that asks for it (`again`), or None."""
+        return again(policy, asset, self.rerun, source) if self.rerun else None
+
+
 def answered(store: StateStore, policy: str, asset: str, source: str, *, context: dict[str, Any] | None = None,
              declared: dict[str, Any] | None = None, verdict: bool | None = None, plan: dict[str, Any] | None = None,
              over: bool = True) -> tuple[dict[str, Any], CloudEvent | None]:
     """A policy's answer for (policy, asset), recorded in one write: its new context, the counts the registry
     shows (`analyses`, `verdicts`, `plans`, `last_verdict`; `mapemesh.policy.registry.stats` sums them), the plan
     it made (`current_plan`), and, when the analysis is `over`, its release (`release`'s rerun, if any)."""
-    rerun: list[dict[str, Any] | None] = [None]
-    now = time.time()
-
-    def change(doc: dict[str, Any] | None) -> dict[str, Any]:
-        doc = dict(doc or {})
-        if context is not None:
-            doc.update(context=context, declared=declared)
-        if verdict is not None:
-            doc["analyses"] = int(doc.get("analyses", 0)) + 1
-            doc["verdicts"] = int(doc.get("verdicts", 0)) + (1 if verdict else 0)
-            doc["last_verdict"] = {"at": now, "asset": asset, "verdict": verdict}
-        if plan is not None:
-            doc["current_plan"] = plan
-            doc["plans"] = int(doc.get("plans", 0)) + 1
-        if over:
-            doc.pop("in_flight_since", None)
-            rerun[0] = doc.pop("rerun", None)
-        return doc
-
-    written = update(store, "policy_contexts", key(policy, asset), change)
+    answer = Answer(context, declared, verdict, plan, over)
+    written = update(store, "policy_contexts", key(policy, asset), lambda doc: answer.apply(doc, asset))
     assert written is not None
-    return written.value, (again(policy, asset, rerun[0], source) if rerun[0] else None)
+    return written.value, answer.again(policy, asset, source)
 
 
 def current_plan(store: StateStore, saved: dict[str, Any]) -> dict[str, Any] | None:
@@ -178,9 +213,7 @@ def current_plan(store: StateStore, saved: dict[str, Any]) -> dict[str, Any] | N
     if not isinstance(last, dict):
         return None
     doc = store.get("plans", str(last.get("plan_id")))
-    if doc is not None and doc.value.get("status") in ("Discarded", "Failed"):
-        return None
-    return dict(last.get("mechanisms") or {})
+    return still_current(last, doc.value if doc is not None else None)
 
 
 def merge(store: StateStore, policy: str, asset: str, **fields: Any) -> dict[str, Any]:

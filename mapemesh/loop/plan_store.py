@@ -2,12 +2,12 @@
 
 | call                                   | does                                                                  |
 |----------------------------------------|-----------------------------------------------------------------------|
-| `queue(store, plan)`                   | a new plan, Queued, in its cycle's queue (False when it exists: a     |
+| `propose(store, plan, answer)`         | a new plan, Queued, in its cycle's queue, and its policy's answer in  |
+|                                        | its context: one read, one write (not new when it exists: a           |
 |                                        | redelivered reply proposes the same plan again)                       |
 | `cycle_number(store, cause)`           | the scheduling cycle of the reaction to `cause` (numbered once)       |
-| `decide(store, cause, plan_id)`        | the cycle's queued plans decided inside one versioned write of the    |
-|                                        | cycle (`mapemesh.loop.plans.schedule_cycle`), numbering a new cycle    |
-| `save_decision(store, plan)`           | a decided plan's status, unless it moved on already                   |
+| `decide(store, cause, plan_id)`        | the cycle's queued plans decided (`mapemesh.loop.plans.schedule_cycle`)|
+|                                        | and saved with the cycle, numbering a new cycle: one read, one write  |
 | `dispatch(store, plan_id, status)`     | Scheduled -> Pending (or Failed); the status it had                   |
 | `record_result(store, plan_id, ...)`   | one mechanism's result: Success once all applied, Failed at the first |
 |                                        | failure                                                               |
@@ -23,10 +23,12 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
+from mapemesh.loop import contexts
 from mapemesh.loop.plans import DEPLOY_MECHANISMS, FINAL, Plan, schedule_cycle
-from mapemesh.state import Conflict, StateStore, update
+from mapemesh.state import Conflict, Ref, StateStore, update, update_many
 
 PLAN_TIMEOUT_S = float(os.environ.get("MAPEMESH_PLAN_TIMEOUT_S", "60"))
 """A Pending plan with no result after this long becomes Failed."""
@@ -53,31 +55,6 @@ def cycle_number(store: StateStore, cause: str) -> int:
     if doc is not None and doc.value.get("cycle") is not None:
         return int(doc.value["cycle"])
     return decide(store, cause, None)[1]
-
-
-def _next_number(store: StateStore) -> int:
-    counter = update(store, "settings", "scheduler",
-                     lambda d: {**(d or {}), "cycle": int((d or {}).get("cycle", 0)) + 1})
-    assert counter is not None
-    return int(counter.value["cycle"])
-
-
-def save_decision(store: StateStore, plan: Plan, version: int | None = None) -> None:
-    """Write a decided plan's status, unless it moved on already (redelivery, or execute ran first); `version`:
-    the version it was decided on (one write then, unless it changed meanwhile)."""
-    fields = {"status": plan.status, "cycle": plan.cycle, "winner": plan.winner, "reason": plan.reason,
-              "updated": plan.updated}
-    if version is not None and plan.status != "Queued":
-        with contextlib.suppress(Conflict):
-            store.put("plans", plan.plan_id, {**plan.as_dict(), **fields}, expected_version=version)
-            return
-
-    def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
-        if doc is None or doc.get("status") != "Queued":
-            return doc
-        return {**doc, **fields}
-
-    update(store, "plans", plan.plan_id, change)
 
 
 def _expire(store: StateStore, plan_id: str, status: str, reason: str, now: float) -> bool:
@@ -130,32 +107,47 @@ def sweep_now_and_then(store: StateStore) -> None:
             log.exception("sweeping plans failed")
 
 
-def decide(store: StateStore, cause: str, also: str | None) -> tuple[list[tuple[Plan, str | None, int | None]], int]:
-    """Decide the plans queued in the cycle of `cause` (and `also`); return every decision of the cycle as (plan,
-    the mechanism it lost, the version it was decided on), and the cycle's number.
+SCHEDULER = ("settings", "scheduler")
+"""The scheduler's counter of cycles."""
 
-    The decisions are made inside the versioned write of the cycle's document, so two scheduler instances
-    (a rollout, say) can never both give a mechanism away: the loser of the write decides again on the
-    winner's record. Decisions already recorded are returned as recorded (a redelivery announces them again).
-    The cycle keeps each winner's policy and core flag, so deciding against it reads no other plan.
+
+def decide(store: StateStore, cause: str, also: str | None) -> tuple[list[tuple[Plan, str | None]], int]:
+    """Decide the plans queued in the cycle of `cause` (and `also`), and save each decision; return every decision
+    of the cycle as (plan, the mechanism it lost), and the cycle's number.
+
+    The cycle's document, its number (from the scheduler's counter, for a new cycle) and the decided plans are read
+    together and written in one transaction, each with the version read, so two scheduler instances (a rollout,
+    say) can never both give a mechanism away: the loser of the write decides again on the winner's record. Two
+    round trips when the cycle's queue holds only `also` (the usual case); one more read otherwise. Decisions
+    already recorded are returned as recorded (a redelivery announces them again). The cycle keeps each winner's
+    policy and core flag, so deciding against it reads no other plan.
     """
-    outcome: list[tuple[Plan, str | None, int | None]] = []
+    refs: list[Ref] = [("cycles", cause), SCHEDULER, *([("plans", also)] if also else [])]
+    outcome: list[tuple[Plan, str | None]] = []
     number: list[int] = []
+    missing: list[Ref] = []
 
-    def change(doc: dict[str, Any] | None) -> dict[str, Any]:
-        doc = dict(doc or {"created": time.time()})
-        if doc.get("cycle") is None:
-            number[:] = number or [_next_number(store)]  # once, whatever the retries
-            doc["cycle"] = number[0]
+    def change(docs: dict[Ref, dict[str, Any] | None]) -> dict[Ref, dict[str, Any] | None]:
+        doc = dict(docs[("cycles", cause)] or {"created": time.time()})
+        out: dict[Ref, dict[str, Any] | None] = {}
         decided: dict[str, Any] = dict(doc.get("decided") or {})
         held: dict[str, str] = dict(doc.get("taken") or {})
         known: dict[str, Any] = dict(doc.get("winners") or {})
         ids = [i for i in dict.fromkeys([*(doc.get("queued") or []), *([also] if also else [])]) if i not in decided]
-        loaded = {i: v for i in ids if (v := store.get("plans", i)) is not None}
-        plans = [p for p in (Plan.from_dict(v.value) for v in loaded.values()) if p.status == "Queued"]
+        wanted = [("plans", i) for i in dict.fromkeys([*ids, *(set(held.values()) - set(known))])]
+        missing[:] = [ref for ref in wanted if ref not in docs]
+        if missing:
+            return {}  # read them with the others, and decide again (see below)
+        if doc.get("cycle") is None:
+            counter = int((docs[SCHEDULER] or {}).get("cycle", 0)) + 1
+            out[SCHEDULER] = {**(docs[SCHEDULER] or {}), "cycle": counter}
+            doc["cycle"] = counter
+        loaded = {i: d for i in ids if (d := docs[("plans", i)]) is not None}
+        plans = [p for p in (Plan.from_dict(v) for v in loaded.values()) if p.status == "Queued"]
         winners = {i: Plan(plan_id=i, policy=str(w.get("policy")), asset="", mechanisms={}, core=bool(w.get("core")))
                    for i, w in known.items()}
-        winners.update({i: w for i in set(held.values()) - set(winners) if (w := get(store, i)) is not None})
+        winners.update({i: Plan.from_dict(w) for i in set(held.values()) - set(winners)
+                        if (w := docs[("plans", i)]) is not None})
         taken = {(k.partition("\x00")[0], k.partition("\x00")[2]): winners[i] for k, i in held.items() if i in winners}
         scheduled, discarded = schedule_cycle(plans, int(doc["cycle"]), taken)
         for plan in scheduled:
@@ -166,35 +158,58 @@ def decide(store: StateStore, cause: str, also: str | None) -> tuple[list[tuple[
         for plan in now_decided.values():
             decided[plan.plan_id] = {"status": plan.status, "winner": plan.winner, "reason": plan.reason,
                                      "mechanism": mechanism_of.get(plan.plan_id), "updated": plan.updated}
+            out[("plans", plan.plan_id)] = {**loaded[plan.plan_id], "status": plan.status, "cycle": plan.cycle,
+                                            "winner": plan.winner, "reason": plan.reason, "updated": plan.updated}
         doc.update(taken=held, decided=decided, winners=known,
                    queued=[i for i in (doc.get("queued") or []) if i not in decided])
+        out[("cycles", cause)] = doc
         outcome.clear()
+        number[:] = [int(doc["cycle"])]
         for plan_id in dict.fromkeys([*([also] if also in decided else []), *now_decided]):
-            plan = now_decided.get(plan_id) or get(store, plan_id)  # `also`, decided before: a redelivery
-            if plan is None:
-                continue
+            plan = now_decided.get(plan_id)
+            if plan is None:  # `also`, decided before: a redelivery announces it again, as recorded
+                found = docs.get(("plans", plan_id))
+                if found is None:
+                    continue
+                plan = Plan.from_dict(found)
             record = decided[plan_id]
             plan.status, plan.winner, plan.reason = record["status"], record["winner"], record["reason"]
             plan.cycle, plan.updated = int(doc["cycle"]), float(record["updated"])
-            version = loaded[plan_id].version if plan_id in now_decided and plan_id in loaded else None
-            outcome.append((plan, record.get("mechanism"), version))
-        return doc
+            outcome.append((plan, record.get("mechanism")))
+        return out
 
-    written = update(store, "cycles", cause, change)
-    assert written is not None
-    return outcome, int(written.value["cycle"])
+    while True:
+        update_many(store, refs, change)
+        if not missing:
+            return outcome, number[0]
+        refs += missing  # plans the cycle names beyond `also`: read with the rest, then decided on fresh data
 
 
-def queue(store: StateStore, plan: Plan) -> bool:
-    """Store a new plan (Queued) and put it in its cycle's queue; False when it exists already."""
+def propose(store: StateStore, plan: Plan, answer: contexts.Answer) -> tuple[bool, bool]:
+    """Store a new plan (Queued) in its cycle's queue and record its policy's `answer` (`contexts.answered`, with
+    the plan as the policy's current one), in one read and one write.
+
+    (new, manual): new is False when the plan exists already (the same reply again: the scheduler decides it once;
+    only the answer is recorded); manual is True when the manual override is on, and then nothing is written."""
     cause = str(plan.inputs.get("cause") or plan.plan_id)
-    try:
-        store.put("plans", plan.plan_id, plan.as_dict(), expected_version=0)
-    except Conflict:
-        return False  # the same reply again: the plan exists (the scheduler decides it once)
-    update(store, "cycles", cause, lambda doc: {**(doc or {"taken": {}, "created": plan.created}),
-                                                "queued": [*((doc or {}).get("queued") or []), plan.plan_id]})
-    return True
+    mine, cycle, context = ("plans", plan.plan_id), ("cycles", cause), contexts.context_ref(plan.policy, plan.asset)
+    outcome = [False, False]
+
+    def change(docs: dict[Ref, dict[str, Any] | None]) -> dict[Ref, dict[str, Any] | None]:
+        outcome[:] = [docs[mine] is None, contexts.mode_in(docs[contexts.MODE])[1]]
+        if outcome[1]:
+            return {}
+        out: dict[Ref, dict[str, Any] | None] = {}
+        if outcome[0]:
+            queued = docs[cycle] or {"taken": {}, "created": plan.created}
+            out[mine] = plan.as_dict()
+            out[cycle] = {**queued, "queued": [*(queued.get("queued") or []), plan.plan_id]}
+        answer.plan = {"plan_id": plan.plan_id, "mechanisms": plan.mechanisms} if outcome[0] else None
+        out[context] = answer.apply(docs[context], plan.asset)
+        return out
+
+    update_many(store, [contexts.MODE, mine, cycle, context], change)
+    return outcome[0], outcome[1]
 
 
 def dispatch(store: StateStore, plan_id: str, status: str = "Pending", reason: str | None = None) -> str | None:
@@ -214,11 +229,33 @@ def dispatch(store: StateStore, plan_id: str, status: str = "Pending", reason: s
 
 
 def record_result(store: StateStore, plan_id: str | None, mechanism: str | None, ok: bool,
-                  detail: str | None, note: str | None = None) -> None:
+                  detail: str | None, note: str | None = None, *,
+                  state: tuple[str, dict[str, Any]] | None = None) -> None:
     """Record one mechanism's result (None: every placement mechanism of the plan, from the deploy function);
-    `note`: what a user should know of a success (`notes[mechanism]`: a reconfiguration that drained functions)."""
-    if not plan_id:
+    `note`: what a user should know of a success (`notes[mechanism]`: a reconfiguration that drained functions).
+    `state`: (node, the mechanism's state now), recorded in the same write as `mechanisms[NODE/MECHANISM].state`
+    (also without a plan: an operator's command changes the state too)."""
+    refs: list[tuple[str, str]] = [("plans", plan_id)] if plan_id else []
+    if state is not None and mechanism:
+        refs.append(("mechanisms", f"{state[0]}/{mechanism}"))
+    if not refs:
         return
+
+    def both(docs: dict[tuple[str, str], dict[str, Any] | None]) -> dict[tuple[str, str], dict[str, Any] | None]:
+        out: dict[tuple[str, str], dict[str, Any] | None] = {}
+        if plan_id and (plan := change(docs[("plans", plan_id)])) is not None:
+            out[("plans", plan_id)] = plan
+        if len(refs) > 1:
+            out[refs[1]] = {**(docs[refs[1]] or {}), "state": state[1], "updated": time.time()}  # type: ignore[index]
+        return out
+
+    change = _result(plan_id or "", mechanism, ok, detail, note)
+    update_many(store, refs, both)
+
+
+def _result(plan_id: str, mechanism: str | None, ok: bool, detail: str | None,
+            note: str | None) -> Callable[[dict[str, Any] | None], dict[str, Any] | None]:
+    """The change `record_result` makes to the plan's document."""
 
     def change(plan: dict[str, Any] | None) -> dict[str, Any] | None:
         if plan is None:
@@ -240,4 +277,4 @@ def record_result(store: StateStore, plan_id: str | None, mechanism: str | None,
         plan["updated"] = time.time()
         return plan
 
-    update(store, "plans", plan_id, change)
+    return change

@@ -34,6 +34,11 @@ def trim(telemetry: dict[str, Any]) -> dict[str, Any]:
     return {**telemetry, "window": {m: samples[-WINDOW_SAMPLES:] for m, samples in window.items()}}
 
 
+def _last_plan(saved: dict[str, Any]) -> dict[str, Any] | None:
+    last = saved.get("current_plan")
+    return last if isinstance(last, dict) else None
+
+
 def analyze_request(store: StateStore, policy: str, declaration: Declaration, asset: str, mode: str,
                     cause: str | None, source: str, *, saved: dict[str, Any] | None = None,
                     listed: Callable[[str], dict[str, Any]] | None = None) -> CloudEvent:
@@ -45,8 +50,7 @@ def analyze_request(store: StateStore, policy: str, declaration: Declaration, as
     context = saved.get("context")
     if context is None or saved.get("declared") != declaration.context:
         context = dict(declaration.context)  # first time, or the policy was redeployed with a new initialize
-    inputs = gather(store, declaration, asset, context=context, current_plan=contexts.current_plan(store, saved),
-                    listed=listed)
+    inputs = gather(store, declaration, asset, context=context, last_plan=_last_plan(saved), listed=listed)
     data = catalogue.PolicyAnalyzeRequested(
         policy=policy, asset=asset, context=context, application_description=inputs["application_description"],
         system_description=inputs["system_description"], current_plan=inputs["current_plan"],
@@ -58,8 +62,7 @@ def analyze_request(store: StateStore, policy: str, declaration: Declaration, as
 def plan_request(store: StateStore, reply: catalogue.PolicyAnalyzeReplied, declaration: Declaration, mode: str,
                  saved: dict[str, Any], source: str) -> CloudEvent:
     """The plan request after a true verdict without a plan, its inputs gathered afresh."""
-    inputs = gather(store, declaration, reply.asset, context=reply.context,
-                    current_plan=contexts.current_plan(store, saved))
+    inputs = gather(store, declaration, reply.asset, context=reply.context, last_plan=_last_plan(saved))
     data = catalogue.PolicyPlanRequested(
         policy=reply.policy, asset=reply.asset, context=reply.context,
         application_description=inputs["application_description"], system_description=inputs["system_description"],

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mapemesh.policy.loader import Declaration
-from mapemesh.state.base import StateStore, Versioned
+from mapemesh.state.base import Ref, StateStore, Versioned
 
 
 def matches(metric: str, declared: tuple[str, ...] | list[str]) -> bool:
@@ -15,9 +15,19 @@ def matches(metric: str, declared: tuple[str, ...] | list[str]) -> bool:
     return metric in declared or any(d.endswith("*") and metric.startswith(d[:-1]) for d in declared)
 
 
+def still_current(last: dict[str, Any], plan: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The policy's current plan (mechanism -> command) from the last plan its context saved (`{plan_id,
+    mechanisms}`) and that plan's document as read: None when it was discarded or failed (a forgotten plan, None
+    here, stays current)."""
+    if plan is not None and plan.get("status") in ("Discarded", "Failed"):
+        return None
+    return dict(last.get("mechanisms") or {})
+
+
 def gather(store: StateStore, declaration: Declaration, asset: str, *, context: dict[str, Any],
            current_plan: dict[str, Any] | None = None, ml_connector: Any = None,
-           listed: Callable[[str], dict[str, Versioned]] | None = None) -> dict[str, Any]:
+           listed: Callable[[str], dict[str, Versioned]] | None = None,
+           last_plan: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every input a policy method may name, for `asset` (a node for global policies, an app otherwise).
 
     - `telemetry["data"]`: the latest value of each declared metric (every metric when none is declared; a
@@ -32,11 +42,20 @@ def gather(store: StateStore, declaration: Declaration, asset: str, *, context: 
     - `available_assets`: the registered infrastructure ids.
 
     `listed(kind)` lists applications and infrastructure (default `store.list`; the analyze stage passes a
-    short-lived cache for telemetry, which changes no knowledge).
+    short-lived cache for telemetry, which changes no knowledge). `last_plan`: the policy's last plan as its
+    context saved it (`{plan_id, mechanisms}`), instead of `current_plan`: the plan's status is read with the
+    other documents, and it is the current plan unless it was discarded or failed.
+
+    The documents (the node's description, each mechanism's, the last plan's) are read in one round trip, and the
+    telemetry window in one more.
     """
     patterns = any(m.endswith("*") for m in declaration.metrics)
     wanted = None if patterns else (declaration.metrics or None)
     listed = listed or store.list
+    refs: list[Ref] = [*([("infrastructure", asset)] if declaration.scope != "application" else []),
+                       *(("mechanisms", f"{asset}/{name}") for name in declaration.mechanisms),
+                       *([("plans", str(last_plan.get("plan_id")))] if last_plan is not None else [])]
+    docs = dict(zip(refs, store.get_many(refs), strict=True)) if refs else {}
     window = store.telemetry(asset, metrics=wanted)
     if patterns:
         window = {m: samples for m, samples in window.items() if matches(m, declaration.metrics)}
@@ -55,13 +74,16 @@ def gather(store: StateStore, declaration: Declaration, asset: str, *, context: 
             for kind, plural in (("node", "nodes"), ("cluster", "clusters"))}
         system_description["trust"] = {k: v.value.get("credit") for k, v in listed("trust").items()}
     else:
-        infra = store.get("infrastructure", asset)
+        infra = docs[("infrastructure", asset)]
         system_description = infra.value.get("description", infra.value) if infra else {}
     mechanisms = {}
     for name in declaration.mechanisms:
-        doc = store.get("mechanisms", f"{asset}/{name}")
+        doc = docs[("mechanisms", f"{asset}/{name}")]
         mechanisms[name] = {"state": (doc.value.get("state") if doc else None) or {},
                             "options": (doc.value.get("options") if doc else None) or {}}
+    if last_plan is not None:
+        plan = docs[("plans", str(last_plan.get("plan_id")))]
+        current_plan = still_current(last_plan, plan.value if plan is not None else None)
     return {
         "context": context,
         "application_description": application_description,
