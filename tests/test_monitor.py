@@ -103,6 +103,20 @@ def test_knob_results_update_mechanisms_and_plans(store):
     assert plan["status"] == "Failed" and "no such frequency" in plan["reason"]
 
 
+def test_a_knob_result_without_a_plan_still_records_the_state(store):
+    """An operator's command (no plan) changes the mechanism's state as a plan's does; a plan the loop does not
+    know is not created by its result."""
+    store.put("mechanisms", "node-1/vAccelPlugin", {"options": {"plugins": ["cpu", "gpu"]}})
+    call(ev(catalogue.KnobApplied(node="node-1", knob="vAccelPlugin", request="r1", before={},
+                                  after={"digits": "gpu"})))
+    assert store.get("mechanisms", "node-1/vAccelPlugin").value["state"] == {"digits": "gpu"}
+    assert store.get("mechanisms", "node-1/vAccelPlugin").value["options"] == {"plugins": ["cpu", "gpu"]}
+    call(ev(catalogue.KnobApplied(node="node-1", knob="vAccelPlugin", request="r2", plan_id="unknown", before={},
+                                  after={"digits": "cpu"})))
+    assert store.get("mechanisms", "node-1/vAccelPlugin").value["state"] == {"digits": "cpu"}
+    assert store.get("plans", "unknown") is None
+
+
 def test_invalid_data_and_events_it_does_not_take_are_permanent_errors(store):
     bad = ev(catalogue.AppRemoved(app_id="a"))
     bad.data = b'{"app_id": ""}'

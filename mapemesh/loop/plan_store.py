@@ -235,18 +235,17 @@ def record_result(store: StateStore, plan_id: str | None, mechanism: str | None,
     `note`: what a user should know of a success (`notes[mechanism]`: a reconfiguration that drained functions).
     `state`: (node, the mechanism's state now), recorded in the same write as `mechanisms[NODE/MECHANISM].state`
     (also without a plan: an operator's command changes the state too)."""
-    refs: list[tuple[str, str]] = [("plans", plan_id)] if plan_id else []
-    if state is not None and mechanism:
-        refs.append(("mechanisms", f"{state[0]}/{mechanism}"))
+    knob: Ref | None = ("mechanisms", f"{state[0]}/{mechanism}") if state is not None and mechanism else None
+    refs: list[Ref] = [*([("plans", plan_id)] if plan_id else []), *([knob] if knob else [])]
     if not refs:
         return
 
-    def both(docs: dict[tuple[str, str], dict[str, Any] | None]) -> dict[tuple[str, str], dict[str, Any] | None]:
-        out: dict[tuple[str, str], dict[str, Any] | None] = {}
+    def both(docs: dict[Ref, dict[str, Any] | None]) -> dict[Ref, dict[str, Any] | None]:
+        out: dict[Ref, dict[str, Any] | None] = {}
         if plan_id and (plan := change(docs[("plans", plan_id)])) is not None:
             out[("plans", plan_id)] = plan
-        if len(refs) > 1:
-            out[refs[1]] = {**(docs[refs[1]] or {}), "state": state[1], "updated": time.time()}  # type: ignore[index]
+        if knob is not None and state is not None:
+            out[knob] = {**(docs[knob] or {}), "state": state[1], "updated": time.time()}
         return out
 
     change = _result(plan_id or "", mechanism, ok, detail, note)
