@@ -41,6 +41,8 @@ from mapemesh.eventing.binding import from_http, to_binary
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 REACTIONS, BACKGROUND_RATE = 200, 500
+IDLE_REACTIONS = 40
+"""Reactions measured before the background load starts (the path's own cost)."""
 BENCH_NODES, BACKGROUND_NODES = 10, 50
 TARGET_P50_MS, TARGET_P99_MS = 5.0, 25.0
 APP = {"MLSysOpsApp": {"name": "bench", "components": [{
@@ -189,6 +191,56 @@ def measure(http: httpx.Client, broker: str, shim: Shim, store_path: Path,
 
 
 HOPS = ("monitor", "analyze", "policy", "plan", "schedule", "execute", "to the shim")
+SERVICE_OF = {"monitor": "monitor", "analyze": "analyze", "policy": "policy-cpu-frequency", "plan": "plan",
+              "schedule": "schedule", "execute": "execute"}
+"""The Service each hop ends at (the last one ends at the bench's shim, outside the mesh)."""
+
+
+def service_times(serving: str | None) -> dict[str, tuple[float, int]]:
+    """Per Service: (ms summed, requests) from the local host's `revision_request_latencies` (GET /metrics): the
+    time from the host taking a request to the function's answer (its queue, the function process, the way back)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, tuple[float, int]] = {}
+    if not serving:
+        return out
+    try:
+        text = httpx.get(serving + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return out
+    for family in text_string_to_metric_families(text):
+        if family.name != "revision_request_latencies":
+            continue
+        for sample in family.samples:
+            name = sample.labels.get("service_name", "")
+            total, count = out.get(name, (0.0, 0))
+            if sample.name.endswith("_sum"):
+                out[name] = (total + sample.value, count)
+            elif sample.name.endswith("_count"):
+                out[name] = (total, count + int(sample.value))
+    return out
+
+
+def split_hops(hops: dict[str, list[float]], before: dict[str, tuple[float, int]],
+               after: dict[str, tuple[float, int]]) -> dict[str, dict[str, float]]:
+    """Each hop's mean (ms, from the traces) split into the time at its Service (the host's own measure over the
+    same window, every request of that Service: the reaction's events wait in the same queue as the background's)
+    and the rest: the broker's dispatch, the way to the host, and the reply's commit to the log."""
+    out: dict[str, dict[str, float]] = {}
+    for hop, values in hops.items():
+        if not values:
+            continue
+        mean = statistics.fmean(values)
+        row = {"mean": mean}
+        service = SERVICE_OF.get(hop)
+        if service is not None and service in after:
+            total = after[service][0] - before.get(service, (0.0, 0))[0]
+            count = after[service][1] - before.get(service, (0.0, 0))[1]
+            if count > 0:
+                row["at_service"] = total / count
+                row["broker"] = mean - total / count
+        out[hop] = row
+    return out
 
 
 def breakdown(log: Path, traced: list[tuple[str, str, float]]) -> dict[str, list[float]]:
@@ -261,6 +313,8 @@ def main(quick: bool = False) -> bool:
                 for i in range(BENCH_NODES):  # the first plan per node (to min) happens here, not measured
                     post(http, broker, telemetry(f"bench-{i}", 5.0))
                 wait(lambda: sum(1 for k in shim.arrived if ":" in k) >= BENCH_NODES, what="the warm-up plans")
+                # The same reactions with no background load first: what the path costs by itself.
+                idle_reactions, idle_hops, _ = measure(http, broker, shim, data, IDLE_REACTIONS)
                 report = root / "background.txt"
                 load = subprocess.Popen([sys.executable, "-c", f"from bench.mape import background; "
                                          f"background({broker!r}, {BACKGROUND_RATE}, {BACKGROUND_NODES}, "
@@ -269,8 +323,10 @@ def main(quick: bool = False) -> bool:
                 begin = _report(report)
                 names = _process_names(proc.pid, (_endpoints(data) or {}).get("serving"))
                 cpu_begin = _cpu_by_pid(proc.pid)
+                at_services = service_times((_endpoints(data) or {}).get("serving"))
                 reactions, hops, traced = measure(http, broker, shim, data, count)
                 cpu_end = _cpu_by_pid(proc.pid)
+                at_services_end = service_times((_endpoints(data) or {}).get("serving"))
                 names.update(_process_names(proc.pid, (_endpoints(data) or {}).get("serving")))
                 end = _report(report)
                 achieved = (end[0] - begin[0]) / max(1e-9, end[1] - begin[1])
@@ -284,27 +340,37 @@ def main(quick: bool = False) -> bool:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
         hops_by_stage = breakdown(data / "eventlog.db", traced)
+        split = split_hops(hops_by_stage, at_services, at_services_end)
     summary = {
         "reaction_ms": {"p50": statistics.median(reactions), "p99": pct(reactions, 99), "max": max(reactions)},
         "one_hop_ms": {"p50": statistics.median(hops), "p99": pct(hops, 99)},
+        "no_load_reaction_ms": {"p50": statistics.median(idle_reactions), "p99": pct(idle_reactions, 99)},
+        "no_load_one_hop_ms": {"p50": statistics.median(idle_hops), "p99": pct(idle_hops, 99)},
     }
     ratio = summary["reaction_ms"]["p50"] / summary["one_hop_ms"]["p50"]
     ok = summary["reaction_ms"]["p50"] <= TARGET_P50_MS and summary["reaction_ms"]["p99"] <= TARGET_P99_MS
     print(f"\nMAPE reaction: {count} reactions (telemetry accepted -> knob command at the node shim), "
           f"background {BACKGROUND_RATE} telemetry events/s over {BACKGROUND_NODES} nodes")
     print(f"{'path':34} {'p50':>8} {'p99':>8}")
-    for label, key in (("reaction (7 deliveries)", "reaction_ms"), ("baseline: one broker hop", "one_hop_ms")):
+    for label, key in (("reaction (7 deliveries)", "reaction_ms"), ("baseline: one broker hop", "one_hop_ms"),
+                       (f"no load: reaction ({IDLE_REACTIONS})", "no_load_reaction_ms"),
+                       ("no load: one broker hop", "no_load_one_hop_ms")):
         print(f"{label:34} {summary[key]['p50']:6.1f}ms {summary[key]['p99']:6.1f}ms")
     print(f"reaction / one hop (p50): {ratio:.1f}x; background telemetry accepted: {achieved:.0f} events/s")
     print(f"targets: p50 <= {TARGET_P50_MS:g} ms, p99 <= {TARGET_P99_MS:g} ms: {'OK' if ok else 'MISSED'}")
     medians = {hop: statistics.median(v) for hop, v in hops_by_stage.items() if v}
     traced_n = min((len(v) for v in hops_by_stage.values()), default=0)
     print(f"per hop, from each reaction's trace in the log ({traced_n} of {count} reactions; `mapemesh trace`):")
-    print(f"{'hop':14} {'p50':>8} {'p99':>8}")
+    print("  mean = at the Service (its queue, the function process and back: the host's revision_request_latencies, "
+          "all its requests in the window) + in the broker (dispatch, the way to the host, the reply's commit)")
+    print(f"{'hop':14} {'p50':>8} {'p99':>8} {'mean':>8} {'Service':>8} {'broker':>8}")
     for hop, values in hops_by_stage.items():
         if values:
-            print(f"{hop:14} {statistics.median(values):6.2f}ms {pct(values, 99):6.2f}ms")
-    print(f"{'sum of p50s':14} {sum(medians.values()):6.2f}ms")
+            row = split.get(hop, {})
+            cells = "".join(f" {row[k]:6.2f}ms" if k in row else f" {'-':>8}" for k in ("mean", "at_service", "broker"))
+            print(f"{hop:14} {statistics.median(values):6.2f}ms {pct(values, 99):6.2f}ms{cells}")
+    print(f"{'sum':14} {sum(medians.values()):6.2f}ms {'':8}"
+          + "".join(f" {sum(r.get(k, 0.0) for r in split.values()):6.2f}ms" for k in ("mean", "at_service", "broker")))
     from bench import loopcost
 
     counts = loopcost.measure()
@@ -319,7 +385,7 @@ def main(quick: bool = False) -> bool:
         "results": summary, "ratio_to_one_hop_p50": ratio, "background_accepted_per_s": achieved,
         "cpu_ms_per_event": cpu_per_event_ms, "cpu_ms_per_event_by_process": cpu_split,
         "store_round_trips": {path: {"total": sum(c.values()), **c} for path, c in counts.items()},
-        "hops_ms": {hop: {"p50": statistics.median(v), "p99": pct(v, 99), "n": len(v)}
+        "hops_ms": {hop: {"p50": statistics.median(v), "p99": pct(v, 99), "n": len(v), **split.get(hop, {})}
                     for hop, v in hops_by_stage.items() if v},
         "targets_ms": {"p50": TARGET_P50_MS, "p99": TARGET_P99_MS}, "on_target": ok}, indent=2) + "\n")
     print(f"wrote {RESULTS / 'mape.json'}")
