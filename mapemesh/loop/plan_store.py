@@ -12,9 +12,11 @@
 | `record_result(store, plan_id, ...)`   | one mechanism's result: Success once all applied, Failed at the first |
 |                                        | failure                                                               |
 | `sweep(store)` / `sweep_now_and_then`  | Pending past the timeout (or Queued/Scheduled twice as long) Failed;  |
-|                                        | finished plans and cycles past their retention forgotten              |
+|                                        | finished plans and cycles past their retention forgotten; it reads    |
+|                                        | what the index by time says is due (`mapemesh.loop.plan_index`)       |
 
-Every write is versioned (`mapemesh.state.update`), so concurrent stages never lose each other's changes.
+Every write is versioned (`mapemesh.state.update`, `update_many`), so concurrent stages never lose each other's
+changes; `propose`, `decide` and `dispatch` file what they make for the sweep in the same write.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mapemesh.loop import contexts
+from mapemesh.loop import contexts, plan_index
 from mapemesh.loop.plans import DEPLOY_MECHANISMS, FINAL, Plan, schedule_cycle
 from mapemesh.state import Conflict, Ref, StateStore, update, update_many
 
@@ -57,44 +59,128 @@ def cycle_number(store: StateStore, cause: str) -> int:
     return decide(store, cause, None)[1]
 
 
-def _expire(store: StateStore, plan_id: str, status: str, reason: str, now: float) -> bool:
+def _expire(store: StateStore, plan_id: str, status: str, reason: str,
+            now: float) -> tuple[dict[str, Any] | None, bool]:
+    """Fail the plan unless it moved on from `status` meanwhile: (the plan as it is now, None when gone; whether
+    this failed it)."""
     done = [False]
 
     def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
-        if doc is None or doc.get("status") != status:
-            return doc
-        done[0] = True
-        return {**doc, "status": "Failed", "reason": reason, "updated": now}
+        done[0] = doc is not None and doc.get("status") == status
+        return {**doc, "status": "Failed", "reason": reason, "updated": now} if done[0] else doc  # type: ignore[dict-item]
 
-    update(store, "plans", plan_id, change)
-    return done[0]
+    written = update(store, "plans", plan_id, change)
+    return (written.value if written is not None else None), done[0]
+
+
+def due(plan: dict[str, Any]) -> float:
+    """When the sweep must look at a plan next: Pending, its timeout; Queued or Scheduled, twice that (should an
+    event have been lost); finished, the end of its retention."""
+    status, updated = plan.get("status"), float(plan.get("updated") or plan.get("created") or 0.0)
+    if status == "Pending":
+        return updated + PLAN_TIMEOUT_S
+    if status in FINAL:
+        return updated + PLAN_RETENTION_S
+    return updated + 2 * PLAN_TIMEOUT_S
 
 
 def sweep(store: StateStore, now: float | None = None) -> list[Plan]:
     """Fail plans stuck past the timeout; forget finished plans and cycles past their retention.
 
     Pending with no result, and (should an event have been lost) Queued or Scheduled for twice as long,
-    become Failed. Run by the schedule and monitor stages every few seconds while events flow.
+    become Failed. Run by the schedule and monitor stages every few seconds while events flow. It reads the
+    plans and cycles the index (`mapemesh.loop.plan_index`) says are due, not every plan: a handful of round trips
+    whatever the store holds.
     """
     now = time.time() if now is None else now
-    failed = []
-    for plan_id, versioned in store.list("plans").items():
-        plan = Plan.from_dict(versioned.value)
-        age = now - plan.updated
-        if plan.status == "Pending" and age > PLAN_TIMEOUT_S:
-            if _expire(store, plan_id, "Pending", f"no result within {PLAN_TIMEOUT_S:g}s", now):
-                failed.append(plan)
-        elif plan.status in ("Queued", "Scheduled") and age > 2 * PLAN_TIMEOUT_S:
-            if _expire(store, plan_id, plan.status, f"still {plan.status} after {2 * PLAN_TIMEOUT_S:g}s", now):
-                failed.append(plan)
-        elif plan.status in ("Success", "Failed", "Discarded") and age > PLAN_RETENTION_S:
-            with contextlib.suppress(Conflict):  # it changed meanwhile: next time
+    marker = store.get(*plan_index.SWEEP)
+    if marker is None:
+        _index_everything(store, now)
+        marker = store.get(*plan_index.SWEEP)
+        assert marker is not None
+    first = int(marker.value.get("through", plan_index.bucket(now) - 1)) + 1
+    last = min(plan_index.bucket(now), first + plan_index.MAX_BUCKETS - 1)
+    buckets = [plan_index.ref(n) for n in range(first, last + 1)]
+    taken_plans: dict[str, float] = {}
+    taken_cycles: dict[str, float] = {}
+    for doc in store.get_many(buckets):
+        plans, cycles = plan_index.entries(doc.value if doc is not None else None, now)
+        taken_plans.update(plans)
+        taken_cycles.update(cycles)
+    plan_refs = [("plans", i) for i in taken_plans]
+    cycle_refs = [("cycles", c) for c in taken_cycles]
+    due_refs = [*plan_refs, *cycle_refs]
+    found = dict(zip(due_refs, store.get_many(due_refs), strict=True)) if due_refs else {}
+    failed: list[Plan] = []
+    again: dict[str, dict[str, float]] = {"plans": {}, "cycles": {}}  # filed anew: key -> when it is due
+    for (_, plan_id), versioned in ((r, found[r]) for r in plan_refs):
+        if versioned is None:
+            continue  # gone
+        current: dict[str, Any] | None = versioned.value
+        status = str(versioned.value.get("status"))
+        age = now - float(versioned.value.get("updated") or versioned.value.get("created") or 0.0)
+        failing = None
+        if status == "Pending" and age > PLAN_TIMEOUT_S:
+            failing = f"no result within {PLAN_TIMEOUT_S:g}s"
+        elif status in ("Queued", "Scheduled") and age > 2 * PLAN_TIMEOUT_S:
+            failing = f"still {status} after {2 * PLAN_TIMEOUT_S:g}s"
+        elif status in FINAL and age > PLAN_RETENTION_S:
+            with contextlib.suppress(Conflict):  # it changed meanwhile: looked at again next time
                 store.delete("plans", plan_id, expected_version=versioned.version)
-    for cause, versioned in store.list("cycles").items():
-        if now - float(versioned.value.get("created") or 0) > CYCLE_RETENTION_S:
+                continue
+        if failing is not None:
+            current, expired = _expire(store, plan_id, status, failing, now)
+            if expired:
+                with contextlib.suppress(TypeError):  # a document that is no plan is failed all the same
+                    failed.append(Plan.from_dict(versioned.value))
+        if current is not None:
+            again["plans"][plan_id] = max(now, due(current))
+    for (_, cause), versioned in ((r, found[r]) for r in cycle_refs):
+        if versioned is None:
+            continue
+        until = float(versioned.value.get("created") or 0) + CYCLE_RETENTION_S
+        if until <= now:
             with contextlib.suppress(Conflict):
                 store.delete("cycles", cause, expected_version=versioned.version)
+                continue
+        again["cycles"][cause] = max(now, until)
+    # The bucket of `now` is still open (more may fall due in it): read again next time.
+    through = last - 1 if last == plan_index.bucket(now) else last
+    _refile(store, buckets, set(taken_plans), set(taken_cycles), again, through)
     return failed
+
+
+def _refile(store: StateStore, taken_from: list[Ref], plans: set[str], cycles: set[str],
+            again: dict[str, dict[str, float]], through: int) -> None:
+    """One write: the entries a sweep took out of their buckets, those still to come filed under their time, and
+    how far the sweep got (a bucket still open is read again next time)."""
+    targets: dict[Ref, dict[str, dict[str, float]]] = {}
+    for field, filed in again.items():
+        for key, when in filed.items():
+            targets.setdefault(plan_index.at(when), {"plans": {}, "cycles": {}})[field][key] = when
+    refs = list(dict.fromkeys([*taken_from, *targets, plan_index.SWEEP]))
+
+    def change(docs: dict[Ref, dict[str, Any] | None]) -> dict[Ref, dict[str, Any] | None]:
+        out: dict[Ref, dict[str, Any] | None] = {}
+        for r in taken_from:
+            if docs[r] is not None:
+                out[r] = plan_index.remove(docs[r], plans=plans, cycles=cycles)
+        for r, filed in targets.items():
+            out[r] = plan_index.add(out[r] if r in out else docs[r], **filed)
+        done = (docs[plan_index.SWEEP] or {}).get("through")
+        out[plan_index.SWEEP] = {"through": max(through, int(done)) if done is not None else through}
+        return out
+
+    update_many(store, refs, change)
+
+
+def _index_everything(store: StateStore, now: float) -> None:
+    """The first sweep of a store (one written before the index): every plan and cycle filed, by one full read."""
+    plans = {k: max(now, due(v.value)) for k, v in store.list("plans").items()}
+    cycles = {k: max(now, float(v.value.get("created") or 0) + CYCLE_RETENTION_S)
+              for k, v in store.list("cycles").items()}
+    _refile(store, [], set(), set(), {"plans": plans, "cycles": cycles}, through=plan_index.bucket(now) - 1)
+    log.info("plans: %d plans and %d cycles indexed for the sweep", len(plans), len(cycles))
 
 
 def sweep_now_and_then(store: StateStore) -> None:
@@ -122,14 +208,18 @@ def decide(store: StateStore, cause: str, also: str | None) -> tuple[list[tuple[
     already recorded are returned as recorded (a redelivery announces them again). The cycle keeps each winner's
     policy and core flag, so deciding against it reads no other plan.
     """
-    refs: list[Ref] = [("cycles", cause), SCHEDULER, *([("plans", also)] if also else [])]
+    created = time.time()
+    index = plan_index.at(created + CYCLE_RETENTION_S)  # a new cycle is filed for the sweep
+    refs: list[Ref] = [("cycles", cause), SCHEDULER, *([("plans", also)] if also else []), index]
     outcome: list[tuple[Plan, str | None]] = []
     number: list[int] = []
     missing: list[Ref] = []
 
     def change(docs: dict[Ref, dict[str, Any] | None]) -> dict[Ref, dict[str, Any] | None]:
-        doc = dict(docs[("cycles", cause)] or {"created": time.time()})
+        doc = dict(docs[("cycles", cause)] or {"created": created})
         out: dict[Ref, dict[str, Any] | None] = {}
+        if docs[("cycles", cause)] is None:
+            out[index] = plan_index.add(docs[index], cycles={cause: created + CYCLE_RETENTION_S})
         decided: dict[str, Any] = dict(doc.get("decided") or {})
         held: dict[str, str] = dict(doc.get("taken") or {})
         known: dict[str, Any] = dict(doc.get("winners") or {})
@@ -193,6 +283,8 @@ def propose(store: StateStore, plan: Plan, answer: contexts.Answer) -> tuple[boo
     only the answer is recorded); manual is True when the manual override is on, and then nothing is written."""
     cause = str(plan.inputs.get("cause") or plan.plan_id)
     mine, cycle, context = ("plans", plan.plan_id), ("cycles", cause), contexts.context_ref(plan.policy, plan.asset)
+    plan_due, cycle_due = due(plan.as_dict()), plan.created + CYCLE_RETENTION_S  # filed for the sweep (plan_index)
+    indexes = list(dict.fromkeys([plan_index.at(plan_due), plan_index.at(cycle_due)]))
     outcome = [False, False]
 
     def change(docs: dict[Ref, dict[str, Any] | None]) -> dict[Ref, dict[str, Any] | None]:
@@ -204,27 +296,34 @@ def propose(store: StateStore, plan: Plan, answer: contexts.Answer) -> tuple[boo
             queued = docs[cycle] or {"taken": {}, "created": plan.created}
             out[mine] = plan.as_dict()
             out[cycle] = {**queued, "queued": [*(queued.get("queued") or []), plan.plan_id]}
+            out[plan_index.at(plan_due)] = plan_index.add(docs[plan_index.at(plan_due)], plans={plan.plan_id: plan_due})
+            if docs[cycle] is None:
+                filed = out.get(plan_index.at(cycle_due), docs[plan_index.at(cycle_due)])
+                out[plan_index.at(cycle_due)] = plan_index.add(filed, cycles={cause: cycle_due})
         answer.plan = {"plan_id": plan.plan_id, "mechanisms": plan.mechanisms} if outcome[0] else None
         out[context] = answer.apply(docs[context], plan.asset)
         return out
 
-    update_many(store, [contexts.MODE, mine, cycle, context], change)
+    update_many(store, [contexts.MODE, mine, cycle, context, *indexes], change)
     return outcome[0], outcome[1]
 
 
 def dispatch(store: StateStore, plan_id: str, status: str = "Pending", reason: str | None = None) -> str | None:
-    """Scheduled -> Pending (or Failed); return the status the plan had (None: unknown plan)."""
+    """Scheduled -> Pending (or Failed); return the status the plan had (None: unknown plan). A Pending plan is
+    filed for the sweep at its timeout (sooner than it was, as Scheduled), in the same write."""
     before: list[str | None] = [None]
+    now = time.time()
+    mine, index = ("plans", plan_id), plan_index.at(now + PLAN_TIMEOUT_S)
 
-    def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
-        if doc is None:
-            return None
-        before[0] = doc.get("status")
-        if doc.get("status") != "Scheduled":
-            return doc
-        return {**doc, "status": status, "updated": time.time(), **({"reason": reason} if reason else {})}
+    def change(docs: dict[Ref, dict[str, Any] | None]) -> dict[Ref, dict[str, Any] | None]:
+        doc = docs[mine]
+        before[0] = None if doc is None else doc.get("status")
+        if doc is None or doc.get("status") != "Scheduled":
+            return {}
+        written = {**doc, "status": status, "updated": now, **({"reason": reason} if reason else {})}
+        return {mine: written, index: plan_index.add(docs[index], plans={plan_id: due(written)})}
 
-    update(store, "plans", plan_id, change)
+    update_many(store, [mine, index], change)
     return before[0]
 
 

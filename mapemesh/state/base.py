@@ -29,7 +29,7 @@ Sample = tuple[str, float, float]
 """(metric, value, unix time)."""
 
 KINDS = ("applications", "infrastructure", "plans", "policies", "policy_contexts", "cycles", "mechanisms", "settings",
-         "ml_models", "deployments", "buckets", "objects", "uploads", "departed", "trust")
+         "ml_models", "deployments", "buckets", "objects", "uploads", "departed", "trust", "plan_index")
 """The kinds of documents the loop keeps; others are refused so that typos do not create silent stores."""
 
 

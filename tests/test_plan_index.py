@@ -1,0 +1,140 @@
+"""The sweep reads what its index says is due, never every plan (mapemesh.loop.plan_index): plans made through the
+loop's own calls time out, finished ones and old cycles go, and a plan whose time moved on is filed again."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from mapemesh.loop import contexts, plan_index, plan_store
+from mapemesh.loop.plans import Plan
+from mapemesh.state import open_store
+
+
+class Counted:
+    """The store, counting its calls by name and kind."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: Counter[tuple[str, str]] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            kind = args[0] if args and isinstance(args[0], str) else ""
+            self.calls[(name, kind)] += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setattr(plan_store, "PLAN_TIMEOUT_S", 10.0)
+    monkeypatch.setattr(plan_store, "PLAN_RETENTION_S", 100.0)
+    monkeypatch.setattr(plan_store, "CYCLE_RETENTION_S", 50.0)
+    inner = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    yield Counted(inner)
+    inner.close()
+
+
+def _propose(store, plan_id: str, cause: str, now: float) -> Plan:
+    plan = Plan(plan_id=plan_id, policy="cpu", asset="n1", mechanisms={"CPUFrequency": {"f": "max"}}, created=now,
+                updated=now, inputs={"cause": cause})
+    assert plan_store.propose(store, plan, contexts.Answer(verdict=True)) == (True, False)
+    return plan
+
+
+def _pending(store, plan_id: str, cause: str) -> None:
+    decisions, _ = plan_store.decide(store, cause, plan_id)
+    assert [p.status for p, _ in decisions] == ["Scheduled"]
+    assert plan_store.dispatch(store, plan_id) == "Scheduled"
+
+
+def test_plans_made_by_the_loop_time_out_and_go_without_a_scan(store):
+    now = time.time()
+    plan_store.sweep(store, now)  # the first sweep indexes the (empty) store once
+    _propose(store, "stuck", "c1", now)
+    _pending(store, "stuck", "c1")
+    _propose(store, "done", "c2", now)
+    _pending(store, "done", "c2")
+    plan_store.record_result(store, "done", "CPUFrequency", True, None)
+    _propose(store, "queued", "c3", now)  # never scheduled: its event was lost
+    store.calls.clear()
+
+    assert plan_store.sweep(store, now + 5) == []
+    assert [p.plan_id for p in plan_store.sweep(store, now + 11)] == ["stuck"]
+    assert store.get("plans", "stuck").value["status"] == "Failed"
+    assert "no result within 10s" in store.get("plans", "stuck").value["reason"]
+    assert [p.plan_id for p in plan_store.sweep(store, now + 21)] == ["queued"]
+    assert store.get("plans", "queued").value["reason"] == "still Queued after 20s"
+    assert store.get("plans", "done").value["status"] == "Success"
+    # The cycles go after their retention, the finished plans after theirs (from when they finished).
+    plan_store.sweep(store, now + 51)
+    assert all(store.get("cycles", c) is None for c in ("c1", "c2", "c3"))
+    assert store.get("plans", "done") is not None
+    plan_store.sweep(store, now + 101)
+    assert store.get("plans", "done") is None
+    plan_store.sweep(store, now + 122)
+    assert store.get("plans", "stuck") is None and store.get("plans", "queued") is None
+    assert store.inner.list("plan_index") == {}  # nothing left to look at: every entry taken
+    assert not any(name == "list" for name, _ in store.calls), store.calls  # never a scan of every plan
+
+
+def test_a_plan_whose_time_moved_on_is_filed_again_not_failed(store):
+    now = time.time()
+    plan_store.sweep(store, now)
+    plan = _propose(store, "p", "c", now)
+    plan.mechanisms["RAPLPowerCap"] = {"w": 10}
+    store.put("plans", "p", {**store.get("plans", "p").value, "mechanisms": plan.mechanisms})
+    _pending(store, "p", "c")
+    time.sleep(0.05)
+    plan_store.record_result(store, "p", "CPUFrequency", True, None)  # one of two: still Pending, updated later
+    updated = store.get("plans", "p").value["updated"]
+    assert plan_store.sweep(store, now + 10.02) == []  # its first entry falls due, but its timeout moved
+    assert store.get("plans", "p").value["status"] == "Pending"
+    filed = {key for doc in store.inner.list("plan_index").values() for key in doc.value.get("plans", {})}
+    assert filed == {"p"}
+    assert [p.plan_id for p in plan_store.sweep(store, updated + 10.5)] == ["p"]
+
+
+def test_a_store_written_before_the_index_is_indexed_once(store):
+    now = time.time()
+    for i in range(30):
+        store.put("plans", f"old-{i}", {"plan_id": f"old-{i}", "policy": "cpu", "asset": "n1", "status": "Success",
+                                        "updated": now - 500, "created": now - 500, "mechanisms": {}})
+    store.put("plans", "recent", {"plan_id": "recent", "policy": "cpu", "asset": "n1", "status": "Success",
+                                  "updated": now, "created": now, "mechanisms": {}})
+    store.put("plans", "pending", {"plan_id": "pending", "policy": "cpu", "asset": "n1", "status": "Pending",
+                                   "updated": now - 5, "created": now - 5, "mechanisms": {"M": {}}})
+    assert plan_store.sweep(store, now) == []
+    assert store.calls[("list", "plans")] == 1
+    assert set(store.inner.list("plans")) == {"recent", "pending"}
+    store.calls.clear()
+    assert [p.plan_id for p in plan_store.sweep(store, now + 6)] == ["pending"]
+    assert ("list", "plans") not in store.calls
+    # What a sweep reads does not grow with the plans kept: the finished one is not read before its time.
+    store.calls.clear()
+    plan_store.sweep(store, now + 7)
+    # The marker, the buckets due, and the one write that moves the marker on: no plan is read.
+    assert dict(store.calls) == {("get", "settings"): 1, ("get_many", ""): 2, ("commit", ""): 1}, store.calls
+
+
+def test_a_sweep_that_did_not_run_for_long_catches_up_bounded(store, monkeypatch):
+    monkeypatch.setattr(plan_index, "MAX_BUCKETS", 10)
+    monkeypatch.setattr(plan_store, "PLAN_TIMEOUT_S", 25 * plan_index.BUCKET_S)  # due 25 buckets from now
+    now = time.time()
+    plan_store.sweep(store, now)
+    start = store.get(*plan_index.SWEEP).value["through"]
+    _propose(store, "p", "c", now)
+    _pending(store, "p", "c")
+    late = now + 100 * plan_index.BUCKET_S  # long after: each sweep takes 10 buckets, in order
+    assert plan_store.sweep(store, late) == [] and store.get(*plan_index.SWEEP).value["through"] == start + 10
+    assert plan_store.sweep(store, late) == [] and store.get(*plan_index.SWEEP).value["through"] == start + 20
+    assert [p.plan_id for p in plan_store.sweep(store, late)] == ["p"]
