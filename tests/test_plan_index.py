@@ -138,3 +138,17 @@ def test_a_sweep_that_did_not_run_for_long_catches_up_bounded(store, monkeypatch
     assert plan_store.sweep(store, late) == [] and store.get(*plan_index.SWEEP).value["through"] == start + 10
     assert plan_store.sweep(store, late) == [] and store.get(*plan_index.SWEEP).value["through"] == start + 20
     assert [p.plan_id for p in plan_store.sweep(store, late)] == ["p"]
+
+
+def test_a_plan_that_could_not_be_executed_is_forgotten_after_its_retention(store):
+    now = time.time()
+    plan_store.sweep(store, now)
+    _propose(store, "bad", "c", now)
+    decisions, _ = plan_store.decide(store, "c", "bad")
+    assert plan_store.dispatch(store, "bad", "Failed", "cannot execute: no such knob") == "Scheduled"
+    assert plan_store.sweep(store, now + 21) == []  # already Failed: filed again under its retention
+    assert store.get("plans", "bad").value["status"] == "Failed"
+    plan_store.sweep(store, now + 51)
+    plan_store.sweep(store, now + 106)
+    assert store.get("plans", "bad") is None
+    assert store.inner.list("plan_index") == {}  # no entry left behind

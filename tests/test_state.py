@@ -129,14 +129,19 @@ def _bump_in_process(url: str, n: int) -> None:
     s.close()
 
 
-def test_concurrent_processes_do_not_lose_updates(store_url):
+def _in_processes(target, url: str, n: int = 20, processes: int = 4) -> None:
+    """Run `target(url, n)` in `processes` processes at once; each must succeed."""
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_bump_in_process, args=(store_url, 20)) for _ in range(4)]
+    procs = [ctx.Process(target=target, args=(url, n)) for _ in range(processes)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
+
+
+def test_concurrent_processes_do_not_lose_updates(store_url):
+    _in_processes(_bump_in_process, store_url)
     s = open_store(store_url)
     assert s.get("settings", "counter").value == {"n": 80}
     s.close()
@@ -286,13 +291,7 @@ def _bump_many_in_process(url: str, n: int) -> None:
 
 
 def test_concurrent_multi_document_updates_are_not_lost(store_url):
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_bump_many_in_process, args=(store_url, 20)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    _in_processes(_bump_many_in_process, store_url)
     s = open_store(store_url)
     assert [d.value for d in s.get_many([("settings", "a"), ("settings", "b")])] == [{"n": 80}, {"n": 80}]
     s.close()

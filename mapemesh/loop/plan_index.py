@@ -62,7 +62,7 @@ def remove(doc: dict[str, Any] | None, *, plans: set[str], cycles: set[str]) -> 
 
 
 def entries(doc: dict[str, Any] | None, now: float) -> tuple[dict[str, float], dict[str, float]]:
-    """(plans, cycles) of a bucket's document that are due by `now`."""
+    """(plans, cycles) of a bucket's document that are due by `now` (inf: all of them)."""
     plans = {k: float(v) for k, v in ((doc or {}).get("plans") or {}).items() if float(v) <= now}
     cycles = {k: float(v) for k, v in ((doc or {}).get("cycles") or {}).items() if float(v) <= now}
     return plans, cycles

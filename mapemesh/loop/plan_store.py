@@ -103,8 +103,11 @@ def sweep(store: StateStore, now: float | None = None) -> list[Plan]:
     buckets = [plan_index.ref(n) for n in range(first, last + 1)]
     taken_plans: dict[str, float] = {}
     taken_cycles: dict[str, float] = {}
-    for doc in store.get_many(buckets):
-        plans, cycles = plan_index.entries(doc.value if doc is not None else None, now)
+    for number, doc in zip(range(first, last + 1), store.get_many(buckets), strict=True):
+        # All of a bucket whose time has passed (an entry filed early is looked at early: no harm); of the bucket
+        # still open, what is due by now.
+        until = now if number == plan_index.bucket(now) else float("inf")
+        plans, cycles = plan_index.entries(doc.value if doc is not None else None, until)
         taken_plans.update(plans)
         taken_cycles.update(cycles)
     plan_refs = [("plans", i) for i in taken_plans]
@@ -313,7 +316,8 @@ def dispatch(store: StateStore, plan_id: str, status: str = "Pending", reason: s
     filed for the sweep at its timeout (sooner than it was, as Scheduled), in the same write."""
     before: list[str | None] = [None]
     now = time.time()
-    mine, index = ("plans", plan_id), plan_index.at(now + PLAN_TIMEOUT_S)
+    mine = ("plans", plan_id)
+    index = plan_index.at(now + PLAN_TIMEOUT_S) if status == "Pending" else None  # a failure is due later: not filed
 
     def change(docs: dict[Ref, dict[str, Any] | None]) -> dict[Ref, dict[str, Any] | None]:
         doc = docs[mine]
@@ -321,9 +325,12 @@ def dispatch(store: StateStore, plan_id: str, status: str = "Pending", reason: s
         if doc is None or doc.get("status") != "Scheduled":
             return {}
         written = {**doc, "status": status, "updated": now, **({"reason": reason} if reason else {})}
-        return {mine: written, index: plan_index.add(docs[index], plans={plan_id: due(written)})}
+        out: dict[Ref, dict[str, Any] | None] = {mine: written}
+        if index is not None:
+            out[index] = plan_index.add(docs[index], plans={plan_id: now + PLAN_TIMEOUT_S})
+        return out
 
-    update_many(store, [mine, index], change)
+    update_many(store, [mine, *([index] if index else [])], change)
     return before[0]
 
 
