@@ -14,6 +14,16 @@ from mapemesh.loop.plans import Plan
 from mapemesh.state import open_store
 
 
+def _left(store) -> dict[str, float]:
+    """Every entry the index still holds, the earliest of each (its slots stay, empty, to be used again)."""
+    left: dict[str, float] = {}
+    for doc in store.inner.list("plan_index").values():
+        for field in ("plans", "cycles"):
+            for key, due in (doc.value.get(field) or {}).items():
+                left[key] = min(due, left.get(key, due))
+    return left
+
+
 class Counted:
     """The store, counting its calls by name and kind."""
 
@@ -83,7 +93,7 @@ def test_plans_made_by_the_loop_time_out_and_go_without_a_scan(store):
     assert store.get("plans", "done") is None
     plan_store.sweep(store, now + 122)
     assert store.get("plans", "stuck") is None and store.get("plans", "queued") is None
-    assert store.inner.list("plan_index") == {}  # nothing left to look at: every entry taken
+    assert _left(store) == {}  # nothing left to look at: every entry taken
     assert not any(name == "list" for name, _ in store.calls), store.calls  # never a scan of every plan
 
 
@@ -97,10 +107,11 @@ def test_a_plan_whose_time_moved_on_is_filed_again_not_failed(store):
     time.sleep(0.05)
     plan_store.record_result(store, "p", "CPUFrequency", True, None)  # one of two: still Pending, updated later
     updated = store.get("plans", "p").value["updated"]
-    assert plan_store.sweep(store, now + 10.02) == []  # its first entry falls due, but its timeout moved
+    first_due = _left(store)["p"]
+    assert first_due < updated + 10  # filed when it went Pending, before the result moved its timeout
+    assert plan_store.sweep(store, first_due) == []  # its first entry falls due, but its timeout moved
     assert store.get("plans", "p").value["status"] == "Pending"
-    filed = {key for doc in store.inner.list("plan_index").values() for key in doc.value.get("plans", {})}
-    assert filed == {"p"}
+    assert _left(store)["p"] == updated + 10  # filed again under its real time (the Queued entry still waits)
     assert [p.plan_id for p in plan_store.sweep(store, updated + 10.5)] == ["p"]
 
 
@@ -134,21 +145,70 @@ def test_a_sweep_that_did_not_run_for_long_catches_up_bounded(store, monkeypatch
     start = store.get(*plan_index.SWEEP).value["through"]
     _propose(store, "p", "c", now)
     _pending(store, "p", "c")
+    pending_due = store.get("plans", "p").value["updated"] + plan_store.PLAN_TIMEOUT_S
     late = now + 100 * plan_index.BUCKET_S  # long after: each sweep takes 10 buckets, in order
-    assert plan_store.sweep(store, late) == [] and store.get(*plan_index.SWEEP).value["through"] == start + 10
-    assert plan_store.sweep(store, late) == [] and store.get(*plan_index.SWEEP).value["through"] == start + 20
-    assert [p.plan_id for p in plan_store.sweep(store, late)] == ["p"]
+    sweeps, failed = 0, []
+    while not failed:
+        before = store.get(*plan_index.SWEEP).value["through"]
+        failed = plan_store.sweep(store, late)
+        sweeps += 1
+        assert store.get(*plan_index.SWEEP).value["through"] == before + 10
+        assert sweeps < 10
+    # Found by the sweep whose 10 buckets hold its timeout: not before, and not a sweep later.
+    assert [p.plan_id for p in failed] == ["p"] and sweeps == -(-(plan_index.bucket(pending_due) - start) // 10)
 
 
 def test_a_plan_that_could_not_be_executed_is_forgotten_after_its_retention(store):
     now = time.time()
     plan_store.sweep(store, now)
     _propose(store, "bad", "c", now)
-    decisions, _ = plan_store.decide(store, "c", "bad")
+    plan_store.decide(store, "c", "bad")
     assert plan_store.dispatch(store, "bad", "Failed", "cannot execute: no such knob") == "Scheduled"
     assert plan_store.sweep(store, now + 21) == []  # already Failed: filed again under its retention
     assert store.get("plans", "bad").value["status"] == "Failed"
     plan_store.sweep(store, now + 51)
     plan_store.sweep(store, now + 106)
     assert store.get("plans", "bad") is None
-    assert store.inner.list("plan_index") == {}  # no entry left behind
+    assert _left(store) == {}  # no entry left behind
+
+
+def test_an_entry_filed_late_behind_the_clock_is_still_found(store):
+    """Two sweeps at once, one with its clock a bucket behind, or a writer whose clock is: an entry filed in a bucket
+    the marker already passed is found all the same (the marker trails the clock; the ring comes round)."""
+    now = time.time()
+    plan_store.sweep(store, now)
+    store.put("plans", "late", {"plan_id": "late", "policy": "cpu", "asset": "n1", "status": "Pending",
+                                "updated": now - 30, "created": now - 30, "mechanisms": {"M": {}}})
+    plan_store.sweep(store, now + 30)  # the marker moves on
+    slot = plan_index.at(now + 2)  # 28 s behind the last sweep's clock
+    store.put(*slot, plan_index.add((store.get(*slot).value if store.get(*slot) else None), plans={"late": now + 2}))
+    assert [p.plan_id for p in plan_store.sweep(store, now + 31)] == ["late"]  # within the grace: read again
+    # Behind the grace too (a clock far behind): found a lap of the ring later.
+    plan_store.sweep(store, now + 200)  # the marker is past now + 140
+    store.put("plans", "lost", {"plan_id": "lost", "policy": "cpu", "asset": "n1", "status": "Pending",
+                                "updated": now, "created": now, "mechanisms": {"M": {}}})
+    slot = plan_index.at(now + 10)
+    store.put(*slot, plan_index.add((store.get(*slot).value if store.get(*slot) else None), plans={"lost": now + 10}))
+    plan_store.sweep(store, now + 201)
+    assert store.get("plans", "lost").value["status"] == "Pending"  # missed this lap (its bucket was passed)
+    lap = plan_index.SLOTS * plan_index.BUCKET_S
+    marker = store.get(*plan_index.SWEEP).value
+    store.put(*plan_index.SWEEP, {**marker, "indexed": now + lap + 20})  # no full read meanwhile
+    for t in range(int(now + 200), int(now + lap + 20), 4000):  # the sweep runs on, catching up
+        plan_store.sweep(store, float(t))
+    plan_store.sweep(store, now + lap + 20)
+    assert store.get("plans", "lost").value["status"] == "Failed"
+
+
+def test_every_plan_is_filed_again_from_a_full_read_now_and_then(store):
+    """A plan written without an entry (by an older version, during a rolling upgrade) is indexed by the next full
+    read, REINDEX_S after the last."""
+    now = time.time()
+    plan_store.sweep(store, now)
+    store.put("plans", "old", {"plan_id": "old", "policy": "cpu", "asset": "n1", "status": "Pending",
+                               "updated": now, "created": now, "mechanisms": {"M": {}}})
+    store.calls.clear()
+    assert plan_store.sweep(store, now + 20) == []  # no entry: not seen
+    assert ("list", "plans") not in store.calls
+    assert [p.plan_id for p in plan_store.sweep(store, now + plan_index.REINDEX_S + 1)] == ["old"]
+    assert store.calls[("list", "plans")] == 1

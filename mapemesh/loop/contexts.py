@@ -30,7 +30,6 @@ from typing import Any
 from mapemesh import events as catalogue
 from mapemesh import tracing
 from mapemesh.eventing.cloudevent import CloudEvent
-from mapemesh.policy.inputs import still_current
 from mapemesh.state import StateStore, Versioned, update
 
 STALE_DEFERRAL_S = 30.0
@@ -205,15 +204,6 @@ def answered(store: StateStore, policy: str, asset: str, source: str, *, context
     written = update(store, "policy_contexts", key(policy, asset), lambda doc: answer.apply(doc, asset))
     assert written is not None
     return written.value, answer.again(policy, asset, source)
-
-
-def current_plan(store: StateStore, saved: dict[str, Any]) -> dict[str, Any] | None:
-    """The policy's last plan for the asset (mechanism -> command) unless it was discarded or failed."""
-    last = saved.get("current_plan")
-    if not isinstance(last, dict):
-        return None
-    doc = store.get("plans", str(last.get("plan_id")))
-    return still_current(last, doc.value if doc is not None else None)
 
 
 def merge(store: StateStore, policy: str, asset: str, **fields: Any) -> dict[str, Any]:

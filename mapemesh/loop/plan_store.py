@@ -94,22 +94,23 @@ def sweep(store: StateStore, now: float | None = None) -> list[Plan]:
     """
     now = time.time() if now is None else now
     marker = store.get(*plan_index.SWEEP)
-    if marker is None:
+    if marker is None or now - float(marker.value.get("indexed") or 0.0) > plan_index.REINDEX_S:
         _index_everything(store, now)
         marker = store.get(*plan_index.SWEEP)
         assert marker is not None
-    first = int(marker.value.get("through", plan_index.bucket(now) - 1)) + 1
+    # From the marker (which trails the clock by GRACE_S) to now, at most MAX_BUCKETS; what is due by the end of
+    # the last bucket read (and by now).
+    first = int(marker.value.get("through", plan_index.bucket(now - plan_index.GRACE_S) - 1)) + 1
     last = min(plan_index.bucket(now), first + plan_index.MAX_BUCKETS - 1)
-    buckets = [plan_index.ref(n) for n in range(first, last + 1)]
-    taken_plans: dict[str, float] = {}
-    taken_cycles: dict[str, float] = {}
-    for number, doc in zip(range(first, last + 1), store.get_many(buckets), strict=True):
-        # All of a bucket whose time has passed (an entry filed early is looked at early: no harm); of the bucket
-        # still open, what is due by now.
-        until = now if number == plan_index.bucket(now) else float("inf")
+    until = min(now, (last + 1) * plan_index.BUCKET_S)
+    slots = list(dict.fromkeys(plan_index.ref(n) for n in range(first, last + 1)))
+    taken: dict[Ref, tuple[dict[str, float], dict[str, float]]] = {}
+    for slot, doc in zip(slots, store.get_many(slots), strict=True):
         plans, cycles = plan_index.entries(doc.value if doc is not None else None, until)
-        taken_plans.update(plans)
-        taken_cycles.update(cycles)
+        if plans or cycles:
+            taken[slot] = (plans, cycles)
+    taken_plans = {k: v for plans, _ in taken.values() for k, v in plans.items()}
+    taken_cycles = {k: v for _, cycles in taken.values() for k, v in cycles.items()}
     plan_refs = [("plans", i) for i in taken_plans]
     cycle_refs = [("cycles", c) for c in taken_cycles]
     due_refs = [*plan_refs, *cycle_refs]
@@ -147,42 +148,49 @@ def sweep(store: StateStore, now: float | None = None) -> list[Plan]:
                 store.delete("cycles", cause, expected_version=versioned.version)
                 continue
         again["cycles"][cause] = max(now, until)
-    # The bucket of `now` is still open (more may fall due in it): read again next time.
-    through = last - 1 if last == plan_index.bucket(now) else last
-    _refile(store, buckets, set(taken_plans), set(taken_cycles), again, through)
+    # The marker stays GRACE_S behind: the buckets within it are read again next time (an entry filed there late
+    # is still found).
+    through = min(last, plan_index.bucket(now - plan_index.GRACE_S) - 1)
+    _refile(store, taken, again, through)
     return failed
 
 
-def _refile(store: StateStore, taken_from: list[Ref], plans: set[str], cycles: set[str],
-            again: dict[str, dict[str, float]], through: int) -> None:
-    """One write: the entries a sweep took out of their buckets, those still to come filed under their time, and
-    how far the sweep got (a bucket still open is read again next time)."""
+def _refile(store: StateStore, taken: dict[Ref, tuple[dict[str, float], dict[str, float]]],
+            again: dict[str, dict[str, float]], through: int, indexed: float | None = None) -> None:
+    """One write: the entries a sweep took out of their slots, those still to come filed under their time, and
+    how far the sweep got (never back: another sweep may have got further)."""
     targets: dict[Ref, dict[str, dict[str, float]]] = {}
     for field, filed in again.items():
         for key, when in filed.items():
             targets.setdefault(plan_index.at(when), {"plans": {}, "cycles": {}})[field][key] = when
-    refs = list(dict.fromkeys([*taken_from, *targets, plan_index.SWEEP]))
+    refs = list(dict.fromkeys([*taken, *targets, plan_index.SWEEP]))
 
     def change(docs: dict[Ref, dict[str, Any] | None]) -> dict[Ref, dict[str, Any] | None]:
         out: dict[Ref, dict[str, Any] | None] = {}
-        for r in taken_from:
-            if docs[r] is not None:
-                out[r] = plan_index.remove(docs[r], plans=plans, cycles=cycles)
+        for r, (plans, cycles) in taken.items():
+            out[r] = plan_index.remove(docs[r], plans=plans, cycles=cycles)
         for r, filed in targets.items():
             out[r] = plan_index.add(out[r] if r in out else docs[r], **filed)
-        done = (docs[plan_index.SWEEP] or {}).get("through")
-        out[plan_index.SWEEP] = {"through": max(through, int(done)) if done is not None else through}
+        marker = dict(docs[plan_index.SWEEP] or {})
+        done = marker.get("through")
+        marker["through"] = max(through, int(done)) if done is not None else through
+        if indexed is not None:
+            marker["indexed"] = indexed
+        out[plan_index.SWEEP] = marker
         return out
 
     update_many(store, refs, change)
 
 
 def _index_everything(store: StateStore, now: float) -> None:
-    """The first sweep of a store (one written before the index): every plan and cycle filed, by one full read."""
+    """Every plan and cycle filed again, from one full read: on the first sweep of a store written before the
+    index, and every REINDEX_S (what an older version wrote during a rolling upgrade gets indexed too). An entry
+    already filed stays: a plan looked at twice is only looked at twice."""
     plans = {k: max(now, due(v.value)) for k, v in store.list("plans").items()}
     cycles = {k: max(now, float(v.value.get("created") or 0) + CYCLE_RETENTION_S)
               for k, v in store.list("cycles").items()}
-    _refile(store, [], set(), set(), {"plans": plans, "cycles": cycles}, through=plan_index.bucket(now) - 1)
+    _refile(store, {}, {"plans": plans, "cycles": cycles}, plan_index.bucket(now - plan_index.GRACE_S) - 1,
+            indexed=now)
     log.info("plans: %d plans and %d cycles indexed for the sweep", len(plans), len(cycles))
 
 

@@ -60,12 +60,21 @@ class SQLiteStore:
         if not refs:
             return []
         found: dict[Ref, Versioned] = {}
-        for start in range(0, len(refs), 400):  # 800 parameters a query, well under SQLite's limit
-            chunk = refs[start:start + 400]
-            where = " OR ".join(["(kind = ? AND key = ?)"] * len(chunk))
-            rows = self._db().execute(f"SELECT kind, key, value, version FROM docs WHERE value IS NOT NULL AND "
-                                      f"({where})", [part for ref in chunk for part in ref])
-            found.update({(kind, key): Versioned(orjson.loads(value), version) for kind, key, value, version in rows})
+        db = self._db()
+        several = len(refs) > 400
+        if several:
+            db.execute("BEGIN")  # one read transaction: the queries see one snapshot
+        try:
+            for start in range(0, len(refs), 400):  # 800 parameters a query, well under SQLite's limit
+                chunk = refs[start:start + 400]
+                where = " OR ".join(["(kind = ? AND key = ?)"] * len(chunk))
+                rows = db.execute(f"SELECT kind, key, value, version FROM docs WHERE value IS NOT NULL AND ({where})",
+                                  [part for ref in chunk for part in ref])
+                found.update({(kind, key): Versioned(orjson.loads(value), version)
+                              for kind, key, value, version in rows})
+        finally:
+            if several:
+                db.execute("COMMIT")
         return [found.get((kind, key)) for kind, key in refs]
 
     def put(self, kind: str, key: str, value: Document, *, expected_version: int | None = None) -> int:
@@ -75,6 +84,8 @@ class SQLiteStore:
     def commit(self, writes: Sequence[Write]) -> list[int]:
         """Several writes in one transaction: all or none (Conflict: none). Each document's new version."""
         check_writes(writes)
+        if not writes:
+            return []
         blobs = [None if w.value is None else orjson.dumps(w.value) for w in writes]
         db = self._db()
         now = time.time()
