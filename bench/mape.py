@@ -157,14 +157,17 @@ def background(broker: str, rate: int, nodes: int, report: str) -> None:
     asyncio.run(run())
 
 
-def measure(http: httpx.Client, broker: str, shim: Shim, store_path: Path,
-            count: int) -> tuple[list[float], list[float], list[tuple[str, str, float]]]:
-    """Reactions and baseline hops (ms), and each reaction's (telemetry id, knob command id, shim arrival)."""
+def measure(http: httpx.Client, broker: str, shim: Shim, store_path: Path, count: int,
+            value: dict[str, float]) -> tuple[list[float], list[float], list[tuple[str, str, float]]]:
+    """Reactions and baseline hops (ms), and each reaction's (telemetry id, knob command id, shim arrival).
+
+    `value`: each bench node's last reported latency, carried from one call to the next: each reaction flips it
+    across the target, so the policy always has a change to plan (one call ending with a node above the target
+    and the next starting above it would plan nothing)."""
     from mapemesh.state import open_store
 
     store = open_store("sqlite:", data=store_path)
     reactions, hops, traced = [], [], []
-    value = {f"bench-{i}": 5.0 for i in range(BENCH_NODES)}
     try:
         for k in range(count):
             node = f"bench-{k % BENCH_NODES}"
@@ -315,7 +318,8 @@ def main(quick: bool = False) -> bool:
                 wait(lambda: sum(1 for k in shim.arrived if ":" in k) >= BENCH_NODES, what="the warm-up plans")
                 time.sleep(1.05)  # the policy's analyze_interval since the warm-up's analyses: none is deferred
                 # The same reactions with no background load first: what the path costs by itself.
-                idle_reactions, idle_hops, _ = measure(http, broker, shim, data, IDLE_REACTIONS)
+                value = {f"bench-{i}": 5.0 for i in range(BENCH_NODES)}  # as the warm-up left them
+                idle_reactions, idle_hops, _ = measure(http, broker, shim, data, IDLE_REACTIONS, value)
                 report = root / "background.txt"
                 load = subprocess.Popen([sys.executable, "-c", f"from bench.mape import background; "
                                          f"background({broker!r}, {BACKGROUND_RATE}, {BACKGROUND_NODES}, "
@@ -326,7 +330,7 @@ def main(quick: bool = False) -> bool:
                 cpu_begin = _cpu_by_pid(proc.pid)
                 machine_begin = _machine_cpu()
                 at_services = service_times((_endpoints(data) or {}).get("serving"))
-                reactions, hops, traced = measure(http, broker, shim, data, count)
+                reactions, hops, traced = measure(http, broker, shim, data, count, value)
                 cpu_end = _cpu_by_pid(proc.pid)
                 machine = _machine_share(machine_begin, _machine_cpu())
                 at_services_end = service_times((_endpoints(data) or {}).get("serving"))
