@@ -382,6 +382,9 @@ def main(quick: bool = False) -> bool:
             print(f"{hop:14} {statistics.median(values):6.2f}ms {pct(values, 99):6.2f}ms{cells}")
     print(f"{'sum':14} {sum(medians.values()):6.2f}ms {'':8}"
           + "".join(f" {sum(r.get(k, 0.0) for r in split.values()):6.2f}ms" for k in ("mean", "at_service", "broker")))
+    if any(r.get("broker", 0.0) < 0 for r in split.values()):
+        print("  (a negative broker share: that Service's requests other than the reactions' waited longer than the "
+              "reactions' did, e.g. a burst of background plans queued at a one-at-a-time Service)")
     from bench import loopcost
 
     counts = loopcost.measure()
