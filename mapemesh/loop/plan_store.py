@@ -46,11 +46,6 @@ def _pair(asset: str, mechanism: str) -> str:
     return f"{asset}\x00{mechanism}"
 
 
-def get(store: StateStore, plan_id: str) -> Plan | None:
-    doc = store.get("plans", plan_id)
-    return Plan.from_dict(doc.value) if doc else None
-
-
 def cycle_number(store: StateStore, cause: str) -> int:
     """The number of the cycle of `cause` (numbered from the scheduler's counter when it is first used)."""
     doc = store.get("cycles", cause)

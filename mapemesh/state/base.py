@@ -130,21 +130,9 @@ def update(store: StateStore, kind: str, key: str, change: Callable[[Document | 
     """Read, change, write back with the version read; retry on Conflict. `change` returning None deletes.
 
     `read`: `[the document as the caller just read it]`, used for the first attempt instead of reading again (a
-    stale one only costs a Conflict and a retry on fresh data)."""
-    for attempt in range(attempts):
-        current = read.pop() if read else store.get(kind, key)
-        new = change(None if current is None else dict(current.value))
-        expected = 0 if current is None else current.version
-        try:
-            if new is None:
-                if current is not None:
-                    store.delete(kind, key, expected_version=expected)
-                return None
-            version = store.put(kind, key, new, expected_version=expected)
-            return Versioned(new, version)
-        except Conflict:
-            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # back off a little; others are writing
-    raise Conflict(kind, key, -1, -1)
+    stale one only costs a Conflict and a retry on fresh data). `update_many` for one document."""
+    ref = (kind, key)
+    return update_many(store, [ref], lambda docs: {ref: change(docs[ref])}, attempts, read=read)[ref]
 
 
 def update_many(store: StateStore, refs: Sequence[Ref],
@@ -164,11 +152,12 @@ def update_many(store: StateStore, refs: Sequence[Ref],
             raise ValueError(f"read {len(current)} documents for {len(refs)} refs")
         versions = {ref: (0 if doc is None else doc.version) for ref, doc in zip(refs, current, strict=True)}
         new = change({ref: (None if doc is None else dict(doc.value)) for ref, doc in zip(refs, current, strict=True)})
-        unknown = [ref for ref in new if ref not in versions]
-        if unknown:
-            raise ValueError(f"update_many: {unknown[0][0]}/{unknown[0][1]} was not read")
-        writes = [Write(kind, key, value, versions[(kind, key)]) for (kind, key), value in new.items()
-                  if value is not None or versions[(kind, key)]]  # deleting what is absent: nothing to write
+        writes = []
+        for (kind, key), value in new.items():
+            if (kind, key) not in versions:
+                raise ValueError(f"update_many: {kind}/{key} was not read")
+            if value is not None or versions[(kind, key)]:  # deleting what is absent: nothing to write
+                writes.append(Write(kind, key, value, versions[(kind, key)]))
         try:
             written = store.commit(writes) if writes else []
         except Conflict:
