@@ -137,12 +137,12 @@ def sweep(store: StateStore, now: float | None = None) -> list[Plan]:
     for (_, cause), versioned in ((r, found[r]) for r in cycle_refs):
         if versioned is None:
             continue
-        until = float(versioned.value.get("created") or 0) + CYCLE_RETENTION_S
-        if until <= now:
+        expires = float(versioned.value.get("created") or 0) + CYCLE_RETENTION_S
+        if expires <= now:
             with contextlib.suppress(Conflict):
                 store.delete("cycles", cause, expected_version=versioned.version)
                 continue
-        again["cycles"][cause] = max(now, until)
+        again["cycles"][cause] = max(now, expires)
     # The marker stays GRACE_S behind: the buckets within it are read again next time (an entry filed there late
     # is still found).
     through = min(last, plan_index.bucket(now - plan_index.GRACE_S) - 1)

@@ -18,34 +18,11 @@ import orjson
 
 from mapemesh.state.base import Conflict, Document, Ref, Sample, Versioned, Write, check_kind, check_writes
 
-# KEYS: doc, kind set. ARGV: expected version ("" for any), value, key. A deleted document keeps its hash
-# without `d` (a tombstone), so version numbers never repeat. Returns {new version, current} or
-# {-1, current} when the expectation fails (current 0: absent).
-_PUT = """
-local last = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
-local current = last
-if redis.call('HEXISTS', KEYS[1], 'd') == 0 then current = 0 end
-if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= current then return {-1, current} end
-redis.call('HSET', KEYS[1], 'v', last + 1, 'd', ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
-return {last + 1, current}
-"""
-_DELETE = """
-local last = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
-local current = last
-if redis.call('HEXISTS', KEYS[1], 'd') == 0 then current = 0 end
-if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= current then return {-1, current} end
-if current > 0 then
-  redis.call('HDEL', KEYS[1], 'd')
-  redis.call('HSET', KEYS[1], 'v', last + 1)
-end
-redis.call('SREM', KEYS[2], ARGV[2])
-return {current, current}
-"""
-
 # A commit: KEYS are each write's doc and kind set, in turn; ARGV each write's expected version ("" for any), op
 # ("p" put, "d" delete), value and key, in turn. Every expectation is checked before anything is written (a script
-# runs alone: all or none). Returns the new versions, or {-1, the failing write's index (1-based), its current}.
+# runs alone: all or none). A deleted document keeps its hash without `d` (a tombstone), so version numbers never
+# repeat. Returns the new versions (a delete of what is absent: 0), or {-1, the failing write's index (1-based),
+# its current version (0: absent)}. `put` and `delete` are commits of one write.
 _COMMIT = """
 local n = #KEYS / 2
 local lasts, currents = {}, {}
@@ -90,8 +67,6 @@ class RedisStore:
         self.prefix = prefix
         self._redis = redis.Redis.from_url(url)
         self._redis.ping()  # fail now, clearly, if the server cannot be reached
-        self._put = self._redis.register_script(_PUT)
-        self._delete = self._redis.register_script(_DELETE)
         self._commit = self._redis.register_script(_COMMIT)
         self._seq = itertools.count()
 
@@ -135,23 +110,11 @@ class RedisStore:
 
     def put(self, kind: str, key: str, value: Document, *, expected_version: int | None = None) -> int:
         """Write; with `expected_version` (0: must not exist) raise Conflict unless it matches. New version."""
-        check_kind(kind)
-        expected = "" if expected_version is None else str(expected_version)
-        new, current = self._put(keys=[self._doc(kind, key), f"{self.prefix}kind:{kind}"],
-                                 args=[expected, orjson.dumps(value), key])
-        if int(new) < 0:
-            raise Conflict(kind, key, int(expected_version or 0), int(current))
-        return int(new)
+        return self.commit([Write(kind, key, value, expected_version)])[0]
 
     def delete(self, kind: str, key: str, *, expected_version: int | None = None) -> bool:
         """Remove; False when it was not there. Conflict as for put."""
-        check_kind(kind)
-        expected = "" if expected_version is None else str(expected_version)
-        result, current = self._delete(keys=[self._doc(kind, key), f"{self.prefix}kind:{kind}"],
-                                       args=[expected, key])
-        if int(result) < 0:
-            raise Conflict(kind, key, int(expected_version or 0), int(current))
-        return int(current) > 0
+        return self.commit([Write(kind, key, None, expected_version)])[0] > 0
 
     def list(self, kind: str) -> dict[str, Versioned]:
         """Every document of a kind."""

@@ -123,19 +123,7 @@ class SQLiteStore:
 
     def delete(self, kind: str, key: str, *, expected_version: int | None = None) -> bool:
         """Remove; False when it was not there. Conflict as for put."""
-        check_kind(kind)
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            self._check(db, kind, key, expected_version)
-            existed = db.execute("UPDATE docs SET value = NULL, version = version + 1, updated = ? "
-                                 "WHERE kind = ? AND key = ? AND value IS NOT NULL",
-                                 (time.time(), kind, key)).rowcount > 0
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return existed
+        return self.commit([Write(kind, key, None, expected_version)])[0] > 0
 
     def list(self, kind: str) -> dict[str, Versioned]:
         """Every document of a kind."""
