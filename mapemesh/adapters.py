@@ -28,7 +28,6 @@ a registration: whoever may register infrastructure may not point an adapter at 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import httpx
 import yaml
 
 from mapemesh import events as catalogue
+from mapemesh import settings
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.identity.guard import sign_as
 from mapemesh.state import StateStore
@@ -86,7 +86,7 @@ def cluster_of(store: StateStore, asset: str) -> str:
 
 def endpoint(store: StateStore, mechanism: str, asset: str) -> str:
     """The base URL of `mechanism`'s API for `asset`'s cluster; Unconfigured when the file names none."""
-    path = os.environ.get(ENDPOINTS_ENV)
+    path = settings.current().mechanism_endpoints
     if not path:
         raise Unconfigured(f"{ENDPOINTS_ENV} names no endpoints file, so {mechanism} has no API to call")
     try:
@@ -103,7 +103,7 @@ def endpoint(store: StateStore, mechanism: str, asset: str) -> str:
 def _answer(data: catalogue.KnobApplied | catalogue.KnobFailed, source: str) -> CloudEvent:
     node = data.node
     out = catalogue.make_event(data, source, subject=node, extensions={"node": node})
-    name = os.environ.get("MAPEMESH_IDENTITY")
+    name = settings.current().identity
     return sign_as(out, name) if name else out  # the result's reporter, verifiable
 
 

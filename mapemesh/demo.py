@@ -33,11 +33,11 @@ from mapemesh.cli.northbound import sse_data
 from mapemesh.cli.view import LiveView
 from mapemesh.identity.tokens import auth_headers
 from mapemesh.serving.envhook import EnvHook
-from mapemesh.settings import Settings
+from mapemesh.settings import Settings, current, reset
 from mapemesh.up import RunningMesh, start_mesh
 
 log = logging.getLogger("mapemesh.demo")
-PERIOD_S = float(os.environ.get("MAPEMESH_DEMO_PERIOD_S", "15"))
+PERIOD_S = current().demo_period_s
 """How long the demo's reported latency stays missed (then met) before it flips."""
 
 
@@ -202,6 +202,7 @@ def serve(env_hook: EnvHook | None = None) -> None:
     """Run the demo until Ctrl-C (`python -m mapemesh.cli.demo`, what `make run` starts)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("MAPEMESH_LOG_LEVEL", "warning")  # the function processes: warnings and errors only
+    reset()
     logging.getLogger("mapemesh.up").setLevel(logging.INFO)
     run(main(env_hook))
 

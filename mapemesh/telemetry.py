@@ -23,13 +23,11 @@ request: inside an async handler, `await apush(...)`.
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from mapemesh import endpoints, tokens
+from mapemesh import endpoints, settings, tokens
 from mapemesh import events as catalogue
 from mapemesh.eventing.binding import to_binary
 from mapemesh.eventing.cloudevent import CloudEvent
@@ -44,12 +42,9 @@ class TelemetryError(RuntimeError):
     """The broker or the API did not take or give the telemetry."""
 
 
-def _data() -> Path:
-    return Path(os.environ.get("MAPEMESH_DATA", ".mapemesh"))
-
-
 def _asset(asset: str | None) -> str:
-    found = asset or os.environ.get("MAPEMESH_TELEMETRY_ASSET") or os.environ.get("K_SERVICE")
+    s = settings.current()
+    found = asset or s.telemetry_asset or s.k_service
     if not found:
         raise ValueError("name the asset the sample is about (asset=...), or set MAPEMESH_TELEMETRY_ASSET")
     return found
@@ -72,11 +67,10 @@ def sample(name: str, value: float, *, labels: dict[str, str] | None = None, ass
 
 def broker_url() -> str:
     """Where `push` posts: K_SINK, MAPEMESH_BROKER_URL's default broker, or the running mesh's."""
-    if os.environ.get("K_SINK"):
-        return os.environ["K_SINK"]
-    if os.environ.get("MAPEMESH_BROKER_URL"):
-        return os.environ["MAPEMESH_BROKER_URL"].rstrip("/") + "/default/default"
-    found = endpoints.read(_data()).get("broker")
+    s = settings.current()
+    if s.sink:
+        return s.sink
+    found = endpoints.read(s.data).get("broker")
     if not found:
         raise TelemetryError("no broker: set K_SINK or MAPEMESH_BROKER_URL, or MAPEMESH_DATA to a running mesh's "
                              "data directory")
@@ -121,7 +115,8 @@ def _window(window: float) -> float:
 def get(name: str, *, asset: str | None = None, window: float = DEFAULT_WINDOW_S) -> list[tuple[float, float]]:
     """The asset's samples of `name` in the last `window` seconds, oldest first ([] when there are none)."""
     asset, window = _asset(asset), _window(window)
-    if os.environ.get("MAPEMESH_STATE") and not os.environ.get("MAPEMESH_API_URL"):  # inside a function
+    s = settings.current()
+    if "state" in s.given and not s.api_url:  # inside a function
         import time
 
         from mapemesh.serving.handlers import environment_store
@@ -151,12 +146,13 @@ async def aget(name: str, *, asset: str | None = None, window: float = DEFAULT_W
 
 
 def _api() -> tuple[str, dict[str, str]]:
-    url, token = os.environ.get("MAPEMESH_API_URL", ""), os.environ.get("MAPEMESH_API_TOKEN", "")
+    s = settings.current()
+    url, token = s.api_url, s.api_token
     if url:
         if not token:
             raise TelemetryError("MAPEMESH_API_URL is set but MAPEMESH_API_TOKEN is not")
         return url.rstrip("/"), {"Authorization": f"Bearer {token}"}
-    data = _data()
+    data = s.data
     found = endpoints.read(data).get("api")
     token = tokens.read(data, "api.token") or ""
     if not found or not token:

@@ -39,6 +39,7 @@ from mapemesh.node_shim.daemon import RunningShim
 from mapemesh.serving.envhook import EnvHook
 from mapemesh.serving.host import LocalHost
 from mapemesh.settings import Settings
+from mapemesh.settings import reset as reset_settings
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ async def start_mesh(settings: Settings, env_hook: EnvHook | None = None) -> Run
         identity_env["MAPEMESH_IDENTITY_DIR"] = str((settings.data / "identity").resolve())
         # this process's components (API, node shim, bridge, storage gateway) find their identities there too
         os.environ.setdefault("MAPEMESH_IDENTITY_DIR", identity_env["MAPEMESH_IDENTITY_DIR"])
+        reset_settings()
     broker = await start_broker(settings)
     host: LocalHost | None = None
     runner: web.AppRunner | None = None

@@ -29,12 +29,11 @@ Request: `io.mapemesh.accel.requested.v1` with extension `function: {name}` and 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from mapemesh.functions.accel import invocation
 from mapemesh.runtimes import vaccel
+from mapemesh.settings import current
 
 NAME = "{name}"
 _session = None
@@ -49,7 +48,7 @@ def _build_model() -> Path:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x * 2.0
 
-    folder = Path(os.environ.get("MAPEMESH_DATA", tempfile.gettempdir())) / "models"
+    folder = current().data / "models"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{{NAME}}.pt"
     if not path.exists():

@@ -59,6 +59,7 @@ from typing import Any
 
 from mapemesh.runtimes import vaccel_args, vaccel_plugins
 from mapemesh.runtimes.vaccel_args import Arg, ArgType  # noqa: F401 (vAccel's names, from here)
+from mapemesh.settings import current
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ def real_vaccel() -> Any | None:
     """vAccel's own Python package when it (and libvaccel) import, else None; `MAPEMESH_VACCEL=local` forces the
     local backends. Before the first import, `VACCEL_PLUGINS` loses the entries `dlopen` would not find (libvaccel's
     constructor would `exit()` on them); with none left, libvaccel is not loaded at all."""
-    if os.environ.get("MAPEMESH_VACCEL") == "local":
+    if current().vaccel == "local":
         return None
     if "vaccel" not in sys.modules and not _guard_plugins():
         return None
@@ -286,7 +287,7 @@ class Session:
 
     def __init__(self, flags: PluginType | int = 0):
         self.flags = PluginType(int(flags))
-        self.plugin = os.environ.get(PLUGIN_ENV, "cpu")
+        self.plugin = current().vaccel_plugin
         if self.plugin not in PLUGINS:
             raise VaccelError(f"{PLUGIN_ENV}={self.plugin!r}: must be one of {', '.join(PLUGINS)}")
         self._vaccel = real_vaccel()

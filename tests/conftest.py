@@ -34,6 +34,33 @@ os.environ["MAPEMESH_LOCAL_MIN_WINDOW"] = LOCAL_MIN_WINDOW
 only; the local host admits shorter ones through this documented setting alone (README, "Knative's rules on one
 machine"), which every mesh a test starts inherits. Tests of the rule itself unset it."""
 
+
+
+def _following_settings(change: Callable[..., None]) -> Callable[..., None]:
+    """A MonkeyPatch method that also makes this process's settings (`mapemesh.settings.current()`) read the
+    environment again, as a function process does when it is given its Service's env."""
+    def changed(self: pytest.MonkeyPatch, *args: object, **kwargs: object) -> None:
+        change(self, *args, **kwargs)
+        from mapemesh import settings
+
+        settings.reset()
+    return changed
+
+
+pytest.MonkeyPatch.setenv = _following_settings(pytest.MonkeyPatch.setenv)  # type: ignore[method-assign]
+pytest.MonkeyPatch.delenv = _following_settings(pytest.MonkeyPatch.delenv)  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def _settings_of_this_test() -> Iterator[None]:
+    """Each test starts with settings read from its environment (the last test's monkeypatch is undone)."""
+    from mapemesh import settings
+
+    settings.reset()
+    yield
+    settings.reset()
+
+
 LIVE_MODULES = frozenset({
     "test_accel_live", "test_northbound_live", "test_serving", "test_loop", "test_demo", "test_deferral",
     "test_cluster_e2e", "test_deploy_e2e", "test_cli", "test_cluster_components", "test_functions_ecosystem",

@@ -7,8 +7,10 @@
 | a function (`functions/X`) imports no other function (`functions/Y`); `accel/<name>`    | each stage is its own   |
 | may use `accel`'s shared module, a policy no other policy                               | Service                 |
 | the node shim and the runtimes import no function                                       | adapters share the core |
+| no code but `mapemesh/settings.py` reads a `MAPEMESH_*` or Knative `K_*` variable, nor  | one settings object per |
+| a variable whose name it cannot tell (saving env it restores, in `serving/zygote.py`)   | process (`current()`)   |
 
-A planted violation makes the checker fail (the last test), so the rule cannot pass by checking nothing.
+A planted violation makes each checker fail, so no rule can pass by checking nothing.
 """
 
 from __future__ import annotations
@@ -82,6 +84,62 @@ def violations(root: Path) -> list[str]:
     return sorted(found)
 
 
+ENV_OWNED = ("MAPEMESH_", "K_")
+"""The namespaces `mapemesh.settings` reads; others belong to the software that reads them (OTEL_*, VACCEL_*, ...)."""
+ENV_UNNAMED_READS = {"mapemesh/serving/zygote.py": 1}
+"""Reads of variables named at run time, allowed: the fork server saves the env it sets for an import, to restore it."""
+
+
+def _constants(tree: ast.Module) -> dict[str, str]:
+    return {t.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+            for t in node.targets if isinstance(t, ast.Name)}
+
+
+def _env_reads(tree: ast.Module) -> list[tuple[int, str | None]]:
+    """Every read of one environment variable: (line, its name, None when the code names it at run time)."""
+    names = _constants(tree)
+    bare = any(isinstance(n, ast.ImportFrom) and n.module == "os" and any(a.name == "environ" for a in n.names)
+               for n in ast.walk(tree))  # `from os import environ` (a parameter named environ is a mapping given)
+
+    def _is_environ(node: ast.AST) -> bool:
+        return ((isinstance(node, ast.Attribute) and node.attr == "environ")
+                or (bare and isinstance(node, ast.Name) and node.id == "environ"))
+
+    def key(node: ast.AST) -> str | None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        return names.get(node.id) if isinstance(node, ast.Name) else None
+
+    out = []
+    for node in ast.walk(tree):
+        func = node.func if isinstance(node, ast.Call) and node.args else None
+        if isinstance(func, ast.Attribute) and ((func.attr == "get" and _is_environ(func.value)) or (
+                func.attr == "getenv" and isinstance(func.value, ast.Name) and func.value.id == "os")):
+            out.append((node.lineno, key(node.args[0])))
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and _is_environ(node.value):
+            out.append((node.lineno, key(node.slice)))
+    return out
+
+
+def env_violations(root: Path) -> list[str]:
+    """Every environment read in the tree at `root` that only `mapemesh/settings.py` may make."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root).as_posix()
+        if any(part in (".venv", "__pycache__", "tests", "bench", "build") for part in path.relative_to(root).parts):
+            continue
+        if not relative.startswith(tuple(WINGS)) or relative == "mapemesh/settings.py":
+            continue
+        reads = _env_reads(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+        unnamed = [line for line, name in reads if name is None]
+        if len(unnamed) > ENV_UNNAMED_READS.get(relative, 0):
+            found += [f"{relative}:{line} reads a variable it names at run time" for line in unnamed]
+        found += [f"{relative}:{line} reads {name}: read it from mapemesh.settings.current()"
+                  for line, name in reads if name is not None and name.startswith(ENV_OWNED)]
+    return sorted(found)
+
+
 def test_the_layers_are_one_way():
     assert violations(REPO) == []
 
@@ -101,6 +159,25 @@ def test_a_planted_violation_is_caught(tmp_path):
     assert [f.split(" imports ")[0] for f in found] == [
         "functions/monitor/__init__.py:1", "functions/policies/a/policy.py:1", "mapemesh/serving/leak.py:2",
         "node-shim/x.py:1"]
+
+
+def test_only_settings_reads_mapemesh_variables():
+    assert env_violations(REPO) == []
+
+
+def test_a_planted_environment_read_is_caught(tmp_path):
+    for relative, text in {
+        "mapemesh/a.py": "import os\nDATA = os.environ.get('MAPEMESH_DATA', '.mapemesh')\n",
+        "functions/b/__init__.py": "import os\nNAME = 'K_SINK'\n\ndef f():\n    return os.environ[NAME]\n",
+        "runtimes/c.py": "import os\nx = os.getenv('MAPEMESH_VACCEL')\n",
+        "node-shim/d.py": "from os import environ\n\ndef f(k):\n    return environ.get(k)\n",
+        "mapemesh/e.py": "import os\nx = os.environ.get('OTEL_SDK_DISABLED')\nos.environ['MAPEMESH_X'] = '1'\n",  # ok
+        "mapemesh/settings.py": "import os\nx = os.environ.get('MAPEMESH_DATA')\n",  # allowed
+    }.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text)
+    assert [f.split(" reads ")[0] for f in env_violations(tmp_path)] == [
+        "functions/b/__init__.py:5", "mapemesh/a.py:2", "node-shim/d.py:4", "runtimes/c.py:2"]
 
 
 def test_every_package_is_in_the_wheel():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,10 +21,11 @@ from opentelemetry import metrics
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.serving.handlers import Stage
+from mapemesh.settings import current
 
 log = logging.getLogger(__name__)
 SOURCE = "/mapemesh/accel/"
-REPORT_S = float(os.environ.get("MAPEMESH_ACCEL_REPORT_S", "5"))
+REPORT_S = current().accel_report_s
 _meter = metrics.get_meter("mapemesh.accel")
 _latency = _meter.create_histogram("accel_invocation_latency", unit="ms",
                                    description="Latency of accelerated function invocations")
@@ -76,7 +76,7 @@ def function(name: str, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Stage
         except Exception as exc:  # the caller gets the error in the reply
             error = f"{type(exc).__name__}: {exc}"
         latency = round((time.perf_counter() - started) * 1000, 3)
-        plugin = str(result.pop("plugin", os.environ.get("MAPEMESH_VACCEL_PLUGIN", "cpu")))
+        plugin = str(result.pop("plugin", current().vaccel_plugin))
         device = str(result.pop("device", "none"))
         backend = str(result.pop("backend", "none"))
         for key in ("op", "latency_ms"):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -34,26 +33,26 @@ from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.functions.deploy import faredge
 from mapemesh.functions.deploy.local import write_local
+from mapemesh.settings import current
 from mapemesh.state import StateStore, update
 
 log = logging.getLogger(__name__)
 SOURCE = "/mapemesh/deploy"
 LOCAL_CLUSTER = "local"
 """Where components go when neither the plan nor the description names a cluster."""
-STATUS_EVERY_S = float(os.environ.get("MAPEMESH_DEPLOY_STATUS_EVERY_S", "5"))
-STATUS_WAIT_S = float(os.environ.get("MAPEMESH_DEPLOY_STATUS_WAIT_S", "300"))
+STATUS_EVERY_S = current().deploy_status_every_s
+STATUS_WAIT_S = current().deploy_status_wait_s
 """After an apply, the function watches the objects this long and reports once they run (deploy.status)."""
 
 
 def _target() -> Any:
     """The cluster target from the environment, or None (then objects are written locally)."""
-    kubeconfig = os.environ.get("MAPEMESH_KUBECONFIG")
-    if not kubeconfig:
+    s = current()
+    if not s.kubeconfig:
         return None
     from mapemesh.functions.deploy.apply import KubernetesTarget, api_client
 
-    return KubernetesTarget(api_client(kubeconfig, os.environ.get("MAPEMESH_KUBE_CONTEXT") or None),
-                            karmada=os.environ.get("MAPEMESH_KARMADA", "true").lower() != "false")
+    return KubernetesTarget(api_client(s.kubeconfig, s.kube_context or None), karmada=s.karmada)
 
 
 def _identity(obj: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +112,7 @@ async def on_deploy(store: StateStore, request: catalogue.DeployRequested, data_
         if problems:
             return _status(request, "Failed", message="far-edge: " + "; ".join(problems))
         try:
-            extra = faredge.adapters(description, far, os.environ.get("MAPEMESH_MQTT_URL", ""))
+            extra = faredge.adapters(description, far, current().mqtt_url)
         except ValueError as exc:
             return _status(request, "Failed", message=f"far-edge: {exc}")
         description = faredge.with_components(faredge.without(description, set(far)), extra)
@@ -352,7 +351,7 @@ async def on_removed(store: StateStore, removed: catalogue.AppRemoved, data_dir:
 
 
 def _data_dir() -> Path:
-    return Path(os.environ.get("MAPEMESH_DATA", ".mapemesh"))
+    return current().data
 
 
 @mapemesh.on(catalogue.DeployRequested)

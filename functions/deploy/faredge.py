@@ -20,7 +20,6 @@ is MAPEMESH_BRIDGE_URL, else the one a running mesh recorded in DATA_DIR (`bridg
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from mapemesh import endpoints
 from mapemesh import events as catalogue
 from mapemesh.eventing.binding import from_http, to_binary
 from mapemesh.identity import sign_commands
+from mapemesh.settings import current
 from mapemesh.state import StateStore
 
 LAYER = "far_edge"
@@ -101,7 +101,7 @@ def adapters(description: dict[str, Any], devices: dict[str, str], mqtt_url: str
 
 
 def _bridge(data: Path) -> str:
-    url = os.environ.get("MAPEMESH_BRIDGE_URL") or endpoints.read(data).get("bridge")
+    url = current().bridge_url or endpoints.read(data).get("bridge")
     if not url:
         raise RuntimeError("no MQTT bridge for the far-edge devices: set MAPEMESH_BRIDGE_URL, or MAPEMESH_MQTT_URL "
                            "for `mapemesh up`")

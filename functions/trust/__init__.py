@@ -33,7 +33,6 @@ turns it into a `state.changed` (`trust`), and placement policies see the credit
 from __future__ import annotations
 
 import logging
-import os
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -44,6 +43,7 @@ from mapemesh import Reply, trust
 from mapemesh import events as catalogue
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.identity.guard import Guard, reported_by_the_node
+from mapemesh.settings import current
 from mapemesh.state import StateStore, update
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ S3_REQUEST = "s3:"
 
 @lru_cache(maxsize=1)
 def config() -> trust.TrustConfig:
-    return trust.TrustConfig.load(Path(os.environ.get("MAPEMESH_TRUST_CONFIG") or Path(__file__).parent / "trust.yaml"))
+    return trust.TrustConfig.load(Path(current().trust_config or Path(__file__).parent / "trust.yaml"))
 
 
 def _observe(store: StateStore, asset: str, kind: str, index: str | None, good: float, cause: CloudEvent,

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-from mapemesh import endpoints
 from mapemesh.aio import run, stop_signals, until_stopped
-from mapemesh.cli._common import settings
+from mapemesh.cli._common import broker_target, settings
 
 
 @click.group("api")
@@ -39,9 +37,7 @@ def serve(ctx: click.Context, data: Path | None, host: str | None, port: int | N
     s = settings(ctx, data=data, host=host, api_port=port)
     if s.api_port < 0:
         raise click.UsageError("--port must be 0..65535")
-    found = endpoints.read(s.data)
-    target = broker or os.environ.get("K_SINK") or (found["broker"].rstrip("/") + "/default/default"
-                                                    if "broker" in found else None)
+    target = broker_target(s, broker)
     if not target:
         raise click.UsageError("no broker: give --broker URL, or set K_SINK (a SinkBinding does on a cluster)")
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import click
 
 from mapemesh.aio import run, stop_signals, until_stopped
-from mapemesh.cli._common import settings
+from mapemesh.cli._common import broker_target, settings
 
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 
@@ -60,8 +59,7 @@ def mqtt(ctx: click.Context, mqtt_url: str | None, broker: str | None, data: Pat
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     found = endpoints.read(s.data)
-    target = broker or os.environ.get("K_SINK") or (found["broker"].rstrip("/") + "/default/default"
-                                                    if "broker" in found else None)
+    target = broker_target(s, broker)
     if not target:
         raise click.UsageError("no broker: give --broker URL, set K_SINK, or start a mesh in DATA_DIR")
     subscribe = list(topics) or [t.strip() for t in s.mqtt_topics.split(",") if t.strip()]

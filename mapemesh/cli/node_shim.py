@@ -8,7 +8,7 @@ import click
 
 from mapemesh import endpoints
 from mapemesh.aio import run, stop_signals, until_stopped
-from mapemesh.cli._common import settings
+from mapemesh.cli._common import broker_target, settings
 
 
 @click.group("node-shim")
@@ -74,8 +74,7 @@ def serve(ctx: click.Context, node: str | None, data: Path | None, sysfs_root: P
         except ValueError as exc:
             raise click.UsageError(f"--register kubernetes: {exc}") from None
     found = endpoints.read(s.data)
-    target = broker or os.environ.get("K_SINK") or (found["broker"].rstrip("/") + "/default/default"
-                                                    if "broker" in found else None)
+    target = broker_target(s, broker)
     name = node or s.node or default_node()
     in_mesh = register == "mesh" and "broker" in found
     if in_mesh and (s.deployed_manifests / f"{trigger_name(name)}.yaml").exists():
@@ -93,7 +92,7 @@ def serve(ctx: click.Context, node: str | None, data: Path | None, sysfs_root: P
             trigger = write_trigger(s.deployed_manifests, name, running.url) if in_mesh else None
             if register == "kubernetes":
                 unregister = await register_on_cluster(name, s.node_shim_port, dict(os.environ),
-                                                       os.environ.get("MAPEMESH_KUBECONFIG") or "in-cluster")
+                                                       s.kubeconfig or "in-cluster")
         except BaseException:
             await running.stop()
             raise

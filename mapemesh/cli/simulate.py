@@ -3,14 +3,12 @@ scheduler), to try the UPFSelect and JobOrder mechanisms and their policies with
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 import click
 
-from mapemesh import endpoints
 from mapemesh.aio import run
-from mapemesh.cli._common import settings
+from mapemesh.cli._common import broker_target, settings
 
 if TYPE_CHECKING:
     from mapemesh.sim import Simulator
@@ -31,9 +29,7 @@ def simulate() -> None:
 
 
 def _broker(ctx: click.Context, broker: str | None) -> str:
-    found = endpoints.read(settings(ctx).data)
-    target = broker or os.environ.get("K_SINK") or (found["broker"].rstrip("/") + "/default/default"
-                                                    if "broker" in found else None)
+    target = broker_target(settings(ctx), broker)
     if not target:
         raise click.UsageError("no broker: give --broker URL, set K_SINK, or start a mesh in DATA_DIR")
     return target

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import urllib.request
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from mapemesh.cli._common import settings
+from mapemesh.cli._common import broker_target, settings
 
 
 @click.group("storage")
@@ -53,8 +52,7 @@ def serve(ctx: click.Context, locations_file: Path | None, data: Path | None, na
     except LayoutError as exc:
         raise click.UsageError(str(exc)) from None
     found = endpoints.read(s.data)
-    target = broker or os.environ.get("K_SINK") or (found["broker"].rstrip("/") + "/default/default"
-                                                    if "broker" in found else None)
+    target = broker_target(s, broker)
     gateway = Gateway(s.storage_name or "storage-gateway", layout, open_store(s.state, data=s.data), s.data,
                       broker=target, manifests=s.deployed_manifests if "broker" in found else None, host=s.host,
                       port=s.storage_port, control_port=control_port, telemetry_every_s=s.telemetry_interval_s)

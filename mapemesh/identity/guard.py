@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from mapemesh import events as catalogue
+from mapemesh import settings
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.identity.dsse import Unverified, sign, verify
 from mapemesh.identity.pki import Identity, IdentityError, TrustStore, subject_of
@@ -45,14 +45,15 @@ POLICY_FILE = Path(__file__).with_name("commands.yaml")
 
 def enabled() -> bool:
     """Identities are on unless MAPEMESH_IDENTITIES says off (false, 0, no)."""
-    return os.environ.get("MAPEMESH_IDENTITIES", "on").strip().lower() not in ("off", "false", "0", "no")
+    return settings.current().identities
 
 
 def identity_dir(data: Path | None = None) -> Path:
-    found = os.environ.get("MAPEMESH_IDENTITY_DIR")
-    if found:
-        return Path(found)
-    return Path(data if data is not None else os.environ.get("MAPEMESH_DATA") or ".mapemesh") / "identity"
+    """MAPEMESH_IDENTITY_DIR, else `data` (default DATA_DIR)/identity."""
+    s = settings.current()
+    if s.identity_dir:
+        return Path(s.identity_dir)
+    return (Path(data) if data is not None else s.data) / "identity"
 
 
 @functools.lru_cache(maxsize=4)
@@ -69,7 +70,7 @@ def load_policy(path: Path = POLICY_FILE) -> dict[str, frozenset[str]]:
 
 def policy() -> dict[str, frozenset[str]]:
     """The command policy in force (MAPEMESH_COMMAND_POLICY, else the default): asked on every reply a stage sends."""
-    return _policy_named(os.environ.get("MAPEMESH_COMMAND_POLICY") or "")
+    return _policy_named(settings.current().command_policy)
 
 
 @functools.lru_cache(maxsize=4)
@@ -194,7 +195,7 @@ def reported_by_the_node(event: CloudEvent, node: str, knob: str, trust: TrustSt
 
 def signer() -> Identity | None:
     """This process's identity (MAPEMESH_IDENTITY, in MAPEMESH_IDENTITY_DIR), or None when it has none."""
-    name = os.environ.get("MAPEMESH_IDENTITY")
+    name = settings.current().identity
     if not name or not enabled():
         return None
     return _signer(name, str(identity_dir()))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+from mapemesh import settings
 from mapemesh.identity import guard
 from mapemesh.identity.pki import Identity, IdentityError, TrustStore
 
@@ -136,7 +136,7 @@ def _identity(root: str, name: str) -> Identity | None:
 def auth_headers(url: str, name: str | None = None, data: Path | None = None) -> dict[str, str]:
     """The bearer token header for posting to the broker at `url` as identity `name` (default MAPEMESH_IDENTITY),
     when identities are on and that identity is in the identity folder (`guard.identity_dir(data)`); else none."""
-    name = name or os.environ.get("MAPEMESH_IDENTITY")
+    name = name or settings.current().identity
     audience = audience_of(url)
     if not name or audience is None or not guard.enabled():
         return {}

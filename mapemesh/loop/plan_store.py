@@ -23,18 +23,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from mapemesh.loop import contexts, plan_index
 from mapemesh.loop.plans import DEPLOY_MECHANISMS, FINAL, Plan, schedule_cycle
+from mapemesh.settings import current
 from mapemesh.state import Conflict, Ref, StateStore, update, update_many
 
-PLAN_TIMEOUT_S = float(os.environ.get("MAPEMESH_PLAN_TIMEOUT_S", "60"))
+PLAN_TIMEOUT_S = current().plan_timeout_s
 """A Pending plan with no result after this long becomes Failed."""
-PLAN_RETENTION_S = float(os.environ.get("MAPEMESH_PLAN_RETENTION_S", "86400"))
+PLAN_RETENTION_S = current().plan_retention_s
 """Finished plans (Success, Failed, Discarded) are kept this long."""
 CYCLE_RETENTION_S = 600.0
 SWEEP_EVERY_S = 5.0

@@ -12,7 +12,6 @@ registers the policy's declaration in the state store before its first event (th
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,11 @@ from pydantic import ValidationError
 
 import mapemesh
 from mapemesh import events as catalogue
+from mapemesh import settings
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.policy import registry
 from mapemesh.policy.loader import Policy, PolicyError, PolicyFailure, load_policy
 from mapemesh.serving.handlers import Stage
-from mapemesh.serving.zygote import IMPORTING
 from mapemesh.state import from_environment
 
 log = logging.getLogger(__name__)
@@ -168,6 +167,7 @@ def policy_function(path: Path, name: str, timeout_s: float = 30.0) -> Stage:
     only asks registered policies.
     """
     served = PolicyFunction(path, name, timeout_s).stage()
-    if os.environ.get("K_SERVICE") and not os.environ.get(IMPORTING):
+    s = settings.current()
+    if s.k_service and not s.zygote_import:
         served.start_soon()
     return served

@@ -33,6 +33,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from mapemesh import settings
 from mapemesh.eventing.binding import content_mode, from_http, to_binary
 from mapemesh.eventing.cloudevent import MalformedEvent
 from mapemesh.serving.errors import PermanentError, TemporaryError
@@ -53,7 +54,8 @@ def target() -> Invocable:
     global _target
     with _target_lock:
         if _target is None:
-            source, name = os.environ.get(SOURCE), os.environ.get(TARGET)
+            s = settings.current()
+            source, name = s.function_source, s.function_target
             if not source or not name:
                 raise RuntimeError(f"set {SOURCE} and {TARGET} (`mapemesh-function` sets them from FUNCTION_SOURCE "
                                    "and FUNCTION_TARGET or --source and --target)")
@@ -111,12 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     if not chosen["--source"] or not chosen["--target"]:
         sys.exit("python -m mapemesh.serving.entry: give --source FILE --target NAME (or FUNCTION_SOURCE and "
                  "FUNCTION_TARGET)")
-    os.environ[SOURCE], os.environ[TARGET] = chosen["--source"], chosen["--target"]
+    os.environ[SOURCE], os.environ[TARGET] = chosen["--source"], chosen["--target"]  # for the import below
+    settings.reset()
     _cli.main(args=["--source", __file__, "--target", "serve", "--signature-type", "http", *args],
               prog_name="functions-framework")
 
 
 if __name__ == "__main__":
     main()
-elif os.environ.get(SOURCE) and os.environ.get(TARGET) and __name__ != "mapemesh.serving.entry":
+elif settings.current().function_source and settings.current().function_target \
+        and __name__ != "mapemesh.serving.entry":
     target()  # functions-framework imports this file as its source: the function is imported with it

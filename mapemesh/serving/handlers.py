@@ -42,7 +42,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from mapemesh import events as catalogue
-from mapemesh import tracing
+from mapemesh import settings, tracing
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.identity.guard import Guard, enabled, identity_dir, refusal
 from mapemesh.identity.guard import policy as guard_policy
@@ -177,14 +177,14 @@ class Stage(Startable):
 
 
 _opened: tuple[tuple[object, ...], Any] | None = None
-_STORE_ENV = ("MAPEMESH_STATE", "MAPEMESH_DATA", "MAPEMESH_TELEMETRY_RETENTION_S")
 
 
 def environment_store() -> Any:
     """MAPEMESH_STATE's store, opened once per process and environment (again in a forked child: connections do
     not survive a fork)."""
     global _opened
-    key = (os.getpid(), *(os.environ.get(name) for name in _STORE_ENV))
+    s = settings.current()
+    key = (os.getpid(), s.state, s.data, s.telemetry_retention_s)
     if _opened is None or _opened[0] != key:
         from mapemesh.state import from_environment
 

@@ -24,13 +24,12 @@ triggering event's redelivery, and the stages that receive them are idempotent.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import AsyncGenerator, Sequence
 
 import aiohttp
 
-from mapemesh import tracing
+from mapemesh import settings, tracing
 from mapemesh.eventing.binding import to_binary
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.eventing.poster import NO_CONTENT_TYPE
@@ -52,12 +51,9 @@ _sessions: dict[asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncGen
 
 def sink_url() -> str:
     """Where extra events go: `K_SINK`, else the broker the host named (`MAPEMESH_BROKER_URL`) at default/default."""
-    url = os.environ.get("K_SINK")
+    url = settings.current().sink
     if url:
         return url
-    broker = os.environ.get("MAPEMESH_BROKER_URL")
-    if broker:
-        return broker.rstrip("/") + "/default/default"
     raise SinkError("no sink: set K_SINK (or MAPEMESH_BROKER_URL) to the broker's URL")
 
 

@@ -32,7 +32,7 @@ import pydantic  # noqa: F401
 
 import mapemesh.eventing.binding
 import mapemesh.events  # noqa: F401
-from mapemesh import tracing
+from mapemesh import settings, tracing
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.serving import wire
 from mapemesh.serving.errors import FunctionError, PermanentError, TemporaryError
@@ -126,6 +126,7 @@ def _load(request: dict[str, object]) -> Invocable:
     env[IMPORTING] = "1"  # import-time code can tell it runs in the fork server, not in a function process
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    settings.reset()
     try:
         return load(str(request["source"]), str(request["target"]), Path(str(request.get("base") or ".")))
     finally:
@@ -134,6 +135,7 @@ def _load(request: dict[str, object]) -> Invocable:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        settings.reset()
 
 
 def spawn(request: dict[str, object], fd: int, control: socket.socket, children: set[int]) -> dict[str, object]:
@@ -162,6 +164,7 @@ def spawn(request: dict[str, object], fd: int, control: socket.socket, children:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         for key, value in dict(request.get("env") or {}).items():  # type: ignore[union-attr]
             os.environ[str(key)] = str(value)
+        settings.reset()  # the process's settings are its Service's
         served = socket.socket(fileno=os.dup(fd))
         concurrency = int(request.get("concurrency") or 1)  # type: ignore[call-overload]
         if isinstance(fn, Function) and not fn.is_async and concurrency == 1:
@@ -284,7 +287,7 @@ def _failure(name: str, request_id: object, exc: Exception) -> bytes:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=os.environ.get("MAPEMESH_LOG_LEVEL", "info").upper(),
+    logging.basicConfig(level=settings.current().log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request to the broker is noise
     main(int(sys.argv[1]))

@@ -9,9 +9,7 @@ round trip (`get_many`) and written in one transaction (`commit`, and `update_ma
 touches several pays two round trips, not two per document.
 """
 
-import os
 from functools import cache
-from pathlib import Path
 
 from mapemesh.state.base import (
     KINDS,
@@ -32,6 +30,7 @@ __all__ = ["KINDS", "Conflict", "Ref", "StateStore", "Versioned", "Write", "from
 @cache
 def from_environment() -> StateStore:
     """The store a function process is given: MAPEMESH_STATE in MAPEMESH_DATA (set by the function host)."""
-    return open_store(os.environ.get("MAPEMESH_STATE", "sqlite:"),
-                      data=Path(os.environ.get("MAPEMESH_DATA", ".mapemesh")),
-                      retention_s=float(os.environ.get("MAPEMESH_TELEMETRY_RETENTION_S", "3600")))
+    from mapemesh.settings import current
+
+    s = current()
+    return open_store(s.state, data=s.data, retention_s=s.telemetry_retention_s)

@@ -34,10 +34,12 @@ def emit(step: str, **fields: Any) -> None:
 
 
 def run(plugin: str, path: Path, requests: int, batch: int) -> dict[str, Any]:
+    from mapemesh import settings
     from mapemesh.functions.accel.digits import model
     from mapemesh.runtimes import vaccel
 
     os.environ[vaccel.PLUGIN_ENV] = plugin
+    settings.reset()
     session = vaccel.Session(vaccel.PluginType.TORCH | (vaccel.PluginType.GPU if plugin == "gpu" else
                                                         vaccel.PluginType.CPU))
     resource = vaccel.Resource(path, vaccel.ResourceType.MODEL)

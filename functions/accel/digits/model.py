@@ -16,6 +16,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from mapemesh.settings import current
+
 GLYPHS = {
     "0": ["..####..", ".##..##.", ".##..##.", ".##..##.", ".##..##.", ".##..##.", "..####..", "........"],
     "1": ["...##...", "..###...", "...##...", "...##...", "...##...", "...##...", ".######.", "........"],
@@ -80,7 +82,7 @@ def build(path: Path) -> Path:
 
 def ensure(folder: Path | None = None) -> Path:
     """The model file for this version of the glyphs, built once (under DATA_DIR/models by default)."""
-    base = folder or Path(os.environ.get("MAPEMESH_DATA", Path(tempfile.gettempdir()) / "mapemesh")) / "models"
+    base = folder or current().data / "models"
     path = base / f"digits-{VERSION}.pt"
     if not path.exists() or not path.with_suffix(".labels").exists():
         build(path)
