@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from mapemesh import yamlload
 
 FILENAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 SUPPORTED = {"apiVersion", "kind", "resources", "patches", "images"}
@@ -61,7 +61,7 @@ def kustomization_file(directory: Path) -> Path | None:
 
 
 def _read_yaml(path: Path) -> list[Any]:
-    return list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    return list(yamlload.load_all(path.read_text(encoding="utf-8")))
 
 
 def render(directory: Path, reader: Reader = _read_yaml, inputs: list[Path] | None = None) -> Rendered:
@@ -157,7 +157,7 @@ def _apply_patch(objects: list[tuple[dict, str]], item: Any, directory: Path, re
             raise KustomizeError(f"{where}: {item['path']} does not exist")
         docs = [d for d in reader(path) if d is not None]
     else:
-        docs = [d for d in yaml.safe_load_all(str(item["patch"])) if d is not None]
+        docs = [d for d in yamlload.load_all(str(item["patch"])) if d is not None]
     if len(docs) != 1:
         raise KustomizeError(f"{where}: a patch is one YAML document")
     patch = docs[0]

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from mapemesh import kustomize
+from mapemesh import kustomize, yamlload
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def _read(path: Path, cache: dict[str, list[Manifest]], result: ManifestSet) -> 
     """A file's YAML documents, or None after recording the error (and keeping its last good objects)."""
     result.seen[str(path)] = _stat(path)
     try:
-        return list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        return list(yamlload.load_all(path.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         kept = cache.get(str(path))
         result.errors.append(f"{path}: cannot read YAML: {exc}" + ("; keeping its last good version" if kept else ""))
@@ -142,7 +142,7 @@ def _render(root: Path, cache: dict[str, list[Manifest]], seen: set[str], result
     def reader(path: Path) -> list[object]:
         result.seen[str(path)] = _stat(path)
         try:
-            return list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+            return list(yamlload.load_all(path.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             unreadable.append(path)
             raise kustomize.KustomizeError(f"{path}: cannot read YAML: {exc}") from None

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from mapemesh import yamlload
 from mapemesh.runtimes import bunnyfile
 from mapemesh.runtimes.choice import FUNCTION_IMAGE, unikernel_image
 
@@ -109,7 +108,7 @@ def functions(root: Path) -> dict[str, Function]:
 
     out: dict[str, Function] = {}
     for path in sorted(project_folder(root).glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+        for doc in yamlload.load_all(path.read_text(encoding="utf-8")):
             if not isinstance(doc, dict) or doc.get("kind") != "Service":
                 continue
             env = {e.get("name"): e.get("value") for c in doc["spec"]["template"]["spec"].get("containers") or []
@@ -160,7 +159,7 @@ def render(root: Path, name: str, out: Path, monitor: str | None = None) -> dict
     problems = bunnyfile.check_text(text, str(shipped) if monitor is None else f"(the bunnyfile made for {monitor})")
     if problems:
         raise BuildError("; ".join(str(p) for p in problems))
-    doc = yaml.safe_load(text)
+    doc = yamlload.load(text)
     out.mkdir(parents=True, exist_ok=True)
     context = out / "context"
     if context.exists():

@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from mapemesh import yamlload
+
 SYNTAX = "#syntax=harbor.nbfc.io/nubificus/bunny:latest"
 VERSION = (0, 1, 0, 1)
 """The newest bunnyfile version bunny takes (v0.1), as `parse_version` gives it."""
@@ -125,7 +127,7 @@ def check_text(text: str, name: str = "bunnyfile") -> list[Problem]:
     if len(text.splitlines()) <= 1:
         return [Problem(name, "(document)", 1, "Invalid format of file")]
     try:
-        doc = next(iter(yaml.safe_load_all(text)), None)  # bunny reads the first document
+        doc = next(iter(yamlload.load_all(text)), None)  # bunny reads the first document
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         return [Problem(name, "(document)", mark.line + 1 if mark else 0, f"not YAML: {exc}")]
@@ -255,7 +257,7 @@ def load(text: str) -> dict[str, Any]:
     problems = check_text(text)
     if problems:
         raise ValueError("; ".join(str(p) for p in problems))
-    doc: dict[str, Any] = yaml.safe_load(text)
+    doc: dict[str, Any] = yamlload.load(text)
     return doc
 
 

@@ -1,12 +1,14 @@
 """Fixtures that run real mapemesh processes on loopback, and the `live` marker for the tests that start them.
 
-`pytest -m "not live"` runs the unit tests alone (in well under a minute); `pytest -m live` the tests that start a
-mesh, a broker, redis-server, a node shim, a server or the CLI as processes; plain `pytest` runs both.
+`pytest -m "not live"` runs the unit tests alone (about a minute on a 2-core machine); `pytest -m live` the tests
+that start a mesh, a broker, redis-server, a node shim, a server, a compiler or the CLI as processes (by module, by
+fixture, or by what a test or a fixture of tests/ it uses calls); plain `pytest` runs both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import shutil
@@ -97,12 +99,18 @@ def _starts_processes(code: types.CodeType, namespace: dict, seen: set[types.Cod
 
 
 def is_live(item: pytest.Item) -> bool:
-    """Whether a test starts processes: by its module, its fixtures, or what its code calls."""
+    """Whether a test starts processes: by its module, its fixtures, or what its code or a fixture of tests/ that
+    it uses (a module's own mesh, say) calls."""
     if item.path.stem in LIVE_MODULES or LIVE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
         return True
-    function = getattr(item, "function", None)
-    return isinstance(function, types.FunctionType) and _starts_processes(function.__code__, function.__globals__,
-                                                                          set())
+    info = getattr(item, "_fixtureinfo", None)
+    fixtures = [d.func for defs in (info.name2fixturedefs.values() if info is not None else ()) for d in defs]
+    for function in [getattr(item, "function", None), *fixtures]:
+        function = inspect.unwrap(function) if callable(function) else None
+        if isinstance(function, types.FunctionType) and Path(function.__code__.co_filename).is_relative_to(TESTS) \
+                and _starts_processes(function.__code__, function.__globals__, set()):
+            return True
+    return False
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

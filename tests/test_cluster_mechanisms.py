@@ -340,8 +340,8 @@ def test_the_adapters_answer_a_malformed_or_slow_api_with_a_failure(adapter_env,
 
     store, endpoints = adapter_env
     answers, start = odd_api
-    monkeypatch.setattr(adapters, "CALL_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(adapters, "DEADLINE_S", 1.0)
+    monkeypatch.setattr(adapters, "CALL_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(adapters, "DEADLINE_S", 0.5)
     upf = {"command": "set", "ue": "ue-1", "upf": "upf-far"}
     job = {"command": "set", "batch": "b", "order": ["j"]}
     upfs = {"upf-far": {"address": "10.45.2.1"}}
@@ -352,8 +352,8 @@ def test_the_adapters_answer_a_malformed_or_slow_api_with_a_failure(adapter_env,
         ("UPFSelect", upf, {"/upfs": upfs, "/slices": {"ue-1": "upf-near"}}, "hardware"),
         ("JobOrder", job, {"/order": "batch-7"}, "hardware"),
         ("JobOrder", job, {"/order": {"batch": "b", "order": "j"}}, "hardware"),
-        ("JobOrder", job, {"/order": (2.0, {})}, "timeout"),  # one call past CALL_TIMEOUT_S
-        ("UPFSelect", upf, {"/upfs": (0.4, upfs), "/slices": (0.4, {"ue-1": {"upf": "upf-near"}})},
+        ("JobOrder", job, {"/order": (0.8, {})}, "timeout"),  # one call past CALL_TIMEOUT_S
+        ("UPFSelect", upf, {"/upfs": (0.2, upfs), "/slices": (0.2, {"ue-1": {"upf": "upf-near"}})},
          "timeout"),  # each call in time, the exchange past DEADLINE_S
     ]
 
@@ -375,7 +375,7 @@ def test_the_adapters_answer_a_malformed_or_slow_api_with_a_failure(adapter_env,
     results = asyncio.run(run())
     assert all(isinstance(r, catalogue.KnobFailed) for r in results), results
     assert [r.code for r in results] == [code for *_, code in cases], [r.error for r in results]
-    assert "not an object" in results[0].error and "did not finish in 1 s" in results[-1].error
+    assert "not an object" in results[0].error and "did not finish in 0.5 s" in results[-1].error
 
 
 def test_the_job_adapter_sends_the_order_to_the_scheduler_and_reads_it_back(adapter_env):

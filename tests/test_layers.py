@@ -23,6 +23,14 @@ from .conftest import REPO
 WINGS = {"mapemesh/": "core", "functions/": "functions", "runtimes/": "runtimes", "node-shim/": "node-shim"}
 
 
+def _sources(root: Path) -> list[tuple[Path, str]]:
+    """The Python files of the wings under `root` (not the whole tree: `.venv` alone has thousands), with their
+    paths relative to it."""
+    found = [path for prefix in WINGS for path in (root / prefix).rglob("*.py")
+             if not {"__pycache__", "tests", "build"} & set(path.relative_to(root).parts)]
+    return [(path, path.relative_to(root).as_posix()) for path in sorted(found)]
+
+
 def _imports(path: Path) -> list[tuple[int, str]]:
     """Every module `path` imports (absolute names), with its line."""
     out = []
@@ -57,13 +65,8 @@ def _target_unit(module: str) -> str | None:
 def violations(root: Path) -> list[str]:
     """Every import in the tree at `root` that breaks a rule of the table above."""
     found = []
-    for path in sorted(root.rglob("*.py")):
-        relative = path.relative_to(root).as_posix()
-        if any(part in (".venv", "__pycache__", "tests", "bench", "build") for part in path.relative_to(root).parts):
-            continue
-        wing = next((w for prefix, w in WINGS.items() if relative.startswith(prefix)), None)
-        if wing is None:
-            continue
+    for path, relative in _sources(root):
+        wing = next(w for prefix, w in WINGS.items() if relative.startswith(prefix))
         seen: set[int] = set()
         for line, module in _imports(path):
             if line in seen:
@@ -125,11 +128,8 @@ def _env_reads(tree: ast.Module) -> list[tuple[int, str | None]]:
 def env_violations(root: Path) -> list[str]:
     """Every environment read in the tree at `root` that only `mapemesh/settings.py` may make."""
     found = []
-    for path in sorted(root.rglob("*.py")):
-        relative = path.relative_to(root).as_posix()
-        if any(part in (".venv", "__pycache__", "tests", "bench", "build") for part in path.relative_to(root).parts):
-            continue
-        if not relative.startswith(tuple(WINGS)) or relative == "mapemesh/settings.py":
+    for path, relative in _sources(root):
+        if relative == "mapemesh/settings.py":
             continue
         reads = _env_reads(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
         unnamed = [line for line, name in reads if name is None]

@@ -130,7 +130,7 @@ def plan(context): return {}, context
     slow = load_policy(write(tmp_path, BASE + '''
 import time
 def analyze(context):
-    time.sleep(1)  # hangs past the 0.1 s timeout set below
+    time.sleep(0.4)  # hangs past the 0.1 s timeout set below
     return True, context
 def plan(context): return {}, context
 ''', "policy-slow.py"))

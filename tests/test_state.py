@@ -154,17 +154,17 @@ def test_update_can_delete(store):
 
 
 def test_telemetry_window_latest_and_retention(store_url):
-    s = open_store(store_url, retention_s=2)
+    s = open_store(store_url, retention_s=1)
     now = time.time()
-    s.append_telemetry("node-1", [("cpu", 0.5, now - 1.5), ("cpu", 0.7, now - 0.5), ("temp", 40.0, now - 1.0)])
+    s.append_telemetry("node-1", [("cpu", 0.5, now - 0.6), ("cpu", 0.7, now - 0.2), ("temp", 40.0, now - 0.5)])
     s.append_telemetry("node-2", [("cpu", 0.1, now)])
     window = s.telemetry("node-1")
     assert [v for _, v in window["cpu"]] == [0.5, 0.7] and [v for _, v in window["temp"]] == [40.0]
-    assert s.telemetry("node-1", metrics=["cpu"], since=now - 1) == {"cpu": [(pytest.approx(now - 0.5), 0.7)]}
+    assert s.telemetry("node-1", metrics=["cpu"], since=now - 0.4) == {"cpu": [(pytest.approx(now - 0.2), 0.7)]}
     assert s.latest("node-1") == {"cpu": 0.7, "temp": 40.0}
     s.append_telemetry("node-1", [("cpu", 0.9, now - 5)])  # older than the retention time: not kept
     assert [v for _, v in s.telemetry("node-1")["cpu"]] == [0.5, 0.7]
-    time.sleep(max(0.0, now + 1.1 - time.time()))  # the window is now (now - 0.9 .. now + 1.1]
+    time.sleep(max(0.0, now + 0.5 - time.time()))  # the window is now (now - 0.5 .. now + 0.5]
     assert [v for _, v in s.telemetry("node-1")["cpu"]] == [0.7]  # 0.5 aged out
     assert s.latest("node-2") == {"cpu": 0.1}
     s.close()
