@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mapemesh import events as catalogue
+from mapemesh import settings
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.serving.errors import TemporaryError
 
@@ -65,6 +66,7 @@ class Counting:
 def _environment(data: Path) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in ("MAPEMESH_DATA", "MAPEMESH_STATE", "K_SINK")}
     os.environ.update(MAPEMESH_DATA=str(data), MAPEMESH_STATE="sqlite:", K_SINK="http://127.0.0.1:9/unused")
+    settings.reset()  # the stages read this process's settings: from this environment
     try:
         yield
     finally:
@@ -73,6 +75,7 @@ def _environment(data: Path) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        settings.reset()
 
 
 def _policy_file(root: Path) -> Path:

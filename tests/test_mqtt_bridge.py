@@ -162,16 +162,23 @@ def test_events_come_in_by_both_modes_and_go_out_by_a_publish_trigger(mosquitto_
         v5.subscribe("devices/#")
         wait_for(lambda: (tmp_path / "data" / "manifests" / "mapemesh-bridge-publish-0.yaml").exists(),
                  what="the bridge's publish Trigger")
-        time.sleep(1.5)  # the broker reads DATA_DIR/manifests every second: then the Trigger routes
-        command = CloudEvent({"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/ops", "subject": "room-1",
-                              "type": "io.example.cmd.heat", "sensorgroup": "north",
-                              "datacontenttype": "application/json"}, b'{"to": 21}')
-        headers, body = to_binary(command)
-        assert httpx.post(broker.ingress, headers=headers, content=body).status_code == 202
-        heard = wait_for(lambda: [m for m in v5.heard if m.topic == "devices/room-1/north"] or None, timeout=30,
-                         what="the command on MQTT")
+        commands: dict[str, CloudEvent] = {}
+
+        def post_and_listen() -> list | None:
+            # The broker reads DATA_DIR/manifests every second: a command posted before it has the Trigger goes
+            # nowhere, so one is posted per try until one is heard.
+            command = CloudEvent({"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/ops",
+                                  "subject": "room-1", "type": "io.example.cmd.heat", "sensorgroup": "north",
+                                  "datacontenttype": "application/json"}, b'{"to": 21}')
+            commands[command.id] = command
+            headers, body = to_binary(command)
+            assert httpx.post(broker.ingress, headers=headers, content=body).status_code == 202
+            return [m for m in v5.heard if m.topic == "devices/room-1/north"] or None
+
+        heard = wait_for(post_and_listen, timeout=30, interval=0.25, what="a command on MQTT")
         message = heard[0]
         back = from_mqtt(message.payload, message.properties.ContentType, message.properties.UserProperty)
+        command = commands[back.id]
         assert _sent_part(back, command) == command.attributes and back.data == command.data
         assert back.get("knativearrivaltime")  # the broker's own attributes travel on too
     finally:
@@ -225,14 +232,20 @@ def test_an_mqtt_311_bridge_publishes_structured_mode(mosquitto_url, tmp_path):
         listener.subscribe("out/#")
         wait_for(lambda: (tmp_path / "data" / "manifests" / "mapemesh-bridge-publish-0.yaml").exists(),
                  what="the bridge's publish Trigger")
-        time.sleep(1.5)  # the broker reads DATA_DIR/manifests every second: then the Trigger routes
-        event = _event(type="io.example.out.reading", datacontenttype="application/octet-stream")
-        headers, body = to_binary(event)
-        assert httpx.post(broker.ingress, headers=headers, content=body).status_code == 202
-        (message,) = wait_for(lambda: [m for m in listener.heard if m.topic == "out/room-1"] or None, timeout=30,
-                              what="the event on MQTT 3.1.1")
+        events: dict[str, CloudEvent] = {}
+
+        def post_and_listen() -> list | None:
+            # One event per try until the broker has read the Trigger (it reads DATA_DIR/manifests every second).
+            event = _event(type="io.example.out.reading", datacontenttype="application/octet-stream")
+            events[event.id] = event
+            headers, body = to_binary(event)
+            assert httpx.post(broker.ingress, headers=headers, content=body).status_code == 202
+            return [m for m in listener.heard if m.topic == "out/room-1"] or None
+
+        message = wait_for(post_and_listen, timeout=30, interval=0.25, what="an event on MQTT 3.1.1")[0]
         assert json.loads(message.payload)["data_base64"]  # structured: the payload is the JSON event
         back = from_mqtt(message.payload)
+        event = events[back.id]
         assert _sent_part(back, event) == event.attributes and back.data == event.data
     finally:
         listener.close()
