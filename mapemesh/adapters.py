@@ -40,6 +40,7 @@ from mapemesh import settings
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.identity.guard import sign_as
 from mapemesh.state import StateStore
+from mapemesh.tls import client_context
 
 ENDPOINTS_ENV = "MAPEMESH_MECHANISM_ENDPOINTS"
 CALL_TIMEOUT_S = 5.0
@@ -130,7 +131,8 @@ async def through(event: CloudEvent, data: catalogue.KnobApply, source: str, sto
     except Unconfigured as exc:
         return failed(event, data, "unsupported", str(exc), source)
     try:
-        async with asyncio.timeout(DEADLINE_S), httpx.AsyncClient(timeout=CALL_TIMEOUT_S) as client:
+        async with asyncio.timeout(DEADLINE_S), \
+                httpx.AsyncClient(timeout=CALL_TIMEOUT_S, verify=client_context()) as client:
             before, after = await exchange(client, api)
     except Refused as exc:
         return failed(event, data, "invalid", f"{what} refused it: {exc}", source)

@@ -8,6 +8,7 @@ fixture, or by what a test or a fixture of tests/ it uses calls); plain `pytest`
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import os
@@ -118,6 +119,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if is_live(item):
             item.add_marker(pytest.mark.live)
+
+
+def k8s_validation() -> types.ModuleType:
+    """kubernetes_validate (the test skips without it), its schema files parsed once per process: it reads and
+    parses them on every `validate`, which was the longest part of the unit tests. The schemas are only read."""
+    module = pytest.importorskip("kubernetes_validate")
+    if not hasattr(module.utils.schema_contents, "cache_info"):
+        module.utils.schema_contents = functools.lru_cache(maxsize=None)(module.utils.schema_contents)
+    return module
 
 
 def jsonl(path: Path) -> list[dict]:

@@ -36,7 +36,7 @@ from mapemesh.eventing.features import EventingFeatures
 from mapemesh.eventing.triggers import load_triggers
 from mapemesh.serving.admission import KnativeConfig, check_service
 
-from .conftest import REPO, SHARED
+from .conftest import REPO, SHARED, k8s_validation
 
 BUNDLES = ["knative", "knative/overlays/local", "knative/overlays/cluster"]
 K8S_VERSIONS = ("1.30.0", "1.33.0")
@@ -60,7 +60,7 @@ def as_manifests(objects: list[dict]) -> manifests.ManifestSet:
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_core_objects_and_pod_specs_are_valid_kubernetes(bundle):
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate = k8s_validation()
     checked = 0
     for obj in render(bundle):
         if obj["apiVersion"] == "serving.knative.dev/v1":

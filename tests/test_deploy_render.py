@@ -13,6 +13,8 @@ import yaml
 
 from mapemesh.functions.deploy.render import RenderError, dns_name, render_app, to_yaml_files
 
+from .conftest import k8s_validation
+
 REFERENCE = Path(__file__).parents[2] / "shared" / "reference"
 SAMPLE = REFERENCE / "mlsysops" / "app-description.user_provided.yaml"
 KARMADA = REFERENCE / "karmada"
@@ -102,7 +104,7 @@ def _renderings() -> list[tuple[str, Any]]:
 
 
 def test_every_core_object_is_valid_kubernetes():
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate = k8s_validation()
     checked = 0
     for label, rendering in _renderings():
         core = [o for o in rendering.objects if o["apiVersion"] != "policy.karmada.io/v1alpha1"]

@@ -31,6 +31,7 @@ from mapemesh.eventing.binding import from_http, to_binary
 from mapemesh.identity import sign_commands
 from mapemesh.settings import current
 from mapemesh.state import StateStore
+from mapemesh.tls import client_context
 
 LAYER = "far_edge"
 TIMEOUT_S = 60.0
@@ -128,7 +129,7 @@ async def deploy(app_id: str, description: dict[str, Any], devices: dict[str, st
     url = _bridge(data)
     placed: dict[str, dict[str, Any]] = {}
     problems = []
-    async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
+    async with httpx.AsyncClient(timeout=TIMEOUT_S, verify=client_context()) as http:
         for component, device in sorted(devices.items()):
             request = catalogue.FarEdgeDeployRequested(device=device, app_id=app_id, component=component,
                                                        plan_id=plan_id, package=package(description, component))
@@ -146,7 +147,7 @@ async def remove(app_id: str, placed: dict[str, dict[str, Any]], data: Path) -> 
         return []
     url = _bridge(data)
     problems = []
-    async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
+    async with httpx.AsyncClient(timeout=TIMEOUT_S, verify=client_context()) as http:
         for component, where in sorted(placed.items()):
             request = catalogue.FarEdgeDeployRequested(device=where["device"], app_id=app_id, component=component,
                                                        action="remove")

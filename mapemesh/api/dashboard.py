@@ -31,6 +31,7 @@ from mapemesh import endpoints
 from mapemesh.api import views
 from mapemesh.descriptions import RELATIONS
 from mapemesh.state import StateStore
+from mapemesh.tls import client_context
 
 if TYPE_CHECKING:
     from mapemesh.api.app import ApiContext
@@ -102,7 +103,7 @@ async def mesh_now(data: Path | None, log_file: Path) -> dict[str, Any]:
         found = endpoints.read(data) if data is not None else {}
     except ValueError as exc:
         found, out["errors"]["endpoints"] = {}, str(exc)
-    async with httpx.AsyncClient(timeout=5) as http:
+    async with httpx.AsyncClient(timeout=5, verify=client_context()) as http:
         for name, path in (("serving", "/status"), ("broker", "/stats")):
             if name not in found:
                 out["errors"][name] = "no embedded mesh beside this API (not in DATA_DIR/endpoints.json)"
