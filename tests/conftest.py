@@ -126,7 +126,7 @@ def k8s_validation() -> types.ModuleType:
     parses them on every `validate`, which was the longest part of the unit tests. The schemas are only read."""
     module = pytest.importorskip("kubernetes_validate")
     if not hasattr(module.utils.schema_contents, "cache_info"):
-        module.utils.schema_contents = functools.lru_cache(maxsize=None)(module.utils.schema_contents)
+        module.utils.schema_contents = functools.cache(module.utils.schema_contents)
     return module
 
 

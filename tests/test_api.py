@@ -186,7 +186,7 @@ def test_deploy_fetches_a_uri(client, ingress, tmp_path):
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()  # shutdown() waits a poll
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
         assert client.post("/apps/deploy", json={"uri": f"{base}/demo-app.yaml"}, headers=AUTH).status_code == 202

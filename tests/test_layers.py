@@ -16,6 +16,7 @@ A planted violation makes each checker fail, so no rule can pass by checking not
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 from .conftest import REPO
@@ -31,10 +32,16 @@ def _sources(root: Path) -> list[tuple[Path, str]]:
     return [(path, path.relative_to(root).as_posix()) for path in sorted(found)]
 
 
+@functools.cache
+def _parsed(path: Path) -> ast.Module:
+    """A source file's AST, parsed once for both rules (the files are not changed while the tests run)."""
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
 def _imports(path: Path) -> list[tuple[int, str]]:
     """Every module `path` imports (absolute names), with its line."""
     out = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+    for node in ast.walk(_parsed(path)):
         if isinstance(node, ast.Import):
             out += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -131,7 +138,7 @@ def env_violations(root: Path) -> list[str]:
     for path, relative in _sources(root):
         if relative == "mapemesh/settings.py":
             continue
-        reads = _env_reads(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+        reads = _env_reads(_parsed(path))
         unnamed = [line for line, name in reads if name is None]
         if len(unnamed) > ENV_UNNAMED_READS.get(relative, 0):
             found += [f"{relative}:{line} reads a variable it names at run time" for line in unnamed]
