@@ -226,7 +226,7 @@ def test_schedule_decides_a_cycle_core_first_and_discards_late_conflicts(store, 
 
     monkeypatch.setattr("mapemesh.serving.sink.publish", fake_publish)
     a = _queue(store, "a", "c1", created=1.0, CPUFrequency={"f": "min"})
-    _queue(store, "b", "c1", core=True, created=2.0, CPUFrequency={"f": "max"})
+    b = _queue(store, "b", "c1", core=True, created=2.0, CPUFrequency={"f": "max"})
     first = asyncio.run(schedule(ev(a)))
     out = [catalogue.parse_data(e) for e in [first, *published]]
     scheduled = [o for o in out if isinstance(o, catalogue.PlanScheduled)]
@@ -234,6 +234,13 @@ def test_schedule_decides_a_cycle_core_first_and_discards_late_conflicts(store, 
     assert [s.plan_id for s in scheduled] == ["b"] and [d.plan_id for d in discarded] == ["a"]
     assert discarded[0].winner == "b" and "core plan" in discarded[0].reason
     assert store.get("plans", "a").value["status"] == "Discarded"
+    # b's own proposal, decided with a's: nothing is announced again (execute would run b twice: a far-edge
+    # deployment's second create fails and rolls the first back).
+    published.clear()
+    assert asyncio.run(schedule(ev(b))) is None and published == []
+    # a's proposal redelivered: what its call decided is announced again, as recorded.
+    again = [catalogue.parse_data(e) for e in [asyncio.run(schedule(ev(a))), *published]]
+    assert sorted((type(o).__name__, o.plan_id) for o in again) == [("PlanDiscarded", "a"), ("PlanScheduled", "b")]
     # A plan of the same cause arriving later still loses to the winner of its cycle.
     late = _queue(store, "c", "c1", created=3.0, CPUFrequency={"f": "min"})
     published.clear()

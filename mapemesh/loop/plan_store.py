@@ -210,8 +210,10 @@ def decide(store: StateStore, cause: str, also: str | None) -> tuple[list[tuple[
     The cycle's document, its number (from the scheduler's counter, for a new cycle) and the decided plans are read
     together and written in one transaction, each with the version read, so two scheduler instances (a rollout,
     say) can never both give a mechanism away: the loser of the write decides again on the winner's record. Two
-    round trips when the cycle's queue holds only `also` (the usual case); one more read otherwise. Decisions
-    already recorded are returned as recorded (a redelivery announces them again). The cycle keeps each winner's
+    round trips when the cycle's queue holds only `also` (the usual case); one more read otherwise. Each decision
+    records the proposal whose call made it (`by`): a redelivery of that proposal announces its call's decisions
+    again, as recorded, while another proposal of the cycle that was decided with it announces nothing (its
+    decision went out once already; announcing it again would execute a plan twice). The cycle keeps each winner's
     policy and core flag, so deciding against it reads no other plan.
     """
     created = time.time()
@@ -230,7 +232,10 @@ def decide(store: StateStore, cause: str, also: str | None) -> tuple[list[tuple[
         held: dict[str, str] = dict(doc.get("taken") or {})
         known: dict[str, Any] = dict(doc.get("winners") or {})
         ids = [i for i in dict.fromkeys([*(doc.get("queued") or []), *([also] if also else [])]) if i not in decided]
-        wanted = [("plans", i) for i in dict.fromkeys([*ids, *(set(held.values()) - set(known))])]
+        # Decided by an earlier call for this same proposal (a redelivery): announced again, as recorded (a record
+        # from before `by` was kept: `also` alone).
+        again = [i for i, r in decided.items() if also is not None and (r["by"] == also if "by" in r else i == also)]
+        wanted = [("plans", i) for i in dict.fromkeys([*ids, *(set(held.values()) - set(known)), *again])]
         missing[:] = [ref for ref in wanted if ref not in docs]
         if missing:
             return {}  # read them with the others, and decide again (see below)
@@ -253,7 +258,8 @@ def decide(store: StateStore, cause: str, also: str | None) -> tuple[list[tuple[
         now_decided = {p.plan_id: p for p in [*scheduled, *(d.plan for d in discarded)]}
         for plan in now_decided.values():
             decided[plan.plan_id] = {"status": plan.status, "winner": plan.winner, "reason": plan.reason,
-                                     "mechanism": mechanism_of.get(plan.plan_id), "updated": plan.updated}
+                                     "mechanism": mechanism_of.get(plan.plan_id), "updated": plan.updated,
+                                     "by": also}
             out[("plans", plan.plan_id)] = {**loaded[plan.plan_id], "status": plan.status, "cycle": plan.cycle,
                                             "winner": plan.winner, "reason": plan.reason, "updated": plan.updated}
         doc.update(taken=held, decided=decided, winners=known,
@@ -261,9 +267,9 @@ def decide(store: StateStore, cause: str, also: str | None) -> tuple[list[tuple[
         out[("cycles", cause)] = doc
         outcome.clear()
         number[:] = [int(doc["cycle"])]
-        for plan_id in dict.fromkeys([*([also] if also in decided else []), *now_decided]):
+        for plan_id in dict.fromkeys([*again, *now_decided]):
             plan = now_decided.get(plan_id)
-            if plan is None:  # `also`, decided before: a redelivery announces it again, as recorded
+            if plan is None:  # in `again`
                 found = docs.get(("plans", plan_id))
                 if found is None:
                     continue
