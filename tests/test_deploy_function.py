@@ -48,6 +48,12 @@ def test_a_placement_is_written_per_cluster_and_removed(tmp_path, monkeypatch):
         for cluster in ("edge-c", "cloud-c"):
             kinds = {yaml.safe_load(p.read_text())["kind"] for p in (root / cluster).glob("*.yaml")}
             assert {"Deployment", "Service"} <= kinds
+        # The same plan again (redelivered): answered as recorded, nothing done a second time.
+        recorded = store.get("deployments", "shop")
+        again = catalogue.parse_data(asyncio.run(deploy(ev(catalogue.DeployRequested(
+            app_id="shop", plan_id="p1", placement={"web": ["edge-c", "cloud-c"]})))))
+        assert (again.status, again.clusters, again.objects) == ("Written", status.clusters, status.objects)
+        assert "deployed already" in again.message and store.get("deployments", "shop").version == recorded.version
         # A node plan later keeps the clusters and adds the node.
         reply = asyncio.run(deploy(ev(catalogue.DeployRequested(app_id="shop", plan_id="p2", placement={},
                                                                 nodes={"web": "node-1"}))))

@@ -13,7 +13,8 @@ Knative Services, Services, and Karmada PropagationPolicies/OverridePolicies, th
 
 The answer is a `deploy.status` event (Applied, Written or Failed, with the clusters and the number of objects),
 which the monitor stage turns into the plan's status. What was deployed is recorded (kind `deployments`);
-`app.removed` deletes it again, policies included (or removes the folder).
+`app.removed` deletes it again, policies included (or removes the folder). A request for the plan deployed already
+(delivery is at least once) is answered as recorded, and nothing is deployed twice.
 """
 
 from __future__ import annotations
@@ -95,6 +96,14 @@ async def on_deploy(store: StateStore, request: catalogue.DeployRequested, data_
     from mapemesh.functions.deploy.render import APP_ID, RenderError, render_app
 
     previous = store.get("deployments", request.app_id)
+    done = previous.value if previous is not None else {}
+    if request.plan_id and done.get("plan_id") == request.plan_id and done.get("status") in ("Applied", "Written"):
+        # The same plan again (its event redelivered, or the plan announced twice): what it did stands. Deploying
+        # again is not harmless: a far-edge device refuses a second create, and the rollback removes the first.
+        return _status(request, str(done["status"]), clusters=list(done.get("clusters") or []),
+                       objects=int(done.get("count") or 0),
+                       message=f"plan {request.plan_id} is deployed already: {done.get('message') or done['status']}",
+                       deployed=done.get("deployed"))
     app = store.get("applications", request.app_id)
     if app is None:
         return _status(request, "Failed", message=f"application {request.app_id} is not known (submit it first, or "
@@ -119,7 +128,8 @@ async def on_deploy(store: StateStore, request: catalogue.DeployRequested, data_
         placement = {c: v for c, v in placement.items() if c not in far}
         nodes = {c: n for c, n in nodes.items() if c not in far}
         if not _components(description):
-            _record(store, request, placement, nodes, [], [], "far_edge", "Applied", None, True, placed_far)
+            _record(store, request, placement, nodes, [], [], "far_edge", "Applied", None, True, placed_far,
+                    count=len(placed_far))
             return _status(request, "Applied", objects=len(placed_far), deployed=True,
                            message="far-edge: " + ", ".join(f"{c} on {p['device']}" for c, p in placed_far.items()))
     try:
@@ -183,7 +193,7 @@ async def on_deploy(store: StateStore, request: catalogue.DeployRequested, data_
         store.delete("deployments", request.app_id)
         return _status(request, "Removed", clusters=clusters, message="the application was removed meanwhile")
     _record(store, request, placement, nodes, clusters, identities + leftover, kind, status, message, deployed,
-            placed_far)
+            placed_far, count=count)
     if target is not None and not deployed:
         _follow(target, request, rendering.objects, clusters, count)
     return _status(request, status, clusters=clusters, objects=count, message=message, deployed=deployed)
@@ -191,10 +201,11 @@ async def on_deploy(store: StateStore, request: catalogue.DeployRequested, data_
 
 def _record(store: StateStore, request: catalogue.DeployRequested, placement: dict[str, list[str]],
             nodes: dict[str, str], clusters: list[str], objects: list[dict[str, Any]], target: str, status: str,
-            message: str | None, deployed: bool | None, far: dict[str, Any] | None = None) -> None:
+            message: str | None, deployed: bool | None, far: dict[str, Any] | None = None, *, count: int = 0) -> None:
     update(store, "deployments", request.app_id, lambda doc: {
         "app_id": request.app_id, "status": status, "placement": placement, "nodes": nodes, "clusters": clusters,
-        "objects": objects, "target": target, "plan_id": request.plan_id, "message": message, "deployed": deployed,
+        "objects": objects, "count": count, "target": target, "plan_id": request.plan_id, "message": message,
+        "deployed": deployed,
         "faredge": far if far is not None else (doc or {}).get("faredge") or {}, "at": time.time()})
 
 
