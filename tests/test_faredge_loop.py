@@ -18,7 +18,7 @@ from mapemesh.eventing.binding import to_binary
 from mapemesh.eventing.log import read_all
 from mapemesh.state import open_store
 
-from .conftest import REPO, copy_knative, wait_for
+from .conftest import REPO, copy_knative, signed, wait_for
 from .test_serving import start_mesh
 
 ADAPTER = {"communication-adapter.fita/image": "registry.example.com/fita/adapter:1",
@@ -85,6 +85,17 @@ def test_a_far_edge_device_joins_gets_a_workload_and_its_radio_is_tuned(mosquitt
                        if "keyword-spotter-communication-adapter" in o.read_text() and "Deployment" in o.read_text())
         text = adapter.read_text()
         assert "registry.example.com/fita/adapter:1" in text and "dev-1" in text and "Keyword" in text
+        # Another plan placing it on the same device (a node plan after the core one, say) changes nothing on it:
+        # a second create would be refused, and its rollback would remove the running workload.
+        command = signed(catalogue.make_event(catalogue.DeployRequested(
+            app_id="kws", plan_id="another-plan", placement={}, nodes={"keyword-spotter": "dev-1"}), "/test"),
+            name="execute", data=mesh.data)  # a command: only execute's is taken
+        headers, body = to_binary(command)
+        assert httpx.post(mesh.broker + "/default/default", headers=headers, content=body).status_code == 202
+        again = wait_for(lambda: [s for s in logged(catalogue.DeployStatus) if s["plan_id"] == "another-plan"] or None,
+                         timeout=60, what="the second plan's deploy status")
+        assert again[-1]["status"] in ("Applied", "Written"), again
+        assert [(s["step"], s["ok"]) for s in logged(catalogue.FarEdgeStep) if s["app_id"] == "kws"] == steps
 
         # A device whose install fails: the instance is rolled back and the plan fails.
         post(catalogue.AppSubmitted(app_id="kws-bad", description=_app("kws-bad", "dev-bad")))

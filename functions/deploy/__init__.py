@@ -115,7 +115,8 @@ async def on_deploy(store: StateStore, request: catalogue.DeployRequested, data_
     placed_far: dict[str, Any] = {}
     if far:
         try:
-            placed_far, problems = await faredge.deploy(request.app_id, description, far, request.plan_id, data_dir)
+            placed_far, problems = await faredge.deploy(request.app_id, description, far, request.plan_id, data_dir,
+                                                        active=(before or {}).get("faredge"))
         except (RuntimeError, httpx.HTTPError) as exc:
             return _status(request, "Failed", message=f"far-edge: {exc}")
         if problems:

@@ -19,6 +19,7 @@ is MAPEMESH_BRIDGE_URL, else the one a running mesh recorded in DATA_DIR (`bridg
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -123,19 +124,39 @@ async def _ask(http: httpx.AsyncClient, url: str, request: catalogue.FarEdgeDepl
     return done
 
 
+def _digest(package: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(package, sort_keys=True).encode()).hexdigest()
+
+
 async def deploy(app_id: str, description: dict[str, Any], devices: dict[str, str], plan_id: str | None,
-                 data: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Deploy each far-edge component on its device; ({component: {device, instance, status}}, problems)."""
-    url = _bridge(data)
+                 data: Path, active: dict[str, dict[str, Any]] | None = None
+                 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Deploy each far-edge component on its device; ({component: {device, instance, status, package}}, problems).
+
+    A component `active` (what the last deploy placed) shows Active on the same device with the same package is
+    kept as it is: a second plan placing it there again changes nothing (a device refuses a second create, and the
+    rollback would remove the running one)."""
     placed: dict[str, dict[str, Any]] = {}
+    todo: dict[str, tuple[str, dict[str, Any]]] = {}
+    for component, device in sorted(devices.items()):
+        wanted = package(description, component)
+        was = (active or {}).get(component) or {}
+        if was.get("status") == "Active" and was.get("device") == device and was.get("package") == _digest(wanted):
+            placed[component] = dict(was)
+        else:
+            todo[component] = (device, wanted)
+    if not todo:
+        return placed, []
+    url = _bridge(data)
     problems = []
     async with httpx.AsyncClient(timeout=TIMEOUT_S, verify=client_context()) as http:
-        for component, device in sorted(devices.items()):
+        for component, (device, wanted) in todo.items():
             request = catalogue.FarEdgeDeployRequested(device=device, app_id=app_id, component=component,
-                                                       plan_id=plan_id, package=package(description, component))
+                                                       plan_id=plan_id, package=wanted)
             done = await _ask(http, url, request)
             if done.status == "Active":
-                placed[component] = {"device": device, "instance": done.instance, "status": done.status}
+                placed[component] = {"device": device, "instance": done.instance, "status": done.status,
+                                     "package": _digest(wanted)}
             else:
                 problems.append(f"{component} on far-edge device {device}: {done.message}")
     return placed, problems
