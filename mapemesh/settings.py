@@ -201,12 +201,10 @@ class Settings:
         """Defaults, then `MAPEMESH_*` variables, then the overrides that are not None (flags)."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name == "given":
-                continue
-            raw = env.get(f.metadata.get("env") or ENV_PREFIX + f.name.upper())
+        for name, variable in VARIABLES.items():
+            raw = env.get(variable)
             if raw is not None and raw != "":
-                values[f.name] = _convert(f.metadata.get("env") or ENV_PREFIX + f.name.upper(), f.type, raw)
+                values[name] = _convert(variable, _TYPES[name], raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values, given=frozenset(values))
 
@@ -237,6 +235,11 @@ class Settings:
         """Manifests added to a running mesh (`mapemesh policy deploy`), read next to MAPEMESH_MANIFESTS."""
         return self.data / "manifests"
 
+
+VARIABLES: dict[str, str] = {f.name: f.metadata.get("env") or ENV_PREFIX + f.name.upper()
+                              for f in fields(Settings) if f.name != "given"}
+"""Each field's environment variable."""
+_TYPES = {f.name: f.type for f in fields(Settings)}
 
 _current: Settings | None = None
 
