@@ -390,7 +390,8 @@ def main(quick: bool = False) -> bool:
     counts = loopcost.measure()
     print(f"CPU of the mesh (broker, host, functions) per event under the background load: {cpu_per_event_ms:.2f} ms "
           "(" + ", ".join(f"{name} {ms:.2f}" for name, ms in cpu_split.items() if ms >= 0.005) + ")")
-    for path, label in (("reaction", "per reaction"), ("background", "per unwatched background telemetry event")):
+    for path, label in (("reaction", "per reaction"), ("background", "per unwatched background telemetry event"),
+                        ("reaction on redis", "per reaction on Redis (a clusters' store; this run's is SQLite)")):
         print(f"store round trips {label}: {sum(counts[path].values())} ("
               + ", ".join(f"{k} {v}" for k, v in counts[path].items()) + ")")
     RESULTS.mkdir(parents=True, exist_ok=True)

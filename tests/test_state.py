@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -13,6 +14,7 @@ import time
 import pytest
 
 from mapemesh.state import Conflict, StateStore, Write, open_store, update, update_many
+from mapemesh.state.base import optimistic
 from mapemesh.state.sqlite import SQLiteStore
 
 from .conftest import wait_for
@@ -265,7 +267,8 @@ def test_update_many_changes_several_documents_in_one_write(store):
         update_many(store, [("plans", "p")], lambda docs: {("plans", "q"): {}})
 
 
-def test_update_many_retries_on_a_conflict_with_fresh_documents(store):
+def test_optimistic_update_retries_on_a_conflict_with_fresh_documents(store):
+    """How a store that cannot run the change itself (Redis) updates: read, change, commit, again on Conflict."""
     store.put("settings", "counter", {"n": 0})
     seen = []
 
@@ -276,10 +279,52 @@ def test_update_many_retries_on_a_conflict_with_fresh_documents(store):
         return {("settings", "counter"): {"n": docs[("settings", "counter")]["n"] + 1},
                 ("plans", "p"): {"counter_was": docs[("settings", "counter")]["n"]}}
 
-    update_many(store, [("settings", "counter"), ("plans", "p")], change)
+    optimistic(store, [("settings", "counter"), ("plans", "p")], change)
     assert seen == [0, 10]
     assert store.get("settings", "counter").value == {"n": 11}
     assert store.get("plans", "p").value == {"counter_was": 10} and store.get("plans", "p").version == 1
+
+
+def test_sqlite_updates_in_one_transaction_no_writer_comes_in_between(tmp_path):
+    """SQLite runs the change inside its write transaction: one round trip, and the change runs once."""
+    store = SQLiteStore(tmp_path / "state.db")
+    store.put("settings", "counter", {"n": 0})
+    other = sqlite3.connect(tmp_path / "state.db", isolation_level=None, timeout=0)
+    refused, seen = [], []
+
+    def change(docs):
+        seen.append(docs[("settings", "counter")]["n"])
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another writer, meanwhile
+        except sqlite3.OperationalError as exc:
+            refused.append(str(exc))
+        else:
+            other.execute("ROLLBACK")
+        return {("settings", "counter"): {"n": docs[("settings", "counter")]["n"] + 1}}
+
+    written = update_many(store, [("settings", "counter")], change)
+    assert seen == [0] and refused == ["database is locked"]
+    assert written[("settings", "counter")].version == 2 and store.get("settings", "counter").value == {"n": 1}
+    with pytest.raises(RuntimeError, match="boom"):  # a change that fails writes nothing and frees the lock
+        update_many(store, [("settings", "counter")], lambda docs: (_ for _ in ()).throw(RuntimeError("boom")))
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("ROLLBACK")
+    assert store.get("settings", "counter").version == 2
+    other.close()
+    store.close()
+
+
+def test_snapshot_reads_documents_and_a_telemetry_window_together(store):
+    store.put("plans", "p", {"status": "Queued"})
+    now = time.time()
+    store.append_telemetry("n1", [("cpu", 0.5, now - 2), ("cpu", 0.7, now - 1), ("mem", 3.0, now - 1)])
+    docs, window = store.snapshot([("plans", "p"), ("plans", "absent")], "n1", ["cpu"])
+    assert [d.value if d else None for d in docs] == [{"status": "Queued"}, None]
+    assert window == store.telemetry("n1", ["cpu"]) and [v for _, v in window["cpu"]] == [0.5, 0.7]
+    assert store.snapshot([], "n1")[1] == store.telemetry("n1")  # every metric when none is named
+    assert store.snapshot([("plans", "p")], "nobody", ["cpu"])[1] == {}
+    with pytest.raises(ValueError, match="unknown kind"):
+        store.snapshot([("nonsense", "x")], "n1")
 
 
 def _bump_many_in_process(url: str, n: int) -> None:

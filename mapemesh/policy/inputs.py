@@ -46,8 +46,8 @@ def gather(store: StateStore, declaration: Declaration, asset: str, *, context: 
     context saved it (`{plan_id, mechanisms}`), instead of `current_plan`: the plan's status is read with the
     other documents, and it is the current plan unless it was discarded or failed.
 
-    The documents (the node's description, each mechanism's, the last plan's) are read in one round trip, and the
-    telemetry window in one more.
+    The documents (the node's description, each mechanism's, the last plan's) and the telemetry window are read in
+    one round trip (`snapshot`).
     """
     patterns = any(m.endswith("*") for m in declaration.metrics)
     wanted = None if patterns else (declaration.metrics or None)
@@ -55,8 +55,8 @@ def gather(store: StateStore, declaration: Declaration, asset: str, *, context: 
     refs: list[Ref] = [*([("infrastructure", asset)] if declaration.scope != "application" else []),
                        *(("mechanisms", f"{asset}/{name}") for name in declaration.mechanisms),
                        *([("plans", str(last_plan.get("plan_id")))] if last_plan is not None else [])]
-    docs = dict(zip(refs, store.get_many(refs), strict=True)) if refs else {}
-    window = store.telemetry(asset, metrics=wanted)
+    read, window = store.snapshot(refs, asset, wanted)
+    docs = dict(zip(refs, read, strict=True))
     if patterns:
         window = {m: samples for m, samples in window.items() if matches(m, declaration.metrics)}
     data = {m: samples[-1][1] for m, samples in window.items() if samples}  # the newest of each: one read

@@ -5,12 +5,20 @@
 | `get`, `put`, `delete`, `list`         | 1           | one document (or one kind), versioned                        |
 | `get_many(refs)`                       | 1           | several documents, read together (one snapshot)              |
 | `commit(writes)`                       | 1           | several versioned writes in one transaction: all or none     |
-| `update(store, kind, key, change)`     | 2 (+ 2 per  | read, change, write back with the version read; retried on   |
-|                                        | Conflict)   | `Conflict`                                                   |
-| `update_many(store, refs, change)`     | 2 (+ 2 per  | the same for several documents: one `get_many`, one `commit` |
-|                                        | Conflict)   |                                                              |
+| `transact(refs, change)`               | SQLite: 1;  | read, change, write back, atomically: SQLite runs it in one  |
+|                                        | Redis: 2    | write transaction (no other writer can come in between);     |
+|                                        | (+2 per     | Redis reads, then commits with the versions read, and        |
+|                                        | Conflict)   | retries on `Conflict` (`optimistic`)                         |
+| `update(store, kind, key, change)`,    | as          | `transact` for one document, and for several                 |
+| `update_many(store, refs, change)`     | `transact`  |                                                              |
+| `snapshot(refs, asset, metrics)`       | 1 (Redis: 2 | documents and an asset's telemetry window, read together     |
+|                                        | unnamed     |                                                              |
+|                                        | metrics)    |                                                              |
 | `append_telemetry`, `telemetry`,       | 1           | an asset's telemetry window                                  |
 | `latest`                               |             |                                                              |
+
+A change function (`transact`, `update`, `update_many`) must not call the store itself: on SQLite it runs inside
+the write transaction.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ Ref = tuple[str, str]
 """(kind, key): a document's address."""
 Sample = tuple[str, float, float]
 """(metric, value, unix time)."""
+Change = Callable[[dict[Ref, Document | None]], Mapping[Ref, Document | None]]
+"""What `transact` and `update_many` apply: fresh copies of the documents read (None: absent) -> the documents to
+write, among those read (None deletes; a ref left out is not written)."""
 
 KINDS = ("applications", "infrastructure", "plans", "policies", "policy_contexts", "cycles", "mechanisms", "settings",
          "ml_models", "deployments", "buckets", "objects", "uploads", "departed", "trust", "plan_index")
@@ -101,6 +112,19 @@ class StateStore(Protocol):
         (a delete's: its tombstone's, 0 when it was not there)."""
         ...
 
+    def transact(self, refs: Sequence[Ref], change: Change, *, attempts: int = 50,
+                 read: list[Versioned | None] | None = None) -> dict[Ref, Versioned | None]:
+        """Read `refs`, change them, write back what `change` returns, atomically (see `update_many`, which is
+        this). Where the store can, one round trip in which no other writer comes in between (`change` runs once);
+        elsewhere a read and a versioned commit, retried on Conflict (`optimistic`: `change` may run again; `read`,
+        the documents as the caller just read them, saves the first read)."""
+        ...
+
+    def snapshot(self, refs: Sequence[Ref], asset: str, metrics: Iterable[str] | None = None
+                 ) -> tuple[list[Versioned | None], dict[str, list[tuple[float, float]]]]:
+        """`get_many(refs)` and `telemetry(asset, metrics)`, read together (one snapshot, one round trip)."""
+        ...
+
     def append_telemetry(self, asset: str, samples: Iterable[Sample]) -> None:
         """Add samples to an asset's telemetry window."""
         ...
@@ -127,45 +151,63 @@ def check_kind(kind: str) -> None:
 
 def update(store: StateStore, kind: str, key: str, change: Callable[[Document | None], Document | None],
            attempts: int = 50, *, read: list[Versioned | None] | None = None) -> Versioned | None:
-    """Read, change, write back with the version read; retry on Conflict. `change` returning None deletes.
+    """Read, change, write back, atomically (`update_many` for one document). `change` returning None deletes.
 
-    `read`: `[the document as the caller just read it]`, used for the first attempt instead of reading again (a
-    stale one only costs a Conflict and a retry on fresh data). `update_many` for one document."""
+    `read`: `[the document as the caller just read it]`, used (where the store retries on Conflict) for the first
+    attempt instead of reading again (a stale one only costs a Conflict and a retry on fresh data)."""
     ref = (kind, key)
     return update_many(store, [ref], lambda docs: {ref: change(docs[ref])}, attempts, read=read)[ref]
 
 
-def update_many(store: StateStore, refs: Sequence[Ref],
-                change: Callable[[dict[Ref, Document | None]], Mapping[Ref, Document | None]],
-                attempts: int = 50, *, read: list[Versioned | None] | None = None) -> dict[Ref, Versioned | None]:
-    """`update` for several documents: read them in one round trip, change them together, write back what `change`
-    returns in one transaction, each with the version read (a ref it leaves out is not written; None deletes);
-    retry all of it on Conflict. Two round trips for any number of documents.
+def update_many(store: StateStore, refs: Sequence[Ref], change: Change, attempts: int = 50, *,
+                read: list[Versioned | None] | None = None) -> dict[Ref, Versioned | None]:
+    """`update` for several documents: read them, change them together, write back what `change` returns in one
+    transaction (a ref it leaves out is not written; None deletes), atomically: `store.transact`. On SQLite one
+    round trip in which no other writer comes in between; on Redis one read and one commit with the versions
+    read, all of it retried on Conflict (`change` may then run again). `read`: the documents as the caller just
+    read them (in `refs`' order), for a first attempt that reads nothing. The documents written, as written (None:
+    deleted)."""
+    return store.transact(refs, change, attempts=attempts, read=read)
 
-    `change` gets a fresh copy of each document (None: absent) and may be called again after a Conflict; it
-    returns the documents to write, among `refs`. `read`: the documents as the caller just read them (in `refs`'
-    order), used for the first attempt. The documents written, as written (None: deleted)."""
+
+def changed_writes(refs: Sequence[Ref], current: Sequence[Versioned | None], change: Change
+                   ) -> tuple[Mapping[Ref, Document | None], list[Write], dict[Ref, int]]:
+    """What `change` makes of the documents read: (its result, the writes it needs, each ref's version read)."""
+    if len(current) != len(refs):
+        raise ValueError(f"read {len(current)} documents for {len(refs)} refs")
+    versions = {ref: (0 if doc is None else doc.version) for ref, doc in zip(refs, current, strict=True)}
+    new = change({ref: (None if doc is None else dict(doc.value)) for ref, doc in zip(refs, current, strict=True)})
+    writes = []
+    for (kind, key), value in new.items():
+        if (kind, key) not in versions:
+            raise ValueError(f"update_many: {kind}/{key} was not read")
+        if value is not None or versions[(kind, key)]:  # deleting what is absent: nothing to write
+            writes.append(Write(kind, key, value, versions[(kind, key)]))
+    return new, writes, versions
+
+
+def as_written(new: Mapping[Ref, Document | None], writes: Sequence[Write], written: Sequence[int],
+               versions: Mapping[Ref, int]) -> dict[Ref, Versioned | None]:
+    """`transact`'s answer: each document `change` returned, with its version now."""
+    done = dict(zip(((w.kind, w.key) for w in writes), written, strict=True))
+    return {ref: (None if value is None else Versioned(value, done.get(ref, versions[ref])))
+            for ref, value in new.items()}
+
+
+def optimistic(store: StateStore, refs: Sequence[Ref], change: Change, attempts: int = 50, *,
+               read: list[Versioned | None] | None = None) -> dict[Ref, Versioned | None]:
+    """`transact` for a store that cannot run `change` itself: `get_many`, `change`, `commit` with the versions
+    read; all of it again on Conflict, after a short random pause (others are writing), up to `attempts` times."""
     refs = list(refs)
     for attempt in range(attempts):
         current = read if read is not None and attempt == 0 else store.get_many(refs)
-        if len(current) != len(refs):
-            raise ValueError(f"read {len(current)} documents for {len(refs)} refs")
-        versions = {ref: (0 if doc is None else doc.version) for ref, doc in zip(refs, current, strict=True)}
-        new = change({ref: (None if doc is None else dict(doc.value)) for ref, doc in zip(refs, current, strict=True)})
-        writes = []
-        for (kind, key), value in new.items():
-            if (kind, key) not in versions:
-                raise ValueError(f"update_many: {kind}/{key} was not read")
-            if value is not None or versions[(kind, key)]:  # deleting what is absent: nothing to write
-                writes.append(Write(kind, key, value, versions[(kind, key)]))
+        new, writes, versions = changed_writes(refs, current, change)
         try:
             written = store.commit(writes) if writes else []
         except Conflict:
-            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # back off a little; others are writing
+            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
             continue
-        done = dict(zip(((w.kind, w.key) for w in writes), written, strict=True))
-        return {ref: (None if value is None else Versioned(value, done.get(ref, versions[ref])))
-                for ref, value in new.items()}
+        return as_written(new, writes, written, versions)
     raise Conflict(refs[0][0] if refs else "?", refs[0][1] if refs else "?", -1, -1)
 
 

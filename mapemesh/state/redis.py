@@ -16,7 +16,18 @@ from collections.abc import Iterable, Sequence
 
 import orjson
 
-from mapemesh.state.base import Conflict, Document, Ref, Sample, Versioned, Write, check_kind, check_writes
+from mapemesh.state.base import (
+    Change,
+    Conflict,
+    Document,
+    Ref,
+    Sample,
+    Versioned,
+    Write,
+    check_kind,
+    check_writes,
+    optimistic,
+)
 
 # A commit: KEYS are each write's doc and kind set, in turn; ARGV each write's expected version ("" for any), op
 # ("p" put, "d" delete), value and key, in turn. Every expectation is checked before anything is written (a script
@@ -108,6 +119,30 @@ class RedisStore:
             raise Conflict(failed.kind, failed.key, int(failed.expected_version or 0), result[2])
         return result
 
+    def transact(self, refs: Sequence[Ref], change: Change, *, attempts: int = 50,
+                 read: list[Versioned | None] | None = None) -> dict[Ref, Versioned | None]:
+        """Read, change, write back: `get_many`, then `commit` with the versions read (the change runs here, not
+        in the server), retried on Conflict (`optimistic`): two round trips."""
+        return optimistic(self, refs, change, attempts, read=read)
+
+    def snapshot(self, refs: Sequence[Ref], asset: str, metrics: Iterable[str] | None = None
+                 ) -> tuple[list[Versioned | None], dict[str, list[tuple[float, float]]]]:
+        """`get_many(refs)` and `telemetry(asset, metrics)` in one MULTI/EXEC (one more round trip first for the
+        asset's metric names when `metrics` is None)."""
+        for kind, _ in refs:
+            check_kind(kind)
+        names = list(metrics) if metrics is not None else self._metrics(asset)
+        floor = time.time() - self.retention_s
+        pipe = self._redis.pipeline(transaction=True)
+        for kind, key in refs:
+            pipe.hmget(self._doc(kind, key), "v", "d")
+        for metric in names:
+            pipe.zrangebyscore(self._series(asset, metric), floor, "+inf")
+        found = pipe.execute()
+        docs = [None if data is None else Versioned(orjson.loads(data), int(version))
+                for version, data in found[:len(refs)]]
+        return docs, self._points(names, found[len(refs):])
+
     def put(self, kind: str, key: str, value: Document, *, expected_version: int | None = None) -> int:
         """Write; with `expected_version` (0: must not exist) raise Conflict unless it matches. New version."""
         return self.commit([Write(kind, key, value, expected_version)])[0]
@@ -161,8 +196,12 @@ class RedisStore:
         pipe = self._redis.pipeline(transaction=False)
         for metric in names:
             pipe.zrangebyscore(self._series(asset, metric), floor, "+inf")
+        return self._points(names, pipe.execute())
+
+    @staticmethod
+    def _points(names: Sequence[str], found: Sequence[Sequence[bytes]]) -> dict[str, list[tuple[float, float]]]:
         out: dict[str, list[tuple[float, float]]] = {}
-        for metric, members in zip(names, pipe.execute(), strict=True):
+        for metric, members in zip(names, found, strict=True):
             points = [tuple(orjson.loads(m)[:2]) for m in members]
             if points:
                 out[metric] = points  # type: ignore[assignment]

@@ -10,7 +10,19 @@ from pathlib import Path
 
 import orjson
 
-from mapemesh.state.base import Conflict, Document, Ref, Sample, Versioned, Write, check_kind, check_writes
+from mapemesh.state.base import (
+    Change,
+    Conflict,
+    Document,
+    Ref,
+    Sample,
+    Versioned,
+    Write,
+    as_written,
+    changed_writes,
+    check_kind,
+    check_writes,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs(
@@ -21,6 +33,8 @@ CREATE TABLE IF NOT EXISTS telemetry(asset TEXT NOT NULL, metric TEXT NOT NULL, 
 CREATE INDEX IF NOT EXISTS telemetry_window ON telemetry(asset, metric, t);
 CREATE INDEX IF NOT EXISTS telemetry_age ON telemetry(t);
 """
+_CHUNK = 400
+"""Documents a query reads at most (two parameters each)."""
 
 
 class SQLiteStore:
@@ -59,23 +73,37 @@ class SQLiteStore:
             check_kind(kind)
         if not refs:
             return []
-        found: dict[Ref, Versioned] = {}
         db = self._db()
-        several = len(refs) > 400
-        if several:
-            db.execute("BEGIN")  # one read transaction: the queries see one snapshot
+        if len(refs) <= _CHUNK:
+            return self._read(db, refs)
+        db.execute("BEGIN")  # one read transaction: the queries see one snapshot
         try:
-            for start in range(0, len(refs), 400):  # 800 parameters a query, well under SQLite's limit
-                chunk = refs[start:start + 400]
-                where = " OR ".join(["(kind = ? AND key = ?)"] * len(chunk))
-                rows = db.execute(f"SELECT kind, key, value, version FROM docs WHERE value IS NOT NULL AND ({where})",
-                                  [part for ref in chunk for part in ref])
-                found.update({(kind, key): Versioned(orjson.loads(value), version)
-                              for kind, key, value, version in rows})
+            return self._read(db, refs)
         finally:
-            if several:
-                db.execute("COMMIT")
+            db.execute("COMMIT")
+
+    @staticmethod
+    def _read(db: sqlite3.Connection, refs: Sequence[Ref]) -> list[Versioned | None]:
+        found: dict[Ref, Versioned] = {}
+        for start in range(0, len(refs), _CHUNK):  # 800 parameters a query, well under SQLite's limit
+            chunk = refs[start:start + _CHUNK]
+            where = " OR ".join(["(kind = ? AND key = ?)"] * len(chunk))
+            rows = db.execute(f"SELECT kind, key, value, version FROM docs WHERE value IS NOT NULL AND ({where})",
+                              [part for ref in chunk for part in ref])
+            found.update({(kind, key): Versioned(orjson.loads(value), version) for kind, key, value, version in rows})
         return [found.get((kind, key)) for kind, key in refs]
+
+    def snapshot(self, refs: Sequence[Ref], asset: str, metrics: Iterable[str] | None = None
+                 ) -> tuple[list[Versioned | None], dict[str, list[tuple[float, float]]]]:
+        """`get_many(refs)` and `telemetry(asset, metrics)` in one read transaction."""
+        for kind, _ in refs:
+            check_kind(kind)
+        db = self._db()
+        db.execute("BEGIN")
+        try:
+            return (self._read(db, refs) if refs else []), self._window(db, asset, metrics, None)
+        finally:
+            db.execute("COMMIT")
 
     def put(self, kind: str, key: str, value: Document, *, expected_version: int | None = None) -> int:
         """Write; with `expected_version` (0: must not exist) raise Conflict unless it matches. New version."""
@@ -88,27 +116,52 @@ class SQLiteStore:
             return []
         blobs = [None if w.value is None else orjson.dumps(w.value) for w in writes]
         db = self._db()
-        now = time.time()
-        versions: list[int] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            for w, blob in zip(writes, blobs, strict=True):
-                last = self._check(db, w.kind, w.key, w.expected_version)
-                if blob is not None:
-                    db.execute("INSERT INTO docs(kind, key, version, value, updated) VALUES (?, ?, ?, ?, ?) "
-                               "ON CONFLICT (kind, key) DO UPDATE SET version = excluded.version, "
-                               "value = excluded.value, updated = excluded.updated",
-                               (w.kind, w.key, last + 1, blob, now))
-                    versions.append(last + 1)
-                else:
-                    existed = db.execute("UPDATE docs SET value = NULL, version = version + 1, updated = ? "
-                                         "WHERE kind = ? AND key = ? AND value IS NOT NULL",
-                                         (now, w.kind, w.key)).rowcount > 0
-                    versions.append(last + 1 if existed else 0)
+            versions = self._write(db, writes, blobs)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        return versions
+
+    def transact(self, refs: Sequence[Ref], change: Change, *, attempts: int = 50,
+                 read: list[Versioned | None] | None = None) -> dict[Ref, Versioned | None]:
+        """Read, change, write back in one write transaction (BEGIN IMMEDIATE: no other writer comes in between,
+        so no Conflict and `change` runs once; `attempts` and `read` are for stores that retry)."""
+        refs = list(refs)
+        for kind, _ in refs:
+            check_kind(kind)
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            new, writes, versions = changed_writes(refs, self._read(db, refs) if refs else [], change)
+            check_writes(writes)
+            blobs = [None if w.value is None else orjson.dumps(w.value) for w in writes]
+            written = self._write(db, writes, blobs)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return as_written(new, writes, written, versions)
+
+    def _write(self, db: sqlite3.Connection, writes: Sequence[Write], blobs: Sequence[bytes | None]) -> list[int]:
+        """The writes, inside the caller's write transaction; each document's new version."""
+        now = time.time()
+        versions: list[int] = []
+        for w, blob in zip(writes, blobs, strict=True):
+            last = self._check(db, w.kind, w.key, w.expected_version)
+            if blob is not None:
+                db.execute("INSERT INTO docs(kind, key, version, value, updated) VALUES (?, ?, ?, ?, ?) "
+                           "ON CONFLICT (kind, key) DO UPDATE SET version = excluded.version, "
+                           "value = excluded.value, updated = excluded.updated",
+                           (w.kind, w.key, last + 1, blob, now))
+                versions.append(last + 1)
+            else:
+                existed = db.execute("UPDATE docs SET value = NULL, version = version + 1, updated = ? "
+                                     "WHERE kind = ? AND key = ? AND value IS NOT NULL",
+                                     (now, w.kind, w.key)).rowcount > 0
+                versions.append(last + 1 if existed else 0)
         return versions
 
     @staticmethod
@@ -148,6 +201,10 @@ class SQLiteStore:
     def telemetry(self, asset: str, metrics: Iterable[str] | None = None,
                   since: float | None = None) -> dict[str, list[tuple[float, float]]]:
         """The window: metric -> [(time, value)] oldest first, within the retention time."""
+        return self._window(self._db(), asset, metrics, since)
+
+    def _window(self, db: sqlite3.Connection, asset: str, metrics: Iterable[str] | None,
+                since: float | None) -> dict[str, list[tuple[float, float]]]:
         floor = max(since or 0.0, time.time() - self.retention_s)
         sql = "SELECT metric, t, value FROM telemetry WHERE asset = ? AND t >= ?"
         args: list[object] = [asset, floor]
@@ -156,7 +213,7 @@ class SQLiteStore:
             sql += f" AND metric IN ({','.join('?' * len(wanted))})"
             args += wanted
         out: dict[str, list[tuple[float, float]]] = {}
-        for metric, t, value in self._db().execute(sql + " ORDER BY metric, t", args):
+        for metric, t, value in db.execute(sql + " ORDER BY metric, t", args):
             out.setdefault(metric, []).append((t, value))
         return out
 
