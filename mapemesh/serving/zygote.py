@@ -29,10 +29,11 @@ from pathlib import Path
 import aiohttp  # noqa: F401
 import orjson  # noqa: F401
 import pydantic  # noqa: F401
+import uvloop  # noqa: F401
 
 import mapemesh.eventing.binding
 import mapemesh.events  # noqa: F401
-from mapemesh import settings, tracing
+from mapemesh import aio, settings, tracing
 from mapemesh.eventing.cloudevent import CloudEvent
 from mapemesh.serving import wire
 from mapemesh.serving.errors import FunctionError, PermanentError, TemporaryError
@@ -170,7 +171,7 @@ def spawn(request: dict[str, object], fd: int, control: socket.socket, children:
         if isinstance(fn, Function) and not fn.is_async and concurrency == 1:
             serve_blocking(fn, served)
         else:
-            asyncio.run(serve(fn, served, concurrency))
+            aio.run(serve(fn, served, concurrency))  # on uvloop, as the broker and host are
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0
     except BaseException:
