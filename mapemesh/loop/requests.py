@@ -8,8 +8,9 @@
 | `plan_request(store, reply, decl, mode,       | `policy.plan.requested` after a true verdict that came     |
 | saved, source)`                               | without its plan, with the inputs gathered afresh          |
 
-Inputs are gathered by `mapemesh.policy.inputs.gather`; each telemetry window is cut to its latest
-WINDOW_SAMPLES samples. Both carry the extension `policy`, which the policy's Trigger filters on.
+Inputs are gathered by `mapemesh.policy.inputs.gather`; each telemetry window is its latest WINDOW_SAMPLES
+samples (only those are read: a node's hour of samples costs no more than its last minute). Both carry the
+extension `policy`, which the policy's Trigger filters on.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def analyze_request(store: StateStore, policy: str, declaration: Declaration, as
     context = saved.get("context")
     if context is None or saved.get("declared") != declaration.context:
         context = dict(declaration.context)  # first time, or the policy was redeployed with a new initialize
-    inputs = gather(store, declaration, asset, context=context, last_plan=_last_plan(saved), listed=listed)
+    inputs = gather(store, declaration, asset, context=context, last_plan=_last_plan(saved), listed=listed,
+                    samples=WINDOW_SAMPLES)
     data = catalogue.PolicyAnalyzeRequested(
         policy=policy, asset=asset, context=context, application_description=inputs["application_description"],
         system_description=inputs["system_description"], current_plan=inputs["current_plan"],
@@ -62,7 +64,8 @@ def analyze_request(store: StateStore, policy: str, declaration: Declaration, as
 def plan_request(store: StateStore, reply: catalogue.PolicyAnalyzeReplied, declaration: Declaration, mode: str,
                  saved: dict[str, Any], source: str) -> CloudEvent:
     """The plan request after a true verdict without a plan, its inputs gathered afresh."""
-    inputs = gather(store, declaration, reply.asset, context=reply.context, last_plan=_last_plan(saved))
+    inputs = gather(store, declaration, reply.asset, context=reply.context, last_plan=_last_plan(saved),
+                    samples=WINDOW_SAMPLES)
     data = catalogue.PolicyPlanRequested(
         policy=reply.policy, asset=reply.asset, context=reply.context,
         application_description=inputs["application_description"], system_description=inputs["system_description"],

@@ -27,12 +27,13 @@ def still_current(last: dict[str, Any], plan: dict[str, Any] | None) -> dict[str
 def gather(store: StateStore, declaration: Declaration, asset: str, *, context: dict[str, Any],
            current_plan: dict[str, Any] | None = None, ml_connector: Any = None,
            listed: Callable[[str], dict[str, Versioned]] | None = None,
-           last_plan: dict[str, Any] | None = None) -> dict[str, Any]:
+           last_plan: dict[str, Any] | None = None, samples: int | None = None) -> dict[str, Any]:
     """Every input a policy method may name, for `asset` (a node for global policies, an app otherwise).
 
     - `telemetry["data"]`: the latest value of each declared metric (every metric when none is declared; a
       declared name ending in `*` is a prefix);
-      `telemetry["window"]`: the samples in the retention time, metric -> [(time, value)];
+      `telemetry["window"]`: the samples in the retention time, metric -> [(time, value)] (the latest `samples`
+      of each, when given: the others are not read);
     - `application_description`: the application's description (application scope) or the list of all
       applications' descriptions (global scope);
     - `system_description`: the asset's infrastructure description (empty when unregistered); for an
@@ -55,7 +56,7 @@ def gather(store: StateStore, declaration: Declaration, asset: str, *, context: 
     refs: list[Ref] = [*([("infrastructure", asset)] if declaration.scope != "application" else []),
                        *(("mechanisms", f"{asset}/{name}") for name in declaration.mechanisms),
                        *([("plans", str(last_plan.get("plan_id")))] if last_plan is not None else [])]
-    read, window = store.snapshot(refs, asset, wanted)
+    read, window = store.snapshot(refs, asset, wanted, samples)
     docs = dict(zip(refs, read, strict=True))
     if patterns:
         window = {m: samples for m, samples in window.items() if matches(m, declaration.metrics)}

@@ -120,18 +120,20 @@ class StateStore(Protocol):
         the documents as the caller just read them, saves the first read)."""
         ...
 
-    def snapshot(self, refs: Sequence[Ref], asset: str, metrics: Iterable[str] | None = None
-                 ) -> tuple[list[Versioned | None], dict[str, list[tuple[float, float]]]]:
-        """`get_many(refs)` and `telemetry(asset, metrics)`, read together (one snapshot, one round trip)."""
+    def snapshot(self, refs: Sequence[Ref], asset: str, metrics: Iterable[str] | None = None,
+                 limit: int | None = None) -> tuple[list[Versioned | None], dict[str, list[tuple[float, float]]]]:
+        """`get_many(refs)` and `telemetry(asset, metrics, limit=limit)`, read together (one snapshot, one round
+        trip)."""
         ...
 
     def append_telemetry(self, asset: str, samples: Iterable[Sample]) -> None:
         """Add samples to an asset's telemetry window."""
         ...
 
-    def telemetry(self, asset: str, metrics: Iterable[str] | None = None,
-                  since: float | None = None) -> dict[str, list[tuple[float, float]]]:
-        """The window: metric -> [(time, value)] oldest first, within the retention time."""
+    def telemetry(self, asset: str, metrics: Iterable[str] | None = None, since: float | None = None,
+                  limit: int | None = None) -> dict[str, list[tuple[float, float]]]:
+        """The window: metric -> [(time, value)] oldest first, within the retention time (and since `since`);
+        `limit`: only the latest so many samples of each metric (read without reading the others)."""
         ...
 
     def latest(self, asset: str) -> dict[str, float]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import orjson
 
@@ -125,23 +126,29 @@ class RedisStore:
         in the server), retried on Conflict (`optimistic`): two round trips."""
         return optimistic(self, refs, change, attempts, read=read)
 
-    def snapshot(self, refs: Sequence[Ref], asset: str, metrics: Iterable[str] | None = None
-                 ) -> tuple[list[Versioned | None], dict[str, list[tuple[float, float]]]]:
-        """`get_many(refs)` and `telemetry(asset, metrics)` in one MULTI/EXEC (one more round trip first for the
-        asset's metric names when `metrics` is None)."""
+    def snapshot(self, refs: Sequence[Ref], asset: str, metrics: Iterable[str] | None = None,
+                 limit: int | None = None) -> tuple[list[Versioned | None], dict[str, list[tuple[float, float]]]]:
+        """`get_many(refs)` and `telemetry(asset, metrics, limit=limit)` in one MULTI/EXEC (one more round trip
+        first for the asset's metric names when `metrics` is None)."""
         for kind, _ in refs:
             check_kind(kind)
         names = list(metrics) if metrics is not None else self._metrics(asset)
-        floor = time.time() - self.retention_s
         pipe = self._redis.pipeline(transaction=True)
         for kind, key in refs:
             pipe.hmget(self._doc(kind, key), "v", "d")
-        for metric in names:
-            pipe.zrangebyscore(self._series(asset, metric), floor, "+inf")
+        self._ranges(pipe, asset, names, time.time() - self.retention_s, limit)
         found = pipe.execute()
         docs = [None if data is None else Versioned(orjson.loads(data), int(version))
                 for version, data in found[:len(refs)]]
-        return docs, self._points(names, found[len(refs):])
+        return docs, self._points(names, found[len(refs):], limit)
+
+    def _ranges(self, pipe: Any, asset: str, names: Sequence[str], floor: float, limit: int | None) -> None:
+        """Queue each metric's samples since `floor` (the latest `limit` only, newest first, when given)."""
+        for metric in names:
+            if limit is None:
+                pipe.zrangebyscore(self._series(asset, metric), floor, "+inf")
+            else:
+                pipe.zrevrangebyscore(self._series(asset, metric), "+inf", floor, start=0, num=max(int(limit), 0))
 
     def put(self, kind: str, key: str, value: Document, *, expected_version: int | None = None) -> int:
         """Write; with `expected_version` (0: must not exist) raise Conflict unless it matches. New version."""
@@ -188,21 +195,22 @@ class RedisStore:
     def _metrics(self, asset: str) -> list[str]:
         return sorted(m.decode() for m in self._redis.smembers(f"{self.prefix}tmm:{asset}"))
 
-    def telemetry(self, asset: str, metrics: Iterable[str] | None = None,
-                  since: float | None = None) -> dict[str, list[tuple[float, float]]]:
-        """The window: metric -> [(time, value)] oldest first, within the retention time."""
+    def telemetry(self, asset: str, metrics: Iterable[str] | None = None, since: float | None = None,
+                  limit: int | None = None) -> dict[str, list[tuple[float, float]]]:
+        """The window: metric -> [(time, value)] oldest first, within the retention time; `limit`: the latest so
+        many of each metric."""
         floor = max(since or 0.0, time.time() - self.retention_s)
         names = list(metrics) if metrics is not None else self._metrics(asset)
         pipe = self._redis.pipeline(transaction=False)
-        for metric in names:
-            pipe.zrangebyscore(self._series(asset, metric), floor, "+inf")
-        return self._points(names, pipe.execute())
+        self._ranges(pipe, asset, names, floor, limit)
+        return self._points(names, pipe.execute(), limit)
 
     @staticmethod
-    def _points(names: Sequence[str], found: Sequence[Sequence[bytes]]) -> dict[str, list[tuple[float, float]]]:
+    def _points(names: Sequence[str], found: Sequence[Sequence[bytes]], limit: int | None
+                ) -> dict[str, list[tuple[float, float]]]:
         out: dict[str, list[tuple[float, float]]] = {}
         for metric, members in zip(names, found, strict=True):
-            points = [tuple(orjson.loads(m)[:2]) for m in members]
+            points = [tuple(orjson.loads(m)[:2]) for m in (members if limit is None else reversed(members))]
             if points:
                 out[metric] = points  # type: ignore[assignment]
         return out

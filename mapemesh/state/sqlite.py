@@ -33,8 +33,12 @@ CREATE TABLE IF NOT EXISTS telemetry(asset TEXT NOT NULL, metric TEXT NOT NULL, 
 CREATE INDEX IF NOT EXISTS telemetry_window ON telemetry(asset, metric, t);
 CREATE INDEX IF NOT EXISTS telemetry_age ON telemetry(t);
 """
-_CHUNK = 400
-"""Documents a query reads at most (two parameters each)."""
+_CHUNK = 200
+"""Documents (two parameters each) or metrics (four) a query reads at most: well under SQLite's limit."""
+_METRICS = ("WITH RECURSIVE m(metric) AS (SELECT MIN(metric) FROM telemetry WHERE asset = ? UNION ALL "
+            "SELECT (SELECT MIN(metric) FROM telemetry WHERE asset = ? AND metric > m.metric) FROM m "
+            "WHERE m.metric IS NOT NULL) SELECT metric FROM m WHERE metric IS NOT NULL")
+"""An asset's metric names, one index seek each (not a scan of its samples)."""
 
 
 class SQLiteStore:
@@ -85,7 +89,7 @@ class SQLiteStore:
     @staticmethod
     def _read(db: sqlite3.Connection, refs: Sequence[Ref]) -> list[Versioned | None]:
         found: dict[Ref, Versioned] = {}
-        for start in range(0, len(refs), _CHUNK):  # 800 parameters a query, well under SQLite's limit
+        for start in range(0, len(refs), _CHUNK):
             chunk = refs[start:start + _CHUNK]
             where = " OR ".join(["(kind = ? AND key = ?)"] * len(chunk))
             rows = db.execute(f"SELECT kind, key, value, version FROM docs WHERE value IS NOT NULL AND ({where})",
@@ -93,15 +97,15 @@ class SQLiteStore:
             found.update({(kind, key): Versioned(orjson.loads(value), version) for kind, key, value, version in rows})
         return [found.get((kind, key)) for kind, key in refs]
 
-    def snapshot(self, refs: Sequence[Ref], asset: str, metrics: Iterable[str] | None = None
-                 ) -> tuple[list[Versioned | None], dict[str, list[tuple[float, float]]]]:
-        """`get_many(refs)` and `telemetry(asset, metrics)` in one read transaction."""
+    def snapshot(self, refs: Sequence[Ref], asset: str, metrics: Iterable[str] | None = None,
+                 limit: int | None = None) -> tuple[list[Versioned | None], dict[str, list[tuple[float, float]]]]:
+        """`get_many(refs)` and `telemetry(asset, metrics, limit=limit)` in one read transaction."""
         for kind, _ in refs:
             check_kind(kind)
         db = self._db()
         db.execute("BEGIN")
         try:
-            return (self._read(db, refs) if refs else []), self._window(db, asset, metrics, None)
+            return (self._read(db, refs) if refs else []), self._window(db, asset, metrics, None, limit)
         finally:
             db.execute("COMMIT")
 
@@ -198,21 +202,39 @@ class SQLiteStore:
             db.execute("ROLLBACK")
             raise
 
-    def telemetry(self, asset: str, metrics: Iterable[str] | None = None,
-                  since: float | None = None) -> dict[str, list[tuple[float, float]]]:
-        """The window: metric -> [(time, value)] oldest first, within the retention time."""
-        return self._window(self._db(), asset, metrics, since)
+    def telemetry(self, asset: str, metrics: Iterable[str] | None = None, since: float | None = None,
+                  limit: int | None = None) -> dict[str, list[tuple[float, float]]]:
+        """The window: metric -> [(time, value)] oldest first, within the retention time; `limit`: the latest so
+        many of each metric."""
+        db = self._db()
+        if limit is None or metrics is not None:
+            return self._window(db, asset, metrics, since, limit)
+        db.execute("BEGIN")  # the metric names and their samples from one snapshot
+        try:
+            return self._window(db, asset, metrics, since, limit)
+        finally:
+            db.execute("COMMIT")
 
-    def _window(self, db: sqlite3.Connection, asset: str, metrics: Iterable[str] | None,
-                since: float | None) -> dict[str, list[tuple[float, float]]]:
+    def _window(self, db: sqlite3.Connection, asset: str, metrics: Iterable[str] | None, since: float | None,
+                limit: int | None) -> dict[str, list[tuple[float, float]]]:
         floor = max(since or 0.0, time.time() - self.retention_s)
+        wanted = list(dict.fromkeys(metrics)) if metrics is not None else None
+        out: dict[str, list[tuple[float, float]]] = {}
+        if limit is not None:  # each metric's latest, through the (asset, metric, t) index: no other sample read
+            names = wanted if wanted is not None else [m for (m,) in db.execute(_METRICS, (asset, asset))]
+            for start in range(0, len(names), _CHUNK):
+                chunk = names[start:start + _CHUNK]
+                latest = " UNION ALL ".join(["SELECT * FROM (SELECT metric, t, value FROM telemetry WHERE asset = ? "
+                                             "AND metric = ? AND t >= ? ORDER BY t DESC LIMIT ?)"] * len(chunk))
+                rows = db.execute(latest, [p for m in chunk for p in (asset, m, floor, max(int(limit), 0))])
+                for metric, t, value in rows:
+                    out.setdefault(metric, []).append((t, value))
+            return {m: samples[::-1] for m, samples in out.items()}
         sql = "SELECT metric, t, value FROM telemetry WHERE asset = ? AND t >= ?"
         args: list[object] = [asset, floor]
-        wanted = list(metrics) if metrics is not None else None
         if wanted is not None:
             sql += f" AND metric IN ({','.join('?' * len(wanted))})"
             args += wanted
-        out: dict[str, list[tuple[float, float]]] = {}
         for metric, t, value in db.execute(sql + " ORDER BY metric, t", args):
             out.setdefault(metric, []).append((t, value))
         return out
