@@ -356,6 +356,32 @@ def test_the_latest_samples_are_read_without_reading_the_others(tmp_path):
     store.close()
 
 
+def test_a_write_waits_for_another_processes_transaction_then_gives_up(tmp_path, monkeypatch):
+    """The write lock is waited for (in short steps, not SQLite's 1-2-5-10 ms sleeps), and given up on after
+    LOCK_TIMEOUT_S with SQLite's own error: nothing is written then."""
+    from mapemesh.state import sqlite as sqlite_store
+
+    store = SQLiteStore(tmp_path / "state.db")
+    other = sqlite3.connect(tmp_path / "state.db", isolation_level=None, timeout=0)
+    other.execute("BEGIN IMMEDIATE")  # another process's write transaction
+    done = []
+    writer = threading.Thread(target=lambda: done.append(store.put("settings", "a", {"n": 1})))
+    writer.start()
+    writer.join(0.3)
+    assert writer.is_alive() and not done  # it cannot write while the other holds the lock
+    other.execute("COMMIT")
+    writer.join(10)
+    assert done == [1] and store.get("settings", "a").value == {"n": 1}
+    monkeypatch.setattr(sqlite_store, "LOCK_TIMEOUT_S", 0.05)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store.put("settings", "a", {"n": 2})
+    other.execute("ROLLBACK")
+    assert store.get("settings", "a").value == {"n": 1} and store.put("settings", "a", {"n": 3}) == 2
+    other.close()
+    store.close()
+
+
 def test_snapshot_reads_documents_and_a_telemetry_window_together(store):
     store.put("plans", "p", {"status": "Queued"})
     now = time.time()
