@@ -4,9 +4,11 @@ statuses, policy contexts, mechanism states and options, management mode, teleme
 One interface (`StateStore`), two implementations: SQLite (the default, a file under the data directory,
 shared by every function process on the machine) and Redis (clusters). Documents carry a version; a write
 can require the version it read (`expected_version`), so concurrent functions cannot lose each other's
-updates: the loser gets `Conflict` and `update()` retries it on fresh data. Several documents are read in one
-round trip (`get_many`) and written in one transaction (`commit`, and `update_many` over both), so a stage that
-touches several pays two round trips, not two per document.
+updates. Several documents are read in one round trip (`get_many`, or `snapshot` with a telemetry window) and
+written in one transaction (`commit`). `update()` and `update_many()` read, change and write back atomically
+(`transact`): on SQLite in one write transaction, one round trip; on Redis a read and a versioned commit, retried
+on fresh data when the loser gets `Conflict`. So a stage that touches several documents pays one round trip (two on
+Redis), not two per document.
 """
 
 from functools import cache
