@@ -69,6 +69,11 @@ return out
 """
 
 
+def _documents(found: Sequence[Sequence[bytes | None]]) -> list[Versioned | None]:
+    """Documents from their hashes' (version, data) as HMGET gives them (None: absent)."""
+    return [None if data is None else Versioned(orjson.loads(data), int(version)) for version, data in found]
+
+
 class RedisStore:
     """State in Redis (`redis://host:port/db`)."""
 
@@ -100,8 +105,7 @@ class RedisStore:
         pipe = self._redis.pipeline(transaction=True)
         for kind, key in refs:
             pipe.hmget(self._doc(kind, key), "v", "d")
-        return [None if data is None else Versioned(orjson.loads(data), int(version))
-                for version, data in pipe.execute()]
+        return _documents(pipe.execute())
 
     def commit(self, writes: Sequence[Write]) -> list[int]:
         """Several writes in one script: all or none (Conflict: none). Each document's new version."""
@@ -138,9 +142,7 @@ class RedisStore:
             pipe.hmget(self._doc(kind, key), "v", "d")
         self._ranges(pipe, asset, names, time.time() - self.retention_s, limit)
         found = pipe.execute()
-        docs = [None if data is None else Versioned(orjson.loads(data), int(version))
-                for version, data in found[:len(refs)]]
-        return docs, self._points(names, found[len(refs):], limit)
+        return _documents(found[:len(refs)]), self._points(names, found[len(refs):], limit)
 
     def _ranges(self, pipe: Any, asset: str, names: Sequence[str], floor: float, limit: int | None) -> None:
         """Queue each metric's samples since `floor` (the latest `limit` only, newest first, when given)."""

@@ -42,6 +42,11 @@ _METRICS = ("WITH RECURSIVE m(metric) AS (SELECT MIN(metric) FROM telemetry WHER
 """An asset's metric names, one index seek each (not a scan of its samples)."""
 
 
+def _blobs(writes: Sequence[Write]) -> list[bytes | None]:
+    """Each write's document as stored (None: a delete)."""
+    return [None if w.value is None else orjson.dumps(w.value) for w in writes]
+
+
 LOCK_TIMEOUT_S = 30.0
 """How long a write waits for another's transaction to end before it fails."""
 
@@ -155,7 +160,7 @@ class SQLiteStore:
         check_writes(writes)
         if not writes:
             return []
-        blobs = [None if w.value is None else orjson.dumps(w.value) for w in writes]
+        blobs = _blobs(writes)  # encoded before the lock is taken
         db = self._begin()
         try:
             versions = self._write(db, writes, blobs)
@@ -176,7 +181,7 @@ class SQLiteStore:
         try:
             new, writes, versions = changed_writes(refs, self._read(db, refs) if refs else [], change)
             check_writes(writes)
-            blobs = [None if w.value is None else orjson.dumps(w.value) for w in writes]
+            blobs = _blobs(writes)
             written = self._write(db, writes, blobs)
             db.execute("COMMIT")
         except BaseException:
